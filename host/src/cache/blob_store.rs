@@ -1,0 +1,217 @@
+//! Content-addressed storage on local disk: put-verified, get (with the file for ranged
+//! reads), stat and delete for blobs and manifests.
+//!
+//! This is the storage seam: the serving code only calls these methods, so another backend
+//! (S3-compatible, shared by replicas) can stand behind the same calls later.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use crate::oci::reference::Digest;
+
+/// A manifest as cached: the upstream's exact bytes and media type.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+    /// Media type as the upstream declared it.
+    pub media_type: String,
+    /// The bytes, unchanged.
+    pub bytes: Bytes,
+}
+
+/// The local-disk store rooted at the image path.
+#[derive(Debug)]
+pub struct BlobStore {
+    root: PathBuf,
+    temp_seq: AtomicU64,
+}
+
+impl BlobStore {
+    /// Opens (creating) the layout under `root` and removes temp files left by a crash.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        for dir in ["blobs/sha256", "manifests/sha256", "tags", "tmp"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        let mut cleaned = 0usize;
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            let entry = entry?;
+            if std::fs::remove_file(entry.path()).is_ok() {
+                cleaned += 1;
+            }
+        }
+        if cleaned > 0 {
+            tracing::info!(cleaned, "removed temp files left by an earlier run");
+        }
+        Ok(BlobStore {
+            root: root.to_owned(),
+            temp_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The image path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a verified blob lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    fn manifest_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("manifests/sha256").join(digest.hex())
+    }
+
+    /// A fresh, unique temp file path (not yet created).
+    pub fn temp_path(&self, label: &str) -> PathBuf {
+        let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{label}.{}.{n}.part", std::process::id()))
+    }
+
+    /// The cached blob's size, if present.
+    pub async fn stat_blob(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a cached blob for reading, with its size.
+    pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<(tokio::fs::File, u64)>> {
+        match tokio::fs::File::open(self.blob_path(digest)).await {
+            Ok(f) => {
+                let len = f.metadata().await?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes a fully written, fsynced and verified temp file visible as the blob `digest`.
+    pub async fn commit_blob(&self, temp: &Path, digest: &Digest) -> io::Result<()> {
+        let target = self.blob_path(digest);
+        tokio::fs::rename(temp, &target).await?;
+        sync_dir(target.parent()).await
+    }
+
+    /// Removes a blob (for pruning; never called while serving).
+    pub async fn delete_blob(&self, digest: &Digest) -> io::Result<()> {
+        tokio::fs::remove_file(self.blob_path(digest)).await
+    }
+
+    /// Stores a manifest after checking that its bytes hash to `digest`.
+    pub async fn put_manifest(&self, m: &Manifest) -> io::Result<()> {
+        if Digest::of(&m.bytes) != m.digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("manifest bytes do not hash to {}", m.digest),
+            ));
+        }
+        let target = self.manifest_path(&m.digest);
+        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+            return Ok(());
+        }
+        // The media type goes first: whoever sees the manifest file can rely on it.
+        let type_path = target.with_extension("type");
+        write_atomically(&self.temp_path("type"), &type_path, m.media_type.as_bytes()).await?;
+        write_atomically(&self.temp_path("manifest"), &target, &m.bytes).await?;
+        sync_dir(target.parent()).await
+    }
+
+    /// A cached manifest by digest.
+    pub async fn get_manifest(&self, digest: &Digest) -> io::Result<Option<Manifest>> {
+        let path = self.manifest_path(digest);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => Bytes::from(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let media_type = match tokio::fs::read_to_string(path.with_extension("type")).await {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+            _ => crate::oci::media::sniff(&bytes),
+        };
+        Ok(Some(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        }))
+    }
+}
+
+/// Writes `bytes` to `temp`, fsyncs, and renames it over `target`.
+pub async fn write_atomically(temp: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+    let result = async {
+        let mut f = tokio::fs::File::create(temp).await?;
+        f.write_all(bytes).await?;
+        f.sync_all().await?;
+        drop(f);
+        tokio::fs::rename(temp, target).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(temp).await;
+    }
+    result
+}
+
+/// fsyncs a directory so a rename in it survives a crash.
+async fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn manifests_round_trip_and_are_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes = Bytes::from_static(br#"{"schemaVersion":2}"#);
+        let m = Manifest {
+            digest: Digest::of(&bytes),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            bytes: bytes.clone(),
+        };
+        store.put_manifest(&m).await.unwrap();
+        let got = store.get_manifest(&m.digest).await.unwrap().unwrap();
+        assert_eq!(got.bytes, bytes);
+        assert_eq!(got.media_type, m.media_type);
+
+        let wrong = Manifest {
+            digest: Digest::of(b"other"),
+            ..m
+        };
+        assert!(store.put_manifest(&wrong).await.is_err());
+        assert!(store.get_manifest(&wrong.digest).await.unwrap().is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn leftover_temp_files_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        std::fs::write(dir.path().join("tmp/x.part"), b"partial").unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}

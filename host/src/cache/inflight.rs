@@ -1,0 +1,494 @@
+//! Single-flight blob downloads that clients read while they are still running.
+//!
+//! The first request for an uncached blob starts a [`Download`]; later requests for the same
+//! digest join it. The download writes the upstream's bytes to a temp file, publishing how
+//! far it got; every client streams from that file up to the published length, so nobody
+//! waits for the whole blob and memory stays at one chunk per client whatever the blob size.
+//! When the bytes hash to the digest the file is fsynced and renamed into the store; when they
+//! do not (or the upstream fails), every reader gets an error and nothing is stored.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::cache::BlobStore;
+use crate::oci::error::RegistryError;
+use crate::oci::reference::Digest;
+
+/// Bytes read from disk per chunk sent to a client.
+const READ_CHUNK: usize = 128 * 1024;
+/// Bytes gathered from the upstream before a write + publish.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// How far a download got.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Waiting for the upstream's answer.
+    Starting,
+    /// Receiving: `written` bytes are in the temp file and readable.
+    Receiving {
+        /// Size the upstream announced, if it did.
+        total: Option<u64>,
+        /// Bytes readable so far.
+        written: u64,
+    },
+    /// Verified and stored under the digest.
+    Complete {
+        /// Final size.
+        total: u64,
+    },
+    /// Failed; nothing was stored.
+    Failed(RegistryError),
+}
+
+/// One running download.
+#[derive(Debug)]
+pub struct Download {
+    /// The blob being fetched.
+    pub digest: Digest,
+    /// Where its bytes are being written.
+    pub temp_path: PathBuf,
+    /// Where they will be once verified.
+    pub final_path: PathBuf,
+    progress: watch::Sender<Progress>,
+}
+
+impl Download {
+    /// Watches this download's progress.
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn publish(&self, p: Progress) {
+        self.progress.send_replace(p);
+    }
+}
+
+/// The set of running downloads, keyed by digest.
+#[derive(Debug, Default)]
+pub struct Downloads {
+    running: Mutex<HashMap<Digest, Arc<Download>>>,
+}
+
+impl Downloads {
+    /// Joins the running download of `digest`, or registers a new one. The second value is
+    /// `true` when the caller registered it and must run [`fill`] (which unregisters it).
+    pub fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = running.get(digest) {
+            return (d.clone(), false);
+        }
+        let (tx, _) = watch::channel(Progress::Starting);
+        let d = Arc::new(Download {
+            digest: digest.clone(),
+            temp_path: store.temp_path(digest.hex()),
+            final_path: store.blob_path(digest),
+            progress: tx,
+        });
+        running.insert(digest.clone(), d.clone());
+        (d, true)
+    }
+
+    /// Number of downloads running now.
+    pub fn len(&self) -> usize {
+        self.running.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether none is running.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn unregister(&self, digest: &Digest) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.remove(digest);
+    }
+
+    /// Marks a registered download as failed before any byte arrived (the upstream refused)
+    /// and unregisters it.
+    pub fn fail(&self, d: &Download, err: RegistryError) {
+        d.publish(Progress::Failed(err));
+        self.unregister(&d.digest);
+    }
+
+    /// Runs a registered download to the end: writes `body` to the temp file while
+    /// publishing progress, verifies size and sha256, commits it to the store, and
+    /// unregisters. Every failure is published to the readers and nothing is stored.
+    pub async fn fill<S, E>(
+        &self,
+        store: &BlobStore,
+        d: &Download,
+        total: Option<u64>,
+        body: S,
+        idle_timeout: Duration,
+        upstream: &str,
+    ) -> Result<u64, RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let result = write_verified(store, d, total, body, idle_timeout, upstream).await;
+        match &result {
+            Ok(total) => d.publish(Progress::Complete { total: *total }),
+            Err(e) => {
+                d.publish(Progress::Failed(e.clone()));
+                let _ = tokio::fs::remove_file(&d.temp_path).await;
+            }
+        }
+        self.unregister(&d.digest);
+        result
+    }
+}
+
+async fn write_verified<S, E>(
+    store: &BlobStore,
+    d: &Download,
+    total: Option<u64>,
+    body: S,
+    idle_timeout: Duration,
+    upstream: &str,
+) -> Result<u64, RegistryError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    let disk = |e: io::Error| RegistryError::internal(format!("cache write failed: {e}"));
+    let mut file = tokio::fs::File::create(&d.temp_path).await.map_err(disk)?;
+    d.publish(Progress::Receiving { total, written: 0 });
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+    let mut written = 0u64;
+    let mut body = std::pin::pin!(body);
+    loop {
+        let next = tokio::time::timeout(idle_timeout, body.next())
+            .await
+            .map_err(|_| {
+                RegistryError::bad_gateway(format!(
+                    "upstream {upstream} stalled: no data for {}s while sending {}",
+                    idle_timeout.as_secs(),
+                    d.digest
+                ))
+            })?;
+        let chunk = match next {
+            None => None,
+            Some(Ok(chunk)) => Some(chunk),
+            Some(Err(e)) => {
+                return Err(RegistryError::bad_gateway(format!(
+                    "upstream {upstream} broke off sending {}: {e}",
+                    d.digest
+                )));
+            }
+        };
+        if let Some(chunk) = &chunk {
+            hasher.update(chunk);
+            buf.extend_from_slice(chunk);
+            if let Some(t) = total
+                && written + buf.len() as u64 > t
+            {
+                return Err(RegistryError::bad_gateway(format!(
+                    "upstream {upstream} sent more than the announced {t} bytes for {}",
+                    d.digest
+                )));
+            }
+        }
+        if !buf.is_empty() && (buf.len() >= WRITE_CHUNK || chunk.is_none()) {
+            file.write_all(&buf).await.map_err(disk)?;
+            // tokio's File writes in the background: flush so readers see the bytes.
+            file.flush().await.map_err(disk)?;
+            written += buf.len() as u64;
+            buf.clear();
+            d.publish(Progress::Receiving { total, written });
+        }
+        if chunk.is_none() {
+            break;
+        }
+    }
+    if let Some(t) = total
+        && written != t
+    {
+        return Err(RegistryError::bad_gateway(format!(
+            "upstream {upstream} sent {written} of {t} bytes for {}",
+            d.digest
+        )));
+    }
+    let got = Digest::from_sha256_hex(hex::encode(hasher.finalize()));
+    if got != d.digest {
+        return Err(RegistryError::bad_gateway(format!(
+            "upstream {upstream} sent content with digest {got} for {}; not stored",
+            d.digest
+        )));
+    }
+    file.sync_all().await.map_err(disk)?;
+    drop(file);
+    store
+        .commit_blob(&d.temp_path, &d.digest)
+        .await
+        .map_err(disk)?;
+    Ok(written)
+}
+
+/// Where a reader gets its bytes from.
+enum Source {
+    /// A stored blob: everything up to `end` is there.
+    Stored(tokio::fs::File),
+    /// A running download: read up to the published length, wait for more.
+    Following {
+        download: Arc<Download>,
+        progress: watch::Receiver<Progress>,
+        file: Option<tokio::fs::File>,
+        idle_timeout: Duration,
+    },
+}
+
+/// Streams bytes `[start, end)` of a stored blob.
+pub fn read_stored(
+    file: tokio::fs::File,
+    start: u64,
+    end: u64,
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    reader(Source::Stored(file), start, Some(end))
+}
+
+/// Streams bytes `[start, end)` (to the end when `None`) of a blob while it downloads.
+/// The stream ends with an error if the download fails, so the client sees an aborted
+/// transfer, never a short body that looks complete.
+pub fn read_following(
+    download: Arc<Download>,
+    start: u64,
+    end: Option<u64>,
+    idle_timeout: Duration,
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    let progress = download.subscribe();
+    reader(
+        Source::Following {
+            download,
+            progress,
+            file: None,
+            idle_timeout,
+        },
+        start,
+        end,
+    )
+}
+
+fn reader(
+    source: Source,
+    start: u64,
+    end: Option<u64>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    futures_util::stream::try_unfold(
+        (source, start, end, false),
+        |(mut source, mut pos, end, mut seeked)| async move {
+            loop {
+                let limit = match &mut source {
+                    Source::Stored(_) => end,
+                    Source::Following { progress, .. } => {
+                        let state = progress.borrow_and_update().clone();
+                        match state {
+                            Progress::Starting => Some(pos),
+                            Progress::Receiving { written, .. } => {
+                                Some(written.min(end.unwrap_or(u64::MAX)))
+                            }
+                            Progress::Complete { total } => {
+                                Some(total.min(end.unwrap_or(u64::MAX)))
+                            }
+                            Progress::Failed(e) => return Err(io::Error::other(e.message)),
+                        }
+                    }
+                };
+                let finished = match (&source, end) {
+                    (_, Some(e)) if pos >= e => true,
+                    (Source::Following { progress, .. }, None) => {
+                        matches!(&*progress.borrow(), Progress::Complete { total } if pos >= *total)
+                    }
+                    _ => false,
+                };
+                if finished {
+                    return Ok(None);
+                }
+                let available = limit.unwrap_or(u64::MAX).saturating_sub(pos);
+                if available == 0 {
+                    let Source::Following {
+                        progress,
+                        idle_timeout,
+                        download,
+                        ..
+                    } = &mut source
+                    else {
+                        return Ok(None);
+                    };
+                    match tokio::time::timeout(*idle_timeout, progress.changed()).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) => {
+                            return Err(io::Error::other(format!(
+                                "download of {} ended without completing",
+                                download.digest
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(io::Error::other(format!(
+                                "download of {} stalled",
+                                download.digest
+                            )));
+                        }
+                    }
+                }
+                let file = match &mut source {
+                    Source::Stored(f) => f,
+                    Source::Following { download, file, .. } => {
+                        if file.is_none() {
+                            // The temp file may have been renamed into the store already.
+                            let f = match tokio::fs::File::open(&download.temp_path).await {
+                                Ok(f) => f,
+                                Err(_) => tokio::fs::File::open(&download.final_path).await?,
+                            };
+                            *file = Some(f);
+                            seeked = false;
+                        }
+                        match file {
+                            Some(f) => f,
+                            None => return Err(io::Error::other("blob file vanished")),
+                        }
+                    }
+                };
+                if !seeked {
+                    file.seek(io::SeekFrom::Start(pos)).await?;
+                    seeked = true;
+                }
+                let want = available.min(READ_CHUNK as u64) as usize;
+                let mut buf = vec![0u8; want];
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob file shorter than expected",
+                    ));
+                }
+                buf.truncate(n);
+                pos += n as u64;
+                return Ok(Some((Bytes::from(buf), (source, pos, end, seeked))));
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    async fn collect(s: impl Stream<Item = io::Result<Bytes>>) -> io::Result<Vec<u8>> {
+        let parts: Vec<Bytes> = s.try_collect().await?;
+        Ok(parts.concat())
+    }
+
+    fn chunks(data: &[u8], size: usize) -> Vec<Result<Bytes, String>> {
+        data.chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn readers_follow_a_download_and_get_verified_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::of(&data);
+        let downloads = Downloads::default();
+        let (d, new) = downloads.join_or_register(&store, &digest);
+        assert!(new);
+        let (d2, new2) = downloads.join_or_register(&store, &digest);
+        assert!(!new2 && Arc::ptr_eq(&d, &d2));
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(1);
+        let reader = tokio::spawn(collect(read_following(
+            d.clone(),
+            10,
+            None,
+            Duration::from_secs(5),
+        )));
+        let body =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+            );
+        let feeder = tokio::spawn(async move {
+            for c in chunks(&data, 300_000) {
+                tx.send(c).await.unwrap();
+            }
+            data
+        });
+        let n = downloads
+            .fill(
+                &store,
+                &d,
+                Some(1_000_000),
+                body,
+                Duration::from_secs(5),
+                "up",
+            )
+            .await
+            .unwrap();
+        let data = feeder.await.unwrap();
+        assert_eq!(n, 1_000_000);
+        assert_eq!(reader.await.unwrap().unwrap(), &data[10..]);
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+        assert!(downloads.is_empty());
+    }
+
+    #[tokio::test]
+    async fn wrong_bytes_fail_every_reader_and_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"expected");
+        let downloads = Downloads::default();
+        let (d, _) = downloads.join_or_register(&store, &digest);
+        let reader = read_following(d.clone(), 0, None, Duration::from_secs(5));
+        let body = futures_util::stream::iter(chunks(b"tampered", 3));
+        let err = downloads
+            .fill(&store, &d, None, body, Duration::from_secs(5), "up")
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("not stored"), "{}", err.message);
+        let got: Result<Vec<Bytes>, _> = reader.try_collect().await;
+        assert!(got.is_err());
+        assert!(!store.blob_path(&digest).exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn short_body_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"abcdef");
+        let downloads = Downloads::default();
+        let (d, _) = downloads.join_or_register(&store, &digest);
+        let body = futures_util::stream::iter(chunks(b"abc", 3));
+        let err = downloads
+            .fill(&store, &d, Some(6), body, Duration::from_secs(5), "up")
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("3 of 6"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn stored_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let f = tokio::fs::File::open(&p).await.unwrap();
+        let got = collect(read_stored(f, 3, 7)).await.unwrap();
+        assert_eq!(&got[..], b"3456");
+    }
+}

@@ -1,0 +1,92 @@
+//! Tag records: which manifest digest a tag pointed to when it was fetched, per media type
+//! (an upstream may answer differently for clients that accept different types).
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::BlobStore;
+use crate::cache::blob_store::write_atomically;
+use crate::oci::reference::{Digest, RepoName};
+
+/// One tag's record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// What the tag resolved to, newest first.
+    pub entries: Vec<TagEntry>,
+}
+
+/// The tag resolved to `digest` of `media_type` at `fetched_at` (Unix seconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagEntry {
+    /// Manifest media type.
+    pub media_type: String,
+    /// Manifest digest (`sha256:...`).
+    pub digest: String,
+    /// When it was fetched from the upstream.
+    pub fetched_at: u64,
+}
+
+impl TagEntry {
+    /// The digest, parsed (records are written by us, but disks lie).
+    pub fn digest(&self) -> Option<Digest> {
+        Digest::parse(&self.digest).ok()
+    }
+}
+
+fn record_path(store: &BlobStore, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
+    // registry, repo and tag are validated: no component can be empty, `.` or `..`.
+    store
+        .root()
+        .join("tags")
+        .join(registry)
+        .join(repo.as_str())
+        .join("@tags")
+        .join(format!("{tag}.json"))
+}
+
+/// Reads a tag record; a missing or unreadable record is a miss.
+pub async fn get(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> Option<TagRecord> {
+    let bytes = tokio::fs::read(record_path(store, registry, repo, tag))
+        .await
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Records that the tag now resolves to `digest` for `media_type`.
+pub async fn put(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+    media_type: &str,
+    digest: &Digest,
+) -> io::Result<()> {
+    let path = record_path(store, registry, repo, tag);
+    let mut record = get(store, registry, repo, tag).await.unwrap_or_default();
+    record.entries.retain(|e| e.media_type != media_type);
+    record.entries.insert(
+        0,
+        TagEntry {
+            media_type: media_type.to_owned(),
+            digest: digest.to_string(),
+            fetched_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        },
+    );
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+    write_atomically(&store.temp_path("tag"), &path, &bytes).await
+}

@@ -1,0 +1,719 @@
+//! The configuration: Ociregistry's `config.yaml` keys, parsed strictly (an unknown or
+//! misspelt key is an error naming the key and its line), merged with command-line flags
+//! (flags beat the file, the file beats defaults) into the [`Settings`] the server runs with.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ociregistry_plugin_api::Secret;
+use serde::Deserialize;
+
+use crate::duration;
+use crate::oci::reference;
+
+/// The registry clients get when a request names none (docker's `registry-mirrors`).
+pub const DEFAULT_NS: &str = "docker.io";
+/// Where the cache lives when neither flag nor file says.
+pub const DEFAULT_IMAGE_PATH: &str = "ociregistry-cache";
+/// The pull port when neither flag nor file says.
+pub const DEFAULT_PORT: u16 = 8080;
+/// The listen address when neither flag nor file says: every interface, as a mirror serves
+/// other machines.
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+/// How long an upstream may take to answer (headers, or the next chunk of a body).
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default provider token refresh period (`auth.token.expiry`).
+pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(12 * 3600);
+
+/// A configuration problem, with the file, key and line where known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or a key/value is wrong (serde's message names key and line).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with key path and location.
+        message: String,
+    },
+    /// A value is inconsistent with another (found after parsing).
+    #[error("config file {path}: {key}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key path, such as `registries[1].auth.passwordFromEnv`.
+        key: String,
+        /// Where that entry starts, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `http` or `https` towards an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain HTTP (test and lab registries).
+    Http,
+    /// TLS (the default).
+    #[default]
+    Https,
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        })
+    }
+}
+
+/// A duration written Go-style (`6h`), or a bare number of milliseconds (Ociregistry's
+/// `pullTimeout: 60000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 30s, 15m or 6h, or a number of milliseconds")
+            }
+            fn visit_u64<E: serde::de::Error>(self, ms: u64) -> Result<Self::Value, E> {
+                Ok(ConfigDuration(Duration::from_millis(ms)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(|ms| ConfigDuration(Duration::from_millis(ms)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                duration::parse(s).map(ConfigDuration).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A path to a file that must exist and be readable when the config is loaded, so that a
+/// missing CA or key stops the server at start with the key and line named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadableFile(pub PathBuf);
+
+impl<'de> Deserialize<'de> for ReadableFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let path = PathBuf::from(String::deserialize(d)?);
+        match std::fs::File::open(&path) {
+            Ok(_) => Ok(ReadableFile(path)),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// An upstream host name (`quay.io`, `127.0.0.1:5000`), validated and lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostName(pub String);
+
+impl<'de> Deserialize<'de> for HostName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        reference::parse_host(&s)
+            .map(HostName)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    /// Cache directory.
+    pub image_path: Option<PathBuf>,
+    /// Pull port.
+    pub port: Option<u16>,
+    /// Listen address.
+    pub host: Option<String>,
+    /// Where provider plugins are found.
+    pub plugin_dir: Option<PathBuf>,
+    /// Registry used when a request names none.
+    pub default_ns: Option<HostName>,
+    /// Never contact an upstream.
+    pub air_gapped: Option<bool>,
+    /// Re-check `:latest` upstream on every pull.
+    pub always_pull_latest: Option<bool>,
+    /// Upstream answer timeout.
+    pub pull_timeout: Option<ConfigDuration>,
+    /// Log level (`error`..`trace`).
+    pub log_level: Option<String>,
+    /// Per-upstream settings.
+    #[serde(default)]
+    pub registries: Vec<RegistryConfig>,
+    // Ociregistry keys that belong to features not built yet: accepted so that an existing
+    // Ociregistry config loads, and named in a warning at start.
+    log_file: Option<serde_yaml_ng::Value>,
+    preload_images: Option<serde_yaml_ng::Value>,
+    image_file: Option<serde_yaml_ng::Value>,
+    prune_config: Option<serde_yaml_ng::Value>,
+    health: Option<serde_yaml_ng::Value>,
+    metrics: Option<serde_yaml_ng::Value>,
+    server_tls_config: Option<serde_yaml_ng::Value>,
+    os: Option<serde_yaml_ng::Value>,
+    arch: Option<serde_yaml_ng::Value>,
+}
+
+impl FileConfig {
+    /// The Ociregistry keys present that this version does not act on yet.
+    pub fn not_yet_supported(&self) -> Vec<&'static str> {
+        [
+            (self.log_file.is_some(), "logFile"),
+            (self.preload_images.is_some(), "preloadImages"),
+            (self.image_file.is_some(), "imageFile"),
+            (self.prune_config.is_some(), "pruneConfig"),
+            (self.health.is_some(), "health"),
+            (self.metrics.is_some(), "metrics"),
+            (self.server_tls_config.is_some(), "serverTlsConfig"),
+            (self.os.is_some(), "os"),
+            (self.arch.is_some(), "arch"),
+        ]
+        .into_iter()
+        .filter_map(|(set, key)| set.then_some(key))
+        .collect()
+    }
+}
+
+/// One `registries[]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryConfig {
+    /// The registry as clients name it (`quay.io`, `127.0.0.1:5000`).
+    pub name: HostName,
+    /// http or https (default https).
+    #[serde(default)]
+    pub scheme: Scheme,
+    /// Credentials.
+    pub auth: Option<AuthConfig>,
+    /// TLS towards this upstream.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `registries[].auth`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// Basic / token-endpoint user.
+    pub user: Option<String>,
+    /// Its password, inline.
+    pub password: Option<SecretString>,
+    /// Its password, from this environment variable.
+    pub password_from_env: Option<String>,
+    /// External auth: a provider plugin or a static token.
+    pub token: Option<TokenConfig>,
+}
+
+/// `registries[].auth.token` (Ociregistry's external auth).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenConfig {
+    /// Provider plugin name (`ecr`, `file`, ...).
+    pub provider: Option<String>,
+    /// `k=v,k2=v2` handed to the provider.
+    pub provider_opts: Option<String>,
+    /// Refresh period (default 12h).
+    pub expiry: Option<ConfigDuration>,
+    /// A literal token, used as is; no plugin is called.
+    #[serde(rename = "static")]
+    pub static_token: Option<SecretString>,
+}
+
+/// `registries[].tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// Extra CA bundle (PEM) trusted for this upstream.
+    pub ca: Option<ReadableFile>,
+    /// Client certificate (PEM).
+    pub cert: Option<ReadableFile>,
+    /// Client key (PEM).
+    pub key: Option<ReadableFile>,
+    /// Skip server certificate verification (only when asked).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// A string from the config that is a secret: never printed.
+#[derive(Clone, Deserialize)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Into the shared secret wrapper.
+    pub fn to_secret(&self) -> Secret {
+        Secret::new(self.0.clone())
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How a registry's credential is obtained, after validation.
+#[derive(Debug, Clone)]
+pub enum CredentialConfig {
+    /// Anonymous (the upstream's own token flow may still run anonymously).
+    None,
+    /// User and password from config or environment.
+    Basic {
+        /// User.
+        user: String,
+        /// Password.
+        password: Secret,
+    },
+    /// `auth.token.static`.
+    Static(Secret),
+    /// `auth.token.provider`.
+    Provider {
+        /// Plugin name.
+        provider: String,
+        /// Raw `providerOpts`.
+        opts: String,
+        /// Refresh period.
+        every: Duration,
+    },
+}
+
+/// One upstream after validation.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// Name as clients write it.
+    pub name: String,
+    /// http or https.
+    pub scheme: Scheme,
+    /// Credential source.
+    pub credential: CredentialConfig,
+    /// TLS settings.
+    pub tls: TlsConfig,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--image-path`.
+    pub image_path: Option<PathBuf>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--plugin-dir`.
+    pub plugin_dir: Option<PathBuf>,
+    /// `--default-ns`.
+    pub default_ns: Option<String>,
+    /// `--air-gapped`.
+    pub air_gapped: bool,
+    /// `--always-pull-latest`.
+    pub always_pull_latest: bool,
+    /// `--pull-timeout`.
+    pub pull_timeout: Option<Duration>,
+}
+
+/// What the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Cache directory.
+    pub image_path: PathBuf,
+    /// Pull port (0: any free port).
+    pub port: u16,
+    /// Listen address.
+    pub host: String,
+    /// Provider plugin directory.
+    pub plugin_dir: PathBuf,
+    /// Registry for requests that name none.
+    pub default_ns: String,
+    /// Never go upstream.
+    pub air_gapped: bool,
+    /// Re-check `:latest` upstream.
+    pub always_pull_latest: bool,
+    /// Upstream answer timeout.
+    pub pull_timeout: Duration,
+    /// Configured upstreams.
+    pub registries: Vec<Registry>,
+    /// Log level from the file, if any.
+    pub log_level: Option<String>,
+    /// Ociregistry keys present but not acted on.
+    pub ignored_keys: Vec<&'static str>,
+}
+
+/// Reads and parses a config file.
+pub fn load_file(path: &Path) -> Result<(FileConfig, String), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let cfg = parse_text(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    })?;
+    Ok((cfg, text))
+}
+
+/// Parses config text; an empty file is an empty config. Errors name the key and line.
+pub fn parse_text(text: &str) -> Result<FileConfig, String> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| with_key_and_line(text, &e))
+}
+
+/// serde's message, led by the line and the key written there. The parser's location points
+/// at the offending key or value; its path stops at the enclosing map, so the key is read
+/// off the line itself. Unknown top-level keys come without a location: found by name.
+fn with_key_and_line(text: &str, e: &serde_yaml_ng::Error) -> String {
+    let message = e.to_string();
+    let line = match e.location() {
+        Some(loc) => Some(loc.line()),
+        None => unknown_field(&message).and_then(|key| {
+            text.lines()
+                .position(|l| {
+                    l.trim_start()
+                        .trim_start_matches("- ")
+                        .starts_with(&format!("{key}:"))
+                })
+                .map(|i| i + 1)
+        }),
+    };
+    let Some(line) = line else {
+        return message;
+    };
+    let key = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.trim_start().trim_start_matches("- ").split_once(':'))
+        .map(|(k, _)| k.trim().to_owned())
+        .filter(|k| !k.is_empty() && !k.contains(' '));
+    let message = message
+        .rsplit_once(" at line ")
+        .map(|(m, _)| m.to_owned())
+        .unwrap_or(message);
+    match key {
+        Some(k) => format!("line {line}, key `{k}`: {message}"),
+        None => format!("line {line}: {message}"),
+    }
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.split("unknown field `").nth(1)?;
+    rest.split('`').next()
+}
+
+/// The default plugin directory: `plugins/` next to the binary when it exists (an installed
+/// layout), else the binary's own directory (where `cargo build` puts the bundled plugins).
+pub fn default_plugin_dir() -> PathBuf {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let beside = exe_dir.join("plugins");
+    if beside.is_dir() { beside } else { exe_dir }
+}
+
+/// Merges file and flags into settings and validates cross-key rules.
+pub fn resolve(
+    file: Option<(FileConfig, String, PathBuf)>,
+    o: Overrides,
+) -> Result<Settings, ConfigError> {
+    let (cfg, text, path) = match file {
+        Some((cfg, text, path)) => (cfg, text, path),
+        None => (
+            FileConfig::default(),
+            String::new(),
+            PathBuf::from("<none>"),
+        ),
+    };
+    let invalid = |key: String, line: Option<usize>, message: String| ConfigError::Invalid {
+        path: path.clone(),
+        key,
+        line,
+        message,
+    };
+    let ignored_keys = cfg.not_yet_supported();
+    let mut seen = HashSet::new();
+    let mut registries = Vec::new();
+    for (i, r) in cfg.registries.iter().enumerate() {
+        let line = line_of_entry(&text, &r.name.0);
+        let key = |k: &str| format!("registries[{i}]{k}");
+        if !seen.insert(r.name.0.clone()) {
+            return Err(invalid(
+                key(".name"),
+                line,
+                format!("{} is listed twice", r.name.0),
+            ));
+        }
+        let tls = r.tls.clone().unwrap_or_default();
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(invalid(
+                key(".tls"),
+                line,
+                "cert and key must be given together".into(),
+            ));
+        }
+        if r.scheme == Scheme::Http && r.tls.is_some() {
+            return Err(invalid(
+                key(".tls"),
+                line,
+                "tls settings need scheme: https".into(),
+            ));
+        }
+        let credential = credential_of(r.auth.as_ref())
+            .map_err(|(k, message)| invalid(key(&format!(".auth{k}")), line, message))?;
+        registries.push(Registry {
+            name: r.name.0.clone(),
+            scheme: r.scheme,
+            credential,
+            tls,
+        });
+    }
+    let default_ns = match o.default_ns {
+        Some(ns) => reference::parse_host(&ns)
+            .map_err(|e| invalid("--default-ns".into(), None, e.to_string()))?,
+        None => cfg
+            .default_ns
+            .map(|h| h.0)
+            .unwrap_or_else(|| DEFAULT_NS.to_owned()),
+    };
+    let pull_timeout = o
+        .pull_timeout
+        .or(cfg.pull_timeout.map(|d| d.0))
+        .unwrap_or(DEFAULT_PULL_TIMEOUT);
+    if pull_timeout.is_zero() {
+        return Err(invalid(
+            "pullTimeout".into(),
+            None,
+            "must be more than zero".into(),
+        ));
+    }
+    Ok(Settings {
+        image_path: o
+            .image_path
+            .or(cfg.image_path)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_PATH)),
+        port: o.port.or(cfg.port).unwrap_or(DEFAULT_PORT),
+        host: o
+            .host
+            .or(cfg.host)
+            .unwrap_or_else(|| DEFAULT_HOST.to_owned()),
+        plugin_dir: o
+            .plugin_dir
+            .or(cfg.plugin_dir)
+            .unwrap_or_else(default_plugin_dir),
+        default_ns,
+        air_gapped: o.air_gapped || cfg.air_gapped.unwrap_or(false),
+        always_pull_latest: o.always_pull_latest || cfg.always_pull_latest.unwrap_or(false),
+        pull_timeout,
+        registries,
+        log_level: cfg.log_level,
+        ignored_keys,
+    })
+}
+
+/// Validates one `auth` block; errors carry the sub-key.
+fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (String, String)> {
+    let Some(a) = auth else {
+        return Ok(CredentialConfig::None);
+    };
+    let err = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+    if let Some(t) = &a.token {
+        if a.user.is_some() || a.password.is_some() || a.password_from_env.is_some() {
+            return err(".token", "use either token or user/password, not both");
+        }
+        return match (&t.provider, &t.static_token) {
+            (Some(_), Some(_)) => err(".token", "use either provider or static, not both"),
+            (None, None) => err(".token", "needs provider or static"),
+            (None, Some(s)) => {
+                if t.provider_opts.is_some() || t.expiry.is_some() {
+                    return err(".token", "providerOpts and expiry need a provider");
+                }
+                Ok(CredentialConfig::Static(s.to_secret()))
+            }
+            (Some(p), None) => {
+                let every = t.expiry.map(|d| d.0).unwrap_or(DEFAULT_TOKEN_EXPIRY);
+                if every < Duration::from_secs(1) {
+                    return err(".token.expiry", "must be at least 1s");
+                }
+                if p.trim().is_empty() {
+                    return err(".token.provider", "is empty");
+                }
+                Ok(CredentialConfig::Provider {
+                    provider: p.trim().to_owned(),
+                    opts: t.provider_opts.clone().unwrap_or_default(),
+                    every,
+                })
+            }
+        };
+    }
+    let password = match (&a.password, &a.password_from_env) {
+        (Some(_), Some(_)) => return err("", "use either password or passwordFromEnv, not both"),
+        (Some(p), None) => Some(p.to_secret()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) => Some(Secret::new(v)),
+            Err(_) => {
+                return Err((
+                    ".passwordFromEnv".into(),
+                    format!("environment variable {var} is not set"),
+                ));
+            }
+        },
+        (None, None) => None,
+    };
+    match (&a.user, password) {
+        (Some(user), Some(password)) => Ok(CredentialConfig::Basic {
+            user: user.clone(),
+            password,
+        }),
+        (None, None) => Ok(CredentialConfig::None),
+        (Some(_), None) => err("", "user needs password or passwordFromEnv"),
+        (None, Some(_)) => err("", "password needs user"),
+    }
+}
+
+/// The 1-based line of the `name: <registry>` key of a registries entry, for messages about
+/// rules that span several keys.
+fn line_of_entry(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches('-').trim_start();
+            l.strip_prefix("name:")
+                .map(|v| {
+                    v.trim()
+                        .trim_matches(|c| c == '"' || c == '\'')
+                        .eq_ignore_ascii_case(name)
+                })
+                .unwrap_or(false)
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve_text(text: &str) -> Result<Settings, String> {
+        let cfg = parse_text(text)?;
+        resolve(
+            Some((cfg, text.to_owned(), PathBuf::from("c.yaml"))),
+            Overrides::default(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn seed_page_config_loads() {
+        let s = resolve_text(
+            "registries:\n- name: 111122223333.dkr.ecr.us-south-1.amazonaws.com\n  auth:\n    token:\n      provider: ecr\n      providerOpts: profile=default,region=us-south-1\n      expiry: 6h\n",
+        )
+        .unwrap();
+        match &s.registries[0].credential {
+            CredentialConfig::Provider {
+                provider,
+                opts,
+                every,
+            } => {
+                assert_eq!(provider, "ecr");
+                assert_eq!(opts, "profile=default,region=us-south-1");
+                assert_eq!(*every, Duration::from_secs(6 * 3600));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn typo_names_key_and_line() {
+        let e = resolve_text("port: 8080\nregistries:\n- name: quay.io\n  auth:\n    usr: x\n")
+            .unwrap_err();
+        assert!(e.contains("usr") && e.contains("line 5"), "{e}");
+        let e = resolve_text("imagePth: /x\n").unwrap_err();
+        assert!(e.contains("imagePth") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_line() {
+        let e = resolve_text("registries:\n- name: a.io\n  auth:\n    token:\n      provider: ecr\n      expiry: 6x\n").unwrap_err();
+        assert!(
+            e.contains("key `expiry`") && e.contains("line 6") && e.contains("unknown unit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_ca_file_names_key_and_line() {
+        let e = resolve_text("registries:\n- name: a.io\n  tls:\n    ca: /nonexistent/ca.crt\n")
+            .unwrap_err();
+        assert!(
+            e.contains("key `ca`") && e.contains("line 4") && e.contains("/nonexistent/ca.crt"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cross_key_rules() {
+        let e = resolve_text("registries:\n- name: a.io\n  auth:\n    user: u\n").unwrap_err();
+        assert!(
+            e.contains("registries[0].auth") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = resolve_text("registries:\n- name: a.io\n- name: A.io\n").unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        let e = resolve_text("registries:\n- name: a.io\n  auth:\n    passwordFromEnv: OCIREG_TEST_UNSET_VAR\n    user: u\n").unwrap_err();
+        assert!(
+            e.contains("OCIREG_TEST_UNSET_VAR") && e.contains("passwordFromEnv"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let cfg = parse_text("port: 9000\nhost: 127.0.0.1\npullTimeout: 5000\n").unwrap();
+        let s = resolve(
+            Some((cfg, String::new(), PathBuf::from("c"))),
+            Overrides {
+                port: Some(7000),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.port, 7000);
+        assert_eq!(s.host, "127.0.0.1");
+        assert_eq!(s.pull_timeout, Duration::from_secs(5));
+        assert_eq!(s.default_ns, "docker.io");
+        assert_eq!(s.image_path, PathBuf::from(DEFAULT_IMAGE_PATH));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = resolve_text("registries:\n- name: a.io\n  auth: {user: u, password: hunter2}\n")
+            .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn ociregistry_keys_not_built_yet_are_accepted() {
+        let s = resolve_text("pruneConfig:\n  enabled: false\nlogLevel: info\n").unwrap();
+        assert_eq!(s.ignored_keys, vec!["pruneConfig"]);
+    }
+}

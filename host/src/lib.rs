@@ -1,0 +1,24 @@
+//! ociregistry: a pull-only, pull-through caching OCI registry.
+//!
+//! A request flows through these parts:
+//!
+//! - [`cli`] parses the command line and starts the server; [`config`] reads Ociregistry's
+//!   `config.yaml` strictly and merges it with flags ([`duration`] reads `6h`-style values).
+//! - [`server`] accepts connections; [`server::router`] turns a path into a route and picks
+//!   the upstream (`?ns=`, in-path host, `defaultNs`); [`server::handlers`] answers it.
+//! - [`cache`] holds verified content by digest, tag records, and the single-flight
+//!   downloads that clients read while they run.
+//! - [`upstream`] talks to upstream registries with the right TLS and credentials, answering
+//!   Basic and Bearer-token challenges.
+//! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
+//! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod logging;
+pub mod oci;
+pub mod providers;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,5 @@
+//! The `ociregistry` binary; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    ociregistry::cli::run()
+}

@@ -1,0 +1,272 @@
+//! Authenticating to one upstream: which credential to present, the registry token flow
+//! (Bearer challenges answered at the token endpoint, tokens cached per scope until they
+//! expire), and turning a credential into an `Authorization` header.
+//!
+//! Secrets only ever leave this module inside header values; nothing here logs them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use ociregistry_plugin_api::{Credential, CredentialKind, Secret};
+
+use crate::oci::error::RegistryError;
+use crate::providers::ManagedCredential;
+use crate::upstream::challenge::Challenge;
+
+/// Where an upstream's credential comes from.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    /// None configured: requests go anonymously (the token flow may still run).
+    Anonymous,
+    /// A fixed credential: user/password from config, or `auth.token.static`.
+    Fixed(Credential),
+    /// A provider plugin's credential, kept fresh by the scheduler.
+    Managed(ManagedCredential),
+}
+
+impl CredentialSource {
+    /// The credential to present now, if any.
+    pub async fn current(&self, registry: &str) -> Result<Option<Credential>, RegistryError> {
+        match self {
+            CredentialSource::Anonymous => Ok(None),
+            CredentialSource::Fixed(c) => Ok(Some(c.clone())),
+            CredentialSource::Managed(m) => m.current().await.map(Some).map_err(|e| {
+                RegistryError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    crate::oci::error::ErrorCode::Unavailable,
+                    format!("no credential for upstream {registry} yet: {e}"),
+                )
+            }),
+        }
+    }
+
+    /// After the upstream rejected `used`: a fresher credential, if the source can get one.
+    pub async fn refresh_after_rejection(&self, used: &Credential) -> Option<Credential> {
+        match self {
+            CredentialSource::Managed(m) => m.refresh_after_unauthorized(used).await.ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether a credential is configured at all.
+    pub fn is_configured(&self) -> bool {
+        !matches!(self, CredentialSource::Anonymous)
+    }
+}
+
+/// Builds the `Authorization` value that presents `credential` directly to a registry.
+pub fn header_for(credential: &Credential) -> String {
+    match &credential.kind {
+        CredentialKind::Basic { user, secret } => basic(user, secret),
+        CredentialKind::Bearer { token } => format!("Bearer {}", token.expose()),
+    }
+}
+
+fn basic(user: &str, secret: &Secret) -> String {
+    let raw = format!("{user}:{}", secret.expose());
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+/// `auth.token.static`: Ociregistry pastes ECR's token as is, which is base64 of
+/// `user:password`; such a value is used as Basic, anything else as a Bearer token.
+pub fn static_credential(value: &Secret) -> Credential {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value.expose().trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    match decoded.as_deref().and_then(|s| s.split_once(':')) {
+        Some((user, password)) if !user.is_empty() => Credential::basic(user, password),
+        _ => Credential::bearer(value.clone()),
+    }
+}
+
+/// Bearer tokens obtained from token endpoints, per scope.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<String, (Secret, Instant)>>,
+}
+
+/// Upper bound on cached scopes per upstream; beyond it the cache starts over.
+const MAX_SCOPES: usize = 4096;
+/// Tokens are dropped this long before the endpoint says they expire.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// What the distribution spec says to assume when `expires_in` is absent.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+impl TokenCache {
+    /// A still-valid token for `scope`.
+    pub fn get(&self, scope: &str) -> Option<Secret> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get(scope)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(t, _)| t.clone())
+    }
+
+    fn put(&self, scope: &str, token: Secret, lifetime: Duration) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if tokens.len() >= MAX_SCOPES {
+            let now = Instant::now();
+            tokens.retain(|_, (_, until)| *until > now);
+            if tokens.len() >= MAX_SCOPES {
+                tokens.clear();
+            }
+        }
+        let lifetime = lifetime
+            .saturating_sub(EXPIRY_MARGIN)
+            .max(Duration::from_secs(1));
+        tokens.insert(scope.to_owned(), (token, Instant::now() + lifetime));
+    }
+
+    /// Forgets the token for `scope` (the upstream refused it).
+    pub fn forget(&self, scope: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.remove(scope);
+    }
+}
+
+/// Runs the token flow: asks `realm` for a token for `scope`, presenting `credential` when
+/// one is configured, and caches it.
+pub async fn fetch_token(
+    client: &reqwest::Client,
+    registry: &str,
+    challenge: &Challenge,
+    scope: &str,
+    credential: Option<&Credential>,
+    cache: &TokenCache,
+    timeout: Duration,
+) -> Result<Secret, RegistryError> {
+    let Challenge::Bearer { realm, service, .. } = challenge else {
+        return Err(RegistryError::bad_gateway(format!(
+            "upstream {registry} sent no token realm"
+        )));
+    };
+    let mut url = reqwest::Url::parse(realm).map_err(|_| {
+        RegistryError::bad_gateway(format!("upstream {registry} sent an invalid token realm"))
+    })?;
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(s) = service {
+            q.append_pair("service", s);
+        }
+        q.append_pair("scope", scope);
+    }
+    let mut req = client.get(url.clone());
+    if let Some(c) = credential {
+        req = req.header(http::header::AUTHORIZATION, header_for(c));
+    }
+    let resp = tokio::time::timeout(timeout, req.send())
+        .await
+        .map_err(|_| {
+            RegistryError::bad_gateway(format!(
+                "token endpoint of {registry} ({}) did not answer within {}s",
+                origin(&url),
+                timeout.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            RegistryError::bad_gateway(format!(
+                "token endpoint of {registry} ({}) unreachable: {}",
+                origin(&url),
+                e.without_url()
+            ))
+        })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let code = crate::oci::error::ErrorCode::from_upstream_status(
+            status,
+            crate::oci::error::ErrorCode::Unauthorized,
+        );
+        let status = if status == 401 || status == 403 || status == 429 {
+            status
+        } else {
+            http::StatusCode::BAD_GATEWAY
+        };
+        return Err(RegistryError::new(
+            status,
+            code,
+            format!(
+                "token endpoint of {registry} ({}) answered {}",
+                origin(&url),
+                resp.status()
+            ),
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        token: Option<String>,
+        access_token: Option<String>,
+        expires_in: Option<u64>,
+    }
+    let body = resp.bytes().await.map_err(|e| {
+        RegistryError::bad_gateway(format!("token endpoint of {registry}: {}", e.without_url()))
+    })?;
+    if body.len() > 1024 * 1024 {
+        return Err(RegistryError::bad_gateway(format!(
+            "token endpoint of {registry} sent an oversized answer"
+        )));
+    }
+    let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+        RegistryError::bad_gateway(format!(
+            "token endpoint of {registry} sent something that is not a token response"
+        ))
+    })?;
+    let token = parsed
+        .token
+        .filter(|t| !t.is_empty())
+        .or(parsed.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            RegistryError::bad_gateway(format!("token endpoint of {registry} sent no token"))
+        })?;
+    let token = Secret::new(token);
+    let lifetime = parsed
+        .expires_in
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    cache.put(scope, token.clone(), lifetime);
+    Ok(token)
+}
+
+/// `scheme://host[:port]` of a URL, for messages (never the query, which may carry scopes).
+fn origin(url: &reqwest::Url) -> String {
+    let mut s = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(p) = url.port() {
+        s.push_str(&format!(":{p}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_tokens() {
+        let ecr_style = base64::engine::general_purpose::STANDARD.encode("AWS:secretpw");
+        let c = static_credential(&Secret::new(ecr_style));
+        assert_eq!(c, Credential::basic("AWS", "secretpw"));
+        let c = static_credential(&Secret::new("opaque.jwt.token"));
+        assert_eq!(c, Credential::bearer("opaque.jwt.token"));
+    }
+
+    #[test]
+    fn basic_header() {
+        let h = header_for(&Credential::basic("AWS", "pw"));
+        assert_eq!(h, "Basic QVdTOnB3");
+    }
+
+    #[test]
+    fn token_cache_expires() {
+        let cache = TokenCache::default();
+        cache.put("s", Secret::new("t"), Duration::from_secs(300));
+        assert!(cache.get("s").is_some());
+        cache.forget("s");
+        assert!(cache.get("s").is_none());
+    }
+}

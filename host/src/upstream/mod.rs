@@ -1,0 +1,362 @@
+//! Talking to upstream registries: which upstream a name means ([`Upstreams::resolve`]),
+//! one HTTP client per configured registry (its TLS settings), and requests that carry the
+//! right credential ([`auth`]) and answer the registry's challenges ([`challenge`]).
+//!
+//! Redirects (blob storage on another host) are followed by reqwest, which drops the
+//! `Authorization` header whenever a redirect leaves the original host, port or scheme.
+
+pub mod auth;
+pub mod challenge;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+
+use crate::config::{CredentialConfig, Registry, Scheme, Settings, TlsConfig};
+use crate::oci::error::RegistryError;
+use crate::oci::reference::RepoName;
+use auth::{CredentialSource, TokenCache};
+use ociregistry_plugin_api::Credential;
+
+/// The name docker.io images are cached and configured under.
+pub const DOCKER_HUB: &str = "docker.io";
+/// Where docker.io's registry API actually is.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// At most this many unconfigured upstreams keep their token caches.
+const MAX_ADHOC: usize = 256;
+
+/// The canonical name of a registry: docker.io's aliases collapse to `docker.io`.
+pub fn canonical_name(name: &str) -> String {
+    match name {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            DOCKER_HUB.to_owned()
+        }
+        other => other.to_owned(),
+    }
+}
+
+/// One upstream registry and how to reach it.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Canonical name (`docker.io`, `127.0.0.1:5000`).
+    pub name: String,
+    base: String,
+    client: reqwest::Client,
+    credential: CredentialSource,
+    tokens: TokenCache,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// docker.io puts one-component names under `library/`.
+    pub fn repo_path(&self, repo: &RepoName) -> RepoName {
+        if self.name == DOCKER_HUB {
+            repo.with_library_prefix()
+        } else {
+            repo.clone()
+        }
+    }
+
+    /// Sends `method` to `/v2/<repo>/<path>` with the credential this upstream needs,
+    /// answering one round of auth challenges. Returns the upstream's response whatever its
+    /// status; transport failures become 502 naming the upstream.
+    pub async fn request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let repo = self.repo_path(repo);
+        let url = format!("{}/v2/{}/{}", self.base, repo, path);
+        let scope = format!("repository:{repo}:pull");
+        let mut credential = self.credential.current(&self.name).await?;
+        let mut refreshed = false;
+        // At most: plain try, token fetch + retry, credential refresh + retry.
+        for _ in 0..4 {
+            let token = self.tokens.get(&scope);
+            let sent_credential = token.is_none() && credential.is_some();
+            let mut req = self.client.request(method.clone(), &url);
+            if let Some(t) = &token {
+                req = req.header(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", t.expose()),
+                );
+            } else if let Some(c) = &credential {
+                req = req.header(http::header::AUTHORIZATION, auth::header_for(c));
+            }
+            if let Some(a) = accept {
+                req = req.header(http::header::ACCEPT, a);
+            }
+            let resp = self.send(req).await?;
+            if resp.status() != http::StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(challenge::parse);
+            match challenge {
+                Some(c @ challenge::Challenge::Bearer { .. }) => {
+                    if token.is_some() {
+                        self.tokens.forget(&scope);
+                    }
+                    let fetched = auth::fetch_token(
+                        &self.client,
+                        &self.name,
+                        &c,
+                        &scope,
+                        credential.as_ref(),
+                        &self.tokens,
+                        self.timeout,
+                    )
+                    .await;
+                    match fetched {
+                        Ok(_) if token.is_none() => continue,
+                        // A fresh token was refused too: pass the 401 on.
+                        Ok(_) => return Ok(resp),
+                        Err(e) if e.status == 401 && !refreshed => {
+                            match self.refreshed(credential.as_ref()).await {
+                                Some(c) => {
+                                    credential = Some(c);
+                                    refreshed = true;
+                                }
+                                None => return Err(e),
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(challenge::Challenge::Basic) if sent_credential && !refreshed => {
+                    match self.refreshed(credential.as_ref()).await {
+                        Some(c) => {
+                            credential = Some(c);
+                            refreshed = true;
+                        }
+                        None => return Ok(resp),
+                    }
+                }
+                _ => return Ok(resp),
+            }
+        }
+        Err(RegistryError::bad_gateway(format!(
+            "upstream {} kept refusing credentials",
+            self.name
+        )))
+    }
+
+    async fn refreshed(&self, used: Option<&Credential>) -> Option<Credential> {
+        let used = used?;
+        let fresh = self.credential.refresh_after_rejection(used).await?;
+        tracing::info!(registry = %self.name, "upstream refused the credential; retrying with a refreshed one");
+        Some(fresh)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, RegistryError> {
+        match tokio::time::timeout(self.timeout, req.send()).await {
+            Err(_) => Err(RegistryError::bad_gateway(format!(
+                "upstream {} did not answer within {}s",
+                self.name,
+                self.timeout.as_secs()
+            ))),
+            Ok(Err(e)) => Err(RegistryError::bad_gateway(format!(
+                "upstream {} unreachable: {}",
+                self.name,
+                describe(&e)
+            ))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// The answer timeout for this upstream (headers, or the next chunk of a body).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// A transport error in one line, with its root cause (connection refused, TLS...).
+pub fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut msg = if e.is_connect() {
+        "connection failed".to_owned()
+    } else if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = e.source();
+    let mut last = None;
+    while let Some(s) = source {
+        last = Some(s.to_string());
+        source = s.source();
+    }
+    if let Some(root) = last {
+        msg.push_str(": ");
+        msg.push_str(&root);
+    }
+    msg
+}
+
+/// Why an upstream could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+#[error("registries entry {registry}: {message}")]
+pub struct SetupError {
+    registry: String,
+    message: String,
+}
+
+/// All upstreams: the configured ones, and ad hoc ones for names seen in requests.
+#[derive(Debug)]
+pub struct Upstreams {
+    configured: HashMap<String, Arc<Upstream>>,
+    adhoc: Mutex<HashMap<String, Arc<Upstream>>>,
+    default_client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Upstreams {
+    /// Builds one client per configured registry. `managed` supplies the credentials of
+    /// registries whose auth comes from a provider plugin.
+    pub fn new(
+        settings: &Settings,
+        mut managed: HashMap<String, crate::providers::ManagedCredential>,
+    ) -> Result<Self, SetupError> {
+        let timeout = settings.pull_timeout;
+        let default_client =
+            build_client(&TlsConfig::default(), timeout).map_err(|message| SetupError {
+                registry: "(default)".into(),
+                message,
+            })?;
+        let mut configured = HashMap::new();
+        for r in &settings.registries {
+            let name = canonical_name(&r.name);
+            let client =
+                if r.tls.ca.is_none() && r.tls.cert.is_none() && !r.tls.insecure_skip_verify {
+                    default_client.clone()
+                } else {
+                    build_client(&r.tls, timeout).map_err(|message| SetupError {
+                        registry: r.name.clone(),
+                        message,
+                    })?
+                };
+            let credential = match &r.credential {
+                CredentialConfig::None => CredentialSource::Anonymous,
+                CredentialConfig::Basic { user, password } => {
+                    CredentialSource::Fixed(Credential::basic(user.clone(), password.clone()))
+                }
+                CredentialConfig::Static(s) => CredentialSource::Fixed(auth::static_credential(s)),
+                CredentialConfig::Provider { .. } => match managed.remove(&r.name) {
+                    Some(m) => CredentialSource::Managed(m),
+                    None => {
+                        return Err(SetupError {
+                            registry: r.name.clone(),
+                            message: "provider credential was not set up".into(),
+                        });
+                    }
+                },
+            };
+            configured.insert(
+                name.clone(),
+                Arc::new(upstream(&name, r, client, credential, timeout)),
+            );
+        }
+        Ok(Upstreams {
+            configured,
+            adhoc: Mutex::new(HashMap::new()),
+            default_client,
+            timeout,
+        })
+    }
+
+    /// The upstream for a registry name as it appeared in a request (validated host).
+    pub fn resolve(&self, registry: &str) -> Arc<Upstream> {
+        let name = canonical_name(registry);
+        if let Some(u) = self.configured.get(&name) {
+            return u.clone();
+        }
+        let mut adhoc = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = adhoc.get(&name) {
+            return u.clone();
+        }
+        if adhoc.len() >= MAX_ADHOC {
+            adhoc.clear();
+        }
+        let plain = Registry {
+            name: name.clone(),
+            scheme: Scheme::Https,
+            credential: CredentialConfig::None,
+            tls: TlsConfig::default(),
+        };
+        let u = Arc::new(upstream(
+            &name,
+            &plain,
+            self.default_client.clone(),
+            CredentialSource::Anonymous,
+            self.timeout,
+        ));
+        adhoc.insert(name, u.clone());
+        u
+    }
+}
+
+fn upstream(
+    name: &str,
+    r: &Registry,
+    client: reqwest::Client,
+    credential: CredentialSource,
+    timeout: Duration,
+) -> Upstream {
+    let host = if name == DOCKER_HUB {
+        DOCKER_HUB_API
+    } else {
+        name
+    };
+    Upstream {
+        name: name.to_owned(),
+        base: format!("{}://{}", r.scheme, host),
+        client,
+        credential,
+        tokens: TokenCache::default(),
+        timeout,
+    }
+}
+
+/// A client with this registry's TLS settings.
+fn build_client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("ociregistry/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(timeout.min(Duration::from_secs(30)))
+        .read_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(90));
+    if let Some(ca) = &tls.ca {
+        let pem = std::fs::read(&ca.0).map_err(|e| format!("tls.ca {}: {e}", ca.0.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "tls.ca {}: not a PEM certificate bundle: {e}",
+                ca.0.display()
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(format!("tls.ca {}: no certificate in it", ca.0.display()));
+        }
+        b = b.tls_certs_merge(certs);
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        let mut pem =
+            std::fs::read(&cert.0).map_err(|e| format!("tls.cert {}: {e}", cert.0.display()))?;
+        pem.push(b'\n');
+        pem.extend(std::fs::read(&key.0).map_err(|e| format!("tls.key {}: {e}", key.0.display()))?);
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("tls.cert/tls.key: not a usable PEM certificate and key: {e}"))?;
+        b = b.identity(id);
+    }
+    if tls.insecure_skip_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    b.build()
+        .map_err(|e| format!("cannot build HTTP client: {}", describe(&e)))
+}
