@@ -24,6 +24,8 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 /// How long an upstream may take to answer (headers, or the next chunk of a body).
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default limit on one provider call (`auth.token.timeout`).
+pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default provider token refresh period (`auth.token.expiry`).
 pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(12 * 3600);
 
@@ -237,6 +239,8 @@ pub struct TokenConfig {
     pub provider_opts: Option<String>,
     /// Refresh period (default 12h).
     pub expiry: Option<ConfigDuration>,
+    /// How long one provider call may take before it counts as failed (default 30s).
+    pub timeout: Option<ConfigDuration>,
     /// A literal token, used as is; no plugin is called.
     #[serde(rename = "static")]
     pub static_token: Option<SecretString>,
@@ -296,6 +300,8 @@ pub enum CredentialConfig {
         opts: String,
         /// Refresh period.
         every: Duration,
+        /// Limit on one provider call.
+        timeout: Duration,
     },
 }
 
@@ -546,8 +552,8 @@ fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (String,
             (Some(_), Some(_)) => err(".token", "use either provider or static, not both"),
             (None, None) => err(".token", "needs provider or static"),
             (None, Some(s)) => {
-                if t.provider_opts.is_some() || t.expiry.is_some() {
-                    return err(".token", "providerOpts and expiry need a provider");
+                if t.provider_opts.is_some() || t.expiry.is_some() || t.timeout.is_some() {
+                    return err(".token", "providerOpts, expiry and timeout need a provider");
                 }
                 Ok(CredentialConfig::Static(s.to_secret()))
             }
@@ -559,10 +565,15 @@ fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (String,
                 if p.trim().is_empty() {
                     return err(".token.provider", "is empty");
                 }
+                let timeout = t.timeout.map(|d| d.0).unwrap_or(DEFAULT_PROVIDER_TIMEOUT);
+                if timeout.is_zero() {
+                    return err(".token.timeout", "must be more than zero");
+                }
                 Ok(CredentialConfig::Provider {
                     provider: p.trim().to_owned(),
                     opts: t.provider_opts.clone().unwrap_or_default(),
                     every,
+                    timeout,
                 })
             }
         };

@@ -21,9 +21,6 @@ pub enum Output {
     Json,
 }
 
-/// How long `--check` waits for one provider.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Runs the command.
 pub async fn run(settings: &Settings, output: Output, check: bool) -> Result<ExitCode, FatalError> {
     let loaded = providers::load_dir(&settings.plugin_dir)
@@ -133,7 +130,12 @@ async fn run_check(
             CredentialConfig::None => ("anonymous".to_owned(), Ok(None)),
             CredentialConfig::Basic { user, .. } => (format!("user {user} (config)"), Ok(None)),
             CredentialConfig::Static(_) => ("static token (config)".to_owned(), Ok(None)),
-            CredentialConfig::Provider { provider, opts, .. } => {
+            CredentialConfig::Provider {
+                provider,
+                opts,
+                timeout,
+                ..
+            } => {
                 let source = format!("provider {provider}");
                 match providers::create_fetcher(
                     loaded,
@@ -145,9 +147,7 @@ async fn run_check(
                     Err(e) => (source, Err(e.to_string())),
                     Ok(fetcher) => (
                         source,
-                        scheduler::fetch_once(fetcher, CHECK_TIMEOUT)
-                            .await
-                            .map(Some),
+                        scheduler::fetch_once(fetcher, *timeout).await.map(Some),
                     ),
                 }
             }

@@ -140,7 +140,8 @@ pub fn start(
                 provider,
                 opts,
                 every,
-            } => Some((r, provider, opts, *every)),
+                timeout,
+            } => Some((r, provider, opts, *every, *timeout)),
             _ => None,
         })
         .collect();
@@ -148,7 +149,7 @@ pub fn start(
         return Ok(out);
     }
     let loaded = load_dir(&settings.plugin_dir)?;
-    for (registry, provider, opts, every) in wanted {
+    for (registry, provider, opts, every, timeout) in wanted {
         let fetcher = create_fetcher(
             &loaded,
             &settings.plugin_dir,
@@ -158,6 +159,7 @@ pub fn start(
         )?;
         let schedule = Schedule {
             every,
+            fetch_timeout: timeout,
             ..Schedule::default()
         };
         tracing::info!(registry = %registry.name, provider, every = %crate::duration::format(every), "starting provider credential");
