@@ -644,6 +644,7 @@ mod tests {
                 provider,
                 opts,
                 every,
+                ..
             } => {
                 assert_eq!(provider, "ecr");
                 assert_eq!(opts, "profile=default,region=us-south-1");

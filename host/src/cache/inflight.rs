@@ -119,6 +119,13 @@ impl Downloads {
         self.unregister(&d.digest);
     }
 
+    /// Completes a registered download whose blob turned out to be stored already (it was
+    /// committed between the caller's cache lookup and its registration).
+    pub fn complete_stored(&self, d: &Download, total: u64) {
+        d.publish(Progress::Complete { total });
+        self.unregister(&d.digest);
+    }
+
     /// Runs a registered download to the end: writes `body` to the temp file while
     /// publishing progress, verifies size and sha256, commits it to the store, and
     /// unregisters. Every failure is published to the readers and nothing is stored.

@@ -649,20 +649,7 @@ async fn run_download(
     let digest = download.digest.clone();
     // It may have been stored between the cache lookup and registering this download.
     if let Ok(Some(total)) = app.store.stat_blob(&digest).await {
-        let empty = futures_util::stream::empty::<Result<Bytes, std::io::Error>>();
-        let _ = total;
-        // Nothing to fetch: publish completion through the normal path.
-        let _ = app
-            .downloads
-            .fill(
-                &app.store,
-                &download,
-                Some(0),
-                empty,
-                upstream.timeout(),
-                &upstream.name,
-            )
-            .await;
+        app.downloads.complete_stored(&download, total);
         return;
     }
     let resp = match upstream
