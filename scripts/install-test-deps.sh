@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need. Idempotent: does nothing that is already done.
+#   - Debian packages: docker-registry (CNCF distribution, the test upstream), skopeo (a real
+#     client), apache2-utils (htpasswd), openssl (token signing keys), curl.
+#   - A Python venv at <repo>/.venv with moto[server] (a local AWS ECR endpoint).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ]; }
+have docker-registry || need_pkgs+=(docker-registry)
+have skopeo || need_pkgs+=(skopeo)
+have htpasswd || need_pkgs+=(apache2-utils)
+have openssl || need_pkgs+=(openssl)
+have curl || need_pkgs+=(curl)
+have python3 || need_pkgs+=(python3 python3-venv)
+
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    echo "install-test-deps: installing ${need_pkgs[*]}"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends "${need_pkgs[@]}"
+else
+    echo "install-test-deps: docker-registry, skopeo, htpasswd, openssl, curl present"
+fi
+
+venv="$repo/.venv"
+if [ -x "$venv/bin/moto_server" ]; then
+    echo "install-test-deps: $venv has moto_server"
+else
+    echo "install-test-deps: creating $venv with moto[server]"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        # Debian splits ensurepip into python3-venv.
+        sudo=""
+        if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+        export DEBIAN_FRONTEND=noninteractive
+        $sudo apt-get update
+        $sudo apt-get install -y --no-install-recommends python3-venv
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet 'moto[server]'
+    [ -x "$venv/bin/moto_server" ] || { echo "install-test-deps: moto_server missing after install" >&2; exit 1; }
+fi
