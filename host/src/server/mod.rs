@@ -1,10 +1,14 @@
 //! The HTTP side: accepting connections, handing each request to [`handlers`], and
 //! stopping cleanly on SIGTERM/SIGINT.
 //!
-//! [`router`] maps paths to routes, [`range`] reads `Range` headers, [`response`] builds
-//! bodies and OCI error answers.
+//! [`router`] maps paths to routes; [`handlers`] dispatches them to [`manifests`], [`blobs`]
+//! and [`passthrough`]; [`range`] reads `Range` headers; [`response`] builds bodies and OCI
+//! error answers.
 
+pub mod blobs;
 pub mod handlers;
+pub mod manifests;
+pub mod passthrough;
 pub mod range;
 pub mod response;
 pub mod router;

@@ -1,0 +1,225 @@
+//! Blobs: from the cache with ranges, else join or start the single download of the digest
+//! and stream along while it runs.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+
+use crate::oci::error::{ErrorCode, RegistryError};
+use crate::oci::reference::{Digest, RepoName};
+use crate::server::handlers::{App, disk_error, upstream_status};
+use crate::server::response::{self, Body};
+use crate::upstream::Upstream;
+
+use crate::cache::inflight::{self, Progress};
+use crate::server::range::{self, RangeAnswer};
+
+pub(super) async fn blob(
+    app: &Arc<App>,
+    registry: &str,
+    repo: &RepoName,
+    digest: Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<Body>, RegistryError> {
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    if let Some((file, total)) = app.store.open_blob(&digest).await.map_err(disk_error)? {
+        return blob_response(&digest, total, range_header, head, |start, end| {
+            response::stream(inflight::read_stored(file, start, end))
+        });
+    }
+    if app.settings.air_gapped {
+        return Err(RegistryError::not_found(
+            ErrorCode::BlobUnknown,
+            format!("blob {digest} is not cached (air-gapped: upstreams are never contacted)"),
+        ));
+    }
+    let upstream = app.upstreams.resolve(registry);
+    if head {
+        return head_upstream_blob(&upstream, repo, &digest).await;
+    }
+    let (download, started) = app.downloads.join_or_register(&app.store, &digest);
+    if started {
+        tokio::spawn(run_download(
+            app.clone(),
+            upstream.clone(),
+            repo.clone(),
+            download.clone(),
+        ));
+    }
+    let mut progress = download.subscribe();
+    let state = progress
+        .wait_for(|p| !matches!(p, Progress::Starting))
+        .await
+        .map(|p| p.clone())
+        .map_err(|_| RegistryError::internal("download ended unexpectedly"))?;
+    let total = match state {
+        Progress::Failed(e) => return Err(e),
+        Progress::Receiving { total, .. } => total,
+        Progress::Complete { total } => Some(total),
+        Progress::Starting => None,
+    };
+    let idle = upstream.timeout();
+    match total {
+        Some(total) => blob_response(&digest, total, range_header, false, |start, end| {
+            response::stream(inflight::read_following(
+                download.clone(),
+                start,
+                Some(end),
+                idle,
+            ))
+        }),
+        // Size unknown until the upstream finishes: stream it all, chunked.
+        None => {
+            let mut resp = Response::new(response::stream(inflight::read_following(
+                download.clone(),
+                0,
+                None,
+                idle,
+            )));
+            blob_headers(resp.headers_mut(), &digest);
+            Ok(resp)
+        }
+    }
+}
+
+fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+            h.insert(header::ETAG, etag);
+        }
+    }
+}
+
+fn blob_response(
+    digest: &Digest,
+    total: u64,
+    range_header: Option<&str>,
+    head: bool,
+    body: impl FnOnce(u64, u64) -> Body,
+) -> Result<Response<Body>, RegistryError> {
+    let (status, start, end) = match range::answer(range_header, total) {
+        RangeAnswer::Full => (StatusCode::OK, 0, total),
+        RangeAnswer::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        RangeAnswer::Unsatisfiable => {
+            let mut e = response::error(
+                &RegistryError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    ErrorCode::RangeInvalid,
+                    format!("range not satisfiable for a blob of {total} bytes"),
+                ),
+                head,
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                e.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(e);
+        }
+    };
+    let mut resp = Response::new(if head {
+        response::empty()
+    } else {
+        body(start, end)
+    });
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    blob_headers(h, digest);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(resp)
+}
+
+async fn head_upstream_blob(
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<Response<Body>, RegistryError> {
+    let resp = upstream
+        .request(Method::HEAD, repo, &format!("blobs/{digest}"), None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(upstream_status(
+            upstream,
+            resp,
+            ErrorCode::BlobUnknown,
+            &format!("blob {digest}"),
+        )
+        .await);
+    }
+    let mut out = Response::new(response::empty());
+    blob_headers(out.headers_mut(), digest);
+    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH).cloned() {
+        out.headers_mut().insert(header::CONTENT_LENGTH, len);
+    }
+    Ok(out)
+}
+
+/// Fetches a blob from the upstream into the cache, feeding every reader of `download`.
+async fn run_download(
+    app: Arc<App>,
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    download: Arc<inflight::Download>,
+) {
+    let digest = download.digest.clone();
+    // It may have been stored between the cache lookup and registering this download.
+    if let Ok(Some(total)) = app.store.stat_blob(&digest).await {
+        app.downloads.complete_stored(&download, total);
+        return;
+    }
+    let resp = match upstream
+        .request(Method::GET, &repo, &format!("blobs/{digest}"), None)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed");
+            app.downloads.fail(&download, e);
+            return;
+        }
+    };
+    if !resp.status().is_success() {
+        let e = upstream_status(
+            &upstream,
+            resp,
+            ErrorCode::BlobUnknown,
+            &format!("blob {digest}"),
+        )
+        .await;
+        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch refused");
+        app.downloads.fail(&download, e);
+        return;
+    }
+    let total = resp.content_length();
+    let started = std::time::Instant::now();
+    let result = app
+        .downloads
+        .fill(
+            &app.store,
+            &download,
+            total,
+            resp.bytes_stream(),
+            upstream.timeout(),
+            &upstream.name,
+        )
+        .await;
+    match result {
+        Ok(size) => tracing::info!(
+            registry = %upstream.name, repo = %repo, %digest, size,
+            seconds = started.elapsed().as_secs_f32(), "cached blob"
+        ),
+        Err(e) => {
+            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed; nothing stored")
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Manifests: by digest from the cache, else one verified upstream fetch; by tag from the
+//! tag record, else (or for `:latest` under `alwaysPullLatest`) the upstream, falling back to
+//! the cached manifest when the upstream fails. Concurrent requests share one fetch.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+
+use crate::oci::error::{ErrorCode, RegistryError};
+use crate::oci::reference::{Digest, RepoName};
+use crate::server::handlers::{App, MAX_MANIFEST_BYTES, disk_error, read_limited, upstream_status};
+use crate::server::response::{self, Body};
+use crate::upstream::Upstream;
+
+use crate::cache::{Manifest, tags};
+use crate::oci::media::{self, Accept};
+use crate::oci::reference::Reference;
+
+pub(super) async fn manifest(
+    app: &Arc<App>,
+    registry: &str,
+    repo: &RepoName,
+    reference: Reference,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<Body>, RegistryError> {
+    let accept = Accept::from_headers(headers);
+    let m = match reference {
+        Reference::Digest(digest) => manifest_by_digest(app, registry, repo, digest).await?,
+        Reference::Tag(tag) => manifest_by_tag(app, registry, repo, &tag, &accept).await?,
+    };
+    Ok(manifest_response(&m, head))
+}
+
+fn manifest_response(m: &Manifest, head: bool) -> Response<Body> {
+    let mut resp = Response::new(if head {
+        response::empty()
+    } else {
+        response::full(m.bytes.clone())
+    });
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&m.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
+    if let Ok(v) = HeaderValue::from_str(&m.digest.to_string()) {
+        h.insert("docker-content-digest", v.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", m.digest)) {
+            h.insert(header::ETAG, etag);
+        }
+    }
+    resp
+}
+
+async fn manifest_by_digest(
+    app: &Arc<App>,
+    registry: &str,
+    repo: &RepoName,
+    digest: Digest,
+) -> Result<Manifest, RegistryError> {
+    if let Some(m) = app.store.get_manifest(&digest).await.map_err(disk_error)? {
+        return Ok(m);
+    }
+    if app.settings.air_gapped {
+        return Err(RegistryError::not_found(
+            ErrorCode::ManifestUnknown,
+            format!("manifest {digest} is not cached (air-gapped: upstreams are never contacted)"),
+        ));
+    }
+    let key = format!("{registry}/{repo}@{digest}");
+    let upstream = app.upstreams.resolve(registry);
+    let app2 = app.clone();
+    let repo2 = repo.clone();
+    single_flight(app, key, async move {
+        fetch_manifest(
+            &app2,
+            &upstream,
+            &repo2,
+            &Reference::Digest(digest),
+            &media::ALL_MANIFESTS.join(", "),
+        )
+        .await
+    })
+    .await
+}
+
+async fn manifest_by_tag(
+    app: &Arc<App>,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+    accept: &Accept,
+) -> Result<Manifest, RegistryError> {
+    let cached = cached_tag(app, registry, repo, tag, accept).await;
+    let revalidate = app.settings.always_pull_latest && tag == "latest";
+    if let Some(m) = &cached
+        && !revalidate
+    {
+        return Ok(m.clone());
+    }
+    if app.settings.air_gapped {
+        return cached.ok_or_else(|| {
+            RegistryError::not_found(
+                ErrorCode::ManifestUnknown,
+                format!("{registry}/{repo}:{tag} is not cached (air-gapped: upstreams are never contacted)"),
+            )
+        });
+    }
+    let accept_header = accept.upstream_header();
+    let key = format!("{registry}/{repo}:{tag}|{accept_header}");
+    let upstream = app.upstreams.resolve(registry);
+    let app2 = app.clone();
+    let repo2 = repo.clone();
+    let tag2 = tag.to_owned();
+    let fetched = single_flight(app, key, async move {
+        let m = fetch_manifest(&app2, &upstream, &repo2, &Reference::Tag(tag2.clone()), &accept_header).await?;
+        if let Err(e) = tags::put(&app2.store, &upstream.name, &repo2, &tag2, &m.media_type, &m.digest).await {
+            tracing::warn!(registry = %upstream.name, repo = %repo2, tag = %tag2, error = %e, "could not record tag");
+        }
+        Ok(m)
+    })
+    .await;
+    match (fetched, cached) {
+        (Ok(m), _) => Ok(m),
+        // The upstream could not tell us anything new: serve what we have.
+        (Err(e), Some(m))
+            if e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            tracing::warn!(registry, repo = %repo, tag, error = %e.message, "revalidation failed; serving the cached manifest");
+            Ok(m)
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// The cached manifest a tag points to, for a media type the client accepts.
+async fn cached_tag(
+    app: &App,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+    accept: &Accept,
+) -> Option<Manifest> {
+    let record = tags::get(&app.store, registry, repo, tag).await?;
+    for entry in record
+        .entries
+        .iter()
+        .filter(|e| accept.allows(&e.media_type))
+    {
+        if let Some(d) = entry.digest()
+            && let Ok(Some(m)) = app.store.get_manifest(&d).await
+        {
+            return Some(m);
+        }
+    }
+    None
+}
+
+/// Runs `fetch` once per key however many requests ask at the same time.
+async fn single_flight<F>(app: &App, key: String, fetch: F) -> Result<Manifest, RegistryError>
+where
+    F: std::future::Future<Output = Result<Manifest, RegistryError>> + Send + 'static,
+{
+    let cell = {
+        let mut flights = app
+            .manifest_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        flights.entry(key.clone()).or_default().clone()
+    };
+    // Run the fetch on its own task: a client that goes away does not cancel it for others.
+    let result = cell
+        .get_or_init(|| async move {
+            tokio::spawn(fetch).await.unwrap_or_else(|e| {
+                Err(RegistryError::internal(format!(
+                    "manifest fetch failed: {e}"
+                )))
+            })
+        })
+        .await
+        .clone();
+    let mut flights = app
+        .manifest_flights
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if flights.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+        flights.remove(&key);
+    }
+    result
+}
+
+async fn fetch_manifest(
+    app: &App,
+    upstream: &Upstream,
+    repo: &RepoName,
+    reference: &Reference,
+    accept: &str,
+) -> Result<Manifest, RegistryError> {
+    let resp = upstream
+        .request(
+            Method::GET,
+            repo,
+            &format!("manifests/{reference}"),
+            Some(accept),
+        )
+        .await?;
+    if !resp.status().is_success() {
+        return Err(upstream_status(
+            upstream,
+            resp,
+            ErrorCode::ManifestUnknown,
+            &format!("manifest {repo}:{reference}"),
+        )
+        .await);
+    }
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+    let announced = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Digest::parse(v).ok());
+    let bytes = read_limited(upstream, resp, MAX_MANIFEST_BYTES).await?;
+    let digest = Digest::of(&bytes);
+    let expected = match reference {
+        Reference::Digest(d) => Some(d),
+        Reference::Tag(_) => announced.as_ref(),
+    };
+    if let Some(expected) = expected
+        && *expected != digest
+    {
+        return Err(RegistryError::bad_gateway(format!(
+            "upstream {} sent a manifest with digest {digest} for {repo}@{expected}; not stored",
+            upstream.name
+        )));
+    }
+    let media_type = match content_type {
+        Some(t)
+            if media::ALL_MANIFESTS.contains(&t.as_str()) || t.starts_with("application/vnd.") =>
+        {
+            t
+        }
+        _ => media::sniff(&bytes),
+    };
+    let m = Manifest {
+        digest,
+        media_type,
+        bytes,
+    };
+    app.store.put_manifest(&m).await.map_err(disk_error)?;
+    tracing::info!(registry = %upstream.name, repo = %repo, reference = %reference, digest = %m.digest, "cached manifest");
+    Ok(m)
+}

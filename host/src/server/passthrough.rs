@@ -1,0 +1,138 @@
+//! `tags/list` and `referrers`: passed through to the upstream, with pagination links
+//! pointed back through this registry; referrers of registries without the API are an empty
+//! index.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+
+use crate::oci::error::{ErrorCode, RegistryError};
+use crate::oci::media;
+use crate::oci::reference::RepoName;
+use crate::server::handlers::json_ok;
+use crate::server::handlers::{App, MAX_MANIFEST_BYTES, read_limited, upstream_status};
+use crate::server::response::{self, Body};
+use crate::server::router::Via;
+
+pub(super) async fn passthrough(
+    app: &Arc<App>,
+    registry: &str,
+    repo: &RepoName,
+    path: &str,
+    query: Option<&str>,
+    via: &Via,
+    head: bool,
+) -> Result<Response<Body>, RegistryError> {
+    let is_referrers = path.starts_with("referrers/");
+    if app.settings.air_gapped {
+        if is_referrers {
+            return Ok(empty_index(head));
+        }
+        return Err(RegistryError::not_found(
+            ErrorCode::NameUnknown,
+            format!("{registry}/{repo}: tag listing needs the upstream (air-gapped)"),
+        ));
+    }
+    let upstream = app.upstreams.resolve(registry);
+    let allowed: &[&str] = if is_referrers {
+        &["artifactType"]
+    } else {
+        &["n", "last"]
+    };
+    let forwarded: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| allowed.iter().any(|k| p.split('=').next() == Some(*k)))
+        .collect();
+    let full_path = if forwarded.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", forwarded.join("&"))
+    };
+    let resp = upstream
+        .request(Method::GET, repo, &full_path, None)
+        .await?;
+    let status = resp.status();
+    if is_referrers && status == StatusCode::NOT_FOUND {
+        // Registries without the referrers API: the spec's answer is an empty index.
+        return Ok(empty_index(head));
+    }
+    if !status.is_success() {
+        return Err(upstream_status(
+            &upstream,
+            resp,
+            ErrorCode::NameUnknown,
+            &format!("{repo} {path}"),
+        )
+        .await);
+    }
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let link = resp
+        .headers()
+        .get(header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| rewrite_link(l, registry, via));
+    let bytes = read_limited(&upstream, resp, MAX_MANIFEST_BYTES).await?;
+    let mut out = Response::new(if head {
+        response::empty()
+    } else {
+        response::full(bytes.clone())
+    });
+    let h = out.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    if let Some(ct) = content_type {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        h.insert(header::LINK, link);
+    }
+    Ok(out)
+}
+
+fn empty_index(head: bool) -> Response<Body> {
+    let body: &'static [u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+    let mut resp = json_ok(body, head);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media::OCI_INDEX),
+    );
+    resp
+}
+
+/// Pagination links point at the upstream's paths; point them back through us.
+fn rewrite_link(link: &str, registry: &str, via: &Via) -> String {
+    match via {
+        Via::Path => link.replacen("</v2/", &format!("</v2/{registry}/"), 1),
+        Via::Ns => match link.find('>') {
+            Some(i) => {
+                let sep = if link[..i].contains('?') { '&' } else { '?' };
+                format!(
+                    "{}{sep}ns={}{}",
+                    &link[..i],
+                    registry.replace(':', "%3A"),
+                    &link[i..]
+                )
+            }
+            None => link.to_owned(),
+        },
+        Via::Default => link.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_rewritten() {
+        let l = r#"</v2/app/tags/list?n=2&last=b>; rel="next""#;
+        assert_eq!(
+            rewrite_link(l, "127.0.0.1:5000", &Via::Path),
+            r#"</v2/127.0.0.1:5000/app/tags/list?n=2&last=b>; rel="next""#
+        );
+        assert_eq!(
+            rewrite_link(l, "127.0.0.1:5000", &Via::Ns),
+            r#"</v2/app/tags/list?n=2&last=b&ns=127.0.0.1%3A5000>; rel="next""#
+        );
+    }
+}
