@@ -42,6 +42,17 @@ pub enum ProviderSetupError {
         /// Files that failed, one line each.
         failures: String,
     },
+    /// The file that looks like the provider (its name contains the provider name) failed
+    /// to load: that reason leads, as it is almost certainly the cause.
+    #[error("registries entry {registry}: provider \"{provider}\" cannot be used: {error}")]
+    Unusable {
+        /// Registry entry.
+        registry: String,
+        /// Provider name.
+        provider: String,
+        /// The load failure, naming the file.
+        error: host::LoadError,
+    },
     /// The provider refused its `providerOpts` or could not be created.
     #[error("registries entry {registry}: provider \"{provider}\": {message}")]
     Create {
@@ -97,6 +108,17 @@ pub fn create_fetcher(
     opts: &str,
 ) -> Result<Arc<dyn CredentialFetcher>, ProviderSetupError> {
     let Some(plugin) = loaded.by_name.get(provider) else {
+        let looks_like_it = loaded.failures.iter().find(|(path, _)| {
+            path.file_name()
+                .is_some_and(|f| f.to_string_lossy().contains(provider))
+        });
+        if let Some((_, error)) = looks_like_it {
+            return Err(ProviderSetupError::Unusable {
+                registry: registry.to_owned(),
+                provider: provider.to_owned(),
+                error: error.clone(),
+            });
+        }
         let mut available: Vec<&str> = loaded.by_name.keys().map(String::as_str).collect();
         available.sort_unstable();
         let failures: String = loaded
