@@ -13,10 +13,12 @@ pub mod fixture_plugins;
 pub mod http;
 pub mod images;
 pub mod moto;
+pub mod pki;
 pub mod procs;
 pub mod proxy;
 pub mod raw;
 pub mod skopeo;
+pub mod throttle;
 pub mod token_server;
 pub mod upstream;
 

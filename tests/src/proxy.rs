@@ -303,6 +303,79 @@ impl ProxyBuilder {
     }
 }
 
+/// A start that was expected to fail: how the process ended and what it said.
+#[derive(Debug)]
+pub struct FailedStart {
+    /// `None` if it was still running at the deadline (it is killed then).
+    pub status: Option<std::process::ExitStatus>,
+    pub stderr: String,
+    /// The config file it was given, for locating lines.
+    pub config: String,
+}
+
+impl FailedStart {
+    /// The 1-based line of the config on which `needle` first occurs.
+    pub fn config_line_of(&self, needle: &str) -> Option<usize> {
+        self.config
+            .lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i + 1)
+    }
+}
+
+impl ProxyBuilder {
+    /// Starts the server expecting it to refuse to start (bad config): waits up to
+    /// `timeout` for it to exit. Panics if it starts listening instead.
+    pub fn start_expect_exit(self, timeout: Duration) -> FailedStart {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image_dir = tempfile::tempdir().expect("image tempdir");
+        let image_path = self
+            .image_path
+            .clone()
+            .unwrap_or_else(|| image_dir.path().join("cache"));
+        let config_path = dir.path().join("config.yaml");
+        let config = self.config_yaml(&image_path);
+        std::fs::write(&config_path, &config).expect("write config");
+        let mut cmd = Command::new(ociregistry_bin());
+        cmd.arg("--config-file")
+            .arg(&config_path)
+            .arg("--image-path")
+            .arg(&image_path)
+            .arg("--log-level")
+            .arg(&self.log_level)
+            .args(["serve", "--port", "0", "--host", "127.0.0.1"])
+            .args(&self.serve_args)
+            .env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut proc = ChildProc::spawn("ociregistry", cmd, dir.path());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = proc.try_exited() {
+                return FailedStart {
+                    status: Some(st),
+                    stderr: proc.stderr(),
+                    config,
+                };
+            }
+            assert!(
+                !proc.stderr().contains("listening on http://"),
+                "ociregistry started although it should have refused the config:\n{config}"
+            );
+            if Instant::now() >= deadline {
+                proc.kill();
+                return FailedStart {
+                    status: None,
+                    stderr: proc.stderr(),
+                    config,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Waits for `listening on http://127.0.0.1:PORT` on stderr; returns PORT.
 fn wait_listening(proc: &mut ChildProc, timeout: Duration) -> u16 {
     let deadline = Instant::now() + timeout;

@@ -37,10 +37,34 @@ pub struct AccessLine {
     pub status: u16,
 }
 
+/// TLS for the upstream's listener (`http.tls`): a server certificate and key, and
+/// optionally client CAs (`clientcas`: distribution then REQUIRES a client certificate
+/// signed by one of them).
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub client_cas: Vec<PathBuf>,
+    /// CA, client certificate and key the rig itself uses (with `curl`) to reach the
+    /// upstream for access-log markers; `None`: markers are skipped.
+    pub rig_client: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+/// Where the upstream listens (default `127.0.0.1:<free port>`).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamOptions {
+    /// A loopback address other than `127.0.0.1`, e.g. `127.0.0.42`.
+    pub ip: Option<String>,
+    /// A fixed port (no retry on another port when it is taken).
+    pub port: Option<u16>,
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub auth: UpstreamAuth,
+    ip: String,
     port: u16,
+    tls: Option<UpstreamTls>,
     dir: tempfile::TempDir,
     config_path: PathBuf,
     proc: Option<ChildProc>,
@@ -68,6 +92,52 @@ impl Upstream {
     }
 
     pub fn start(auth: UpstreamAuth) -> Upstream {
+        Upstream::start_with(auth, UpstreamOptions::default())
+            .unwrap_or_else(|e| panic!("docker-registry did not start: {e}"))
+    }
+
+    /// An anonymous upstream on `127.0.0.X:80` (X random in 2..250, retried on a bind
+    /// failure), so that its registry name is a bare `127.0.0.X`: the only way a docker
+    /// reference can carry it inside a path (`proxy:PORT/127.0.0.X/repo:tag`).
+    ///
+    /// Needs the right to bind port 80 (root, or a low `ip_unprivileged_port_start`). Without
+    /// it: outside CI, a loud skip message and `None`; under CI, a panic (the test FAILS).
+    pub fn anonymous_on_port_80() -> Option<Upstream> {
+        let mut last = String::new();
+        for _ in 0..8 {
+            let ip = format!("127.0.0.{}", fastrand::u8(2..250));
+            match std::net::TcpListener::bind((ip.as_str(), 80)) {
+                Ok(l) => drop(l),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    let msg = format!("cannot bind {ip}:80 ({e}): this test needs root");
+                    if crate::in_ci() {
+                        panic!("{msg} (CI=true: the test fails)");
+                    }
+                    eprintln!("\n!!!!!!!!!! SKIPPING TEST: {msg} !!!!!!!!!!\n");
+                    return None;
+                }
+                Err(e) => {
+                    last = format!("{ip}:80: {e}");
+                    continue;
+                }
+            }
+            match Upstream::start_with(
+                UpstreamAuth::Anonymous,
+                UpstreamOptions {
+                    ip: Some(ip.clone()),
+                    port: Some(80),
+                },
+            ) {
+                Ok(up) => return Some(up),
+                Err(e) => last = format!("{ip}:80: {e}"),
+            }
+        }
+        panic!("no docker-registry on 127.0.0.X:80 after 8 tries; last: {last}");
+    }
+
+    /// Starts an upstream with listen options; `Err` with the registry's log if it did not
+    /// come up (with no fixed port, free ports are retried first).
+    pub fn start_with(auth: UpstreamAuth, opts: UpstreamOptions) -> Result<Upstream, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
         let token_server = match &auth {
@@ -87,7 +157,9 @@ impl Upstream {
         }
         let mut up = Upstream {
             auth,
+            ip: opts.ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
             port: 0,
+            tls: None,
             config_path: dir.path().join("config.yml"),
             dir,
             proc: None,
@@ -95,15 +167,20 @@ impl Upstream {
             restarts: 0,
         };
         // A free port can be lost to another test between probe and bind: retry a few times.
+        if let Some(p) = opts.port {
+            up.port = p;
+            up.launch()?;
+            return Ok(up);
+        }
         let mut last_err = String::new();
         for _ in 0..5 {
             up.port = crate::free_port();
             match up.launch() {
-                Ok(()) => return up,
+                Ok(()) => return Ok(up),
                 Err(e) => last_err = e,
             }
         }
-        panic!("docker-registry did not start: {last_err}");
+        Err(last_err)
     }
 
     fn config_yaml(&self) -> String {
@@ -125,12 +202,30 @@ impl Upstream {
                 )
             }
         };
+        let tls = match &self.tls {
+            None => String::new(),
+            Some(t) => {
+                let mut s = format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    t.certificate.display(),
+                    t.key.display()
+                );
+                if !t.client_cas.is_empty() {
+                    s.push_str("    clientcas:\n");
+                    for c in &t.client_cas {
+                        s.push_str(&format!("      - {}\n", c.display()));
+                    }
+                }
+                s
+            }
+        };
         format!(
             "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{}\n  secret: ociregistry-e2e-secret\n{auth}",
+             http:\n  addr: {}:{}\n  secret: ociregistry-e2e-secret\n{tls}{auth}",
             storage.display(),
+            self.ip,
             self.port
         )
     }
@@ -156,7 +251,9 @@ impl Upstream {
                 None,
                 Duration::from_secs(2),
             ) {
-                if r.status == 200 || r.status == 401 {
+                // Over TLS a plain request gets Go's `400 Client sent an HTTP request to an
+                // HTTPS server`, which shows that the TLS listener is up.
+                if r.status == 200 || r.status == 401 || (self.tls.is_some() && r.status == 400) {
                     break;
                 }
             }
@@ -170,8 +267,36 @@ impl Upstream {
     }
 
     /// `127.0.0.1:PORT` — the registry name used in proxy config and image references.
+    /// (`IP:PORT` for an upstream started on another loopback address.)
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    /// The listen address (`127.0.0.1` unless started with [`UpstreamOptions::ip`]).
+    pub fn ip(&self) -> &str {
+        &self.ip
+    }
+
+    /// The registry name as a docker reference spells it: `host()`, without the port when
+    /// it is the scheme's default (`127.0.0.X` for plain http on port 80).
+    pub fn registry_name(&self) -> String {
+        match (&self.tls, self.port) {
+            (None, 80) | (Some(_), 443) => self.ip.clone(),
+            _ => self.host(),
+        }
+    }
+
+    /// Restarts the registry on the same address and storage with TLS on (`https`), e.g.
+    /// after seeding it over plain http. `None` turns TLS off again.
+    pub fn set_tls(&mut self, tls: Option<UpstreamTls>) {
+        self.stop();
+        self.tls = tls;
+        self.launch()
+            .expect("restart docker-registry with new TLS settings");
+    }
+
+    pub fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_ref()
     }
 
     pub fn port(&self) -> u16 {
@@ -180,7 +305,8 @@ impl Upstream {
 
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.host())
     }
 
     pub fn token_server(&self) -> Option<&TokenServer> {
@@ -288,14 +414,39 @@ impl Upstream {
             return;
         }
         let marker = format!("/v2/?e2e-sync={:016x}", fastrand::u64(..));
-        let _ = raw::request_timeout(
-            &self.host(),
-            "GET",
-            &marker,
-            &[],
-            None,
-            Duration::from_secs(5),
-        );
+        if let Some(t) = &self.tls {
+            // Over TLS the marker goes through curl with the rig's client certificate.
+            let Some((ca, cert, key)) = &t.rig_client else {
+                return;
+            };
+            let mut cmd = Command::new("curl");
+            cmd.args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "--noproxy",
+                "*",
+            ])
+            .arg("--cacert")
+            .arg(ca)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg(format!("https://{}{marker}", self.host()));
+            let _ = crate::procs::run_with_timeout(cmd, Duration::from_secs(10));
+        } else {
+            let _ = raw::request_timeout(
+                &self.host(),
+                "GET",
+                &marker,
+                &[],
+                None,
+                Duration::from_secs(5),
+            );
+        }
         crate::wait_for(
             "upstream access-log marker",
             Duration::from_secs(10),
