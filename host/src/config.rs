@@ -26,6 +26,12 @@ pub const DEFAULT_HOST: &str = "0.0.0.0";
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default limit on one provider call (`auth.token.timeout`).
 pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on one tag revalidation (`revalidateTimeout`).
+pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default manifest size cap (`maxManifestSize`).
+pub const DEFAULT_MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+/// Default cap on concurrent client connections (`maxConnections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default provider token refresh period (`auth.token.expiry`).
 pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(12 * 3600);
 
@@ -164,6 +170,14 @@ pub struct FileConfig {
     pub pull_timeout: Option<ConfigDuration>,
     /// Log level (`error`..`trace`).
     pub log_level: Option<String>,
+    /// How long a cached tag is trusted before it is revalidated upstream (default: forever).
+    pub tag_ttl: Option<ConfigDuration>,
+    /// Bound on one tag revalidation (default 5s).
+    pub revalidate_timeout: Option<ConfigDuration>,
+    /// Largest manifest accepted from an upstream, in bytes (default 4 MiB).
+    pub max_manifest_size: Option<u64>,
+    /// Most client connections served at once (default 4096).
+    pub max_connections: Option<usize>,
     /// Per-upstream settings.
     #[serde(default)]
     pub registries: Vec<RegistryConfig>,
@@ -213,6 +227,8 @@ pub struct RegistryConfig {
     pub auth: Option<AuthConfig>,
     /// TLS towards this upstream.
     pub tls: Option<TlsConfig>,
+    /// Overrides the global `tagTtl` for this upstream.
+    pub tag_ttl: Option<ConfigDuration>,
 }
 
 /// `registries[].auth`.
@@ -316,6 +332,8 @@ pub struct Registry {
     pub credential: CredentialConfig,
     /// TLS settings.
     pub tls: TlsConfig,
+    /// How long its cached tags are trusted (`None`: until `alwaysPullLatest` or forever).
+    pub tag_ttl: Option<Duration>,
 }
 
 /// Command-line values that override the file.
@@ -364,6 +382,25 @@ pub struct Settings {
     pub log_level: Option<String>,
     /// Ociregistry keys present but not acted on.
     pub ignored_keys: Vec<&'static str>,
+    /// Default trust period of cached tags.
+    pub tag_ttl: Option<Duration>,
+    /// Bound on one tag revalidation.
+    pub revalidate_timeout: Duration,
+    /// Largest manifest accepted.
+    pub max_manifest_size: usize,
+    /// Most client connections at once.
+    pub max_connections: usize,
+}
+
+impl Settings {
+    /// How long a cached tag of `registry` is trusted; `None` means until forced.
+    pub fn tag_ttl(&self, registry: &str) -> Option<Duration> {
+        self.registries
+            .iter()
+            .find(|r| r.name == registry)
+            .and_then(|r| r.tag_ttl)
+            .or(self.tag_ttl)
+    }
 }
 
 /// Reads and parses a config file.
@@ -493,6 +530,7 @@ pub fn resolve(
             scheme: r.scheme,
             credential,
             tls,
+            tag_ttl: r.tag_ttl.map(|d| d.0),
         });
     }
     let default_ns = match o.default_ns {
@@ -514,7 +552,37 @@ pub fn resolve(
             "must be more than zero".into(),
         ));
     }
+    let max_manifest_size = match cfg.max_manifest_size {
+        None => DEFAULT_MAX_MANIFEST_SIZE,
+        Some(n) if (1024..=64 * 1024 * 1024).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(invalid(
+                "maxManifestSize".into(),
+                None,
+                "must be between 1024 and 67108864 bytes".into(),
+            ));
+        }
+    };
+    let max_connections = match cfg.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(0) => {
+            return Err(invalid(
+                "maxConnections".into(),
+                None,
+                "must be at least 1".into(),
+            ));
+        }
+        Some(n) => n,
+    };
     Ok(Settings {
+        tag_ttl: cfg.tag_ttl.map(|d| d.0),
+        revalidate_timeout: cfg
+            .revalidate_timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_REVALIDATE_TIMEOUT)
+            .min(pull_timeout),
+        max_manifest_size,
+        max_connections,
         image_path: o
             .image_path
             .or(cfg.image_path)

@@ -11,7 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
+use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::Digest;
+
+/// Space kept free on the cache disk beyond the blob being written (at most 5% of it).
+const SPACE_RESERVE: u64 = 64 * 1024 * 1024;
 
 /// A manifest as cached: the upstream's exact bytes and media type.
 #[derive(Debug, Clone)]
@@ -73,6 +77,29 @@ impl BlobStore {
         self.root
             .join("tmp")
             .join(format!("{label}.{}.{n}.part", std::process::id()))
+    }
+
+    /// Refuses (507) when the disk holding the cache has less room than `size` plus a
+    /// reserve, so a full disk gives the client a clear error before anything is written.
+    pub fn ensure_space(&self, size: u64) -> Result<(), RegistryError> {
+        let Ok(st) = rustix::fs::statvfs(&self.root) else {
+            return Ok(());
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let disk = st.f_blocks.saturating_mul(st.f_frsize);
+        let reserve = SPACE_RESERVE.min(disk / 20);
+        if free < size.saturating_add(reserve) {
+            return Err(RegistryError::new(
+                http::StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::Unavailable,
+                format!(
+                    "cache disk full: {} MiB free, {} MiB needed; cached content is still served",
+                    free / (1024 * 1024),
+                    (size + reserve) / (1024 * 1024)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The cached blob's size, if present.

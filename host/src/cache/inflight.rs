@@ -8,8 +8,10 @@
 //! do not (or the upstream fails), every reader gets an error and nothing is stored.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +29,40 @@ use crate::oci::reference::Digest;
 const READ_CHUNK: usize = 128 * 1024;
 /// Bytes gathered from the upstream before a write + publish.
 const WRITE_CHUNK: usize = 256 * 1024;
+
+/// The upstream's body, chunk by chunk.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// Re-requests the rest of a blob from a byte offset after the upstream broke off; `None`
+/// when the upstream cannot resume (no ranges).
+pub type Resume =
+    Box<dyn FnMut(u64) -> Pin<Box<dyn Future<Output = Option<ByteStream>> + Send>> + Send>;
+
+/// What a download reads from: the upstream's answer, and how to ask for the rest.
+pub struct UpstreamBody {
+    /// Size the upstream announced.
+    pub total: Option<u64>,
+    /// The body.
+    pub body: ByteStream,
+    /// How to resume after the upstream broke off, if it can.
+    pub resume: Option<Resume>,
+    /// Longest wait for the next chunk.
+    pub idle_timeout: Duration,
+    /// Upstream name, for messages.
+    pub upstream: String,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("total", &self.total)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often one download resumes after the upstream broke off.
+const MAX_RESUMES: u32 = 3;
 
 /// How far a download got.
 #[derive(Debug, Clone)]
@@ -129,20 +165,13 @@ impl Downloads {
     /// Runs a registered download to the end: writes `body` to the temp file while
     /// publishing progress, verifies size and sha256, commits it to the store, and
     /// unregisters. Every failure is published to the readers and nothing is stored.
-    pub async fn fill<S, E>(
+    pub async fn fill(
         &self,
         store: &BlobStore,
         d: &Download,
-        total: Option<u64>,
-        body: S,
-        idle_timeout: Duration,
-        upstream: &str,
-    ) -> Result<u64, RegistryError>
-    where
-        S: Stream<Item = Result<Bytes, E>>,
-        E: std::fmt::Display,
-    {
-        let result = write_verified(store, d, total, body, idle_timeout, upstream).await;
+        src: UpstreamBody,
+    ) -> Result<u64, RegistryError> {
+        let result = write_verified(store, d, src).await;
         match &result {
             Ok(total) => d.publish(Progress::Complete { total: *total }),
             Err(e) => {
@@ -155,44 +184,59 @@ impl Downloads {
     }
 }
 
-async fn write_verified<S, E>(
+async fn write_verified(
     store: &BlobStore,
     d: &Download,
-    total: Option<u64>,
-    body: S,
-    idle_timeout: Duration,
-    upstream: &str,
-) -> Result<u64, RegistryError>
-where
-    S: Stream<Item = Result<Bytes, E>>,
-    E: std::fmt::Display,
-{
+    src: UpstreamBody,
+) -> Result<u64, RegistryError> {
+    let UpstreamBody {
+        total,
+        mut body,
+        mut resume,
+        idle_timeout,
+        upstream,
+    } = src;
     let disk = |e: io::Error| RegistryError::internal(format!("cache write failed: {e}"));
     let mut file = tokio::fs::File::create(&d.temp_path).await.map_err(disk)?;
     d.publish(Progress::Receiving { total, written: 0 });
     let mut hasher = sha2::Sha256::new();
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
     let mut written = 0u64;
-    let mut body = std::pin::pin!(body);
+    let mut resumes = 0u32;
     loop {
-        let next = tokio::time::timeout(idle_timeout, body.next())
-            .await
-            .map_err(|_| {
-                RegistryError::bad_gateway(format!(
-                    "upstream {upstream} stalled: no data for {}s while sending {}",
-                    idle_timeout.as_secs(),
-                    d.digest
-                ))
-            })?;
-        let chunk = match next {
-            None => None,
-            Some(Ok(chunk)) => Some(chunk),
-            Some(Err(e)) => {
-                return Err(RegistryError::bad_gateway(format!(
-                    "upstream {upstream} broke off sending {}: {e}",
-                    d.digest
-                )));
+        let next = tokio::time::timeout(idle_timeout, body.next()).await;
+        let broke_off = match &next {
+            Err(_) => Some(format!("stalled: no data for {}s", idle_timeout.as_secs())),
+            Ok(Some(Err(e))) => Some(format!("broke off: {e}")),
+            Ok(None) if total.is_some_and(|t| written + (buf.len() as u64) < t) => {
+                Some("ended the body early".to_owned())
             }
+            _ => None,
+        };
+        if let Some(why) = broke_off {
+            let offset = written + buf.len() as u64;
+            let resumed = match resume.as_mut() {
+                Some(r) if resumes < MAX_RESUMES => r(offset).await,
+                _ => None,
+            };
+            match resumed {
+                Some(rest) => {
+                    resumes += 1;
+                    tracing::info!(%upstream, digest = %d.digest, offset, attempt = resumes, "upstream {why}; resuming the download");
+                    body = rest;
+                    continue;
+                }
+                None => {
+                    return Err(RegistryError::bad_gateway(format!(
+                        "upstream {upstream} {why} while sending {} ({offset} bytes received); nothing stored",
+                        d.digest
+                    )));
+                }
+            }
+        }
+        let chunk = match next {
+            Ok(Some(Ok(chunk))) => Some(chunk),
+            _ => None,
         };
         if let Some(chunk) = &chunk {
             hasher.update(chunk);
@@ -397,6 +441,16 @@ mod tests {
         Ok(parts.concat())
     }
 
+    fn source(total: Option<u64>, body: ByteStream, resume: Option<Resume>) -> UpstreamBody {
+        UpstreamBody {
+            total,
+            body,
+            resume,
+            idle_timeout: Duration::from_secs(5),
+            upstream: "up".into(),
+        }
+    }
+
     fn chunks(data: &[u8], size: usize) -> Vec<Result<Bytes, String>> {
         data.chunks(size)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -422,11 +476,9 @@ mod tests {
             None,
             Duration::from_secs(5),
         )));
-        let body =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
-            );
+        let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|x| (x, rx))
+        }));
         let feeder = tokio::spawn(async move {
             for c in chunks(&data, 300_000) {
                 tx.send(c).await.unwrap();
@@ -434,14 +486,7 @@ mod tests {
             data
         });
         let n = downloads
-            .fill(
-                &store,
-                &d,
-                Some(1_000_000),
-                body,
-                Duration::from_secs(5),
-                "up",
-            )
+            .fill(&store, &d, source(Some(1_000_000), body, None))
             .await
             .unwrap();
         let data = feeder.await.unwrap();
@@ -459,9 +504,9 @@ mod tests {
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
         let reader = read_following(d.clone(), 0, None, Duration::from_secs(5));
-        let body = futures_util::stream::iter(chunks(b"tampered", 3));
+        let body: ByteStream = Box::pin(futures_util::stream::iter(chunks(b"tampered", 3)));
         let err = downloads
-            .fill(&store, &d, None, body, Duration::from_secs(5), "up")
+            .fill(&store, &d, source(None, body, None))
             .await
             .unwrap_err();
         assert!(err.message.contains("not stored"), "{}", err.message);
@@ -481,12 +526,48 @@ mod tests {
         let digest = Digest::of(b"abcdef");
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
-        let body = futures_util::stream::iter(chunks(b"abc", 3));
+        let body: ByteStream = Box::pin(futures_util::stream::iter(chunks(b"abc", 3)));
         let err = downloads
-            .fill(&store, &d, Some(6), body, Duration::from_secs(5), "up")
+            .fill(&store, &d, source(Some(6), body, None))
             .await
             .unwrap_err();
-        assert!(err.message.contains("3 of 6"), "{}", err.message);
+        assert!(err.message.contains("early"), "{}", err.message);
+        assert!(!store.blob_path(&digest).exists());
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_is_resumed_from_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(&data);
+        let downloads = Downloads::default();
+        let (d, _) = downloads.join_or_register(&store, &digest);
+        // The first answer breaks off after 300 000 bytes.
+        let mut first: Vec<Result<Bytes, String>> = chunks(&data[..300_000], 100_000);
+        first.push(Err("connection reset".into()));
+        let body: ByteStream = Box::pin(futures_util::stream::iter(first));
+        let offsets = Arc::new(Mutex::new(Vec::new()));
+        let (data2, offsets2) = (data.clone(), offsets.clone());
+        let resume: Resume = Box::new(move |from| {
+            offsets2.lock().unwrap().push(from);
+            let rest = chunks(&data2[from as usize..], 64_000);
+            Box::pin(async move { Some(Box::pin(futures_util::stream::iter(rest)) as ByteStream) })
+        });
+        let reader = tokio::spawn(collect(read_following(
+            d.clone(),
+            0,
+            None,
+            Duration::from_secs(5),
+        )));
+        let n = downloads
+            .fill(&store, &d, source(Some(700_000), body, Some(resume)))
+            .await
+            .unwrap();
+        assert_eq!(n, 700_000);
+        assert_eq!(*offsets.lock().unwrap(), vec![300_000]);
+        assert_eq!(reader.await.unwrap().unwrap(), data);
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
     }
 
     #[tokio::test]

@@ -51,7 +51,7 @@ pub enum ProviderSetupError {
         /// Provider name.
         provider: String,
         /// The load failure, naming the file.
-        error: host::LoadError,
+        error: Box<host::LoadError>,
     },
     /// The provider refused its `providerOpts` or could not be created.
     #[error("registries entry {registry}: provider \"{provider}\": {message}")]
@@ -116,7 +116,7 @@ pub fn create_fetcher(
             return Err(ProviderSetupError::Unusable {
                 registry: registry.to_owned(),
                 provider: provider.to_owned(),
-                error: error.clone(),
+                error: Box::new(error.clone()),
             });
         }
         let mut available: Vec<&str> = loaded.by_name.keys().map(String::as_str).collect();

@@ -11,7 +11,9 @@ use crate::server::handlers::{App, disk_error, upstream_status};
 use crate::server::response::{self, Body};
 use crate::upstream::Upstream;
 
-use crate::cache::inflight::{self, Progress};
+use futures_util::TryStreamExt;
+
+use crate::cache::inflight::{self, ByteStream, Progress, Resume, UpstreamBody};
 use crate::server::range::{self, RangeAnswer};
 
 pub(super) async fn blob(
@@ -201,16 +203,31 @@ async fn run_download(
         return;
     }
     let total = resp.content_length();
+    if let Some(total) = total
+        && let Err(e) = app.store.ensure_space(total)
+    {
+        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "not caching: disk full");
+        app.downloads.fail(&download, e);
+        return;
+    }
     let started = std::time::Instant::now();
+    let body: ByteStream = Box::pin(
+        resp.bytes_stream()
+            .map_err(|e| crate::upstream::describe(&e)),
+    );
+    let resume = resumer(upstream.clone(), repo.clone(), digest.clone(), total);
     let result = app
         .downloads
         .fill(
             &app.store,
             &download,
-            total,
-            resp.bytes_stream(),
-            upstream.timeout(),
-            &upstream.name,
+            UpstreamBody {
+                total,
+                body,
+                resume: Some(resume),
+                idle_timeout: upstream.timeout(),
+                upstream: upstream.name.clone(),
+            },
         )
         .await;
     match result {
@@ -221,5 +238,56 @@ async fn run_download(
         Err(e) => {
             tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed; nothing stored")
         }
+    }
+}
+
+/// Asks the upstream for the rest of a blob from an offset; only a `206` whose
+/// `Content-Range` starts exactly there (and agrees on the size) is used.
+fn resumer(upstream: Arc<Upstream>, repo: RepoName, digest: Digest, total: Option<u64>) -> Resume {
+    Box::new(move |from| {
+        let (upstream, repo, digest) = (upstream.clone(), repo.clone(), digest.clone());
+        Box::pin(async move {
+            let path = format!("blobs/{digest}");
+            let resp = upstream
+                .request_with(Method::GET, &repo, &path, None, Some(from))
+                .await
+                .ok()?;
+            if resp.status() != StatusCode::PARTIAL_CONTENT {
+                return None;
+            }
+            let range = resp.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
+            let (start, size) = parse_content_range(range)?;
+            if start != from || total.is_some_and(|t| size != Some(t)) {
+                return None;
+            }
+            let body: ByteStream = Box::pin(
+                resp.bytes_stream()
+                    .map_err(|e| crate::upstream::describe(&e)),
+            );
+            Some(body)
+        })
+    })
+}
+
+/// `bytes START-END/SIZE` -> (START, SIZE if known).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, size) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, size.trim().parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Some((100, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
     }
 }

@@ -3,6 +3,7 @@
 //! errors with their meaning kept.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,8 +18,16 @@ use crate::server::response::{self, Body};
 use crate::server::router::{self, Route, Target};
 use crate::upstream::{Upstream, Upstreams, canonical_name};
 
-/// The largest manifest accepted from an upstream.
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Counters of notable events (exported as metrics later; logged as they happen).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Tag revalidations attempted.
+    pub revalidations: AtomicU64,
+    /// Cached manifests served because the upstream could not be asked.
+    pub stale_served: AtomicU64,
+    /// Upstream requests retried after a transient failure.
+    pub upstream_retries: AtomicU64,
+}
 
 pub(super) type ManifestFlight = Arc<OnceCell<Result<Manifest, RegistryError>>>;
 
@@ -33,6 +42,8 @@ pub struct App {
     pub upstreams: Upstreams,
     /// Running blob downloads.
     pub downloads: Downloads,
+    /// Event counters.
+    pub stats: Stats,
     pub(super) manifest_flights: Mutex<HashMap<String, ManifestFlight>>,
 }
 
@@ -44,6 +55,7 @@ impl App {
             store,
             upstreams,
             downloads: Downloads::default(),
+            stats: Stats::default(),
             manifest_flights: Mutex::new(HashMap::new()),
         }
     }

@@ -3,12 +3,14 @@
 //! the cached manifest when the upstream fails. Concurrent requests share one fetch.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::{Digest, RepoName};
-use crate::server::handlers::{App, MAX_MANIFEST_BYTES, disk_error, read_limited, upstream_status};
+use crate::server::handlers::{App, disk_error, read_limited, upstream_status};
 use crate::server::response::{self, Body};
 use crate::upstream::Upstream;
 
@@ -92,55 +94,145 @@ async fn manifest_by_tag(
     accept: &Accept,
 ) -> Result<Manifest, RegistryError> {
     let cached = cached_tag(app, registry, repo, tag, accept).await;
-    let revalidate = app.settings.always_pull_latest && tag == "latest";
-    if let Some(m) = &cached
-        && !revalidate
-    {
-        return Ok(m.clone());
-    }
-    if app.settings.air_gapped {
-        return cached.ok_or_else(|| {
-            RegistryError::not_found(
+    let ttl = if app.settings.always_pull_latest && tag == "latest" {
+        Some(Duration::ZERO)
+    } else {
+        app.settings.tag_ttl(registry)
+    };
+    match &cached {
+        Some((m, fetched_at)) => {
+            let fresh = ttl.is_none_or(|ttl| age(*fetched_at) < ttl);
+            if fresh || app.settings.air_gapped {
+                return Ok(m.clone());
+            }
+        }
+        None if app.settings.air_gapped => {
+            return Err(RegistryError::not_found(
                 ErrorCode::ManifestUnknown,
-                format!("{registry}/{repo}:{tag} is not cached (air-gapped: upstreams are never contacted)"),
-            )
-        });
+                format!(
+                    "{registry}/{repo}:{tag} is not cached (air-gapped: upstreams are never contacted)"
+                ),
+            ));
+        }
+        None => {}
     }
     let accept_header = accept.upstream_header();
     let key = format!("{registry}/{repo}:{tag}|{accept_header}");
     let upstream = app.upstreams.resolve(registry);
     let app2 = app.clone();
-    let repo2 = repo.clone();
-    let tag2 = tag.to_owned();
-    let fetched = single_flight(app, key, async move {
-        let m = fetch_manifest(&app2, &upstream, &repo2, &Reference::Tag(tag2.clone()), &accept_header).await?;
-        if let Err(e) = tags::put(&app2.store, &upstream.name, &repo2, &tag2, &m.media_type, &m.digest).await {
-            tracing::warn!(registry = %upstream.name, repo = %repo2, tag = %tag2, error = %e, "could not record tag");
+    let repo = repo.clone();
+    let tag = tag.to_owned();
+    single_flight(app, key, async move {
+        let app = app2;
+        let cached = cached.map(|(m, _)| m);
+        if let Some(m) = &cached {
+            match revalidate(&app, &upstream, &repo, &tag, &accept_header, m).await {
+                Revalidation::Unchanged => {
+                    record_tag(&app, &upstream.name, &repo, &tag, m).await;
+                    return Ok(m.clone());
+                }
+                Revalidation::Changed => {}
+                Revalidation::Gone(e) => return Err(e),
+                Revalidation::Failed(reason) => {
+                    app.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(registry = %upstream.name, repo = %repo, tag, %reason, "tag revalidation failed; serving the cached manifest");
+                    return Ok(m.clone());
+                }
+            }
         }
-        Ok(m)
+        match fetch_manifest(&app, &upstream, &repo, &Reference::Tag(tag.clone()), &accept_header).await {
+            Ok(m) => {
+                record_tag(&app, &upstream.name, &repo, &tag, &m).await;
+                Ok(m)
+            }
+            // The upstream answered HEAD but then failed the GET: still serve what we have.
+            Err(e) if cached.is_some() && (e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS) => {
+                app.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(registry = %upstream.name, repo = %repo, tag, error = %e.message, "tag refresh failed; serving the cached manifest");
+                cached.ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
     })
-    .await;
-    match (fetched, cached) {
-        (Ok(m), _) => Ok(m),
-        // The upstream could not tell us anything new: serve what we have.
-        (Err(e), Some(m))
-            if e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS =>
-        {
-            tracing::warn!(registry, repo = %repo, tag, error = %e.message, "revalidation failed; serving the cached manifest");
-            Ok(m)
-        }
-        (Err(e), _) => Err(e),
+    .await
+}
+
+async fn record_tag(app: &App, registry: &str, repo: &RepoName, tag: &str, m: &Manifest) {
+    if let Err(e) = tags::put(&app.store, registry, repo, tag, &m.media_type, &m.digest).await {
+        tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record tag");
     }
 }
 
-/// The cached manifest a tag points to, for a media type the client accepts.
+/// What a revalidation of a cached tag found out.
+enum Revalidation {
+    /// The upstream's tag still points at the cached digest.
+    Unchanged,
+    /// It moved (or the upstream did not say): fetch it.
+    Changed,
+    /// The upstream says the tag no longer exists.
+    Gone(RegistryError),
+    /// No answer worth trusting (down, slow, rate-limited, refusing): keep the cached one.
+    Failed(String),
+}
+
+/// A cheap upstream `HEAD` on the tag, bounded by `revalidateTimeout`.
+async fn revalidate(
+    app: &App,
+    upstream: &Upstream,
+    repo: &RepoName,
+    tag: &str,
+    accept: &str,
+    cached: &Manifest,
+) -> Revalidation {
+    app.stats.revalidations.fetch_add(1, Ordering::Relaxed);
+    let timeout = app.settings.revalidate_timeout;
+    let path = format!("manifests/{tag}");
+    let head = upstream.request(Method::HEAD, repo, &path, Some(accept));
+    let resp = match tokio::time::timeout(timeout, head).await {
+        Err(_) => {
+            return Revalidation::Failed(format!("no answer within {}s", timeout.as_secs_f32()));
+        }
+        Ok(Err(e)) => return Revalidation::Failed(e.message),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    if status.is_success() {
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok());
+        return match digest {
+            Some(d) if d == cached.digest => Revalidation::Unchanged,
+            _ => Revalidation::Changed,
+        };
+    }
+    if status == StatusCode::NOT_FOUND {
+        let what = format!("manifest {repo}:{tag}");
+        return Revalidation::Gone(
+            upstream_status(upstream, resp, ErrorCode::ManifestUnknown, &what).await,
+        );
+    }
+    Revalidation::Failed(format!("upstream answered {status}"))
+}
+
+fn age(fetched_at: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Duration::from_secs(now.saturating_sub(fetched_at))
+}
+
+/// The cached manifest a tag points to, for a media type the client accepts, and when the
+/// tag was last confirmed upstream.
 async fn cached_tag(
     app: &App,
     registry: &str,
     repo: &RepoName,
     tag: &str,
     accept: &Accept,
-) -> Option<Manifest> {
+) -> Option<(Manifest, u64)> {
     let record = tags::get(&app.store, registry, repo, tag).await?;
     for entry in record
         .entries
@@ -150,7 +242,7 @@ async fn cached_tag(
         if let Some(d) = entry.digest()
             && let Ok(Some(m)) = app.store.get_manifest(&d).await
         {
-            return Some(m);
+            return Some((m, entry.fetched_at));
         }
     }
     None
@@ -223,7 +315,7 @@ async fn fetch_manifest(
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Digest::parse(v).ok());
-    let bytes = read_limited(upstream, resp, MAX_MANIFEST_BYTES).await?;
+    let bytes = read_limited(upstream, resp, app.settings.max_manifest_size).await?;
     let digest = Digest::of(&bytes);
     let expected = match reference {
         Reference::Digest(d) => Some(d),

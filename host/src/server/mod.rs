@@ -57,7 +57,17 @@ pub async fn serve(
         .max_buf_size(64 * 1024);
     builder.http2().max_header_list_size(64 * 1024);
     let mut shutdown = std::pin::pin!(shutdown);
+    // At most `maxConnections` at once: beyond that, new connections wait in the kernel's
+    // backlog instead of costing memory here.
+    let slots = Arc::new(tokio::sync::Semaphore::new(app.settings.max_connections));
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
@@ -93,6 +103,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     tracing::info!("stopping: no new connections; waiting for open ones to finish");

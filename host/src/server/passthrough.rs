@@ -10,7 +10,7 @@ use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::media;
 use crate::oci::reference::RepoName;
 use crate::server::handlers::json_ok;
-use crate::server::handlers::{App, MAX_MANIFEST_BYTES, read_limited, upstream_status};
+use crate::server::handlers::{App, read_limited, upstream_status};
 use crate::server::response::{self, Body};
 use crate::server::router::Via;
 
@@ -72,7 +72,7 @@ pub(super) async fn passthrough(
         .get(header::LINK)
         .and_then(|v| v.to_str().ok())
         .map(|l| rewrite_link(l, registry, via));
-    let bytes = read_limited(&upstream, resp, MAX_MANIFEST_BYTES).await?;
+    let bytes = read_limited(&upstream, resp, app.settings.max_manifest_size).await?;
     let mut out = Response::new(if head {
         response::empty()
     } else {

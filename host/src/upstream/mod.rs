@@ -24,6 +24,10 @@ use ociregistry_plugin_api::Credential;
 pub const DOCKER_HUB: &str = "docker.io";
 /// Where docker.io's registry API actually is.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// Transient upstream failures are retried this many times.
+const MAX_RETRIES: u32 = 2;
+/// First retry delay; each further one is four times longer (plus jitter).
+const RETRY_BASE: Duration = Duration::from_millis(200);
 /// At most this many unconfigured upstreams keep their token caches.
 const MAX_ADHOC: usize = 256;
 
@@ -69,6 +73,18 @@ impl Upstream {
         path: &str,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, RegistryError> {
+        self.request_with(method, repo, path, accept, None).await
+    }
+
+    /// [`Upstream::request`] with a `Range: bytes=N-` header (resuming a blob).
+    pub async fn request_with(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+    ) -> Result<reqwest::Response, RegistryError> {
         let repo = self.repo_path(repo);
         let url = format!("{}/v2/{}/{}", self.base, repo, path);
         let scope = format!("repository:{repo}:pull");
@@ -89,6 +105,9 @@ impl Upstream {
             }
             if let Some(a) = accept {
                 req = req.header(http::header::ACCEPT, a);
+            }
+            if let Some(from) = range_from {
+                req = req.header(http::header::RANGE, format!("bytes={from}-"));
             }
             let resp = self.send(req).await?;
             if resp.status() != http::StatusCode::UNAUTHORIZED {
@@ -156,19 +175,43 @@ impl Upstream {
         Some(fresh)
     }
 
+    /// Sends with the answer timeout, retrying transient failures (connection refused or
+    /// reset before an answer, 500/502/503/504) a bounded number of times with backoff.
+    /// Only body-less requests are sent here, so a retry is always safe.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, RegistryError> {
-        match tokio::time::timeout(self.timeout, req.send()).await {
-            Err(_) => Err(RegistryError::bad_gateway(format!(
-                "upstream {} did not answer within {}s",
-                self.name,
-                self.timeout.as_secs()
-            ))),
-            Ok(Err(e)) => Err(RegistryError::bad_gateway(format!(
-                "upstream {} unreachable: {}",
-                self.name,
-                describe(&e)
-            ))),
-            Ok(Ok(resp)) => Ok(resp),
+        let mut attempt = 0u32;
+        loop {
+            let this = req
+                .try_clone()
+                .ok_or_else(|| RegistryError::internal("request cannot be sent"))?;
+            let result = tokio::time::timeout(self.timeout, this.send()).await;
+            let transient = match &result {
+                Ok(Err(e)) => e.is_connect() || e.is_request(),
+                Ok(Ok(r)) => matches!(r.status().as_u16(), 500 | 502 | 503 | 504),
+                Err(_) => false,
+            };
+            if transient && attempt < MAX_RETRIES {
+                attempt += 1;
+                let backoff = RETRY_BASE * 4u32.pow(attempt - 1);
+                let jitter =
+                    Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+                tracing::debug!(registry = %self.name, attempt, "transient upstream failure; retrying");
+                tokio::time::sleep(backoff + jitter).await;
+                continue;
+            }
+            return match result {
+                Err(_) => Err(RegistryError::bad_gateway(format!(
+                    "upstream {} did not answer within {}s",
+                    self.name,
+                    self.timeout.as_secs()
+                ))),
+                Ok(Err(e)) => Err(RegistryError::bad_gateway(format!(
+                    "upstream {}: {}",
+                    self.name,
+                    describe(&e)
+                ))),
+                Ok(Ok(resp)) => Ok(resp),
+            };
         }
     }
 
@@ -178,27 +221,39 @@ impl Upstream {
     }
 }
 
-/// A transport error in one line, with its root cause (connection refused, TLS...).
+/// A transport error in one line, with its root cause and, for TLS trouble, the config key
+/// that usually fixes it.
 pub fn describe(e: &reqwest::Error) -> String {
     use std::error::Error as _;
-    let mut msg = if e.is_connect() {
-        "connection failed".to_owned()
-    } else if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
+    let mut chain = Vec::new();
     let mut source = e.source();
-    let mut last = None;
     while let Some(s) = source {
-        last = Some(s.to_string());
+        chain.push(s.to_string());
         source = s.source();
     }
-    if let Some(root) = last {
-        msg.push_str(": ");
-        msg.push_str(&root);
+    let root = chain.last().cloned().unwrap_or_else(|| e.to_string());
+    let all = chain.join(" ").to_ascii_lowercase();
+    if all.contains("certificate")
+        || all.contains("unknownissuer")
+        || all.contains("notvalidforname")
+    {
+        format!(
+            "TLS: server certificate not accepted ({root}); trust its CA with tls.ca, or set tls.insecureSkipVerify"
+        )
+    } else if all.contains("handshake")
+        || all.contains("alert")
+        || all.contains("connection was not ready")
+    {
+        format!(
+            "TLS handshake failed ({root}); if it requires a client certificate, set tls.cert and tls.key"
+        )
+    } else if e.is_connect() {
+        format!("cannot connect ({root})")
+    } else if e.is_timeout() {
+        format!("timed out ({root})")
+    } else {
+        format!("request failed ({root})")
     }
-    msg
 }
 
 /// Why an upstream could not be set up at start.
@@ -290,6 +345,7 @@ impl Upstreams {
             scheme: Scheme::Https,
             credential: CredentialConfig::None,
             tls: TlsConfig::default(),
+            tag_ttl: None,
         };
         let u = Arc::new(upstream(
             &name,
