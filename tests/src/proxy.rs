@@ -493,6 +493,11 @@ impl Proxy {
         self.proc_status_kib("VmHWM")
     }
 
+    /// SIGKILL at once, no grace (crash tests). Idempotent.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
     /// SIGTERM, then SIGKILL after 5 s.
     pub fn stop(&mut self) {
         self.proc.terminate(Duration::from_secs(5));

@@ -112,15 +112,18 @@ impl BlobStore {
     }
 
     /// Opens a cached blob for reading, with its size.
-    pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<(tokio::fs::File, u64)>> {
-        match tokio::fs::File::open(self.blob_path(digest)).await {
+    pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
+        let path = self.blob_path(digest);
+        tokio::task::spawn_blocking(move || match std::fs::File::open(path) {
             Ok(f) => {
-                let len = f.metadata().await?.len();
+                let len = f.metadata()?.len();
                 Ok(Some((f, len)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
-        }
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Makes a fully written, fsynced and verified temp file visible as the blob `digest`.

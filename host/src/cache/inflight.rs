@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use sha2::Digest as _;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::cache::BlobStore;
@@ -26,9 +26,9 @@ use crate::oci::error::RegistryError;
 use crate::oci::reference::Digest;
 
 /// Bytes read from disk per chunk sent to a client.
-const READ_CHUNK: usize = 128 * 1024;
+const READ_CHUNK: usize = 512 * 1024;
 /// Bytes gathered from the upstream before a write + publish.
-const WRITE_CHUNK: usize = 256 * 1024;
+const WRITE_CHUNK: usize = 512 * 1024;
 
 /// The upstream's body, chunk by chunk.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
@@ -204,7 +204,18 @@ async fn write_verified(
     let mut written = 0u64;
     let mut resumes = 0u32;
     loop {
-        let next = tokio::time::timeout(idle_timeout, body.next()).await;
+        // Batch writes while the upstream keeps data coming; when it has nothing ready, hand
+        // readers what there is first, so that a slow upstream is still streamed promptly.
+        let next = match body.next().now_or_never() {
+            Some(ready) => Ok(ready),
+            None => {
+                if !buf.is_empty() {
+                    written += append(&mut file, &mut buf).await.map_err(disk)?;
+                    d.publish(Progress::Receiving { total, written });
+                }
+                tokio::time::timeout(idle_timeout, body.next()).await
+            }
+        };
         let broke_off = match &next {
             Err(_) => Some(format!("stalled: no data for {}s", idle_timeout.as_secs())),
             Ok(Some(Err(e))) => Some(format!("broke off: {e}")),
@@ -251,11 +262,7 @@ async fn write_verified(
             }
         }
         if !buf.is_empty() && (buf.len() >= WRITE_CHUNK || chunk.is_none()) {
-            file.write_all(&buf).await.map_err(disk)?;
-            // tokio's File writes in the background: flush so readers see the bytes.
-            file.flush().await.map_err(disk)?;
-            written += buf.len() as u64;
-            buf.clear();
+            written += append(&mut file, &mut buf).await.map_err(disk)?;
             d.publish(Progress::Receiving { total, written });
         }
         if chunk.is_none() {
@@ -286,31 +293,54 @@ async fn write_verified(
     Ok(written)
 }
 
+/// Writes and empties `buf`; returns how many bytes were written.
+async fn append(file: &mut tokio::fs::File, buf: &mut BytesMut) -> io::Result<u64> {
+    file.write_all(buf).await?;
+    // tokio's File writes in the background: flush so readers see the bytes.
+    file.flush().await?;
+    let n = buf.len() as u64;
+    buf.clear();
+    Ok(n)
+}
+
 /// Where a reader gets its bytes from.
 enum Source {
     /// A stored blob: everything up to `end` is there.
-    Stored(tokio::fs::File),
+    Stored,
     /// A running download: read up to the published length, wait for more.
     Following {
         download: Arc<Download>,
         progress: watch::Receiver<Progress>,
-        file: Option<tokio::fs::File>,
         idle_timeout: Duration,
     },
 }
 
+/// One reader's state between chunks.
+struct Reader {
+    source: Source,
+    file: Option<Arc<std::fs::File>>,
+    pos: u64,
+    end: Option<u64>,
+}
+
 /// Streams bytes `[start, end)` of a stored blob.
 pub fn read_stored(
-    file: tokio::fs::File,
+    file: std::fs::File,
     start: u64,
     end: u64,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    reader(Source::Stored(file), start, Some(end))
+    reader(Reader {
+        source: Source::Stored,
+        file: Some(Arc::new(file)),
+        pos: start,
+        end: Some(end),
+    })
 }
 
 /// Streams bytes `[start, end)` (to the end when `None`) of a blob while it downloads.
 /// The stream ends with an error if the download fails, so the client sees an aborted
-/// transfer, never a short body that looks complete.
+/// transfer, never a short body that looks complete; the blob's last byte is only sent
+/// once the whole blob is verified.
 pub fn read_following(
     download: Arc<Download>,
     start: u64,
@@ -318,117 +348,139 @@ pub fn read_following(
     idle_timeout: Duration,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
     let progress = download.subscribe();
-    reader(
-        Source::Following {
+    reader(Reader {
+        source: Source::Following {
             download,
             progress,
-            file: None,
             idle_timeout,
         },
-        start,
+        file: None,
+        pos: start,
         end,
-    )
+    })
 }
 
-fn reader(
-    source: Source,
-    start: u64,
-    end: Option<u64>,
-) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    futures_util::stream::try_unfold(
-        (source, start, end, false),
-        |(mut source, mut pos, end, mut seeked)| async move {
-            loop {
-                let limit = match &mut source {
-                    Source::Stored(_) => end,
-                    Source::Following { progress, .. } => {
-                        let state = progress.borrow_and_update().clone();
-                        match state {
-                            Progress::Starting => Some(pos),
-                            Progress::Receiving { written, .. } => {
-                                Some(written.min(end.unwrap_or(u64::MAX)))
-                            }
-                            Progress::Complete { total } => {
-                                Some(total.min(end.unwrap_or(u64::MAX)))
-                            }
-                            Progress::Failed(e) => return Err(io::Error::other(e.message)),
-                        }
-                    }
-                };
-                let finished = match (&source, end) {
-                    (_, Some(e)) if pos >= e => true,
-                    (Source::Following { progress, .. }, None) => {
-                        matches!(&*progress.borrow(), Progress::Complete { total } if pos >= *total)
-                    }
-                    _ => false,
-                };
-                if finished {
+impl Reader {
+    /// How far this reader may read now; `None` means it must wait for more.
+    fn readable_until(&mut self) -> io::Result<Option<u64>> {
+        let end = self.end.unwrap_or(u64::MAX);
+        let Source::Following { progress, .. } = &mut self.source else {
+            return Ok(Some(end));
+        };
+        let limit = match &*progress.borrow_and_update() {
+            Progress::Starting => self.pos,
+            // The blob's last byte is held back until it is verified: a client that got
+            // every byte must be able to trust them, so a sha256 mismatch must still be able
+            // to abort the transfer.
+            Progress::Receiving { written, total } => {
+                (*written).min(total.map_or(u64::MAX, |t| t.saturating_sub(1)))
+            }
+            Progress::Complete { total } => {
+                if self.end.is_none() {
+                    self.end = Some(*total);
+                }
+                *total
+            }
+            Progress::Failed(e) => return Err(io::Error::other(e.message.clone())),
+        };
+        let limit = limit.min(self.end.unwrap_or(u64::MAX));
+        Ok((limit > self.pos).then_some(limit))
+    }
+
+    fn finished(&self) -> bool {
+        self.end.is_some_and(|e| self.pos >= e)
+    }
+
+    /// Waits until the download publishes more progress.
+    async fn wait(&mut self) -> io::Result<()> {
+        let Source::Following {
+            progress,
+            idle_timeout,
+            download,
+        } = &mut self.source
+        else {
+            return Err(io::Error::other("stored blob shorter than expected"));
+        };
+        match tokio::time::timeout(*idle_timeout, progress.changed()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(io::Error::other(format!(
+                "download of {} ended without completing",
+                download.digest
+            ))),
+            Err(_) => Err(io::Error::other(format!(
+                "download of {} stalled",
+                download.digest
+            ))),
+        }
+    }
+
+    /// The file to read: the temp file while downloading (or the stored blob, once it was
+    /// renamed into place).
+    async fn file(&mut self) -> io::Result<Arc<std::fs::File>> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        let Source::Following { download, .. } = &self.source else {
+            return Err(io::Error::other("blob file vanished"));
+        };
+        let (temp, stored) = (download.temp_path.clone(), download.final_path.clone());
+        let f = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&temp).or_else(|_| std::fs::File::open(&stored))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let f = Arc::new(f);
+        self.file = Some(f.clone());
+        Ok(f)
+    }
+}
+
+/// Reads `len` bytes at `offset` on a blocking thread (one hop per chunk, one copy).
+async fn read_chunk(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than expected",
+            ));
+        }
+        buf.truncate(filled);
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    futures_util::stream::try_unfold(state, |mut r| async move {
+        loop {
+            if r.finished() {
+                return Ok(None);
+            }
+            let Some(limit) = r.readable_until()? else {
+                if r.finished() {
                     return Ok(None);
                 }
-                let available = limit.unwrap_or(u64::MAX).saturating_sub(pos);
-                if available == 0 {
-                    let Source::Following {
-                        progress,
-                        idle_timeout,
-                        download,
-                        ..
-                    } = &mut source
-                    else {
-                        return Ok(None);
-                    };
-                    match tokio::time::timeout(*idle_timeout, progress.changed()).await {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(_)) => {
-                            return Err(io::Error::other(format!(
-                                "download of {} ended without completing",
-                                download.digest
-                            )));
-                        }
-                        Err(_) => {
-                            return Err(io::Error::other(format!(
-                                "download of {} stalled",
-                                download.digest
-                            )));
-                        }
-                    }
-                }
-                let file = match &mut source {
-                    Source::Stored(f) => f,
-                    Source::Following { download, file, .. } => {
-                        if file.is_none() {
-                            // The temp file may have been renamed into the store already.
-                            let f = match tokio::fs::File::open(&download.temp_path).await {
-                                Ok(f) => f,
-                                Err(_) => tokio::fs::File::open(&download.final_path).await?,
-                            };
-                            *file = Some(f);
-                            seeked = false;
-                        }
-                        match file {
-                            Some(f) => f,
-                            None => return Err(io::Error::other("blob file vanished")),
-                        }
-                    }
-                };
-                if !seeked {
-                    file.seek(io::SeekFrom::Start(pos)).await?;
-                    seeked = true;
-                }
-                let want = available.min(READ_CHUNK as u64) as usize;
-                let mut buf = vec![0u8; want];
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "blob file shorter than expected",
-                    ));
-                }
-                buf.truncate(n);
-                pos += n as u64;
-                return Ok(Some((Bytes::from(buf), (source, pos, end, seeked))));
-            }
-        },
-    )
+                r.wait().await?;
+                continue;
+            };
+            let want = (limit - r.pos).min(READ_CHUNK as u64) as usize;
+            let file = r.file().await?;
+            let chunk = read_chunk(file, r.pos, want).await?;
+            r.pos += chunk.len() as u64;
+            return Ok(Some((chunk, r)));
+        }
+    })
 }
 
 #[cfg(test)]
@@ -575,7 +627,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, b"0123456789").unwrap();
-        let f = tokio::fs::File::open(&p).await.unwrap();
+        let f = std::fs::File::open(&p).unwrap();
         let got = collect(read_stored(f, 3, 7)).await.unwrap();
         assert_eq!(&got[..], b"3456");
     }

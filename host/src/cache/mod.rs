@@ -16,6 +16,7 @@
 //! temp file, fsync and rename; nothing there is ever rewritten.
 
 pub mod blob_store;
+pub mod hot;
 pub mod inflight;
 pub mod tags;
 

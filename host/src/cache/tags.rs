@@ -37,7 +37,8 @@ impl TagEntry {
     }
 }
 
-fn record_path(store: &BlobStore, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
+/// Where a tag's record lives.
+pub fn record_path(store: &BlobStore, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
     // registry, repo and tag are validated: no component can be empty, `.` or `..`.
     store
         .root()

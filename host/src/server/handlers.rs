@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use tokio::sync::OnceCell;
 
+use crate::cache::hot::HotCache;
 use crate::cache::inflight::Downloads;
 use crate::cache::{BlobStore, Manifest};
 use crate::config::Settings;
@@ -44,6 +45,8 @@ pub struct App {
     pub downloads: Downloads,
     /// Event counters.
     pub stats: Stats,
+    /// In-memory copies of hot tag records and manifests.
+    pub hot: HotCache,
     pub(super) manifest_flights: Mutex<HashMap<String, ManifestFlight>>,
 }
 
@@ -56,6 +59,7 @@ impl App {
             upstreams,
             downloads: Downloads::default(),
             stats: Stats::default(),
+            hot: HotCache::default(),
             manifest_flights: Mutex::new(HashMap::new()),
         }
     }

@@ -60,7 +60,7 @@ async fn manifest_by_digest(
     repo: &RepoName,
     digest: Digest,
 ) -> Result<Manifest, RegistryError> {
-    if let Some(m) = app.store.get_manifest(&digest).await.map_err(disk_error)? {
+    if let Some(m) = stored_manifest(app, &digest).await.map_err(disk_error)? {
         return Ok(m);
     }
     if app.settings.air_gapped {
@@ -158,9 +158,23 @@ async fn manifest_by_tag(
 }
 
 async fn record_tag(app: &App, registry: &str, repo: &RepoName, tag: &str, m: &Manifest) {
+    app.hot
+        .forget_tag(&tags::record_path(&app.store, registry, repo, tag));
     if let Err(e) = tags::put(&app.store, registry, repo, tag, &m.media_type, &m.digest).await {
         tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record tag");
     }
+}
+
+/// A cached manifest, from memory or disk.
+async fn stored_manifest(app: &App, digest: &Digest) -> std::io::Result<Option<Manifest>> {
+    if let Some(m) = app.hot.manifest(digest) {
+        return Ok(Some(m));
+    }
+    let m = app.store.get_manifest(digest).await?;
+    if let Some(m) = &m {
+        app.hot.put_manifest(m);
+    }
+    Ok(m)
 }
 
 /// What a revalidation of a cached tag found out.
@@ -233,14 +247,24 @@ async fn cached_tag(
     tag: &str,
     accept: &Accept,
 ) -> Option<(Manifest, u64)> {
-    let record = tags::get(&app.store, registry, repo, tag).await?;
+    // One `stat` (cheap, so done in place) tells whether the record in memory is current.
+    let path = tags::record_path(&app.store, registry, repo, tag);
+    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+    let record = match app.hot.tag(&path, modified) {
+        Some(r) => r,
+        None => {
+            let r = tags::get(&app.store, registry, repo, tag).await?;
+            app.hot.put_tag(&path, modified, r.clone());
+            r
+        }
+    };
     for entry in record
         .entries
         .iter()
         .filter(|e| accept.allows(&e.media_type))
     {
         if let Some(d) = entry.digest()
-            && let Ok(Some(m)) = app.store.get_manifest(&d).await
+            && let Ok(Some(m)) = stored_manifest(app, &d).await
         {
             return Some((m, entry.fetched_at));
         }

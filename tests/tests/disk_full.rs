@@ -1,0 +1,254 @@
+//! Issue 5: disk trouble. The cache lives on a 40 MiB tmpfs. A blob that does not fit is
+//! refused with 507 and an OCI body saying the disk is full, nothing partial is left, cached
+//! content is still served, and once space returns the same pull succeeds by itself. Two
+//! downloads that each fit but not together: the one that hits ENOSPC mid-write fails
+//! (aborted client, temp file removed), the other completes verified.
+//!
+//! Needs `mount -t tmpfs` (root). Outside CI a missing permission skips loudly; under
+//! `CI=true` it fails.
+
+use ociregistry_e2e::cache::{list_files, verify_cache};
+use ociregistry_e2e::images::{self, ImageKind};
+use ociregistry_e2e::proxy::Route;
+use ociregistry_e2e::throttle::{StreamingGet, Throttle};
+use ociregistry_e2e::upstream::Upstream;
+use ociregistry_e2e::{Proxy, RegistryEntry, in_ci, require_upstream_tools, wait_for};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const MIB: u64 = 1 << 20;
+
+/// A tmpfs mounted on a temp dir, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size_mib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            other => {
+                let msg = format!("cannot mount a tmpfs (needs root): {other:?}");
+                if in_ci() {
+                    panic!("{msg} (CI=true: the test fails)");
+                }
+                eprintln!("\n!!!!!!!!!! SKIPPING TEST: {msg} !!!!!!!!!!\n");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(self.path())
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df avail")
+    }
+
+    /// Writes a filler file leaving about `leave` bytes free; returns its path.
+    fn fill_leaving(&self, name: &str, leave: u64) -> PathBuf {
+        let p = self.path().join(name);
+        let size = self.free().saturating_sub(leave);
+        let f = std::fs::File::create(&p).expect("filler");
+        // tmpfs allocates on write: write real bytes (set_len would be sparse).
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(f);
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..n]).expect("write filler");
+            left -= n as u64;
+        }
+        w.flush().expect("flush filler");
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn no_partial_files(image_path: &Path, hex: &str, ctx: &str) {
+    wait_for(
+        &format!("{ctx}: tmp/ empty"),
+        SECS(10),
+        Duration::from_millis(20),
+        || list_files(&image_path.join("tmp")).is_empty().then_some(()),
+    );
+    assert!(
+        !image_path.join("blobs/sha256").join(hex).exists(),
+        "{ctx}: the blob is in the store"
+    );
+    verify_cache(image_path);
+}
+
+#[test]
+fn a_full_disk_gives_507_keeps_serving_and_recovers() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount(40) else { return };
+    let up = Upstream::anonymous();
+    let repo = images::unique_repo("diskfull");
+    let small = images::seed(&up, &repo, "small", ImageKind::small_oci());
+    let big = images::seed(
+        &up,
+        &repo,
+        "big",
+        ImageKind::Oci {
+            layers: 1,
+            layer_size: 8 << 20,
+        },
+    );
+    let blob = big.largest_blob();
+    let host = up.host();
+    let image_path = fs.path().join("cache");
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .image_path(&image_path)
+        .start();
+    proxy.pull_and_verify(Route::Ns(&host), &small);
+    // The big image's manifest is small and fits; its layer does not.
+    let filler = fs.fill_leaving("filler", 4 * MIB);
+    assert!(
+        fs.free() < blob.size,
+        "free {} < blob {}",
+        fs.free(),
+        blob.size
+    );
+    let r = proxy.get_blob(Route::Ns(&host), &repo, &blob.digest, &[]);
+    assert_eq!(
+        r.status,
+        507,
+        "blob larger than the free space: {}",
+        r.body_str()
+    );
+    let body = r.body_str();
+    assert!(
+        !ociregistry_e2e::oci_error_codes(&r.body).is_empty(),
+        "507 without an OCI body: {body}"
+    );
+    assert!(
+        body.contains("disk full"),
+        "507 body names the full disk: {body}"
+    );
+    no_partial_files(&image_path, blob.hex(), "507");
+    // Cached content is still served.
+    proxy.pull_and_verify(Route::Ns(&host), &small);
+    // Space returns: the same pull succeeds, no restart.
+    std::fs::remove_file(&filler).expect("remove filler");
+    proxy.pull_and_verify(Route::Ns(&host), &big);
+    verify_cache(&image_path);
+    ociregistry_e2e::cache::assert_image_cached(&image_path, &big);
+}
+
+/// Both downloads pass the free-space check (each fits) but together they do not: the
+/// upstream is held after the headers so both are checked first, then released. The one that
+/// hits ENOSPC fails cleanly; nothing partial is left; with space back it succeeds.
+#[test]
+fn a_write_error_mid_download_fails_only_that_download() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount(40) else { return };
+    let up = Upstream::anonymous();
+    let repo = images::unique_repo("diskwrite");
+    let img = images::seed(
+        &up,
+        &repo,
+        "v1",
+        ImageKind::Oci {
+            layers: 2,
+            layer_size: 8 << 20,
+        },
+    );
+    let layers: Vec<_> = img.blobs().into_iter().filter(|b| b.size > MIB).collect();
+    assert_eq!(layers.len(), 2);
+    let throttle = Throttle::start(&up.host());
+    let thost = throttle.host();
+    let image_path = fs.path().join("cache");
+    let proxy = Proxy::builder()
+        .registry(RegistryEntry::plain(&thost))
+        .image_path(&image_path)
+        .start();
+    // Each layer + the reserve (2 MiB on a 40 MiB disk) fits; both do not.
+    let max = layers.iter().map(|b| b.size).max().unwrap();
+    let sum: u64 = layers.iter().map(|b| b.size).sum();
+    let leave = max + 2 * MIB + MIB / 2;
+    assert!(
+        sum > leave + MIB / 2,
+        "layers {sum} bytes must not fit in {leave}"
+    );
+    let filler = fs.fill_leaving("filler", leave);
+    throttle.hold_after(Some(512 * 1024));
+    let clients: Vec<StreamingGet> = layers
+        .iter()
+        .map(|b| {
+            StreamingGet::start(
+                &proxy.host(),
+                &Route::Ns(&thost).target(&repo, "blobs", &b.digest),
+                SECS(20),
+            )
+        })
+        .collect();
+    for c in &clients {
+        let p = c.wait_received(1, SECS(10));
+        assert_eq!(
+            p.status,
+            Some(200),
+            "both downloads pass the space check: {p:?}"
+        );
+    }
+    throttle.release();
+    let outcomes: Vec<_> = clients.into_iter().map(|c| c.finish(SECS(20))).collect();
+    let ok: Vec<bool> = outcomes
+        .iter()
+        .zip(&layers)
+        .map(|(o, b)| o.complete() && o.status == 200 && o.sha256 == b.digest)
+        .collect();
+    for (o, b) in outcomes.iter().zip(&layers) {
+        assert!(
+            !(o.complete() && o.status == 200 && o.sha256 != b.digest),
+            "a clean 200 with wrong bytes: {o:?}"
+        );
+    }
+    assert!(
+        ok.iter().filter(|x| !**x).count() >= 1,
+        "both fit although they should not: {outcomes:?}"
+    );
+    wait_for("tmp/ empty", SECS(10), Duration::from_millis(20), || {
+        list_files(&image_path.join("tmp")).is_empty().then_some(())
+    });
+    for (good, b) in ok.iter().zip(&layers) {
+        if !good {
+            no_partial_files(&image_path, b.hex(), "ENOSPC");
+        }
+    }
+    assert!(proxy.log().contains("nothing stored") || proxy.log().contains("cache write failed"));
+    std::fs::remove_file(&filler).expect("remove filler");
+    proxy.pull_and_verify(Route::Ns(&thost), &img);
+    verify_cache(&image_path);
+}
