@@ -26,7 +26,7 @@ use crate::oci::error::RegistryError;
 use crate::oci::reference::Digest;
 
 /// Bytes read from disk per chunk sent to a client.
-const READ_CHUNK: usize = 512 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 /// Bytes gathered from the upstream before a write + publish.
 const WRITE_CHUNK: usize = 512 * 1024;
 
