@@ -1,4 +1,4 @@
-//! The command line: `serve` and `providers`, global flags shared by both, and turning
+//! The command line: `serve`, `providers` and `load`, global flags shared by them, and turning
 //! flags plus config file into [`Settings`](crate::config::Settings).
 
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ use crate::upstream::Upstreams;
 #[derive(Debug, Parser)]
 #[command(name = "ociregistry", version, about, long_about = None)]
 #[command(
-    after_help = "Examples:\n  ociregistry serve                          # defaults: port 8080, cache in ./ociregistry-cache\n  ociregistry --config-file config.yaml serve\n  ociregistry providers --output json\n\nPull through it:\n  skopeo copy --src-tls-verify=false docker://localhost:8080/quay.io/org/img:tag oci:img\n  curl 'http://localhost:8080/v2/library/alpine/manifests/3.20?ns=docker.io'"
+    after_help = "Examples:\n  ociregistry serve                          # defaults: port 8080, cache in ./ociregistry-cache\n  ociregistry --config-file config.yaml serve\n  ociregistry providers --output json\n  ociregistry --config-file config.yaml load --image-file images.txt --platform linux/arm64\n\nPull through it:\n  skopeo copy --src-tls-verify=false docker://localhost:8080/quay.io/org/img:tag oci:img\n  curl 'http://localhost:8080/v2/library/alpine/manifests/3.20?ns=docker.io'"
 )]
 pub struct Cli {
     /// Ociregistry config file (YAML); flags given here beat its values.

@@ -389,8 +389,8 @@ async fn fetch_blob(
     }
 }
 
-/// Reads the list at `path` and preloads it: for `serve`, in the background once it
-/// listens, logging the summary at the end.
+/// Preloads `list` on its own task (for `serve`, which keeps serving meanwhile) and logs
+/// the summary when done.
 pub fn spawn_in_background(app: Arc<App>, list: ImageList, opts: Options) {
     tokio::spawn(async move {
         tracing::info!(list = %list.path.display(), images = list.images.len(),
@@ -404,4 +404,70 @@ pub fn spawn_in_background(app: Arc<App>, list: ImageList, opts: Options) {
 /// Reads an image list for a command, naming the file on failure.
 pub fn read_list(path: &Path, default_ns: &str) -> Result<ImageList, list::ListError> {
     list::read(path, default_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::reference::Digest;
+    use platform::EntryPlatform;
+
+    fn entry(c: char, platform: Option<&str>) -> manifest::Entry {
+        manifest::Entry {
+            digest: Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap(),
+            platform: platform.map(|p| {
+                let mut parts = p.split('/');
+                EntryPlatform {
+                    os: parts.next().unwrap().into(),
+                    arch: parts.next().unwrap().into(),
+                    variant: parts.next().map(Into::into),
+                }
+            }),
+        }
+    }
+
+    fn img() -> ImageRef {
+        list::parse("quay.io/a/b:c", "docker.io").images.remove(0)
+    }
+
+    #[test]
+    fn choosing_platforms_from_an_index() {
+        let entries = vec![
+            entry('a', Some("linux/amd64")),
+            entry('b', Some("linux/arm64/v8")),
+            entry('c', Some("unknown/unknown")),
+            entry('d', None),
+        ];
+        let p = |s: &str| s.parse::<Platform>().unwrap();
+        let got = choose(&entries, &[p("linux/arm64")], &img(), "idx").unwrap();
+        assert_eq!(got, vec![entries[1].digest.clone()]);
+        let got = choose(
+            &entries,
+            &[
+                p("linux/arm64"),
+                p("linux/amd64"),
+                p("linux/amd64"),
+                p("linux/s390x"),
+            ],
+            &img(),
+            "idx",
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![entries[1].digest.clone(), entries[0].digest.clone()]
+        );
+        let e = choose(&entries, &[p("linux/s390x")], &img(), "idx").unwrap_err();
+        assert!(
+            e.contains("linux/s390x") && e.contains("linux/amd64, linux/arm64/v8, unknown/unknown"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn options_default_to_the_host() {
+        assert_eq!(Options::new(&[]).platforms, vec![Platform::host()]);
+        let p: Platform = "linux/arm64".parse().unwrap();
+        assert_eq!(Options::new(&[p.clone(), p.clone()]).platforms, vec![p]);
+    }
 }
