@@ -1,4 +1,4 @@
-//! The command line: `serve` and `providers`, global flags shared by both, and turning
+//! The command line: `serve`, `providers` and `load`, global flags shared by them, and turning
 //! flags plus config file into [`Settings`](crate::config::Settings).
 
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cache::BlobStore;
 use crate::config::{self, ConfigError, Overrides, Settings};
 use crate::logging::{self, LogFormat};
+use crate::preload::{self, platform::Platform};
 use crate::providers;
 use crate::server::{self, App};
 use crate::upstream::Upstreams;
@@ -20,7 +21,7 @@ use crate::upstream::Upstreams;
 #[derive(Debug, Parser)]
 #[command(name = "ociregistry", version, about, long_about = None)]
 #[command(
-    after_help = "Examples:\n  ociregistry serve                          # defaults: port 8080, cache in ./ociregistry-cache\n  ociregistry --config-file config.yaml serve\n  ociregistry providers --output json\n\nPull through it:\n  skopeo copy --src-tls-verify=false docker://localhost:8080/quay.io/org/img:tag oci:img\n  curl 'http://localhost:8080/v2/library/alpine/manifests/3.20?ns=docker.io'"
+    after_help = "Examples:\n  ociregistry serve                          # defaults: port 8080, cache in ./ociregistry-cache\n  ociregistry --config-file config.yaml serve\n  ociregistry providers --output json\n  ociregistry --config-file config.yaml load --image-file images.txt --platform linux/arm64\n\nPull through it:\n  skopeo copy --src-tls-verify=false docker://localhost:8080/quay.io/org/img:tag oci:img\n  curl 'http://localhost:8080/v2/library/alpine/manifests/3.20?ns=docker.io'"
 )]
 pub struct Cli {
     /// Ociregistry config file (YAML); flags given here beat its values.
@@ -50,6 +51,29 @@ pub enum Command {
     Serve(ServeArgs),
     /// List the provider plugins found in the plugin directory, or check configured credentials.
     Providers(ProvidersArgs),
+    /// Pull the images listed in a file into the cache (warm it), then exit; exit code 0 only
+    /// when every line was valid and every image is cached. Safe beside a running server.
+    Load(LoadArgs),
+}
+
+/// `load` flags.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Image list: one reference per line (`quay.io/org/img:tag`, `alpine:3.20`,
+    /// `127.0.0.1:5000/app@sha256:...`), `#` comments and blank lines ignored
+    /// [config: imageFile].
+    #[arg(long, value_name = "FILE")]
+    pub image_file: Option<PathBuf>,
+    /// Platform taken from multi-platform images, os/arch[/variant]; repeatable
+    /// [config: os, arch] [default: linux/<this machine's architecture>].
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub platforms: Vec<Platform>,
+    /// Registry for references that name none [config: defaultNs] [default: docker.io].
+    #[arg(long, value_name = "REGISTRY")]
+    pub default_ns: Option<String>,
+    /// Images pulled at the same time.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub parallel: u16,
 }
 
 /// `serve` flags.
@@ -73,6 +97,14 @@ pub struct ServeArgs {
     /// How long an upstream may take to answer, e.g. 30s [config: pullTimeout] [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub pull_timeout: Option<Duration>,
+    /// Image list to pull into the cache in the background once listening (same format as
+    /// `load --image-file`) [config: preloadImages].
+    #[arg(long, value_name = "FILE")]
+    pub preload_images: Option<PathBuf>,
+    /// Platform the preload takes from multi-platform images, os/arch[/variant]; repeatable
+    /// [config: os, arch] [default: linux/<this machine's architecture>].
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub platforms: Vec<Platform>,
 }
 
 /// `providers` flags.
@@ -132,6 +164,7 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             s.pull_timeout,
         ),
         Command::Providers(_) => (None, None, None, false, false, None),
+        Command::Load(l) => (None, None, l.default_ns.clone(), false, false, None),
     };
     let settings = config::resolve(
         file,
@@ -146,8 +179,28 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             pull_timeout,
         },
     )?;
+    let mut settings = settings;
+    let (image_list, platforms) = match &cli.command {
+        Command::Serve(s) => (s.preload_images.clone(), s.platforms.clone()),
+        Command::Load(l) => (l.image_file.clone(), l.platforms.clone()),
+        Command::Providers(_) => (None, Vec::new()),
+    };
+    if !platforms.is_empty() {
+        settings.preload.platforms = platforms;
+    }
+    match &cli.command {
+        Command::Serve(_) if image_list.is_some() => settings.preload.preload_images = image_list,
+        Command::Load(_) if image_list.is_some() => settings.preload.image_file = image_list,
+        _ => {}
+    }
+    // `load` on a terminal draws progress bars: keep routine log lines out of their way.
+    let quiet = matches!(cli.command, Command::Load(_))
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
     logging::init(
-        cli.log_level.as_deref().or(settings.log_level.as_deref()),
+        cli.log_level
+            .as_deref()
+            .or(settings.log_level.as_deref())
+            .or(quiet.then_some("warn")),
         cli.log_format,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -162,7 +215,46 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         Command::Providers(args) => {
             runtime.block_on(providers::listing::run(&settings, args.output, args.check))
         }
+        Command::Load(args) => runtime.block_on(load(settings, usize::from(args.parallel))),
     }
+}
+
+/// `ociregistry load`: preloads the image list into the cache; exit code 1 if anything failed.
+async fn load(settings: Settings, parallel: usize) -> Result<ExitCode, FatalError> {
+    let path = settings.preload.image_file.clone().ok_or_else(|| {
+        FatalError::Startup(
+            "no image list: give --image-file FILE or imageFile in the config file".into(),
+        )
+    })?;
+    let list = preload::read_list(&path, &settings.default_ns)
+        .map_err(|e| FatalError::Startup(e.to_string()))?;
+    // A server may be using the same cache: leave its downloads in progress alone.
+    let store = BlobStore::open_alongside(&settings.image_path).map_err(|e| {
+        FatalError::Startup(format!(
+            "cannot use image path {}: {e}",
+            settings.image_path.display()
+        ))
+    })?;
+    let managed = providers::start(&settings).map_err(|e| FatalError::Startup(e.to_string()))?;
+    let upstreams =
+        Upstreams::new(&settings, managed).map_err(|e| FatalError::Startup(e.to_string()))?;
+    let mut opts = preload::Options::new(&settings.preload.platforms);
+    opts.images_at_once = parallel;
+    tracing::info!(list = %path.display(), images = list.images.len(), invalid_lines = list.bad.len(),
+        platforms = %opts.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        "preloading");
+    let app = Arc::new(App::new(settings, store, upstreams));
+    let reporter = preload::report::Reporter::for_stderr(list.images.len());
+    let summary = preload::run(&app, &list, &opts, &reporter).await;
+    for f in &summary.failures {
+        println!("FAILED {}: {}", f.what, f.reason);
+    }
+    println!("{}", summary.line());
+    Ok(if summary.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn serve(settings: Settings) -> Result<(), FatalError> {
@@ -175,6 +267,13 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
             settings.image_path.display()
         ))
     })?;
+    let preload_list = match &settings.preload.preload_images {
+        Some(path) => Some(
+            preload::read_list(path, &settings.default_ns)
+                .map_err(|e| FatalError::Startup(e.to_string()))?,
+        ),
+        None => None,
+    };
     let managed = providers::start(&settings).map_err(|e| FatalError::Startup(e.to_string()))?;
     let upstreams =
         Upstreams::new(&settings, managed).map_err(|e| FatalError::Startup(e.to_string()))?;
@@ -196,6 +295,10 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
         "starting"
     );
     let app = Arc::new(App::new(settings, store, upstreams));
+    if let Some(list) = preload_list {
+        let opts = preload::Options::new(&app.settings.preload.platforms);
+        preload::spawn_in_background(app.clone(), list, opts);
+    }
     server::serve(listener, app, server::stop_signal())
         .await
         .map_err(|e| FatalError::Startup(e.to_string()))

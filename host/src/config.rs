@@ -181,17 +181,21 @@ pub struct FileConfig {
     /// Per-upstream settings.
     #[serde(default)]
     pub registries: Vec<RegistryConfig>,
+    /// Image list `serve` preloads in the background once it listens.
+    pub preload_images: Option<PathBuf>,
+    /// Image list `ociregistry load` preloads.
+    pub image_file: Option<PathBuf>,
+    /// Operating system of the platform preloaded from an index (default `linux`).
+    pub os: Option<String>,
+    /// Architecture of the platform preloaded from an index (default: this machine's).
+    pub arch: Option<String>,
     // Ociregistry keys that belong to features not built yet: accepted so that an existing
     // Ociregistry config loads, and named in a warning at start.
     log_file: Option<serde_yaml_ng::Value>,
-    preload_images: Option<serde_yaml_ng::Value>,
-    image_file: Option<serde_yaml_ng::Value>,
     prune_config: Option<serde_yaml_ng::Value>,
     health: Option<serde_yaml_ng::Value>,
     metrics: Option<serde_yaml_ng::Value>,
     server_tls_config: Option<serde_yaml_ng::Value>,
-    os: Option<serde_yaml_ng::Value>,
-    arch: Option<serde_yaml_ng::Value>,
 }
 
 impl FileConfig {
@@ -199,14 +203,10 @@ impl FileConfig {
     pub fn not_yet_supported(&self) -> Vec<&'static str> {
         [
             (self.log_file.is_some(), "logFile"),
-            (self.preload_images.is_some(), "preloadImages"),
-            (self.image_file.is_some(), "imageFile"),
             (self.prune_config.is_some(), "pruneConfig"),
             (self.health.is_some(), "health"),
             (self.metrics.is_some(), "metrics"),
             (self.server_tls_config.is_some(), "serverTlsConfig"),
-            (self.os.is_some(), "os"),
-            (self.arch.is_some(), "arch"),
         ]
         .into_iter()
         .filter_map(|(set, key)| set.then_some(key))
@@ -390,6 +390,20 @@ pub struct Settings {
     pub max_manifest_size: usize,
     /// Most client connections at once.
     pub max_connections: usize,
+    /// Cache warming: image lists and the platform default.
+    pub preload: PreloadSettings,
+}
+
+/// `preloadImages`, `imageFile`, `os` and `arch`: what to warm the cache with.
+#[derive(Debug, Clone, Default)]
+pub struct PreloadSettings {
+    /// `preloadImages`: the list `serve` preloads.
+    pub preload_images: Option<PathBuf>,
+    /// `imageFile`: the list `load` preloads.
+    pub image_file: Option<PathBuf>,
+    /// Platforms taken from an index: `--platform` values, else the one `os`/`arch` name;
+    /// empty means this machine's.
+    pub platforms: Vec<crate::preload::platform::Platform>,
 }
 
 impl Settings {
@@ -574,7 +588,19 @@ pub fn resolve(
         }
         Some(n) => n,
     };
+    let preload = PreloadSettings {
+        platforms: crate::preload::platform::Platform::from_config(
+            cfg.os.as_deref(),
+            cfg.arch.as_deref(),
+        )
+        .map_err(|(key, message)| invalid(key.into(), None, message))?
+        .into_iter()
+        .collect(),
+        preload_images: cfg.preload_images,
+        image_file: cfg.image_file,
+    };
     Ok(Settings {
+        preload,
         tag_ttl: cfg.tag_ttl.map(|d| d.0),
         revalidate_timeout: cfg
             .revalidate_timeout
@@ -789,6 +815,26 @@ mod tests {
         let s = resolve_text("registries:\n- name: a.io\n  auth: {user: u, password: hunter2}\n")
             .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn preload_keys() {
+        let s = resolve_text("preloadImages: /etc/p.txt\nimageFile: /etc/i.txt\narch: arm64\n")
+            .unwrap();
+        assert!(s.ignored_keys.is_empty(), "{:?}", s.ignored_keys);
+        assert_eq!(s.preload.preload_images, Some(PathBuf::from("/etc/p.txt")));
+        assert_eq!(s.preload.image_file, Some(PathBuf::from("/etc/i.txt")));
+        let platforms: Vec<String> = s.preload.platforms.iter().map(|p| p.to_string()).collect();
+        assert_eq!(platforms, vec!["linux/arm64"]);
+        assert!(
+            resolve_text("port: 1\n")
+                .unwrap()
+                .preload
+                .platforms
+                .is_empty()
+        );
+        let e = resolve_text("os: \"lin ux\"\n").unwrap_err();
+        assert!(e.contains("os") && e.contains("lin ux"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`upstream`] talks to upstream registries with the right TLS and credentials, answering
 //!   Basic and Bearer-token challenges.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
+//! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
 //! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body.
 
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod duration;
 pub mod logging;
 pub mod oci;
+pub mod preload;
 pub mod providers;
 pub mod server;
 pub mod upstream;

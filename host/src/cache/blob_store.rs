@@ -57,6 +57,19 @@ impl BlobStore {
         })
     }
 
+    /// Opens (creating) the layout under `root` without touching `tmp/`: for a second
+    /// process (such as `ociregistry load`) working beside a server whose downloads in
+    /// progress live there. Its own temp files carry its process id, so nothing collides.
+    pub fn open_alongside(root: &Path) -> io::Result<Self> {
+        for dir in ["blobs/sha256", "manifests/sha256", "tags", "tmp"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        Ok(BlobStore {
+            root: root.to_owned(),
+            temp_seq: AtomicU64::new(0),
+        })
+    }
+
     /// The image path.
     pub fn root(&self) -> &Path {
         &self.root

@@ -85,6 +85,67 @@ pub(super) async fn blob(
     }
 }
 
+/// Makes sure blob `digest` is in the cache: returns its size at once when it is stored,
+/// else starts or joins the single download of it (the one client requests share) and
+/// waits for it to be verified and stored. For callers inside the process, such as the
+/// preloader.
+pub async fn ensure_blob(
+    app: &Arc<App>,
+    registry: &str,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<u64, RegistryError> {
+    ensure_blob_watching(app, registry, repo, digest, &mut |_| {}).await
+}
+
+/// [`ensure_blob`], calling `on_progress` with the bytes received so far whenever the
+/// download moves on (not at all when the blob was stored already).
+pub async fn ensure_blob_watching(
+    app: &Arc<App>,
+    registry: &str,
+    repo: &RepoName,
+    digest: &Digest,
+    on_progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<u64, RegistryError> {
+    if let Some(size) = app.store.stat_blob(digest).await.map_err(disk_error)? {
+        return Ok(size);
+    }
+    if app.settings.air_gapped {
+        return Err(RegistryError::not_found(
+            ErrorCode::BlobUnknown,
+            format!("blob {digest} is not cached (air-gapped: upstreams are never contacted)"),
+        ));
+    }
+    let upstream = app.upstreams.resolve(registry);
+    let (download, started) = app.downloads.join_or_register(&app.store, digest);
+    if started {
+        tokio::spawn(run_download(
+            app.clone(),
+            upstream,
+            repo.clone(),
+            download.clone(),
+        ));
+    }
+    let mut progress = download.subscribe();
+    loop {
+        let state = progress.borrow_and_update().clone();
+        match state {
+            Progress::Complete { total } => return Ok(total),
+            Progress::Failed(e) => return Err(e),
+            Progress::Receiving { written, .. } => on_progress(written),
+            Progress::Starting => {}
+        }
+        if progress.changed().await.is_err() {
+            // The sender is gone: look at its last word.
+            return match &*progress.borrow() {
+                Progress::Complete { total } => Ok(*total),
+                Progress::Failed(e) => Err(e.clone()),
+                _ => Err(RegistryError::internal("download ended unexpectedly")),
+            };
+        }
+    }
+}
+
 fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
     h.insert(
         header::CONTENT_TYPE,

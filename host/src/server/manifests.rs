@@ -34,6 +34,22 @@ pub(super) async fn manifest(
     Ok(manifest_response(&m, head))
 }
 
+/// The manifest `reference` names, from the cache or fetched into it through the same
+/// single-flight fetch that client requests use (a tag with its freshness rules, a digest
+/// verified). For callers inside the process, such as the preloader.
+pub async fn ensure_manifest(
+    app: &Arc<App>,
+    registry: &str,
+    repo: &RepoName,
+    reference: &Reference,
+    accept: &Accept,
+) -> Result<Manifest, RegistryError> {
+    match reference {
+        Reference::Digest(digest) => manifest_by_digest(app, registry, repo, digest.clone()).await,
+        Reference::Tag(tag) => manifest_by_tag(app, registry, repo, tag, accept).await,
+    }
+}
+
 fn manifest_response(m: &Manifest, head: bool) -> Response<Body> {
     let mut resp = Response::new(if head {
         response::empty()
