@@ -50,6 +50,12 @@ pub enum Command {
     Serve(ServeArgs),
     /// List the provider plugins found in the plugin directory, or check configured credentials.
     Providers(ProvidersArgs),
+    /// List the cached images: repository, tag or digest, type, created, last pulled, size.
+    List(crate::inventory::commands::ListArgs),
+    /// Remove cached images by pattern or age, then the blobs nothing references any more.
+    Prune(crate::inventory::commands::PruneArgs),
+    /// Forget one cached tag so that its next pull fetches it from the upstream again.
+    Invalidate(crate::inventory::commands::InvalidateArgs),
 }
 
 /// `serve` flags.
@@ -73,6 +79,9 @@ pub struct ServeArgs {
     /// How long an upstream may take to answer, e.g. 30s [config: pullTimeout] [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub pull_timeout: Option<Duration>,
+    /// Serve the admin API on this IP:PORT (loopback unless admin.token is set) [config: admin.address].
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin_address: Option<String>,
 }
 
 /// `providers` flags.
@@ -131,7 +140,11 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             s.always_pull_latest,
             s.pull_timeout,
         ),
-        Command::Providers(_) => (None, None, None, false, false, None),
+        _ => (None, None, None, false, false, None),
+    };
+    let admin_address = match &cli.command {
+        Command::Serve(s) => s.admin_address.clone(),
+        _ => None,
     };
     let settings = config::resolve(
         file,
@@ -144,6 +157,7 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             air_gapped,
             always_pull_latest,
             pull_timeout,
+            admin_address,
         },
     )?;
     logging::init(
@@ -161,6 +175,15 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             .map(|()| ExitCode::SUCCESS),
         Command::Providers(args) => {
             runtime.block_on(providers::listing::run(&settings, args.output, args.check))
+        }
+        Command::List(args) => {
+            crate::inventory::commands::list(&settings, &args).map_err(FatalError::Startup)
+        }
+        Command::Prune(args) => {
+            crate::inventory::commands::prune_cmd(&settings, &args).map_err(FatalError::Startup)
+        }
+        Command::Invalidate(args) => {
+            crate::inventory::commands::invalidate(&settings, &args).map_err(FatalError::Startup)
         }
     }
 }
@@ -196,7 +219,11 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
         "starting"
     );
     let app = Arc::new(App::new(settings, store, upstreams));
-    server::serve(listener, app, server::stop_signal())
+    crate::inventory::background::start(&app)
         .await
-        .map_err(|e| FatalError::Startup(e.to_string()))
+        .map_err(FatalError::Startup)?;
+    let stop = crate::inventory::stop_requested(server::stop_signal(), app.clone());
+    let served = server::serve(listener, app.clone(), stop).await;
+    app.inventory.access.flush(&app.store).await;
+    served.map_err(|e| FatalError::Startup(e.to_string()))
 }

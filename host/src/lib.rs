@@ -12,11 +12,14 @@
 //!   Basic and Bearer-token challenges.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body.
+//! - [`inventory`] tracks last pulls, lists and prunes the cache, bounds it by `maxSize`
+//!   and serves the admin API.
 
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod duration;
+pub mod inventory;
 pub mod logging;
 pub mod oci;
 pub mod providers;

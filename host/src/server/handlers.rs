@@ -44,6 +44,8 @@ pub struct App {
     pub downloads: Downloads,
     /// Event counters.
     pub stats: Stats,
+    /// Last-pull times, the stop request of the admin API, the `maxSize` trigger.
+    pub inventory: crate::inventory::Inventory,
     pub(super) manifest_flights: Mutex<HashMap<String, ManifestFlight>>,
 }
 
@@ -56,6 +58,7 @@ impl App {
             upstreams,
             downloads: Downloads::default(),
             stats: Stats::default(),
+            inventory: crate::inventory::Inventory::default(),
             manifest_flights: Mutex::new(HashMap::new()),
         }
     }
