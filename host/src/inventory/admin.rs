@@ -38,7 +38,7 @@ const MAX_BODY: usize = 64 * 1024;
 pub async fn serve(listener: TcpListener, app: Arc<App>, token: Option<Secret>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(
-            "admin API listening on http://{addr}{}",
+            "admin API ready at http://{addr}{}",
             if token.is_some() {
                 " (bearer token required)"
             } else {
