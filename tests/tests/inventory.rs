@@ -1002,3 +1002,72 @@ fn admin_api_refuses_a_non_loopback_address_without_a_token() {
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert!(proxy.is_running());
 }
+
+#[test]
+fn background_pruning_from_prune_config() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let keep = images::seed(
+        &up,
+        &images::unique_repo("inv-bg-keep"),
+        "v1",
+        ImageKind::small_oci(),
+    );
+    let drop = images::seed(
+        &up,
+        &images::unique_repo("inv-bg-drop"),
+        "v1",
+        ImageKind::small_oci(),
+    );
+    let cache_dir = tempfile::tempdir().unwrap();
+    let root = cache_dir.path().join("cache");
+    let route = Route::Ns(&up.host());
+    let config = |dry_run: bool| {
+        format!(
+            "pruneConfig:\n  enabled: true\n  type: pattern\n  expr: 'inv-bg-drop/'\n  frequency: 1s\n  count: 5\n  dryRun: {dry_run}\npruneGrace: 0s"
+        )
+    };
+    {
+        // dryRun: logged, nothing removed.
+        let mut proxy = Proxy::builder()
+            .upstream(&up)
+            .image_path(&root)
+            .config_line(&config(true))
+            .start();
+        for img in [&keep, &drop] {
+            proxy.pull_and_verify(route, img);
+            assert_image_cached(&root, img);
+        }
+        wait_for(
+            "a dry-run prune",
+            SECS(20),
+            Duration::from_millis(100),
+            || proxy.log().contains("would prune").then_some(()),
+        );
+        assert_eq!(list(&root).len(), 2);
+        proxy.stop();
+    }
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .image_path(&root)
+        .config_line(&config(false))
+        .start();
+    wait_for(
+        "the background prune",
+        SECS(20),
+        Duration::from_millis(100),
+        || {
+            let gone = drop
+                .blobs()
+                .iter()
+                .all(|b| !blob_path(&root, &b.digest).exists());
+            (gone && refs(&list(&root)) == BTreeSet::from([tag_ref(&keep)])).then_some(())
+        },
+    );
+    assert!(proxy.log().contains("pruned"), "{}", proxy.log());
+    for b in keep.blobs() {
+        assert!(blob_path(&root, &b.digest).is_file());
+    }
+}
