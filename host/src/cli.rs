@@ -54,6 +54,12 @@ pub enum Command {
     /// Pull the images listed in a file into the cache (warm it), then exit; exit code 0 only
     /// when every line was valid and every image is cached. Safe beside a running server.
     Load(LoadArgs),
+    /// List the cached images: repository, tag or digest, type, created, last pulled, size.
+    List(crate::inventory::commands::ListArgs),
+    /// Remove cached images by pattern or age, then the blobs nothing references any more.
+    Prune(crate::inventory::commands::PruneArgs),
+    /// Forget one cached tag so that its next pull fetches it from the upstream again.
+    Invalidate(crate::inventory::commands::InvalidateArgs),
 }
 
 /// `load` flags.
@@ -105,6 +111,9 @@ pub struct ServeArgs {
     /// [config: os, arch] [default: linux/<this machine's architecture>].
     #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
     pub platforms: Vec<Platform>,
+    /// Serve the admin API on this IP:PORT (loopback unless admin.token is set) [config: admin.address].
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin_address: Option<String>,
 }
 
 /// `providers` flags.
@@ -163,8 +172,12 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             s.always_pull_latest,
             s.pull_timeout,
         ),
-        Command::Providers(_) => (None, None, None, false, false, None),
         Command::Load(l) => (None, None, l.default_ns.clone(), false, false, None),
+        _ => (None, None, None, false, false, None),
+    };
+    let admin_address = match &cli.command {
+        Command::Serve(s) => s.admin_address.clone(),
+        _ => None,
     };
     let settings = config::resolve(
         file,
@@ -177,13 +190,14 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             air_gapped,
             always_pull_latest,
             pull_timeout,
+            admin_address,
         },
     )?;
     let mut settings = settings;
     let (image_list, platforms) = match &cli.command {
         Command::Serve(s) => (s.preload_images.clone(), s.platforms.clone()),
         Command::Load(l) => (l.image_file.clone(), l.platforms.clone()),
-        Command::Providers(_) => (None, Vec::new()),
+        _ => (None, Vec::new()),
     };
     if !platforms.is_empty() {
         settings.preload.platforms = platforms;
@@ -216,6 +230,15 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             runtime.block_on(providers::listing::run(&settings, args.output, args.check))
         }
         Command::Load(args) => runtime.block_on(load(settings, usize::from(args.parallel))),
+        Command::List(args) => {
+            crate::inventory::commands::list(&settings, &args).map_err(FatalError::Startup)
+        }
+        Command::Prune(args) => {
+            crate::inventory::commands::prune_cmd(&settings, &args).map_err(FatalError::Startup)
+        }
+        Command::Invalidate(args) => {
+            crate::inventory::commands::invalidate(&settings, &args).map_err(FatalError::Startup)
+        }
     }
 }
 
@@ -299,7 +322,11 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
         let opts = preload::Options::new(&app.settings.preload.platforms);
         preload::spawn_in_background(app.clone(), list, opts);
     }
-    server::serve(listener, app, server::stop_signal())
+    crate::inventory::background::start(&app)
         .await
-        .map_err(|e| FatalError::Startup(e.to_string()))
+        .map_err(FatalError::Startup)?;
+    let stop = crate::inventory::stop_requested(server::stop_signal(), app.clone());
+    let served = server::serve(listener, app.clone(), stop).await;
+    app.inventory.access.flush(&app.store).await;
+    served.map_err(|e| FatalError::Startup(e.to_string()))
 }

@@ -189,10 +189,17 @@ pub struct FileConfig {
     pub os: Option<String>,
     /// Architecture of the platform preloaded from an index (default: this machine's).
     pub arch: Option<String>,
+    /// Background pruning (Ociregistry's `pruneConfig`).
+    pub prune_config: Option<crate::inventory::config::PruneConfig>,
+    /// Evict least-recently-pulled images while the cache is larger (`50GiB`, `500MB`).
+    pub max_size: Option<crate::inventory::config::ByteSize>,
+    /// How long fresh blobs are kept from pruning (default 5m).
+    pub prune_grace: Option<ConfigDuration>,
+    /// The admin API (off unless `address` is set).
+    pub admin: Option<crate::inventory::config::AdminConfig>,
     // Ociregistry keys that belong to features not built yet: accepted so that an existing
     // Ociregistry config loads, and named in a warning at start.
     log_file: Option<serde_yaml_ng::Value>,
-    prune_config: Option<serde_yaml_ng::Value>,
     health: Option<serde_yaml_ng::Value>,
     metrics: Option<serde_yaml_ng::Value>,
     server_tls_config: Option<serde_yaml_ng::Value>,
@@ -203,7 +210,6 @@ impl FileConfig {
     pub fn not_yet_supported(&self) -> Vec<&'static str> {
         [
             (self.log_file.is_some(), "logFile"),
-            (self.prune_config.is_some(), "pruneConfig"),
             (self.health.is_some(), "health"),
             (self.metrics.is_some(), "metrics"),
             (self.server_tls_config.is_some(), "serverTlsConfig"),
@@ -355,6 +361,8 @@ pub struct Overrides {
     pub always_pull_latest: bool,
     /// `--pull-timeout`.
     pub pull_timeout: Option<Duration>,
+    /// `--admin-address`.
+    pub admin_address: Option<String>,
 }
 
 /// What the server runs with.
@@ -390,6 +398,8 @@ pub struct Settings {
     pub max_manifest_size: usize,
     /// Most client connections at once.
     pub max_connections: usize,
+    /// Pruning, `maxSize` and the admin API.
+    pub inventory: crate::inventory::config::InventorySettings,
     /// Cache warming: image lists and the platform default.
     pub preload: PreloadSettings,
 }
@@ -599,8 +609,17 @@ pub fn resolve(
         preload_images: cfg.preload_images,
         image_file: cfg.image_file,
     };
+    let inventory = crate::inventory::config::InventorySettings::resolve(
+        &path,
+        cfg.prune_config.as_ref(),
+        cfg.max_size,
+        cfg.prune_grace,
+        cfg.admin.as_ref(),
+        o.admin_address.as_deref(),
+    )?;
     Ok(Settings {
         preload,
+        inventory,
         tag_ttl: cfg.tag_ttl.map(|d| d.0),
         revalidate_timeout: cfg
             .revalidate_timeout
@@ -840,6 +859,18 @@ mod tests {
     #[test]
     fn ociregistry_keys_not_built_yet_are_accepted() {
         let s = resolve_text("pruneConfig:\n  enabled: false\nlogLevel: info\n").unwrap();
-        assert_eq!(s.ignored_keys, vec!["pruneConfig"]);
+        assert!(
+            !s.ignored_keys.contains(&"pruneConfig"),
+            "pruneConfig is supported now"
+        );
+        assert!(s.inventory.prune.is_none());
+        let s = resolve_text(
+            "pruneConfig:\n  enabled: true\n  type: accessed\n  duration: 30d\nmaxSize: 50GiB\n",
+        )
+        .unwrap();
+        assert!(s.inventory.prune.is_some());
+        assert_eq!(s.inventory.max_size, Some(50 << 30));
+        let e = resolve_text("admin:\n  address: 0.0.0.0:9000\n").unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
     }
 }

@@ -13,11 +13,14 @@
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
 //! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body.
+//! - [`inventory`] tracks last pulls, lists and prunes the cache, bounds it by `maxSize`
+//!   and serves the admin API.
 
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod duration;
+pub mod inventory;
 pub mod logging;
 pub mod oci;
 pub mod preload;

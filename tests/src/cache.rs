@@ -4,8 +4,8 @@ use crate::images::PushedImage;
 use crate::sha256_file;
 use std::path::{Path, PathBuf};
 
-/// Every file in `blobs/sha256/` and `manifests/sha256/` (except `*.type`) hashes to its
-/// name. Returns the number of (blob, manifest) files checked.
+/// Every file in `blobs/sha256/` and `manifests/sha256/` (except `*.type` and the `*.access`
+/// last-pull records) hashes to its name. Returns the number of (blob, manifest) files checked.
 pub fn verify_cache(image_path: &Path) -> (usize, usize) {
     let mut counts = [0usize; 2];
     for (i, sub) in ["blobs/sha256", "manifests/sha256"].iter().enumerate() {
@@ -16,6 +16,14 @@ pub fn verify_cache(image_path: &Path) -> (usize, usize) {
         for e in rd {
             let e = e.expect("dir entry");
             let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".access") {
+                // Last-pull record of a manifest pulled by digest (issue 6): JSON, not content.
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(e.path()).expect("read .access"))
+                        .unwrap_or_else(|err| panic!("{}: not JSON: {err}", e.path().display()));
+                assert!(v.get("accessedAt").is_some(), "{}: {v}", e.path().display());
+                continue;
+            }
             if name.ends_with(".type") {
                 let t = std::fs::read_to_string(e.path()).expect("read .type");
                 assert!(

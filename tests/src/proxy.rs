@@ -475,6 +475,11 @@ impl Proxy {
         self.proc.is_running()
     }
 
+    /// How the process ended, once it has (e.g. after a stop asked over the admin API).
+    pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc.try_exited()
+    }
+
     /// A field of `/proc/PID/status` in KiB (e.g. `VmHWM`, `VmRSS`).
     pub fn proc_status_kib(&self, field: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

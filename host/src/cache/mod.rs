@@ -8,6 +8,7 @@
 //! blobs/sha256/<hex>                         verified blob bytes
 //! manifests/sha256/<hex>                     manifest bytes exactly as the upstream sent them
 //! manifests/sha256/<hex>.type                their media type
+//! manifests/sha256/<hex>.access              last pull by digest (see crate::inventory::access)
 //! tags/<registry>/<repository>/@tags/<tag>.json   tag -> digest records
 //! tmp/                                       downloads in progress; emptied at start
 //! ```

@@ -2,7 +2,7 @@
 //! (an upstream may answer differently for clients that accept different types).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,19 @@ use crate::oci::reference::{Digest, RepoName};
 pub struct TagRecord {
     /// What the tag resolved to, newest first.
     pub entries: Vec<TagEntry>,
+    /// When a client last pulled the tag (Unix seconds), flushed from memory now and then
+    /// by [`crate::inventory::access`].
+    #[serde(
+        rename = "accessedAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub accessed_at: Option<u64>,
 }
+
+/// Serialises read-modify-write updates of tag records within this process (a fetch
+/// recording a new digest and a flush of access times must not undo each other).
+static RECORD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The tag resolved to `digest` of `media_type` at `fetched_at` (Unix seconds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,10 +51,13 @@ impl TagEntry {
 
 /// Where a tag's record lives.
 pub fn record_path(store: &BlobStore, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
+    record_path_in(store.root(), registry, repo, tag)
+}
+
+/// Where the record of `registry/repo:tag` lives under the image path `root`.
+pub fn record_path_in(root: &Path, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
     // registry, repo and tag are validated: no component can be empty, `.` or `..`.
-    store
-        .root()
-        .join("tags")
+    root.join("tags")
         .join(registry)
         .join(repo.as_str())
         .join("@tags")
@@ -71,6 +86,7 @@ pub async fn put(
     media_type: &str,
     digest: &Digest,
 ) -> io::Result<()> {
+    let _guard = RECORD_LOCK.lock().await;
     let path = record_path(store, registry, repo, tag);
     let mut record = get(store, registry, repo, tag).await.unwrap_or_default();
     record.entries.retain(|e| e.media_type != media_type);
@@ -90,4 +106,42 @@ pub async fn put(
     }
     let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
     write_atomically(&store.temp_path("tag"), &path, &bytes).await
+}
+
+/// Records that the tag was last pulled at `at` (kept if a later time is already there).
+/// A tag with no record (never cached, or pruned meanwhile) gets none: `Ok(false)`.
+pub async fn set_accessed(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+    at: u64,
+) -> io::Result<bool> {
+    let _guard = RECORD_LOCK.lock().await;
+    let path = record_path(store, registry, repo, tag);
+    let Some(mut record) = get(store, registry, repo, tag).await else {
+        return Ok(false);
+    };
+    if record.accessed_at.is_some_and(|t| t >= at) {
+        return Ok(true);
+    }
+    record.accessed_at = Some(at);
+    let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+    write_atomically(&store.temp_path("tag"), &path, &bytes).await?;
+    Ok(true)
+}
+
+/// Forgets a tag so that its next pull asks the upstream; `Ok(false)` when there was none.
+pub async fn remove(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> io::Result<bool> {
+    let _guard = RECORD_LOCK.lock().await;
+    match tokio::fs::remove_file(record_path(store, registry, repo, tag)).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }

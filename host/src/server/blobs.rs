@@ -292,10 +292,13 @@ async fn run_download(
         )
         .await;
     match result {
-        Ok(size) => tracing::info!(
-            registry = %upstream.name, repo = %repo, %digest, size,
-            seconds = started.elapsed().as_secs_f32(), "cached blob"
-        ),
+        Ok(size) => {
+            tracing::info!(
+                registry = %upstream.name, repo = %repo, %digest, size,
+                seconds = started.elapsed().as_secs_f32(), "cached blob"
+            );
+            app.inventory.blob_stored();
+        }
         Err(e) => {
             tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed; nothing stored")
         }

@@ -47,6 +47,8 @@ pub struct App {
     pub stats: Stats,
     /// In-memory copies of hot tag records and manifests.
     pub hot: HotCache,
+    /// Last-pull times, the stop request of the admin API, the `maxSize` trigger.
+    pub inventory: crate::inventory::Inventory,
     pub(super) manifest_flights: Mutex<HashMap<String, ManifestFlight>>,
 }
 
@@ -60,6 +62,7 @@ impl App {
             downloads: Downloads::default(),
             stats: Stats::default(),
             hot: HotCache::default(),
+            inventory: crate::inventory::Inventory::default(),
             manifest_flights: Mutex::new(HashMap::new()),
         }
     }

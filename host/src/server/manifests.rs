@@ -28,8 +28,16 @@ pub(super) async fn manifest(
 ) -> Result<Response<Body>, RegistryError> {
     let accept = Accept::from_headers(headers);
     let m = match reference {
-        Reference::Digest(digest) => manifest_by_digest(app, registry, repo, digest).await?,
-        Reference::Tag(tag) => manifest_by_tag(app, registry, repo, &tag, &accept).await?,
+        Reference::Digest(digest) => {
+            let m = manifest_by_digest(app, registry, repo, digest).await?;
+            app.inventory.access.touch_digest(registry, repo, &m.digest);
+            m
+        }
+        Reference::Tag(tag) => {
+            let m = manifest_by_tag(app, registry, repo, &tag, &accept).await?;
+            app.inventory.access.touch_tag(registry, repo, &tag);
+            m
+        }
     };
     Ok(manifest_response(&m, head))
 }

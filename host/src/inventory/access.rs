@@ -1,0 +1,210 @@
+//! Last-pulled times, kept in memory on the pull path and flushed to disk now and then:
+//! into the tag record (`accessedAt`) for pulls by tag, and into a per-manifest access
+//! record for pulls by digest:
+//!
+//! ```text
+//! manifests/sha256/<hex>.access   {"accessedAt": 1714557600,
+//!                                  "repositories": ["quay.io/org/app"]}
+//! ```
+//!
+//! The access record is what lets `list` name the repository of a manifest pulled by
+//! digest (the manifest store itself is content-addressed and knows no names). Nothing is
+//! created for content that is no longer on disk: a tag or manifest pruned meanwhile stays
+//! gone.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{BlobStore, tags};
+use crate::oci::reference::{Digest, RepoName};
+
+/// A manifest's access record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRecord {
+    /// Last pull by digest, Unix seconds.
+    #[serde(default)]
+    pub accessed_at: u64,
+    /// `registry/repository` names it was pulled through by digest.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+}
+
+/// Where the access record of manifest `hex` lives.
+pub fn record_path(root: &Path, hex: &str) -> PathBuf {
+    root.join("manifests/sha256").join(format!("{hex}.access"))
+}
+
+/// Reads an access record; missing or unreadable is `None`.
+pub fn read_record(root: &Path, hex: &str) -> Option<AccessRecord> {
+    let bytes = std::fs::read(record_path(root, hex)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes an access record through a temp file and rename (blocking).
+pub fn write_record(root: &Path, hex: &str, rec: &AccessRecord) -> io::Result<()> {
+    use std::io::Write;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = root
+        .join("tmp")
+        .join(format!("access.{}.{n}.part", std::process::id()));
+    let bytes = serde_json::to_vec(rec).map_err(io::Error::other)?;
+    let result = (|| {
+        let mut f = std::fs::File::create(&temp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, record_path(root, hex))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// (registry, repository, tag) -> last served.
+    tags: HashMap<(String, String, String), u64>,
+    /// (registry, repository, manifest hex) -> last served.
+    digests: HashMap<(String, String, String), u64>,
+}
+
+/// Access times not yet on disk.
+#[derive(Debug, Default)]
+pub struct AccessTracker {
+    pending: Mutex<Pending>,
+}
+
+impl AccessTracker {
+    /// A manifest was served for `registry/repo:tag`.
+    pub fn touch_tag(&self, registry: &str, repo: &RepoName, tag: &str) {
+        let now = super::timefmt::now();
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.tags.insert(
+            (
+                registry.to_owned(),
+                repo.as_str().to_owned(),
+                tag.to_owned(),
+            ),
+            now,
+        );
+    }
+
+    /// A manifest was served for `registry/repo@digest`.
+    pub fn touch_digest(&self, registry: &str, repo: &RepoName, digest: &Digest) {
+        let now = super::timefmt::now();
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.digests.insert(
+            (
+                registry.to_owned(),
+                repo.as_str().to_owned(),
+                digest.hex().to_owned(),
+            ),
+            now,
+        );
+    }
+
+    /// Writes every pending time to disk; returns how many records were updated. A write
+    /// that fails is logged and dropped (access times are advisory).
+    pub async fn flush(&self, store: &BlobStore) -> usize {
+        let pending = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *p)
+        };
+        let mut written = 0;
+        for ((registry, repo, tag), at) in pending.tags {
+            let Ok(repo) = RepoName::parse(&repo) else {
+                continue;
+            };
+            match tags::set_accessed(store, &registry, &repo, &tag, at).await {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record the last pull time")
+                }
+            }
+        }
+        if !pending.digests.is_empty() {
+            let root = store.root().to_owned();
+            let digests = pending.digests;
+            let n = tokio::task::spawn_blocking(move || flush_digests(&root, digests))
+                .await
+                .unwrap_or(0);
+            written += n;
+        }
+        written
+    }
+}
+
+fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -> usize {
+    let mut by_hex: HashMap<String, (u64, Vec<String>)> = HashMap::new();
+    for ((registry, repo, hex), at) in digests {
+        let e = by_hex.entry(hex).or_default();
+        e.0 = e.0.max(at);
+        e.1.push(format!("{registry}/{repo}"));
+    }
+    let mut written = 0;
+    for (hex, (at, repos)) in by_hex {
+        if !root.join("manifests/sha256").join(&hex).is_file() {
+            continue;
+        }
+        let mut rec = read_record(root, &hex).unwrap_or_default();
+        rec.accessed_at = rec.accessed_at.max(at);
+        for r in repos {
+            if !rec.repositories.contains(&r) {
+                rec.repositories.push(r);
+            }
+        }
+        rec.repositories.sort();
+        match write_record(root, &hex, &rec) {
+            Ok(()) => written += 1,
+            Err(e) => {
+                tracing::warn!(digest = %hex, error = %e, "could not record the last pull time")
+            }
+        }
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn flush_writes_tag_and_digest_records_only_for_cached_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
+        let m = crate::cache::Manifest {
+            digest: Digest::of(&bytes),
+            media_type: crate::oci::media::OCI_MANIFEST.into(),
+            bytes,
+        };
+        store.put_manifest(&m).await.unwrap();
+        let repo = RepoName::parse("org/app").unwrap();
+        tags::put(&store, "r.io", &repo, "v1", &m.media_type, &m.digest)
+            .await
+            .unwrap();
+        let t = AccessTracker::default();
+        t.touch_tag("r.io", &repo, "v1");
+        t.touch_tag("r.io", &repo, "gone");
+        t.touch_digest("r.io", &repo, &m.digest);
+        t.touch_digest("r.io", &repo, &Digest::of(b"not cached"));
+        assert_eq!(t.flush(&store).await, 2);
+        let rec = tags::get(&store, "r.io", &repo, "v1").await.unwrap();
+        assert!(rec.accessed_at.is_some());
+        assert_eq!(rec.entries.len(), 1);
+        assert!(tags::get(&store, "r.io", &repo, "gone").await.is_none());
+        let acc = read_record(dir.path(), m.digest.hex()).unwrap();
+        assert_eq!(acc.repositories, vec!["r.io/org/app".to_owned()]);
+        assert!(!record_path(dir.path(), Digest::of(b"not cached").hex()).exists());
+        // A second flush with nothing pending writes nothing.
+        assert_eq!(t.flush(&store).await, 0);
+    }
+}

@@ -1,0 +1,325 @@
+//! The admin API: its own listener (never the pull port), JSON in and out, a bearer token
+//! when configured (compared in constant time).
+//!
+//! ```text
+//! GET  /admin/v1/images?pattern=REGEX   the images, as `list --output json`
+//! POST /admin/v1/prune                  {"pattern", "accessedBefore", "createdBefore",
+//!                                        "count", "grace", "dryRun"} -> the plan
+//! POST /admin/v1/invalidate             {"reference": "registry/repo:tag"}
+//! POST /admin/v1/stop                   graceful stop, as SIGTERM
+//! ```
+//!
+//! Errors use the OCI error body: `{"errors":[{"code":"UNAUTHORIZED","message":...}]}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ociregistry_plugin_api::Secret;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use super::commands::{self, tag_reference};
+use super::criteria::{CriteriaSpec, Cutoff};
+use super::prune;
+use crate::cache::tags;
+use crate::server::App;
+use crate::server::response::{self, Body};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Serves the admin API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, app: Arc<App>, token: Option<Secret>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(
+            "admin API ready at http://{addr}{}",
+            if token.is_some() {
+                " (bearer token required)"
+            } else {
+                ""
+            }
+        );
+    }
+    let token = Arc::new(token);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        let token = token.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let app = app.clone();
+            let token = token.clone();
+            async move {
+                let method = req.method().clone();
+                let path = req.uri().path().to_owned();
+                let resp = handle(&app, token.as_ref().as_ref(), req).await;
+                tracing::info!(%peer, %method, path, status = resp.status().as_u16(), "admin request");
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        tokio::spawn(async move {
+            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = conn {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Equal in time whatever the contents (lengths may differ in time: they are not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(token: Option<&Secret>, headers: &http::HeaderMap) -> bool {
+    let Some(token) = token else { return true };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+    else {
+        return false;
+    };
+    constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_else(|_| b"{}".to_vec());
+    let len = body.len();
+    let mut resp = Response::new(response::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
+    let v = serde_json::json!({"errors": [{"code": code, "message": message.into()}]});
+    let mut resp = json(status, &v);
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ociregistry-admin\""),
+        );
+    }
+    resp
+}
+
+fn bad_request(message: impl Into<String>) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, Response<Body>> {
+    let bytes: Bytes = http_body_util::Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| bad_request(format!("cannot read the request body: {e}")))?
+        .to_bytes();
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// `POST /admin/v1/prune` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PruneRequest {
+    pattern: Option<String>,
+    accessed_before: Option<String>,
+    created_before: Option<String>,
+    count: Option<usize>,
+    grace: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /admin/v1/invalidate` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidateRequest {
+    reference: String,
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+async fn handle(
+    app: &Arc<App>,
+    token: Option<&Secret>,
+    req: hyper::Request<Incoming>,
+) -> Response<Body> {
+    if !authorized(token, req.headers()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "the admin API needs `Authorization: Bearer <admin token>`",
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().trim_end_matches('/');
+    let known = [
+        "/admin/v1/images",
+        "/admin/v1/prune",
+        "/admin/v1/invalidate",
+        "/admin/v1/stop",
+    ];
+    match (&parts.method, path) {
+        (&Method::GET, "/admin/v1/images") => {
+            let pattern = query_param(parts.uri.query(), "pattern").filter(|p| !p.is_empty());
+            let root = app.store.root().to_owned();
+            app.inventory.access.flush(&app.store).await;
+            let listed = tokio::task::spawn_blocking(move || {
+                commands::list_images(&root, pattern.as_deref())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match listed {
+                Ok(images) => {
+                    let total: u64 = images.iter().map(|i| i.size).sum();
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({"images": images, "totalBytes": total}),
+                    )
+                }
+                Err(e) => bad_request(e),
+            }
+        }
+        (&Method::POST, "/admin/v1/prune") => {
+            let r: PruneRequest = match body_json(body).await {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            let cutoff = |s: &Option<String>| s.as_deref().map(Cutoff::parse).transpose();
+            let spec = match (cutoff(&r.accessed_before), cutoff(&r.created_before)) {
+                (Ok(accessed_before), Ok(created_before)) => CriteriaSpec {
+                    pattern: r.pattern,
+                    accessed_before,
+                    created_before,
+                },
+                (Err(e), _) | (_, Err(e)) => return bad_request(e),
+            };
+            let grace = match r.grace.as_deref().map(crate::duration::parse).transpose() {
+                Ok(g) => g.unwrap_or(app.settings.inventory.grace),
+                Err(e) => return bad_request(e.to_string()),
+            };
+            match prune::run_in_server(app, spec, r.count, grace, r.dry_run).await {
+                Ok(plan) => json(StatusCode::OK, &plan),
+                Err(e) => bad_request(e),
+            }
+        }
+        (&Method::POST, "/admin/v1/invalidate") => {
+            let r: InvalidateRequest = match body_json(body).await {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            let refs = match tag_reference(&r.reference) {
+                Ok(x) => x,
+                Err(e) => return bad_request(e),
+            };
+            let mut removed = Vec::new();
+            for (registry, repo, tag) in refs {
+                match tags::remove(&app.store, &registry, &repo, &tag).await {
+                    Ok(true) => removed.push(format!("{registry}/{repo}:{tag}")),
+                    Ok(false) => {}
+                    Err(e) => {
+                        return error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "UNAVAILABLE",
+                            format!("cache error: {e}"),
+                        );
+                    }
+                }
+            }
+            if removed.is_empty() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    format!("{} is not cached", r.reference),
+                );
+            }
+            tracing::info!(?removed, "invalidated through the admin API");
+            json(StatusCode::OK, &serde_json::json!({"invalidated": removed}))
+        }
+        (&Method::POST, "/admin/v1/stop") => {
+            app.inventory.stop.notify_one();
+            json(StatusCode::ACCEPTED, &serde_json::json!({"stopping": true}))
+        }
+        (_, p) if known.contains(&p) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            format!("{} is not allowed on {p}", parts.method),
+        ),
+        (_, p) => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no admin endpoint {p}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        let t = Secret::new("0123456789abcdef");
+        let mut h = http::HeaderMap::new();
+        assert!(!authorized(Some(&t), &h));
+        assert!(authorized(None, &h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer 0123456789abcdef"),
+        );
+        assert!(authorized(Some(&t), &h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer 0123456789abcdeX"),
+        );
+        assert!(!authorized(Some(&t), &h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic 0123456789abcdef"),
+        );
+        assert!(!authorized(Some(&t), &h));
+        assert_eq!(
+            query_param(Some("a=1&pattern=%5Eq%2Bx+y"), "pattern").as_deref(),
+            Some("^q+x y")
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! The cache inventory: what is cached and when it was last pulled, and keeping the disk in
+//! bounds.
+//!
+//! - [`access`] remembers in memory when each tag and manifest was last served and flushes
+//!   that to disk now and then (never on the pull path).
+//! - [`scan`] reads the cache directory into images (a tag, or a manifest pulled by
+//!   digest), with type, created, last-pulled time and size; it only reads, so it works
+//!   while a server runs on the same directory.
+//! - [`prune`] selects images ([`criteria`]), plans what goes (tag records, manifests, and
+//!   the blobs no remaining manifest references) and carries the plan out; [`evict`] picks
+//!   least-recently-pulled images until the cache fits `maxSize`.
+//! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
+//!   [`admin`] is the optional admin API; [`commands`] are the `list`, `prune` and
+//!   `invalidate` verbs; [`config`] holds their settings; [`timefmt`] reads and writes
+//!   timestamps.
+//!
+//! # Pulls in progress are never broken
+//!
+//! - A blob being streamed from the cache has an open file: unlinking it (Linux) leaves the
+//!   reader's bytes intact.
+//! - A blob still being downloaded lives under `tmp/`, which pruning never touches; when it
+//!   completes it lands in `blobs/` and is collected by a later run if nothing needs it.
+//! - The race "manifest served, then its blobs pruned before the client asks for them" is
+//!   closed by the *grace period* (`pruneGrace`, default 5m): a blob is kept when it was
+//!   stored within the grace period, or when a manifest referencing it was pulled within it
+//!   (the server's in-memory access times count, not only the flushed ones). Such blobs are
+//!   reported as kept and go in a later run once nothing references them.
+
+pub mod access;
+pub mod admin;
+pub mod background;
+pub mod commands;
+pub mod config;
+pub mod criteria;
+pub mod evict;
+pub mod prune;
+pub mod scan;
+pub mod timefmt;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+pub use access::AccessTracker;
+
+/// The inventory's share of the running server's state.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// Last-access times not yet on disk.
+    pub access: AccessTracker,
+    /// Woken after a blob download completes (the `maxSize` check).
+    pub stored: Notify,
+    /// Woken by `POST /admin/v1/stop`: the same graceful stop as SIGTERM.
+    pub stop: Notify,
+    /// One prune or eviction at a time inside this process.
+    pub prune_lock: tokio::sync::Mutex<()>,
+}
+
+impl Inventory {
+    /// A blob download completed: the cache grew.
+    pub fn blob_stored(&self) {
+        self.stored.notify_one();
+    }
+}
+
+/// Resolves when `signal` does or when the admin API asks the server to stop.
+pub async fn stop_requested(
+    signal: impl std::future::Future<Output = ()>,
+    app: Arc<crate::server::App>,
+) {
+    tokio::select! {
+        () = signal => {}
+        () = app.inventory.stop.notified() => {
+            tracing::info!("stop requested through the admin API");
+        }
+    }
+}

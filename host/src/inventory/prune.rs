@@ -1,0 +1,367 @@
+//! Pruning: from selected images to a plan (the tag records, manifests and blobs that go,
+//! and the bytes freed), and carrying it out.
+//!
+//! An image's manifests go when no remaining image needs them; then every blob that no
+//! remaining manifest references is collected, except blobs inside the grace period (see
+//! [`crate::inventory`]): stored within it, or referenced by a removed manifest pulled
+//! within it. Those are reported under `keptBlobs` and go in a later run.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::access;
+use super::criteria::{Criteria, CriteriaSpec};
+use super::scan::{self, Cache, Image, ImageType, Origin};
+use super::timefmt;
+
+/// One image in a plan.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedImage {
+    /// Its reference.
+    pub reference: String,
+    /// Image or index.
+    #[serde(rename = "type")]
+    pub kind: ImageType,
+    /// Its size.
+    pub size: u64,
+}
+
+/// What a prune removes (or, dry-run, would remove).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrunePlan {
+    /// Nothing was removed.
+    pub dry_run: bool,
+    /// The selected images.
+    pub images: Vec<PlannedImage>,
+    /// Tag references whose records go.
+    pub tags: Vec<String>,
+    /// Manifest digests that go.
+    pub manifests: Vec<String>,
+    /// Blob digests that go.
+    pub blobs: Vec<String>,
+    /// Unreferenced blobs kept for now by the grace period.
+    pub kept_blobs: Vec<String>,
+    /// Bytes freed: the manifests and blobs above.
+    pub bytes: u64,
+    /// What could not be removed (a real run only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(skip)]
+    origins: Vec<Origin>,
+}
+
+/// Images matching `criteria`, least recently used first, at most `count`.
+pub fn select(cache: &Cache, criteria: &Criteria, count: Option<usize>) -> Vec<usize> {
+    let mut sel: Vec<usize> = (0..cache.images.len())
+        .filter(|&i| criteria.matches(&cache.images[i]))
+        .collect();
+    sel.sort_by_key(|&i| (cache.images[i].last_used(), cache.images[i].created));
+    if let Some(n) = count {
+        sel.truncate(n);
+    }
+    sel
+}
+
+/// Plans the removal of the images at `selected`.
+pub fn plan(cache: &Cache, selected: &[usize], grace: Duration, now: u64) -> PrunePlan {
+    let chosen: BTreeSet<usize> = selected.iter().copied().collect();
+    let mut live_manifests: BTreeSet<&String> = BTreeSet::new();
+    for (i, img) in cache.images.iter().enumerate() {
+        if !chosen.contains(&i) {
+            live_manifests.extend(img.manifests.iter());
+        }
+    }
+    // A removed manifest's last pull, for the grace period.
+    let mut gone: BTreeMap<&String, u64> = BTreeMap::new();
+    let mut out = PrunePlan::default();
+    for &i in &chosen {
+        let img: &Image = &cache.images[i];
+        out.images.push(PlannedImage {
+            reference: img.reference(),
+            kind: img.kind,
+            size: img.size,
+        });
+        if img.tag.is_some() {
+            out.tags.push(img.reference());
+        }
+        out.origins.push(img.origin.clone());
+        for m in &img.manifests {
+            if !live_manifests.contains(m) {
+                let t = gone.entry(m).or_insert(0);
+                *t = (*t).max(img.last_pulled.unwrap_or(0));
+            }
+        }
+    }
+    for (hex, t) in gone.iter_mut() {
+        if let Some(acc) = cache.manifests.get(*hex).and_then(|m| m.access.as_ref()) {
+            *t = (*t).max(acc.accessed_at);
+        }
+    }
+    let live_blobs: BTreeSet<&String> = cache
+        .manifests
+        .iter()
+        .filter(|(h, _)| !gone.contains_key(h))
+        .flat_map(|(_, m)| m.blobs.iter())
+        .collect();
+    // The latest pull of a removed manifest referencing each blob.
+    let mut blob_pulled: HashMap<&String, u64> = HashMap::new();
+    for (hex, t) in &gone {
+        if let Some(m) = cache.manifests.get(*hex) {
+            for b in &m.blobs {
+                let e = blob_pulled.entry(b).or_insert(0);
+                *e = (*e).max(*t);
+            }
+        }
+    }
+    let since = now.saturating_sub(grace.as_secs());
+    let in_grace = |t: u64| !grace.is_zero() && t >= since;
+    for hex in gone.keys() {
+        out.manifests.push(format!("sha256:{hex}"));
+        out.bytes += cache.manifests.get(*hex).map(|m| m.size).unwrap_or(0);
+    }
+    for (hex, b) in &cache.blobs {
+        if live_blobs.contains(hex) {
+            continue;
+        }
+        let pulled = blob_pulled.get(hex).copied().unwrap_or(0);
+        if in_grace(b.stored) || in_grace(pulled) {
+            out.kept_blobs.push(format!("sha256:{hex}"));
+        } else {
+            out.blobs.push(format!("sha256:{hex}"));
+            out.bytes += b.size;
+        }
+    }
+    out
+}
+
+fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Carries a plan out: tag records and access-record names first (so no new pull finds the
+/// image), then manifests, then blobs. Failures are collected in `plan.errors`.
+pub fn execute(root: &Path, plan: &mut PrunePlan) {
+    plan.dry_run = false;
+    let mut errors = Vec::new();
+    for origin in &plan.origins {
+        match origin {
+            Origin::Tag(path) => {
+                if let Err(e) = remove(path) {
+                    errors.push(format!("{}: {e}", path.display()));
+                }
+            }
+            Origin::Digest { hex, repository } => {
+                if let Some(mut rec) = access::read_record(root, hex) {
+                    rec.repositories.retain(|r| r != repository);
+                    let result = if rec.repositories.is_empty() {
+                        remove(&access::record_path(root, hex))
+                    } else {
+                        access::write_record(root, hex, &rec)
+                    };
+                    if let Err(e) = result {
+                        errors.push(format!("access record of sha256:{hex}: {e}"));
+                    }
+                }
+            }
+            Origin::Untracked(_) => {}
+        }
+    }
+    let mdir = root.join("manifests/sha256");
+    for d in &plan.manifests {
+        let hex = d.trim_start_matches("sha256:");
+        // The manifest first: whoever still sees it also finds its media type.
+        for p in [
+            mdir.join(hex),
+            mdir.join(format!("{hex}.type")),
+            mdir.join(format!("{hex}.access")),
+        ] {
+            if let Err(e) = remove(&p) {
+                errors.push(format!("{}: {e}", p.display()));
+            }
+        }
+    }
+    let bdir = root.join("blobs/sha256");
+    for d in &plan.blobs {
+        let p = bdir.join(d.trim_start_matches("sha256:"));
+        if let Err(e) = remove(&p) {
+            errors.push(format!("{}: {e}", p.display()));
+        }
+    }
+    plan.errors = errors;
+}
+
+/// Scans, selects, plans and (unless `dry_run`) prunes the cache under `root`. Blocking.
+pub fn run_blocking(
+    root: &Path,
+    spec: &CriteriaSpec,
+    count: Option<usize>,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<PrunePlan, String> {
+    if spec.is_empty() {
+        return Err(
+            "give at least one of pattern, accessedBefore, createdBefore (use the pattern `.` \
+             to select every image)"
+                .into(),
+        );
+    }
+    let now = timefmt::now();
+    let criteria = spec.compile(now)?;
+    let cache = scan::scan(root).map_err(|e| e.to_string())?;
+    let sel = select(&cache, &criteria, count);
+    Ok(finish(root, &cache, &sel, grace, now, dry_run))
+}
+
+/// Plans the removal of `sel` and carries it out unless `dry_run`.
+pub fn finish(
+    root: &Path,
+    cache: &Cache,
+    sel: &[usize],
+    grace: Duration,
+    now: u64,
+    dry_run: bool,
+) -> PrunePlan {
+    let mut p = plan(cache, sel, grace, now);
+    if dry_run {
+        p.dry_run = true;
+    } else {
+        execute(root, &mut p);
+    }
+    p
+}
+
+/// A prune inside the server: access times are flushed first so that they count, and only
+/// one prune runs at a time.
+pub async fn run_in_server(
+    app: &Arc<crate::server::App>,
+    spec: CriteriaSpec,
+    count: Option<usize>,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<PrunePlan, String> {
+    let _one = app.inventory.prune_lock.lock().await;
+    app.inventory.access.flush(&app.store).await;
+    let root = app.store.root().to_owned();
+    let plan =
+        tokio::task::spawn_blocking(move || run_blocking(&root, &spec, count, grace, dry_run))
+            .await
+            .map_err(|e| format!("prune failed: {e}"))??;
+    log_plan(&plan, "prune");
+    Ok(plan)
+}
+
+/// One log line per prune.
+pub fn log_plan(plan: &PrunePlan, what: &str) {
+    if plan.images.is_empty() && plan.blobs.is_empty() {
+        tracing::debug!(what, "nothing to prune");
+        return;
+    }
+    tracing::info!(
+        what,
+        dry_run = plan.dry_run,
+        images = plan.images.len(),
+        manifests = plan.manifests.len(),
+        blobs = plan.blobs.len(),
+        kept_blobs = plan.kept_blobs.len(),
+        bytes = plan.bytes,
+        errors = plan.errors.len(),
+        "{}",
+        if plan.dry_run {
+            "would prune"
+        } else {
+            "pruned"
+        }
+    );
+    for e in &plan.errors {
+        tracing::warn!(what, error = %e, "could not remove");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scan::tests::{blob, image, tag};
+    use super::*;
+    use crate::cache::BlobStore;
+    use crate::oci::media;
+
+    #[tokio::test]
+    async fn shared_blobs_stay_while_referenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = BlobStore::open(root).unwrap();
+        let shared = blob(root, b"shared");
+        let (ca, cb) = (blob(root, b"ca"), blob(root, b"cb"));
+        let a = image(&store, &[&ca, &shared]).await;
+        let b = image(&store, &[&cb, &shared]).await;
+        tag(&store, "org/a", "v1", &a, media::OCI_MANIFEST).await;
+        tag(&store, "org/b", "v1", &b, media::OCI_MANIFEST).await;
+        let orphan = blob(root, b"orphan");
+
+        let spec = CriteriaSpec {
+            pattern: Some("/org/a:".into()),
+            ..CriteriaSpec::default()
+        };
+        let dry = run_blocking(root, &spec, None, Duration::ZERO, true).unwrap();
+        assert!(dry.dry_run);
+        assert_eq!(dry.tags, vec!["r.io/org/a:v1".to_owned()]);
+        assert_eq!(dry.manifests, vec![a.to_string()]);
+        let mut want = vec![format!("sha256:{ca}"), format!("sha256:{orphan}")];
+        want.sort();
+        assert_eq!(dry.blobs, want);
+        assert!(
+            root.join("blobs/sha256").join(&ca).exists(),
+            "dry run removed"
+        );
+
+        let real = run_blocking(root, &spec, None, Duration::ZERO, false).unwrap();
+        assert!(!real.dry_run && real.errors.is_empty(), "{real:?}");
+        assert!(!root.join("blobs/sha256").join(&ca).exists());
+        assert!(root.join("blobs/sha256").join(&shared).exists());
+        assert!(!root.join("manifests/sha256").join(a.hex()).exists());
+        assert!(
+            !root
+                .join("manifests/sha256")
+                .join(format!("{}.type", a.hex()))
+                .exists()
+        );
+
+        let all = CriteriaSpec {
+            pattern: Some(".".into()),
+            ..CriteriaSpec::default()
+        };
+        let last = run_blocking(root, &all, None, Duration::ZERO, false).unwrap();
+        assert!(last.blobs.contains(&format!("sha256:{shared}")));
+        let cache = scan::scan(root).unwrap();
+        assert!(cache.images.is_empty() && cache.blobs.is_empty() && cache.manifests.is_empty());
+    }
+
+    #[tokio::test]
+    async fn grace_keeps_fresh_blobs_and_empty_criteria_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = BlobStore::open(root).unwrap();
+        let c = blob(root, b"c");
+        let a = image(&store, &[&c]).await;
+        tag(&store, "org/a", "v1", &a, media::OCI_MANIFEST).await;
+        let spec = CriteriaSpec {
+            pattern: Some(".".into()),
+            ..CriteriaSpec::default()
+        };
+        let p = run_blocking(root, &spec, None, Duration::from_secs(600), false).unwrap();
+        assert_eq!(p.manifests.len(), 1);
+        assert!(p.blobs.is_empty());
+        assert_eq!(p.kept_blobs, vec![format!("sha256:{c}")]);
+        assert!(root.join("blobs/sha256").join(&c).exists());
+        assert!(run_blocking(root, &CriteriaSpec::default(), None, Duration::ZERO, true).is_err());
+    }
+}

@@ -1,0 +1,648 @@
+//! Reading the cache directory into images: one per tag record, one per manifest pulled by
+//! digest under a repository that no tag of it covers, and one per manifest that nothing
+//! names ("untracked"). Each image knows its manifests (an index and its cached children),
+//! its blobs, when it was first fetched, when it was last pulled and how many bytes it
+//! holds on disk.
+//!
+//! Reading only: it takes no lock and writes nothing, so `list` and `prune` work while a
+//! server runs on the same directory.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde::Deserialize;
+
+use super::access::{self, AccessRecord};
+use crate::cache::tags::TagRecord;
+use crate::oci::media;
+use crate::oci::reference::Digest;
+
+/// What a manifest holds, as far as the inventory cares.
+#[derive(Debug, Clone, Default)]
+pub struct ManifestEntry {
+    /// Bytes on disk.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+    /// When it was stored (first fetched), Unix seconds.
+    pub created: u64,
+    /// An index (or manifest list).
+    pub is_index: bool,
+    /// Child manifests of an index (hex).
+    pub children: Vec<String>,
+    /// Config and layers of an image (hex).
+    pub blobs: Vec<String>,
+    /// Its access record, if it was pulled by digest.
+    pub access: Option<AccessRecord>,
+}
+
+/// A blob on disk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlobEntry {
+    /// Bytes.
+    pub size: u64,
+    /// When it was stored, Unix seconds.
+    pub stored: u64,
+}
+
+/// What keeps an image in the cache: removing it is what pruning the image means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A tag record file.
+    Tag(PathBuf),
+    /// One repository name in the access record of manifest `hex`.
+    Digest {
+        /// The manifest.
+        hex: String,
+        /// `registry/repository`.
+        repository: String,
+    },
+    /// Nothing names the manifest `hex`.
+    Untracked(String),
+}
+
+/// `image` or `index` (or `unknown` when a tag's manifest is not on disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageType {
+    /// An image manifest.
+    Image,
+    /// An index / manifest list.
+    Index,
+    /// The manifest is missing.
+    Unknown,
+}
+
+/// One row of `list`.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Registry (empty for untracked manifests).
+    pub registry: String,
+    /// Repository (empty for untracked manifests).
+    pub repository: String,
+    /// The tag, for images known by tag.
+    pub tag: Option<String>,
+    /// `sha256:...` of the top manifest.
+    pub digest: String,
+    /// Image or index.
+    pub kind: ImageType,
+    /// First fetched, Unix seconds.
+    pub created: u64,
+    /// Last pulled, Unix seconds, when known.
+    pub last_pulled: Option<u64>,
+    /// Bytes on disk: its manifests and the cached blobs they reference.
+    pub size: u64,
+    /// Its manifests on disk (hex): the top one and, for an index, its cached children.
+    pub manifests: BTreeSet<String>,
+    /// Its blobs on disk (hex).
+    pub blobs: BTreeSet<String>,
+    /// What keeps it.
+    pub origin: Origin,
+}
+
+impl Image {
+    /// `registry/repository:tag`, `registry/repository@sha256:...`, or `@sha256:...`.
+    pub fn reference(&self) -> String {
+        match (&self.tag, self.registry.is_empty()) {
+            (Some(t), _) => format!("{}/{}:{t}", self.registry, self.repository),
+            (None, false) => format!("{}/{}@{}", self.registry, self.repository, self.digest),
+            (None, true) => format!("@{}", self.digest),
+        }
+    }
+
+    /// When it was last used: last pulled, or created if never pulled since tracking began.
+    pub fn last_used(&self) -> u64 {
+        self.last_pulled.unwrap_or(self.created)
+    }
+}
+
+/// The cache as read from disk.
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    /// The image path.
+    pub root: PathBuf,
+    /// Manifests by hex.
+    pub manifests: BTreeMap<String, ManifestEntry>,
+    /// Blobs by hex.
+    pub blobs: BTreeMap<String, BlobEntry>,
+    /// Images, by reference.
+    pub images: Vec<Image>,
+}
+
+impl Cache {
+    /// Bytes of every manifest and blob on disk.
+    pub fn total_bytes(&self) -> u64 {
+        self.manifests.values().map(|m| m.size).sum::<u64>()
+            + self.blobs.values().map(|b| b.size).sum::<u64>()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    media_type: Option<String>,
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    /// Docker schema 1.
+    #[serde(default)]
+    fs_layers: Vec<Schema1Layer>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Schema1Layer {
+    blob_sum: String,
+}
+
+fn hex_of(digest: &str) -> Option<String> {
+    Digest::parse(digest).ok().map(|d| d.hex().to_owned())
+}
+
+fn mtime(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn is_hex_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Parses a manifest's references.
+pub fn parse_manifest(bytes: &[u8], media_type: &str) -> (bool, Vec<String>, Vec<String>) {
+    let Ok(raw) = serde_json::from_slice::<RawManifest>(bytes) else {
+        return (false, Vec::new(), Vec::new());
+    };
+    let declared = raw.media_type.as_deref().unwrap_or(media_type);
+    let is_index = declared == media::OCI_INDEX
+        || declared == media::DOCKER_LIST
+        || media_type == media::OCI_INDEX
+        || media_type == media::DOCKER_LIST
+        || (raw.config.is_none() && !raw.manifests.is_empty());
+    let children = raw
+        .manifests
+        .iter()
+        .filter_map(|d| hex_of(&d.digest))
+        .collect();
+    let mut blobs: Vec<String> = raw
+        .config
+        .iter()
+        .chain(raw.layers.iter())
+        .filter_map(|d| hex_of(&d.digest))
+        .chain(raw.fs_layers.iter().filter_map(|l| hex_of(&l.blob_sum)))
+        .collect();
+    let mut seen = HashSet::new();
+    blobs.retain(|b| seen.insert(b.clone()));
+    (is_index, children, blobs)
+}
+
+/// Reads the cache under `root`.
+pub fn scan(root: &Path) -> io::Result<Cache> {
+    let mut cache = Cache {
+        root: root.to_owned(),
+        ..Cache::default()
+    };
+    read_blobs(root, &mut cache)?;
+    read_manifests(root, &mut cache)?;
+    let tag_files = read_tags(root);
+    build_images(&mut cache, tag_files);
+    Ok(cache)
+}
+
+fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(rd.filter_map(Result::ok).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot read {}: {e}", dir.display()),
+        )),
+    }
+}
+
+fn read_blobs(root: &Path, cache: &mut Cache) -> io::Result<()> {
+    for e in read_dir_or_empty(&root.join("blobs/sha256"))? {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_hex_name(&name) {
+            continue;
+        }
+        // Gone meanwhile (pruned, or a race with another process): skip.
+        let Ok(meta) = e.metadata() else { continue };
+        if meta.is_file() {
+            cache.blobs.insert(
+                name,
+                BlobEntry {
+                    size: meta.len(),
+                    stored: mtime(&meta),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_manifests(root: &Path, cache: &mut Cache) -> io::Result<()> {
+    let dir = root.join("manifests/sha256");
+    for e in read_dir_or_empty(&dir)? {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_hex_name(&name) {
+            continue;
+        }
+        let path = e.path();
+        let (Ok(meta), Ok(bytes)) = (e.metadata(), std::fs::read(&path)) else {
+            continue;
+        };
+        let media_type = std::fs::read_to_string(path.with_extension("type"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| media::sniff(&bytes));
+        let (is_index, children, blobs) = parse_manifest(&bytes, &media_type);
+        cache.manifests.insert(
+            name.clone(),
+            ManifestEntry {
+                size: bytes.len() as u64,
+                media_type,
+                created: mtime(&meta),
+                is_index,
+                children,
+                blobs,
+                access: access::read_record(root, &name),
+            },
+        );
+    }
+    Ok(())
+}
+
+struct TagFile {
+    registry: String,
+    repository: String,
+    tag: String,
+    path: PathBuf,
+    record: TagRecord,
+    mtime: u64,
+}
+
+/// Every `tags/<registry>/<repository>/@tags/<tag>.json`.
+fn read_tags(root: &Path) -> Vec<TagFile> {
+    let base = root.join("tags");
+    let mut out = Vec::new();
+    let mut stack = vec![base.clone()];
+    let mut budget = 1_000_000usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                tracing::warn!("tags/ holds more than a million entries; listing stopped there");
+                return out;
+            }
+            let Ok(ft) = e.file_type() else { continue };
+            if !ft.is_dir() {
+                continue;
+            }
+            if e.file_name() != "@tags" {
+                stack.push(e.path());
+                continue;
+            }
+            let Ok(rel) = dir.strip_prefix(&base) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            let Some((registry, repository)) = rel.split_once('/') else {
+                continue;
+            };
+            let Ok(files) = std::fs::read_dir(e.path()) else {
+                continue;
+            };
+            for f in files.filter_map(Result::ok) {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                let Some(tag) = fname.strip_suffix(".json") else {
+                    continue;
+                };
+                let Ok(bytes) = std::fs::read(f.path()) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<TagRecord>(&bytes) else {
+                    tracing::warn!(path = %f.path().display(), "unreadable tag record; skipped");
+                    continue;
+                };
+                out.push(TagFile {
+                    registry: registry.to_owned(),
+                    repository: repository.to_owned(),
+                    tag: tag.to_owned(),
+                    path: f.path(),
+                    mtime: f.metadata().map(|m| mtime(&m)).unwrap_or(0),
+                    record,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A manifest and, for an index, its cached children.
+fn closure(cache: &Cache, top: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Some(m) = cache.manifests.get(top) {
+        out.insert(top.to_owned());
+        for c in &m.children {
+            if cache.manifests.contains_key(c) {
+                out.insert(c.clone());
+            }
+        }
+    }
+    out
+}
+
+fn image_of(
+    cache: &Cache,
+    (registry, repository): (&str, &str),
+    tag: Option<String>,
+    tops: &[String],
+    origin: Origin,
+    fallback_created: u64,
+    last_pulled: Option<u64>,
+) -> Image {
+    let mut manifests = BTreeSet::new();
+    for t in tops {
+        manifests.extend(closure(cache, t));
+    }
+    let blobs: BTreeSet<String> = manifests
+        .iter()
+        .filter_map(|m| cache.manifests.get(m))
+        .flat_map(|m| m.blobs.iter())
+        .filter(|b| cache.blobs.contains_key(*b))
+        .cloned()
+        .collect();
+    let size = manifests
+        .iter()
+        .filter_map(|m| cache.manifests.get(m))
+        .map(|m| m.size)
+        .sum::<u64>()
+        + blobs
+            .iter()
+            .filter_map(|b| cache.blobs.get(b))
+            .map(|b| b.size)
+            .sum::<u64>();
+    let top = tops.first().and_then(|t| cache.manifests.get(t));
+    let kind = match top {
+        Some(m) if m.is_index => ImageType::Index,
+        Some(_) => ImageType::Image,
+        None => ImageType::Unknown,
+    };
+    let created = tops
+        .iter()
+        .filter_map(|t| cache.manifests.get(t))
+        .map(|m| m.created)
+        .min()
+        .unwrap_or(fallback_created);
+    Image {
+        registry: registry.to_owned(),
+        repository: repository.to_owned(),
+        tag,
+        digest: tops
+            .first()
+            .map(|h| format!("sha256:{h}"))
+            .unwrap_or_default(),
+        kind,
+        created,
+        last_pulled,
+        size,
+        manifests,
+        blobs,
+        origin,
+    }
+}
+
+fn build_images(cache: &mut Cache, tag_files: Vec<TagFile>) {
+    let mut images = Vec::new();
+    // (registry/repository, manifest hex) already shown as part of an image.
+    let mut covered: HashSet<(String, String)> = HashSet::new();
+    for t in tag_files {
+        let mut tops: Vec<String> = Vec::new();
+        for e in &t.record.entries {
+            if let Some(h) = hex_of(&e.digest)
+                && !tops.contains(&h)
+            {
+                tops.push(h);
+            }
+        }
+        // Cached manifests first, so the top one is one that is on disk.
+        tops.sort_by_key(|h| !cache.manifests.contains_key(h));
+        let fallback = t
+            .record
+            .entries
+            .iter()
+            .map(|e| e.fetched_at)
+            .min()
+            .unwrap_or(t.mtime);
+        let img = image_of(
+            cache,
+            (&t.registry, &t.repository),
+            Some(t.tag),
+            &tops,
+            Origin::Tag(t.path),
+            fallback,
+            t.record.accessed_at,
+        );
+        let key = format!("{}/{}", t.registry, t.repository);
+        for m in &img.manifests {
+            covered.insert((key.clone(), m.clone()));
+        }
+        images.push(img);
+    }
+    // Pulled by digest: indexes first, so that their children are covered by them.
+    let mut by_digest: Vec<(String, String, bool)> = Vec::new();
+    for (hex, m) in &cache.manifests {
+        if let Some(acc) = &m.access {
+            for r in &acc.repositories {
+                by_digest.push((hex.clone(), r.clone(), m.is_index));
+            }
+        }
+    }
+    by_digest.sort_by_key(|(_, _, is_index)| !*is_index);
+    for (hex, repo_key, _) in by_digest {
+        if covered.contains(&(repo_key.clone(), hex.clone())) {
+            continue;
+        }
+        let Some((registry, repository)) = repo_key.split_once('/') else {
+            continue;
+        };
+        let last = cache
+            .manifests
+            .get(&hex)
+            .and_then(|m| m.access.as_ref())
+            .map(|a| a.accessed_at);
+        let img = image_of(
+            cache,
+            (registry, repository),
+            None,
+            std::slice::from_ref(&hex),
+            Origin::Digest {
+                hex: hex.clone(),
+                repository: repo_key.clone(),
+            },
+            0,
+            last,
+        );
+        for m in &img.manifests {
+            covered.insert((repo_key.clone(), m.clone()));
+        }
+        images.push(img);
+    }
+    // Manifests nothing names.
+    let named: HashSet<&String> = covered.iter().map(|(_, m)| m).collect();
+    let mut untracked: Vec<String> = cache
+        .manifests
+        .keys()
+        .filter(|h| !named.contains(h))
+        .cloned()
+        .collect();
+    // An untracked index covers its untracked children.
+    untracked.sort_by_key(|h| !cache.manifests.get(h).is_some_and(|m| m.is_index));
+    let mut done: HashSet<String> = HashSet::new();
+    for hex in untracked {
+        if done.contains(&hex) {
+            continue;
+        }
+        let img = image_of(
+            cache,
+            ("", ""),
+            None,
+            std::slice::from_ref(&hex),
+            Origin::Untracked(hex.clone()),
+            0,
+            None,
+        );
+        done.extend(img.manifests.iter().cloned());
+        images.push(img);
+    }
+    images.sort_by_key(Image::reference);
+    cache.images = images;
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cache::{BlobStore, Manifest, tags};
+    use crate::oci::reference::RepoName;
+    use bytes::Bytes;
+
+    /// Writes a blob of `content`; returns its hex.
+    pub fn blob(root: &Path, content: &[u8]) -> String {
+        let d = Digest::of(content);
+        std::fs::write(root.join("blobs/sha256").join(d.hex()), content).unwrap();
+        d.hex().to_owned()
+    }
+
+    /// Stores an image manifest referencing `blobs` (hex); returns its digest.
+    pub async fn image(store: &BlobStore, blobs: &[&str]) -> Digest {
+        let desc = |h: &&str| format!(r#"{{"digest":"sha256:{h}","size":1}}"#);
+        let config = desc(&blobs[0]);
+        let layers: Vec<String> = blobs[1..].iter().map(desc).collect();
+        let json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{config},"layers":[{}]}}"#,
+            media::OCI_MANIFEST,
+            layers.join(",")
+        );
+        put(store, json, media::OCI_MANIFEST).await
+    }
+
+    pub async fn index(store: &BlobStore, children: &[&Digest]) -> Digest {
+        let m: Vec<String> = children
+            .iter()
+            .map(|d| {
+                format!(
+                    r#"{{"digest":"{d}","size":1,"mediaType":"{}"}}"#,
+                    media::OCI_MANIFEST
+                )
+            })
+            .collect();
+        let json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#,
+            media::OCI_INDEX,
+            m.join(",")
+        );
+        put(store, json, media::OCI_INDEX).await
+    }
+
+    async fn put(store: &BlobStore, json: String, media_type: &str) -> Digest {
+        let bytes = Bytes::from(json);
+        let m = Manifest {
+            digest: Digest::of(&bytes),
+            media_type: media_type.into(),
+            bytes,
+        };
+        store.put_manifest(&m).await.unwrap();
+        m.digest
+    }
+
+    pub async fn tag(store: &BlobStore, repo: &str, tag: &str, d: &Digest, media_type: &str) {
+        let repo = RepoName::parse(repo).unwrap();
+        tags::put(store, "r.io", &repo, tag, media_type, d)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn images_by_tag_digest_and_untracked() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = BlobStore::open(root).unwrap();
+        let (c1, l1, l2) = (blob(root, b"c1"), blob(root, b"l1"), blob(root, b"shared"));
+        let a = image(&store, &[&c1, &l1, &l2]).await;
+        let c2 = blob(root, b"c2");
+        let b = image(&store, &[&c2, &l2, "ab".repeat(32).as_str()]).await;
+        let idx = index(&store, &[&a, &b]).await;
+        tag(&store, "org/app", "v1", &idx, media::OCI_INDEX).await;
+        // b pulled by digest in another repository; a pulled by digest within the index's.
+        access::write_record(
+            root,
+            b.hex(),
+            &AccessRecord {
+                accessed_at: 5,
+                repositories: vec!["r.io/other".into(), "r.io/org/app".into()],
+            },
+        )
+        .unwrap();
+        let lone = image(&store, &[&c1]).await;
+
+        let cache = scan(root).unwrap();
+        let refs: Vec<String> = cache.images.iter().map(Image::reference).collect();
+        assert_eq!(
+            refs,
+            vec![
+                format!("@{lone}"),
+                format!("r.io/org/app:v1"),
+                format!("r.io/other@{b}"),
+            ]
+        );
+        let v1 = &cache.images[1];
+        assert_eq!(v1.kind, ImageType::Index);
+        assert_eq!(v1.manifests.len(), 3);
+        assert_eq!(v1.blobs.len(), 4, "the uncached layer is not counted");
+        let other = &cache.images[2];
+        assert_eq!(other.kind, ImageType::Image);
+        assert_eq!(other.last_pulled, Some(5));
+        assert_eq!(
+            other.size,
+            cache.manifests[b.hex()].size + 2 + 6,
+            "manifest + cached config + cached shared layer"
+        );
+    }
+}
