@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// How long an upstream may take to answer, e.g. 30s [config: pullTimeout] [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub pull_timeout: Option<Duration>,
+    /// After SIGTERM/SIGINT, how long open pulls and upstream fetches may take to finish
+    /// before they are cut, e.g. 10s [config: shutdownGrace] [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// `providers` flags.
@@ -144,6 +148,10 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             air_gapped,
             always_pull_latest,
             pull_timeout,
+            shutdown_grace: match &cli.command {
+                Command::Serve(s) => s.shutdown_grace,
+                _ => None,
+            },
         },
     )?;
     logging::init(
@@ -156,9 +164,13 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         .build()
         .map_err(|e| FatalError::Startup(format!("cannot start the runtime: {e}")))?;
     match cli.command {
-        Command::Serve(_) => runtime
-            .block_on(serve(settings))
-            .map(|()| ExitCode::SUCCESS),
+        Command::Serve(_) => {
+            let served = runtime.block_on(serve(settings));
+            // What the grace period cut (connection tasks, a stuck provider call on a
+            // blocking thread) must not hold the exit.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            served.map(|()| ExitCode::SUCCESS)
+        }
         Command::Providers(args) => {
             runtime.block_on(providers::listing::run(&settings, args.output, args.check))
         }
