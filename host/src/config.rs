@@ -490,9 +490,27 @@ fn with_key_and_line(text: &str, e: &serde_yaml_ng::Error) -> String {
                 .map(|i| i + 1)
         }),
     };
-    let Some(line) = line else {
+    let Some(mut line) = line else {
         return message;
     };
+    // A value refused after it was read (a file that cannot be read) is located at the start
+    // of its enclosing mapping: find the line that holds the value itself.
+    if let Some(path) = message
+        .split("cannot read ")
+        .nth(1)
+        .and_then(|r| r.split(": ").next())
+        .filter(|p| !p.is_empty())
+    {
+        if let Some(i) = text
+            .lines()
+            .enumerate()
+            .skip(line.saturating_sub(1))
+            .find(|(_, l)| l.contains(path))
+            .map(|(i, _)| i)
+        {
+            line = i + 1;
+        }
+    }
     let key = text
         .lines()
         .nth(line.saturating_sub(1))
@@ -841,6 +859,18 @@ mod tests {
     }
 
     #[test]
+    fn missing_file_on_a_later_key_names_that_key_and_line() {
+        let e = resolve_text(
+            "registries:\n- name: a.io\n  tls:\n    insecureSkipVerify: false\n    cert: /nonexistent/c.crt\n    key: /nonexistent/c.key\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("key `cert`") && e.contains("line 5") && e.contains("/nonexistent/c.crt"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn cross_key_rules() {
         let e = resolve_text("registries:\n- name: a.io\n  auth:\n    user: u\n").unwrap_err();
         assert!(
@@ -894,7 +924,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.contains("key `cert`") && e.contains("line 3") && e.contains("/nonexistent/server.crt"),
+            e.contains("key `cert`")
+                && e.contains("line 3")
+                && e.contains("/nonexistent/server.crt"),
             "{e}"
         );
         let d = tempfile::tempdir().unwrap();
@@ -922,7 +954,9 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            e.contains("serverTlsConfig.clientAuth") && e.contains("(line 1)") && e.contains("needs serverTlsConfig.ca"),
+            e.contains("serverTlsConfig.clientAuth")
+                && e.contains("(line 1)")
+                && e.contains("needs serverTlsConfig.ca"),
             "{e}"
         );
         let e = resolve_text(&format!(
@@ -931,7 +965,10 @@ mod tests {
             key.display()
         ))
         .unwrap_err();
-        assert!(e.contains("line 4") && e.contains("clientAuth") && e.contains("verify"), "{e}");
+        assert!(
+            e.contains("line 4") && e.contains("clientAuth") && e.contains("verify"),
+            "{e}"
+        );
         let e = resolve_text(&format!(
             "serverTlsConfig:\n  cert: {}\n  keyFile: {}\n",
             cert.display(),
@@ -943,7 +980,10 @@ mod tests {
 
     #[test]
     fn shutdown_grace_from_file_flag_and_default() {
-        assert_eq!(resolve_text("").unwrap().shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        assert_eq!(
+            resolve_text("").unwrap().shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE
+        );
         assert_eq!(
             resolve_text("shutdownGrace: 2s\n").unwrap().shutdown_grace,
             Duration::from_secs(2)
@@ -959,6 +999,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.shutdown_grace, Duration::from_secs(5));
         let e = resolve_text("shutdownGrace: soon\n").unwrap_err();
-        assert!(e.contains("key `shutdownGrace`") && e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("key `shutdownGrace`") && e.contains("line 1"),
+            "{e}"
+        );
     }
 }

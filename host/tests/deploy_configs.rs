@@ -2,6 +2,9 @@
 //! own parser, and `config.example.yaml` shows every key the parser accepts (a new key without
 //! an example line fails here).
 
+// Test code: a failed precondition is clearest as a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use ociregistry::config::{self, Overrides};
@@ -43,7 +46,12 @@ fn every_example_config_parses() {
     let configs = example_configs();
     let names: Vec<String> = configs
         .iter()
-        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert!(
         names.contains(&"config.example.yaml".to_owned())
@@ -109,7 +117,10 @@ fn full_example_shows_every_accepted_key() {
     };
     let probes = [
         ("top level", "zzzNoSuchKey: 1\n"),
-        ("registries[]", "registries:\n- name: a.io\n  zzzNoSuchKey: 1\n"),
+        (
+            "registries[]",
+            "registries:\n- name: a.io\n  zzzNoSuchKey: 1\n",
+        ),
         (
             "registries[].auth",
             "registries:\n- name: a.io\n  auth:\n    zzzNoSuchKey: 1\n",

@@ -175,7 +175,10 @@ mod tests {
         let e = acceptor(&tls(d.path(), "hello\n", "")).err().unwrap();
         assert_eq!(e.key, "cert");
         let m = e.to_string();
-        assert!(m.starts_with("serverTlsConfig.cert ") && m.contains("c.pem"), "{m}");
+        assert!(
+            m.starts_with("serverTlsConfig.cert ") && m.contains("c.pem"),
+            "{m}"
+        );
         assert!(m.contains("no PEM certificate"), "{m}");
     }
 
