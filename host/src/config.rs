@@ -655,7 +655,7 @@ pub fn resolve(
                 return Err(invalid(
                     format!("serverTlsConfig.{}", e.key),
                     line_of_nested_key(&text, "serverTlsConfig", e.key),
-                    e.to_string(),
+                    e.detail(),
                 ));
             }
             Some(tls)

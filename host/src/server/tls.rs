@@ -36,6 +36,17 @@ pub struct TlsSetupError {
     pub message: String,
 }
 
+impl TlsSetupError {
+    /// The message without the leading key, for errors that name the key already.
+    pub fn detail(&self) -> String {
+        if self.key == "clientAuth" {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.path.display(), self.message)
+        }
+    }
+}
+
 /// Builds the acceptor for `cfg`. Every file is read and checked now, so that a bad
 /// certificate stops the server at start rather than at the first client.
 pub fn acceptor(cfg: &ServerTls) -> Result<TlsAcceptor, TlsSetupError> {
