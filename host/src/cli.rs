@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// Serve the admin API on this IP:PORT (loopback unless admin.token is set) [config: admin.address].
     #[arg(long, value_name = "IP:PORT")]
     pub admin_address: Option<String>,
+    /// After SIGTERM/SIGINT, how long open pulls and upstream fetches may take to finish
+    /// before they are cut, e.g. 10s [config: shutdownGrace] [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// `providers` flags.
@@ -191,6 +195,10 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             always_pull_latest,
             pull_timeout,
             admin_address,
+            shutdown_grace: match &cli.command {
+                Command::Serve(s) => s.shutdown_grace,
+                _ => None,
+            },
         },
     )?;
     let mut settings = settings;
@@ -223,9 +231,13 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         .build()
         .map_err(|e| FatalError::Startup(format!("cannot start the runtime: {e}")))?;
     match cli.command {
-        Command::Serve(_) => runtime
-            .block_on(serve(settings))
-            .map(|()| ExitCode::SUCCESS),
+        Command::Serve(_) => {
+            let served = runtime.block_on(serve(settings));
+            // What the grace period cut (connection tasks, a stuck provider call on a
+            // blocking thread) must not hold the exit.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            served.map(|()| ExitCode::SUCCESS)
+        }
         Command::Providers(args) => {
             runtime.block_on(providers::listing::run(&settings, args.output, args.check))
         }

@@ -34,6 +34,8 @@ pub const DEFAULT_MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default provider token refresh period (`auth.token.expiry`).
 pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(12 * 3600);
+/// Default time in-flight pulls and upstream fetches get after SIGTERM (`shutdownGrace`).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// A configuration problem, with the file, key and line where known.
 #[derive(Debug, thiserror::Error)]
@@ -197,12 +199,15 @@ pub struct FileConfig {
     pub prune_grace: Option<ConfigDuration>,
     /// The admin API (off unless `address` is set).
     pub admin: Option<crate::inventory::config::AdminConfig>,
+    /// TLS on the pull port (Ociregistry's key).
+    pub server_tls_config: Option<ServerTlsFileConfig>,
+    /// How long in-flight pulls and upstream fetches get after SIGTERM (default 30s).
+    pub shutdown_grace: Option<ConfigDuration>,
     // Ociregistry keys that belong to features not built yet: accepted so that an existing
     // Ociregistry config loads, and named in a warning at start.
     log_file: Option<serde_yaml_ng::Value>,
     health: Option<serde_yaml_ng::Value>,
     metrics: Option<serde_yaml_ng::Value>,
-    server_tls_config: Option<serde_yaml_ng::Value>,
 }
 
 impl FileConfig {
@@ -212,7 +217,6 @@ impl FileConfig {
             (self.log_file.is_some(), "logFile"),
             (self.health.is_some(), "health"),
             (self.metrics.is_some(), "metrics"),
-            (self.server_tls_config.is_some(), "serverTlsConfig"),
         ]
         .into_iter()
         .filter_map(|(set, key)| set.then_some(key))
@@ -281,6 +285,45 @@ pub struct TlsConfig {
     /// Skip server certificate verification (only when asked).
     #[serde(default)]
     pub insecure_skip_verify: bool,
+}
+
+/// `serverTlsConfig.clientAuth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Any client may connect (the default).
+    #[default]
+    None,
+    /// A client must present a certificate signed by one of `ca`.
+    Verify,
+}
+
+/// `serverTlsConfig`: TLS for clients on the pull port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerTlsFileConfig {
+    /// Server certificate chain (PEM), leaf first.
+    pub cert: ReadableFile,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: ReadableFile,
+    /// CAs (PEM) that client certificates must chain to (`clientAuth: verify`).
+    pub ca: Option<ReadableFile>,
+    /// `none` (default) or `verify`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// TLS on the pull port, after validation.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Certificate chain file.
+    pub cert: PathBuf,
+    /// Key file.
+    pub key: PathBuf,
+    /// Client CA file.
+    pub ca: Option<PathBuf>,
+    /// Whether client certificates are required.
+    pub client_auth: ClientAuth,
 }
 
 /// A string from the config that is a secret: never printed.
@@ -363,6 +406,8 @@ pub struct Overrides {
     pub pull_timeout: Option<Duration>,
     /// `--admin-address`.
     pub admin_address: Option<String>,
+    /// `--shutdown-grace`.
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// What the server runs with.
@@ -400,6 +445,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// Pruning, `maxSize` and the admin API.
     pub inventory: crate::inventory::config::InventorySettings,
+    /// TLS on the pull port (`None`: plain HTTP).
+    pub server_tls: Option<ServerTls>,
+    /// How long in-flight pulls and upstream fetches get after SIGTERM.
+    pub shutdown_grace: Duration,
     /// Cache warming: image lists and the platform default.
     pub preload: PreloadSettings,
 }
@@ -465,9 +514,27 @@ fn with_key_and_line(text: &str, e: &serde_yaml_ng::Error) -> String {
                 .map(|i| i + 1)
         }),
     };
-    let Some(line) = line else {
+    let Some(mut line) = line else {
         return message;
     };
+    // A value refused after it was read (a file that cannot be read) is located at the start
+    // of its enclosing mapping: find the line that holds the value itself.
+    if let Some(path) = message
+        .split("cannot read ")
+        .nth(1)
+        .and_then(|r| r.split(": ").next())
+        .filter(|p| !p.is_empty())
+    {
+        if let Some(i) = text
+            .lines()
+            .enumerate()
+            .skip(line.saturating_sub(1))
+            .find(|(_, l)| l.contains(path))
+            .map(|(i, _)| i)
+        {
+            line = i + 1;
+        }
+    }
     let key = text
         .lines()
         .nth(line.saturating_sub(1))
@@ -617,9 +684,35 @@ pub fn resolve(
         cfg.admin.as_ref(),
         o.admin_address.as_deref(),
     )?;
+    let server_tls = match &cfg.server_tls_config {
+        None => None,
+        Some(t) => {
+            let tls = ServerTls {
+                cert: t.cert.0.clone(),
+                key: t.key.0.clone(),
+                ca: t.ca.as_ref().map(|f| f.0.clone()),
+                client_auth: t.client_auth,
+            };
+            // Read and check the PEM files now: a bad one is a config error with its line.
+            if let Err(e) = crate::server::tls::acceptor(&tls) {
+                return Err(invalid(
+                    format!("serverTlsConfig.{}", e.key),
+                    line_of_nested_key(&text, "serverTlsConfig", e.key),
+                    e.detail(),
+                ));
+            }
+            Some(tls)
+        }
+    };
+    let shutdown_grace = o
+        .shutdown_grace
+        .or(cfg.shutdown_grace.map(|d| d.0))
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     Ok(Settings {
         preload,
         inventory,
+        server_tls,
+        shutdown_grace,
         tag_ttl: cfg.tag_ttl.map(|d| d.0),
         revalidate_timeout: cfg
             .revalidate_timeout
@@ -716,6 +809,21 @@ fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (String,
     }
 }
 
+/// The 1-based line of `key:` inside the top-level block `parent:` (or of `parent:` itself when
+/// the block is written inline), for messages about values checked after parsing.
+fn line_of_nested_key(text: &str, parent: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{parent}:")))?;
+    let nested = lines[start + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || l.starts_with([' ', '\t']) || l.starts_with('#'))
+        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+        .map(|i| start + 1 + i + 1);
+    nested.or(Some(start + 1))
+}
+
 /// The 1-based line of the `name: <registry>` key of a registries entry, for messages about
 /// rules that span several keys.
 fn line_of_entry(text: &str, name: &str) -> Option<usize> {
@@ -791,6 +899,18 @@ mod tests {
             .unwrap_err();
         assert!(
             e.contains("key `ca`") && e.contains("line 4") && e.contains("/nonexistent/ca.crt"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_file_on_a_later_key_names_that_key_and_line() {
+        let e = resolve_text(
+            "registries:\n- name: a.io\n  tls:\n    insecureSkipVerify: false\n    cert: /nonexistent/c.crt\n    key: /nonexistent/c.key\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("key `cert`") && e.contains("line 5") && e.contains("/nonexistent/c.crt"),
             "{e}"
         );
     }
@@ -872,5 +992,93 @@ mod tests {
         assert_eq!(s.inventory.max_size, Some(50 << 30));
         let e = resolve_text("admin:\n  address: 0.0.0.0:9000\n").unwrap_err();
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn server_tls_config_missing_or_bad_files_name_key_and_line() {
+        let e = resolve_text(
+            "port: 8443\nserverTlsConfig:\n  cert: /nonexistent/server.crt\n  key: /nonexistent/server.key\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("key `cert`")
+                && e.contains("line 3")
+                && e.contains("/nonexistent/server.crt"),
+            "{e}"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let cert = d.path().join("server.crt");
+        let key = d.path().join("server.key");
+        std::fs::write(&cert, "not pem\n").unwrap();
+        std::fs::write(&key, "not pem\n").unwrap();
+        let text = format!(
+            "serverTlsConfig:\n  # comment\n  key: {}\n  cert: {}\n",
+            key.display(),
+            cert.display()
+        );
+        let e = resolve_text(&text).unwrap_err();
+        assert!(
+            e.contains("serverTlsConfig.cert")
+                && e.contains("(line 4)")
+                && e.contains("server.crt")
+                && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = resolve_text(&format!(
+            "serverTlsConfig: {{cert: {}, key: {}, clientAuth: verify}}\n",
+            cert.display(),
+            key.display()
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("serverTlsConfig.clientAuth")
+                && e.contains("(line 1)")
+                && e.contains("needs serverTlsConfig.ca"),
+            "{e}"
+        );
+        let e = resolve_text(&format!(
+            "serverTlsConfig:\n  cert: {}\n  key: {}\n  clientAuth: require\n",
+            cert.display(),
+            key.display()
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("line 4") && e.contains("clientAuth") && e.contains("verify"),
+            "{e}"
+        );
+        let e = resolve_text(&format!(
+            "serverTlsConfig:\n  cert: {}\n  keyFile: {}\n",
+            cert.display(),
+            key.display()
+        ))
+        .unwrap_err();
+        assert!(e.contains("keyFile"), "{e}");
+    }
+
+    #[test]
+    fn shutdown_grace_from_file_flag_and_default() {
+        assert_eq!(
+            resolve_text("").unwrap().shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE
+        );
+        assert_eq!(
+            resolve_text("shutdownGrace: 2s\n").unwrap().shutdown_grace,
+            Duration::from_secs(2)
+        );
+        let cfg = parse_text("shutdownGrace: 2m\n").unwrap();
+        let s = resolve(
+            Some((cfg, String::new(), PathBuf::from("c"))),
+            Overrides {
+                shutdown_grace: Some(Duration::from_secs(5)),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.shutdown_grace, Duration::from_secs(5));
+        let e = resolve_text("shutdownGrace: soon\n").unwrap_err();
+        assert!(
+            e.contains("key `shutdownGrace`") && e.contains("line 1"),
+            "{e}"
+        );
     }
 }

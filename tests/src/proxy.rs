@@ -376,13 +376,19 @@ impl ProxyBuilder {
     }
 }
 
-/// Waits for `listening on http://127.0.0.1:PORT` on stderr; returns PORT.
+/// Waits for `listening on http://127.0.0.1:PORT` (or `https://` with `serverTlsConfig`) on
+/// stderr; returns PORT.
 fn wait_listening(proc: &mut ChildProc, timeout: Duration) -> u16 {
     let deadline = Instant::now() + timeout;
     let needle = "listening on http://127.0.0.1:";
+    let tls_needle = "listening on https://127.0.0.1:";
     loop {
         let err = proc.stderr();
-        if let Some(i) = err.find(needle) {
+        let found = err
+            .find(needle)
+            .map(|i| (i, needle))
+            .or_else(|| err.find(tls_needle).map(|i| (i, tls_needle)));
+        if let Some((i, needle)) = found {
             let digits: String = err[i + needle.len()..]
                 .chars()
                 .take_while(|c| c.is_ascii_digit())
@@ -501,6 +507,29 @@ impl Proxy {
     /// SIGKILL at once, no grace (crash tests). Idempotent.
     pub fn kill(&mut self) {
         self.proc.kill();
+    }
+
+    /// Sends SIGTERM and returns at once; see [`Proxy::wait_exit`].
+    pub fn signal_term(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(st.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.proc.try_exited() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then SIGKILL after 5 s.

@@ -1,5 +1,6 @@
-//! The HTTP side: accepting connections, handing each request to [`handlers`], and
-//! stopping cleanly on SIGTERM/SIGINT.
+//! The HTTP side: accepting connections (plain or through [`tls`]), handing each request to
+//! [`handlers`], and stopping cleanly on SIGTERM/SIGINT: no new connections, then in-flight
+//! requests and running upstream fetches get `shutdownGrace` to finish before the rest is cut.
 //!
 //! [`router`] maps paths to routes; [`handlers`] dispatches them to [`manifests`], [`blobs`]
 //! and [`passthrough`]; [`range`] reads `Range` headers; [`response`] builds bodies and OCI
@@ -12,6 +13,7 @@ pub mod passthrough;
 pub mod range;
 pub mod response;
 pub mod router;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,14 +23,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpListener;
 
 pub use handlers::App;
 
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long in-flight requests get to finish after a stop signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often the shutdown checks whether upstream fetches are done.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// Binds the pull port.
 pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
@@ -40,14 +43,19 @@ pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind(&addr).await
 }
 
-/// Serves until `shutdown` resolves, then lets open connections finish (bounded).
+/// Serves until `shutdown` resolves, then stops accepting and lets open connections and
+/// running upstream fetches finish within `settings.shutdown_grace`; whatever is left then is
+/// cut (and logged). With `settings.server_tls` every connection is a TLS connection.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let local: SocketAddr = listener.local_addr()?;
-    tracing::info!("listening on http://{local}");
+    let acceptor = match &app.settings.server_tls {
+        Some(t) => Some(tls::acceptor(t).map_err(|e| std::io::Error::other(e.to_string()))?),
+        None => None,
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -56,10 +64,19 @@ pub async fn serve(
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
     builder.http2().max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+    match &app.settings.server_tls {
+        Some(t) => tracing::info!(
+            client_auth = ?t.client_auth,
+            "listening on https://{local}"
+        ),
+        None => tracing::info!("listening on http://{local}"),
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     // At most `maxConnections` at once: beyond that, new connections wait in the kernel's
     // backlog instead of costing memory here.
-    let slots = Arc::new(tokio::sync::Semaphore::new(app.settings.max_connections));
+    let max_connections = app.settings.max_connections;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p {
@@ -81,37 +98,90 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // Subscribed now, before any stop signal can be sent: a connection still in its TLS
+        // handshake when the signal comes is told to stop as soon as it is served.
+        let watcher = graceful.watcher();
         let app = app.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let app = app.clone();
-            async move {
-                let started = Instant::now();
-                let (parts, _body) = req.into_parts();
-                let method = parts.method.clone();
-                let path = parts.uri.path().to_owned();
-                let resp = handlers::handle(app, parts.method, parts.uri, parts.headers).await;
-                tracing::debug!(%peer, %method, path, status = resp.status().as_u16(),
-                    ms = started.elapsed().as_millis() as u64, "request");
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match acceptor {
+                None => serve_connection(&builder, stream, peer, app, watcher).await,
+                Some(acceptor) => match tls::handshake(&acceptor, stream).await {
+                    Ok(tls) => serve_connection(&builder, tls, peer, app, watcher).await,
+                    // One client's problem (no certificate, wrong CA, plain HTTP, a scanner).
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
             }
             drop(permit);
         });
     }
-    tracing::info!("stopping: no new connections; waiting for open ones to finish");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("grace period over; closing remaining connections"),
+    // Closing the listener makes new connections fail at once instead of waiting in the
+    // kernel's backlog for an accept that never comes.
+    drop(listener);
+    let grace = app.settings.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(
+        connections = graceful.count(),
+        upstream_fetches = app.downloads.len(),
+        grace_secs = grace.as_secs_f64(),
+        "stopping: no new connections; letting open requests and upstream fetches finish"
+    );
+    let connections_done = tokio::time::timeout_at(deadline, graceful.shutdown())
+        .await
+        .is_ok();
+    let fetches_done = tokio::time::timeout_at(deadline, async {
+        while !app.downloads.is_empty() {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    })
+    .await
+    .is_ok();
+    if connections_done && fetches_done {
+        tracing::info!("all connections closed and upstream fetches finished; exiting");
+    } else {
+        let open = max_connections.saturating_sub(slots.available_permits());
+        tracing::warn!(
+            connections = open,
+            upstream_fetches = app.downloads.len(),
+            grace_secs = grace.as_secs_f64(),
+            "grace period over; cutting {open} open connection(s) and {} unfinished upstream fetch(es)",
+            app.downloads.len()
+        );
     }
     Ok(())
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) on one connection until it closes or the
+/// stop signal reaches `watcher`.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    peer: SocketAddr,
+    app: Arc<App>,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let app = app.clone();
+        async move {
+            let started = Instant::now();
+            let (parts, _body) = req.into_parts();
+            let method = parts.method.clone();
+            let path = parts.uri.path().to_owned();
+            let resp = handlers::handle(app, parts.method, parts.uri, parts.headers).await;
+            tracing::debug!(%peer, %method, path, status = resp.status().as_u16(),
+                ms = started.elapsed().as_millis() as u64, "request");
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

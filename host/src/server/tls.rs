@@ -1,0 +1,214 @@
+//! TLS on the pull port (`serverTlsConfig`): loads the server certificate chain and key
+//! (PEM), optionally the CAs that client certificates must chain to (`clientAuth: verify`),
+//! and builds the acceptor that [`super::serve`] runs every accepted connection through.
+//!
+//! rustls with the aws-lc-rs provider (the one reqwest already uses for upstreams), TLS 1.2
+//! and 1.3, ALPN `h2` and `http/1.1` so that hyper-util's auto builder serves either. A file
+//! that cannot be read or holds no usable PEM is a [`TlsSetupError`] naming the config key and
+//! the file; a handshake that fails is one client's problem and never the server's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::{ClientAuth, ServerTls};
+
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the TLS acceptor could not be built; `key` is the `serverTlsConfig` key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("serverTlsConfig.{key} {}: {message}", path.display())]
+pub struct TlsSetupError {
+    /// `cert`, `key` or `ca` (or `clientAuth` for the verifier).
+    pub key: &'static str,
+    /// The file involved.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl TlsSetupError {
+    /// The message without the leading key, for errors that name the key already.
+    pub fn detail(&self) -> String {
+        if self.key == "clientAuth" {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.path.display(), self.message)
+        }
+    }
+}
+
+/// Builds the acceptor for `cfg`. Every file is read and checked now, so that a bad
+/// certificate stops the server at start rather than at the first client.
+pub fn acceptor(cfg: &ServerTls) -> Result<TlsAcceptor, TlsSetupError> {
+    if cfg.client_auth == ClientAuth::Verify && cfg.ca.is_none() {
+        return Err(TlsSetupError {
+            key: "clientAuth",
+            path: PathBuf::from("(no ca)"),
+            message: "verify needs serverTlsConfig.ca, the CAs client certificates must chain to"
+                .into(),
+        });
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certs = read_certs("cert", &cfg.cert)?;
+    let key = read_key(&cfg.key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError {
+            key: "cert",
+            path: cfg.cert.clone(),
+            message: format!("no usable TLS protocol version: {e}"),
+        })?;
+    let builder = match (cfg.client_auth, &cfg.ca) {
+        (ClientAuth::Verify, Some(ca)) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs("ca", ca)? {
+                roots.add(c).map_err(|e| TlsSetupError {
+                    key: "ca",
+                    path: ca.clone(),
+                    message: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsSetupError {
+                    key: "ca",
+                    path: ca.clone(),
+                    message: format!("cannot verify client certificates with it: {e}"),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsSetupError {
+            key: "key",
+            path: cfg.key.clone(),
+            message: format!(
+                "does not go with the certificate in {}: {e}",
+                cfg.cert.display()
+            ),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Runs the handshake of one accepted connection, bounded by [`HANDSHAKE_TIMEOUT`]; the error
+/// is for a debug log line (a scanner, a plain-HTTP client, an unknown client certificate).
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+) -> Result<TlsStream<TcpStream>, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no complete handshake within {}s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+    std::fs::read(path).map_err(|e| TlsSetupError {
+        key,
+        path: path.to_owned(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+fn read_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let pem = read_pem(key, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsSetupError {
+            key,
+            path: path.to_owned(),
+            message: format!("not a PEM certificate file: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsSetupError {
+            key,
+            path: path.to_owned(),
+            message: "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    let pem = read_pem("key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsSetupError {
+        key: "key",
+        path: path.to_owned(),
+        message: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it".into()
+            }
+            e => format!("not a PEM private key: {e}"),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(dir: &Path, cert: &str, key: &str) -> ServerTls {
+        let c = dir.join("c.pem");
+        let k = dir.join("k.pem");
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        ServerTls {
+            cert: c,
+            key: k,
+            ca: None,
+            client_auth: ClientAuth::None,
+        }
+    }
+
+    #[test]
+    fn a_file_without_pem_names_key_and_file() {
+        let d = tempfile::tempdir().unwrap();
+        let e = acceptor(&tls(d.path(), "hello\n", "")).err().unwrap();
+        assert_eq!(e.key, "cert");
+        let m = e.to_string();
+        assert!(
+            m.starts_with("serverTlsConfig.cert ") && m.contains("c.pem"),
+            "{m}"
+        );
+        assert!(m.contains("no PEM certificate"), "{m}");
+    }
+
+    #[test]
+    fn an_unreadable_file_names_key_and_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = tls(d.path(), "", "");
+        t.cert = d.path().join("gone.pem");
+        let e = acceptor(&t).err().unwrap();
+        assert_eq!(e.key, "cert");
+        assert!(e.to_string().contains("gone.pem") && e.to_string().contains("cannot read"));
+    }
+
+    #[test]
+    fn verify_without_ca_is_refused_first() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = tls(d.path(), "", "");
+        t.client_auth = ClientAuth::Verify;
+        let e = acceptor(&t).err().unwrap();
+        assert_eq!(e.key, "clientAuth", "{e}");
+    }
+}
