@@ -456,13 +456,29 @@ impl Upstream {
     }
 
     /// Every request in the access log (rig markers excluded).
+    ///
+    /// distribution writes a request's line only after its handler returns, which can be a
+    /// moment after the client got the whole answer; a marker request can overtake it. So the
+    /// log is read after markers until two reads in a row agree (bounded).
     pub fn access_log(&mut self) -> Vec<AccessLine> {
+        let read = |s: &Self| -> Vec<AccessLine> {
+            s.all_stdout()
+                .lines()
+                .filter_map(parse_access_line)
+                .filter(|l| !l.uri.contains("e2e-sync="))
+                .collect()
+        };
         self.sync_log();
-        self.all_stdout()
-            .lines()
-            .filter_map(parse_access_line)
-            .filter(|l| !l.uri.contains("e2e-sync="))
-            .collect()
+        let mut last = read(self);
+        for _ in 0..5 {
+            self.sync_log();
+            let now = read(self);
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 
     /// Requests whose method is `method` (any if empty) and whose URI contains `path_substring`.
