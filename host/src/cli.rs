@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cache::BlobStore;
 use crate::config::{self, ConfigError, Overrides, Settings};
 use crate::logging::{self, LogFormat};
+use crate::observability;
 use crate::preload::{self, platform::Platform};
 use crate::providers;
 use crate::server::{self, App};
@@ -118,6 +119,12 @@ pub struct ServeArgs {
     /// before they are cut, e.g. 10s [config: shutdownGrace] [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Serve Prometheus metrics at /metrics on this port (own listener at --host; 0 picks a free one) [config: metrics].
+    #[arg(long, value_name = "PORT")]
+    pub metrics: Option<u16>,
+    /// Serve /healthz (liveness) and /readyz (readiness, credential states) on this port [config: health].
+    #[arg(long, value_name = "PORT")]
+    pub health: Option<u16>,
 }
 
 /// `providers` flags.
@@ -183,6 +190,10 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         Command::Serve(s) => s.admin_address.clone(),
         _ => None,
     };
+    let (metrics, health) = match &cli.command {
+        Command::Serve(s) => (s.metrics, s.health),
+        _ => (None, None),
+    };
     let settings = config::resolve(
         file,
         Overrides {
@@ -199,6 +210,8 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
                 Command::Serve(s) => s.shutdown_grace,
                 _ => None,
             },
+            metrics,
+            health,
         },
     )?;
     let mut settings = settings;
@@ -310,6 +323,11 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
         None => None,
     };
     let managed = providers::start(&settings).map_err(|e| FatalError::Startup(e.to_string()))?;
+    let registry_credentials = observability::health::credentials(&settings, &managed);
+    let configured: Vec<String> = (settings.registries.iter())
+        .map(|r| crate::upstream::canonical_name(&r.name))
+        .collect();
+    crate::metrics::global().preregister(configured.iter().map(String::as_str));
     let upstreams =
         Upstreams::new(&settings, managed).map_err(|e| FatalError::Startup(e.to_string()))?;
     let listener = server::bind(&settings.host, settings.port)
@@ -329,6 +347,11 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
         registries = settings.registries.len(),
         "starting"
     );
+    let (metrics_port, health_port, host) = (
+        settings.metrics_port,
+        settings.health_port,
+        settings.host.clone(),
+    );
     let app = Arc::new(App::new(settings, store, upstreams));
     if let Some(list) = preload_list {
         let opts = preload::Options::new(&app.settings.preload.platforms);
@@ -337,8 +360,25 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
     crate::inventory::background::start(&app)
         .await
         .map_err(FatalError::Startup)?;
-    let stop = crate::inventory::stop_requested(server::stop_signal(), app.clone());
+    let observed = Arc::new(observability::Observed {
+        app: app.clone(),
+        registries: registry_credentials,
+        serving: true.into(),
+    });
+    observability::start(observed.clone(), &host, metrics_port, health_port)
+        .await
+        .map_err(FatalError::Startup)?;
+    // Readiness turns 503 as soon as a stop is asked for, before open pulls drain.
+    let stop = {
+        let requested = crate::inventory::stop_requested(server::stop_signal(), app.clone());
+        let observed = observed.clone();
+        async move {
+            requested.await;
+            observed.set_serving(false);
+        }
+    };
     let served = server::serve(listener, app.clone(), stop).await;
+    observed.set_serving(false);
     app.inventory.access.flush(&app.store).await;
     served.map_err(|e| FatalError::Startup(e.to_string()))
 }

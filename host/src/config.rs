@@ -180,6 +180,10 @@ pub struct FileConfig {
     pub max_manifest_size: Option<u64>,
     /// Most client connections served at once (default 4096).
     pub max_connections: Option<usize>,
+    /// Port of the Prometheus `/metrics` listener (absent or empty: off).
+    pub metrics: Option<u16>,
+    /// Port of the `/healthz` and `/readyz` listener (absent or empty: off).
+    pub health: Option<u16>,
     /// Per-upstream settings.
     #[serde(default)]
     pub registries: Vec<RegistryConfig>,
@@ -206,21 +210,15 @@ pub struct FileConfig {
     // Ociregistry keys that belong to features not built yet: accepted so that an existing
     // Ociregistry config loads, and named in a warning at start.
     log_file: Option<serde_yaml_ng::Value>,
-    health: Option<serde_yaml_ng::Value>,
-    metrics: Option<serde_yaml_ng::Value>,
 }
 
 impl FileConfig {
     /// The Ociregistry keys present that this version does not act on yet.
     pub fn not_yet_supported(&self) -> Vec<&'static str> {
-        [
-            (self.log_file.is_some(), "logFile"),
-            (self.health.is_some(), "health"),
-            (self.metrics.is_some(), "metrics"),
-        ]
-        .into_iter()
-        .filter_map(|(set, key)| set.then_some(key))
-        .collect()
+        [(self.log_file.is_some(), "logFile")]
+            .into_iter()
+            .filter_map(|(set, key)| set.then_some(key))
+            .collect()
     }
 }
 
@@ -408,6 +406,10 @@ pub struct Overrides {
     pub admin_address: Option<String>,
     /// `--shutdown-grace`.
     pub shutdown_grace: Option<Duration>,
+    /// `--metrics`.
+    pub metrics: Option<u16>,
+    /// `--health`.
+    pub health: Option<u16>,
 }
 
 /// What the server runs with.
@@ -451,6 +453,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Cache warming: image lists and the platform default.
     pub preload: PreloadSettings,
+    /// Port of the metrics listener, if on (0: any free port).
+    pub metrics_port: Option<u16>,
+    /// Port of the health listener, if on (0: any free port).
+    pub health_port: Option<u16>,
 }
 
 /// `preloadImages`, `imageFile`, `os` and `arch`: what to warm the cache with.
@@ -721,6 +727,8 @@ pub fn resolve(
             .min(pull_timeout),
         max_manifest_size,
         max_connections,
+        metrics_port: o.metrics.or(cfg.metrics),
+        health_port: o.health.or(cfg.health),
         image_path: o
             .image_path
             .or(cfg.image_path)
@@ -974,6 +982,25 @@ mod tests {
         );
         let e = resolve_text("os: \"lin ux\"\n").unwrap_err();
         assert!(e.contains("os") && e.contains("lin ux"), "{e}");
+    }
+
+    #[test]
+    fn metrics_and_health_ports() {
+        let s = resolve_text("metrics: 9090\nhealth:\n").unwrap();
+        assert_eq!((s.metrics_port, s.health_port), (Some(9090), None));
+        assert!(s.ignored_keys.is_empty());
+        let cfg = parse_text("health: 8081\n").unwrap();
+        let s = resolve(
+            Some((cfg, String::new(), PathBuf::from("c"))),
+            Overrides {
+                health: Some(7001),
+                metrics: Some(0),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((s.metrics_port, s.health_port), (Some(0), Some(7001)));
+        assert!(resolve_text("metrics: lots\n").is_err());
     }
 
     #[test]

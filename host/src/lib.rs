@@ -12,6 +12,8 @@
 //!   Basic and Bearer-token challenges.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
+//! - [`metrics`] counts what happens on those paths; [`observability`] serves it
+//!   (`--metrics`) with liveness and readiness (`--health`).
 //! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body.
 //! - [`inventory`] tracks last pulls, lists and prunes the cache, bounds it by `maxSize`
 //!   and serves the admin API.
@@ -22,6 +24,8 @@ pub mod config;
 pub mod duration;
 pub mod inventory;
 pub mod logging;
+pub mod metrics;
+pub mod observability;
 pub mod oci;
 pub mod preload;
 pub mod providers;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
+use crate::metrics::ContentKind;
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::Digest;
 
@@ -142,13 +143,19 @@ impl BlobStore {
     /// Makes a fully written, fsynced and verified temp file visible as the blob `digest`.
     pub async fn commit_blob(&self, temp: &Path, digest: &Digest) -> io::Result<()> {
         let target = self.blob_path(digest);
+        let size = tokio::fs::metadata(temp).await?.len();
         tokio::fs::rename(temp, &target).await?;
+        crate::metrics::global().disk_added(ContentKind::Blob, size);
         sync_dir(target.parent()).await
     }
 
     /// Removes a blob (for pruning; never called while serving).
     pub async fn delete_blob(&self, digest: &Digest) -> io::Result<()> {
-        tokio::fs::remove_file(self.blob_path(digest)).await
+        let path = self.blob_path(digest);
+        let size = tokio::fs::metadata(&path).await?.len();
+        tokio::fs::remove_file(path).await?;
+        crate::metrics::global().disk_removed(ContentKind::Blob, size);
+        Ok(())
     }
 
     /// Stores a manifest after checking that its bytes hash to `digest`.
@@ -167,6 +174,7 @@ impl BlobStore {
         let type_path = target.with_extension("type");
         write_atomically(&self.temp_path("type"), &type_path, m.media_type.as_bytes()).await?;
         write_atomically(&self.temp_path("manifest"), &target, &m.bytes).await?;
+        crate::metrics::global().disk_added(ContentKind::Manifest, m.bytes.len() as u64);
         sync_dir(target.parent()).await
     }
 

@@ -203,6 +203,7 @@ async fn write_verified(
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
     let mut written = 0u64;
     let mut resumes = 0u32;
+    let received = crate::metrics::global().registry(&upstream);
     loop {
         // Batch writes while the upstream keeps data coming; when it has nothing ready, hand
         // readers what there is first, so that a slow upstream is still streamed promptly.
@@ -250,6 +251,7 @@ async fn write_verified(
             _ => None,
         };
         if let Some(chunk) = &chunk {
+            received.upstream_bytes.inc_by(chunk.len() as u64);
             hasher.update(chunk);
             buf.extend_from_slice(chunk);
             if let Some(t) = total

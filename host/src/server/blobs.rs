@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
+use crate::metrics::ContentKind;
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::{Digest, RepoName};
 use crate::server::handlers::{App, disk_error, upstream_status};
@@ -25,11 +26,14 @@ pub(super) async fn blob(
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let counters = crate::metrics::global().registry(registry);
     if let Some((file, total)) = app.store.open_blob(&digest).await.map_err(disk_error)? {
+        counters.cache(ContentKind::Blob, true);
         return blob_response(&digest, total, range_header, head, |start, end| {
             response::stream(inflight::read_stored(file, start, end))
         });
     }
+    counters.cache(ContentKind::Blob, false);
     if app.settings.air_gapped {
         return Err(RegistryError::not_found(
             ErrorCode::BlobUnknown,

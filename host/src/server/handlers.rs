@@ -14,12 +14,14 @@ use crate::cache::hot::HotCache;
 use crate::cache::inflight::Downloads;
 use crate::cache::{BlobStore, Manifest};
 use crate::config::Settings;
+use crate::metrics::RouteKind;
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::server::response::{self, Body};
 use crate::server::router::{self, Route, Target};
 use crate::upstream::{Upstream, Upstreams, canonical_name};
 
-/// Counters of notable events (exported as metrics later; logged as they happen).
+/// Counters of notable events, logged as they happen and exported at each metrics scrape
+/// ([`crate::observability`]; retries are counted per registry in [`crate::metrics`]).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Tag revalidations attempted.
@@ -76,7 +78,8 @@ pub async fn handle(
     headers: HeaderMap,
 ) -> Response<Body> {
     let head = method == Method::HEAD;
-    let resp = match route(&app, &method, &uri, &headers).await {
+    let mut kind = RouteKind::Invalid;
+    let resp = match route(&app, &method, &uri, &headers, &mut kind).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -87,6 +90,7 @@ pub async fn handle(
             response::error(&e, head)
         }
     };
+    crate::metrics::global().request(kind, resp.status().as_u16());
     response::with_api_version(resp)
 }
 
@@ -95,8 +99,10 @@ async fn route(
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
+    kind: &mut RouteKind,
 ) -> Result<Response<Body>, RegistryError> {
     let target = router::parse(uri.path(), uri.query(), &app.settings.default_ns)?;
+    *kind = RouteKind::from(&target.route);
     let head = *method == Method::HEAD;
     if !(head || *method == Method::GET) {
         return Err(RegistryError::unsupported(format!(
@@ -192,6 +198,7 @@ pub(super) async fn read_limited(
                 ))
             })?;
         let Some(chunk) = chunk else { break };
+        upstream.metrics.upstream_bytes.inc_by(chunk.len() as u64);
         if buf.len() + chunk.len() > limit {
             return Err(too_large(upstream, limit));
         }

@@ -15,6 +15,7 @@ use crate::server::response::{self, Body};
 use crate::upstream::Upstream;
 
 use crate::cache::{Manifest, tags};
+use crate::metrics::ContentKind;
 use crate::oci::media::{self, Accept};
 use crate::oci::reference::Reference;
 
@@ -84,9 +85,12 @@ async fn manifest_by_digest(
     repo: &RepoName,
     digest: Digest,
 ) -> Result<Manifest, RegistryError> {
+    let counters = crate::metrics::global().registry(registry);
     if let Some(m) = stored_manifest(app, &digest).await.map_err(disk_error)? {
+        counters.cache(ContentKind::Manifest, true);
         return Ok(m);
     }
+    counters.cache(ContentKind::Manifest, false);
     if app.settings.air_gapped {
         return Err(RegistryError::not_found(
             ErrorCode::ManifestUnknown,
@@ -123,13 +127,18 @@ async fn manifest_by_tag(
     } else {
         app.settings.tag_ttl(registry)
     };
-    match &cached {
-        Some((m, fetched_at)) => {
-            let fresh = ttl.is_none_or(|ttl| age(*fetched_at) < ttl);
-            if fresh || app.settings.air_gapped {
-                return Ok(m.clone());
-            }
+    // A hit is answered from the cache without asking the upstream.
+    let counters = crate::metrics::global().registry(registry);
+    let hit = match &cached {
+        Some((_, fetched_at)) => {
+            app.settings.air_gapped || ttl.is_none_or(|ttl| age(*fetched_at) < ttl)
         }
+        None => false,
+    };
+    counters.cache(ContentKind::Manifest, hit);
+    match &cached {
+        Some((m, _)) if hit => return Ok(m.clone()),
+        Some(_) => {}
         None if app.settings.air_gapped => {
             return Err(RegistryError::not_found(
                 ErrorCode::ManifestUnknown,

@@ -51,6 +51,8 @@ pub struct Upstream {
     credential: CredentialSource,
     tokens: TokenCache,
     timeout: Duration,
+    /// This registry's counters (requests, bytes received, errors).
+    pub metrics: Arc<crate::metrics::RegistryMetrics>,
 }
 
 impl Upstream {
@@ -184,7 +186,15 @@ impl Upstream {
             let this = req
                 .try_clone()
                 .ok_or_else(|| RegistryError::internal("request cannot be sent"))?;
+            self.metrics.upstream_requests.inc();
             let result = tokio::time::timeout(self.timeout, this.send()).await;
+            let failed = match &result {
+                Ok(Ok(r)) => r.status().is_server_error() || r.status() == 429,
+                _ => true,
+            };
+            if failed {
+                self.metrics.upstream_errors.inc();
+            }
             let transient = match &result {
                 Ok(Err(e)) => e.is_connect() || e.is_request(),
                 Ok(Ok(r)) => matches!(r.status().as_u16(), 500 | 502 | 503 | 504),
@@ -192,6 +202,7 @@ impl Upstream {
             };
             if transient && attempt < MAX_RETRIES {
                 attempt += 1;
+                self.metrics.upstream_retries.inc();
                 let backoff = RETRY_BASE * 4u32.pow(attempt - 1);
                 let jitter =
                     Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
@@ -378,6 +389,7 @@ fn upstream(
         credential,
         tokens: TokenCache::default(),
         timeout,
+        metrics: crate::metrics::global().registry(name),
     }
 }
 

@@ -1,0 +1,104 @@
+//! Counting what the cache holds for the `disk_bytes` / `disk_items` gauges: a full walk of
+//! `blobs/` and `manifests/` at start and every [`REWALK_EVERY`]; between walks the store
+//! keeps the gauges current on every commit and delete.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::metrics::{ContentKind, Metrics};
+
+/// How often the cache is counted again (corrects any drift, e.g. files removed by hand).
+pub const REWALK_EVERY: Duration = Duration::from_secs(300);
+
+/// Bytes and number of files of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Total size.
+    pub bytes: u64,
+    /// Files.
+    pub items: u64,
+}
+
+/// Counts verified blobs and manifests under the image path (temp files, media type
+/// files and tag records are not content and are not counted).
+pub fn count(root: &Path) -> io::Result<(Usage, Usage)> {
+    Ok((
+        count_dir(&root.join("blobs/sha256"))?,
+        count_dir(&root.join("manifests/sha256"))?,
+    ))
+}
+
+fn count_dir(dir: &Path) -> io::Result<Usage> {
+    let mut u = Usage::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(u),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Content files are named by their 64-digit hex digest; `<hex>.type` etc. are not.
+        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        match entry.metadata() {
+            Ok(m) if m.is_file() => {
+                u.bytes += m.len();
+                u.items += 1;
+            }
+            // Removed between listing and stat: not there.
+            _ => {}
+        }
+    }
+    Ok(u)
+}
+
+/// Counts the cache now and every [`REWALK_EVERY`], setting the gauges; runs until the
+/// process ends.
+pub async fn track(root: PathBuf, metrics: &'static Metrics) {
+    loop {
+        let dir = root.clone();
+        match tokio::task::spawn_blocking(move || count(&dir)).await {
+            Ok(Ok((blobs, manifests))) => {
+                metrics.disk_set(ContentKind::Blob, blobs.bytes, blobs.items);
+                metrics.disk_set(ContentKind::Manifest, manifests.bytes, manifests.items);
+                tracing::debug!(
+                    blobs = blobs.items,
+                    blob_bytes = blobs.bytes,
+                    manifests = manifests.items,
+                    "counted the cache"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not count the cache for metrics"),
+            Err(e) => tracing::warn!(error = %e, "could not count the cache for metrics"),
+        }
+        tokio::time::sleep(REWALK_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_content_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+        std::fs::create_dir_all(root.join("manifests/sha256")).unwrap();
+        std::fs::write(root.join("blobs/sha256").join("a".repeat(64)), b"12345").unwrap();
+        std::fs::write(root.join("blobs/sha256").join("b".repeat(64)), b"123").unwrap();
+        std::fs::write(root.join("blobs/sha256/junk.part"), b"xxxxxxxx").unwrap();
+        let m = root.join("manifests/sha256").join("c".repeat(64));
+        std::fs::write(&m, b"{}").unwrap();
+        std::fs::write(m.with_extension("type"), b"application/json").unwrap();
+        let (blobs, manifests) = count(root).unwrap();
+        assert_eq!(blobs, Usage { bytes: 8, items: 2 });
+        assert_eq!(manifests, Usage { bytes: 2, items: 1 });
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(count(empty.path()).unwrap(), Default::default());
+    }
+}

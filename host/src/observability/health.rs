@@ -1,0 +1,195 @@
+//! `/healthz` (liveness) and `/readyz` (readiness with each configured registry's
+//! credential state).
+//!
+//! The readiness rule: **503 only for local faults** — the pull listener is not accepting
+//! (not yet started, or stopping) or the cache directory is not writable. A registry whose
+//! provider credential is failing (or stopped) does not make the mirror unready: it still
+//! serves everything cached, and taking it out of rotation would not fix the provider.
+//! Instead the answer stays 200 with `"status": "degraded"`, `"degraded": true` and the
+//! registry's state and last error (never a secret) in `registries`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::config::{CredentialConfig, Settings};
+use crate::providers::ManagedCredential;
+use crate::providers::scheduler::CredentialState;
+
+/// Longest error message shown per registry.
+const MAX_ERROR_CHARS: usize = 500;
+/// Longest wait for the cache-writable probe.
+const WRITE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A configured registry and where its credential comes from.
+#[derive(Debug, Clone)]
+pub struct RegistryCredential {
+    /// Registry name as configured.
+    pub name: String,
+    /// `none`, `basic`, `static` or `provider`.
+    pub kind: &'static str,
+    /// The provider's name, for `provider`.
+    pub provider: Option<String>,
+    /// The refreshed credential, for `provider`.
+    pub managed: Option<ManagedCredential>,
+}
+
+/// One entry per configured registry, in config order.
+pub fn credentials(
+    settings: &Settings,
+    managed: &HashMap<String, ManagedCredential>,
+) -> Vec<RegistryCredential> {
+    settings
+        .registries
+        .iter()
+        .map(|r| {
+            let (kind, provider) = match &r.credential {
+                CredentialConfig::None => ("none", None),
+                CredentialConfig::Basic { .. } => ("basic", None),
+                CredentialConfig::Static(_) => ("static", None),
+                CredentialConfig::Provider { provider, .. } => ("provider", Some(provider.clone())),
+            };
+            RegistryCredential {
+                name: r.name.clone(),
+                kind,
+                provider,
+                managed: managed.get(&r.name).cloned(),
+            }
+        })
+        .collect()
+}
+
+/// The readiness answer: status code and JSON body.
+pub fn readiness(
+    serving: bool,
+    cache: &Result<(), String>,
+    registries: &[RegistryCredential],
+) -> (u16, Value) {
+    let mut degraded = false;
+    let regs: Vec<Value> = registries
+        .iter()
+        .map(|r| {
+            let mut v = json!({ "name": r.name, "credential": r.kind });
+            if let Some(p) = &r.provider {
+                v["provider"] = json!(p);
+            }
+            if let Some(m) = &r.managed {
+                let st = m.status();
+                if matches!(
+                    st.state,
+                    CredentialState::Failing | CredentialState::Stopped
+                ) {
+                    degraded = true;
+                }
+                v["state"] = json!(st.state.to_string());
+                v["usable"] = json!(st.usable);
+                v["refreshes"] = json!(st.refreshes);
+                v["failures"] = json!(st.failures);
+                v["consecutiveFailures"] = json!(st.consecutive_failures);
+                if let Some(e) = &st.last_error {
+                    v["lastError"] = json!(e.chars().take(MAX_ERROR_CHARS).collect::<String>());
+                }
+                if let Some(at) = st.expires_at.filter(|_| !st.expiry_ignored) {
+                    v["expiresAt"] = json!(crate::providers::listing::rfc3339(at));
+                    v["expiresInSeconds"] = json!(seconds_until(at));
+                }
+            } else if r.kind == "provider" {
+                v["state"] = json!("pending");
+            }
+            v
+        })
+        .collect();
+    let cache_ok = cache.is_ok();
+    let ready = serving && cache_ok;
+    let status = match (ready, degraded) {
+        (false, _) => "unready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    let mut checks = json!({ "pullListener": serving, "cacheWritable": cache_ok });
+    if let Err(e) = cache {
+        checks["cacheError"] = json!(e);
+    }
+    let body = json!({
+        "status": status,
+        "ready": ready,
+        "degraded": degraded,
+        "checks": checks,
+        "registries": regs,
+    });
+    (if ready { 200 } else { 503 }, body)
+}
+
+/// Seconds from now until `at` (negative when past).
+pub fn seconds_until(at: SystemTime) -> i64 {
+    match at.duration_since(SystemTime::now()) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Whether a file can be created, written and removed in the cache's `tmp/` (bounded).
+pub async fn cache_writable(root: &Path) -> Result<(), String> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let path = root
+        .join("tmp")
+        .join(format!("readyz.{}.{n}.probe", std::process::id()));
+    let probe = tokio::task::spawn_blocking(move || {
+        let result = std::fs::write(&path, b"ok");
+        let _ = std::fs::remove_file(&path);
+        result
+    });
+    match tokio::time::timeout(WRITE_PROBE_TIMEOUT, probe).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(format!("cannot write to the cache directory: {e}")),
+        Ok(Err(e)) => Err(format!("cache write probe failed: {e}")),
+        Err(_) => Err(format!(
+            "cache write probe did not finish within {}s",
+            WRITE_PROBE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(kind: &'static str) -> RegistryCredential {
+        RegistryCredential {
+            name: format!("{kind}.example"),
+            kind,
+            provider: None,
+            managed: None,
+        }
+    }
+
+    #[test]
+    fn local_faults_make_it_unready() {
+        let regs = [reg("none"), reg("basic")];
+        let (code, body) = readiness(true, &Ok(()), &regs);
+        assert_eq!(code, 200);
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["registries"][1]["credential"], "basic");
+        let (code, body) = readiness(false, &Ok(()), &regs);
+        assert_eq!((code, body["ready"].as_bool()), (503, Some(false)));
+        let (code, body) = readiness(true, &Err("read-only".into()), &regs);
+        assert_eq!(code, 503);
+        assert_eq!(body["checks"]["cacheError"], "read-only");
+    }
+
+    #[tokio::test]
+    async fn write_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(cache_writable(dir.path()).await.is_err(), "no tmp/ yet");
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        cache_writable(dir.path()).await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}

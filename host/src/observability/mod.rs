@@ -1,0 +1,370 @@
+//! Watching the mirror: `serve --metrics PORT` (Prometheus/OpenMetrics text at `/metrics`)
+//! and `serve --health PORT` (`/healthz` liveness, `/readyz` readiness), each on its own
+//! listener at the server's `host`, never on the pull port. Given the same port, both are
+//! served by one listener.
+//!
+//! This module owns the listeners, the series read at scrape time ([`ScrapeCollector`]:
+//! in-flight fetches, tag revalidations, stale serves, per-provider token state) and the
+//! disk counting ([`disk`]); the counters updated on the serving paths live in
+//! [`crate::metrics`]; readiness in [`health`].
+
+pub mod disk;
+pub mod health;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::server::App;
+use health::RegistryCredential;
+
+/// Content type of the exposition.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Connections served at once per listener.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the metrics and health endpoints look at.
+#[derive(Debug)]
+pub struct Observed {
+    /// The serving state.
+    pub app: Arc<App>,
+    /// Each configured registry's credential source.
+    pub registries: Vec<RegistryCredential>,
+    /// Whether the pull listener is accepting connections.
+    pub serving: AtomicBool,
+}
+
+impl Observed {
+    /// Marks the pull listener as accepting (or not).
+    pub fn set_serving(&self, on: bool) {
+        self.serving.store(on, Ordering::SeqCst);
+    }
+}
+
+/// Series computed at each scrape from the running state.
+#[derive(Debug)]
+pub struct ScrapeCollector {
+    observed: Arc<Observed>,
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let app = &self.observed.app;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        gauge(
+            &mut enc,
+            "inflight_fetches",
+            "Blob downloads from upstreams running now.",
+            i64::try_from(app.downloads.len()).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            &mut enc,
+            "tag_revalidations",
+            "Cached tags checked again upstream.",
+            load(&app.stats.revalidations),
+        )?;
+        counter(
+            &mut enc,
+            "stale_serves",
+            "Cached manifests served because the upstream could not be asked.",
+            load(&app.stats.stale_served),
+        )?;
+        let providers: Vec<_> = self
+            .observed
+            .registries
+            .iter()
+            .filter_map(|r| r.managed.as_ref().map(|m| (r.name.as_str(), m.status())))
+            .collect();
+        if providers.is_empty() {
+            return Ok(());
+        }
+        type Value = fn(&crate::providers::scheduler::CredentialStatus) -> Option<f64>;
+        let series: [(&str, &str, MetricType, Value); 4] = [
+            (
+                "token_refreshes",
+                "Successful credential fetches from the registry's provider.",
+                MetricType::Counter,
+                |s| Some(s.refreshes as f64),
+            ),
+            (
+                "token_failures",
+                "Failed credential fetches from the registry's provider.",
+                MetricType::Counter,
+                |s| Some(s.failures as f64),
+            ),
+            (
+                "token_valid",
+                "1 when the registry's provider credential is usable now.",
+                MetricType::Gauge,
+                |s| Some(if s.usable { 1.0 } else { 0.0 }),
+            ),
+            (
+                "token_expiry_seconds",
+                "Seconds until the registry's provider credential expires (when the provider says).",
+                MetricType::Gauge,
+                |s| {
+                    s.expires_at
+                        .filter(|_| !s.expiry_ignored && s.usable)
+                        .map(|at| health::seconds_until(at) as f64)
+                },
+            ),
+        ];
+        for (name, help, kind, value) in series {
+            let values: Vec<(&str, f64)> = providers
+                .iter()
+                .filter_map(|(r, s)| value(s).map(|v| (*r, v)))
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let mut me = enc.encode_descriptor(name, help, None, kind)?;
+            for (registry, v) in values {
+                let labels = [("registry", registry)];
+                let fe = me.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(v as u64).encode(fe)?,
+                    _ => ConstGauge::new(v as i64).encode(fe)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The full exposition registry: the process's counters plus the scrape-time series.
+pub fn registry(observed: Arc<Observed>) -> Registry {
+    let mut r = Registry::with_prefix("ociregistry");
+    crate::metrics::global().register(&mut r);
+    r.register_collector(Box::new(ScrapeCollector { observed }));
+    r
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy)]
+struct Endpoints {
+    metrics: bool,
+    health: bool,
+}
+
+struct Shared {
+    observed: Arc<Observed>,
+    registry: Registry,
+}
+
+/// Binds the metrics and health listeners that are configured and serves them in the
+/// background. Binding errors stop the start-up (a port that is taken should be noticed).
+pub async fn start(
+    observed: Arc<Observed>,
+    host: &str,
+    metrics: Option<u16>,
+    health: Option<u16>,
+) -> Result<(), String> {
+    if metrics.is_none() && health.is_none() {
+        return Ok(());
+    }
+    let shared = Arc::new(Shared {
+        registry: registry(observed.clone()),
+        observed: observed.clone(),
+    });
+    let mut plan: Vec<(u16, Endpoints)> = Vec::new();
+    match (metrics, health) {
+        (Some(m), Some(h)) if m == h && m != 0 => plan.push((
+            m,
+            Endpoints {
+                metrics: true,
+                health: true,
+            },
+        )),
+        _ => {
+            if let Some(m) = metrics {
+                plan.push((
+                    m,
+                    Endpoints {
+                        metrics: true,
+                        health: false,
+                    },
+                ));
+            }
+            if let Some(h) = health {
+                plan.push((
+                    h,
+                    Endpoints {
+                        metrics: false,
+                        health: true,
+                    },
+                ));
+            }
+        }
+    }
+    for (port, endpoints) in plan {
+        let listener = crate::server::bind(host, port).await.map_err(|e| {
+            format!(
+                "cannot listen on {host}:{port} for {}: {e}",
+                what(endpoints)
+            )
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("metrics/health listener: {e}"))?;
+        if endpoints.metrics {
+            tracing::info!("metrics endpoint at http://{local}/metrics");
+        }
+        if endpoints.health {
+            tracing::info!("health endpoints at http://{local}/healthz and http://{local}/readyz");
+        }
+        tokio::spawn(accept_loop(listener, shared.clone(), endpoints));
+    }
+    if metrics.is_some() {
+        let root = observed.app.store.root().to_owned();
+        tokio::spawn(disk::track(root, crate::metrics::global()));
+    }
+    Ok(())
+}
+
+fn what(e: Endpoints) -> &'static str {
+    match (e.metrics, e.health) {
+        (true, true) => "metrics and health",
+        (true, false) => "metrics",
+        _ => "health",
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, endpoints: Endpoints) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(16 * 1024);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics/health accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let shared = shared.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    answer(&shared, endpoints, req.method(), req.uri().path()).await,
+                )
+            }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+    head: bool,
+) -> Response<Full<Bytes>> {
+    let body: Bytes = body.into();
+    let len = body.len();
+    let mut r = Response::new(Full::new(if head { Bytes::new() } else { body }));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn answer(
+    shared: &Shared,
+    endpoints: Endpoints,
+    method: &Method,
+    path: &str,
+) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let head = method == Method::HEAD;
+    if !(head || method == Method::GET) {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "only GET and HEAD\n",
+            head,
+        );
+    }
+    match path {
+        "/metrics" if endpoints.metrics => {
+            let mut text = String::with_capacity(8 * 1024);
+            match prometheus_client::encoding::text::encode(&mut text, &shared.registry) {
+                Ok(()) => reply(StatusCode::OK, OPENMETRICS, text, head),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "encoding failed\n",
+                    head,
+                ),
+            }
+        }
+        // `/health` is Ociregistry's liveness path.
+        "/healthz" | "/livez" | "/health" if endpoints.health => {
+            reply(StatusCode::OK, TEXT, "ok\n", head)
+        }
+        "/readyz" if endpoints.health => {
+            let observed = &shared.observed;
+            let cache = health::cache_writable(observed.app.store.root()).await;
+            let (code, body) = health::readiness(
+                observed.serving.load(Ordering::SeqCst),
+                &cache,
+                &observed.registries,
+            );
+            let mut text = body.to_string();
+            text.push('\n');
+            reply(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "application/json",
+                text,
+                head,
+            )
+        }
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n", head),
+    }
+}
