@@ -138,7 +138,10 @@ fn metrics_move_with_pulls() {
     let mut up = Upstream::anonymous();
     let repo = images::unique_repo("metrics");
     let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
-    let proxy = with_ports(Proxy::builder().upstream(&up)).start();
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let proxy = with_ports(Proxy::builder().upstream(&up))
+        .config_line(&format!("admin:\n  address: \"{admin_addr}\""))
+        .start();
     let metrics = logged_port(&proxy, "metrics endpoint at ");
     let health = logged_port(&proxy, "health endpoints at ");
     let pull = proxy.host();
@@ -317,6 +320,42 @@ fn metrics_move_with_pulls() {
         1.0
     );
     assert_eq!(req(&third, "upload", "405"), 1.0);
+
+    // A prune through the admin API: an eviction, and the disk gauges go down at once.
+    let r = wait_for(
+        "the admin API",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            raw::request(
+                &admin_addr,
+                "POST",
+                "/admin/v1/prune",
+                &[("Content-Type", "application/json")],
+                Some(br#"{"pattern":".","grace":"0s"}"#),
+            )
+            .ok()
+        },
+    );
+    assert_eq!(r.status, 200, "admin prune: {}", r.body_str());
+    let pruned = Scrape::take(metrics);
+    assert_eq!(
+        pruned.must("ociregistry_evictions_total", &[]),
+        1.0,
+        "one image pruned"
+    );
+    assert_eq!(
+        pruned.must("ociregistry_disk_items", &[("kind", "blob")]),
+        0.0
+    );
+    assert_eq!(
+        pruned.must("ociregistry_disk_bytes", &[("kind", "blob")]),
+        0.0
+    );
+    assert_eq!(
+        pruned.must("ociregistry_disk_items", &[("kind", "manifest")]),
+        0.0
+    );
 
     // An upstream that is down: counted as upstream errors for that registry.
     up.stop();

@@ -18,6 +18,7 @@ use super::access;
 use super::criteria::{Criteria, CriteriaSpec};
 use super::scan::{self, Cache, Image, ImageType, Origin};
 use super::timefmt;
+use crate::metrics::ContentKind;
 
 /// One image in a plan.
 #[derive(Debug, Clone, Serialize)]
@@ -176,27 +177,44 @@ pub fn execute(root: &Path, plan: &mut PrunePlan) {
             Origin::Untracked(_) => {}
         }
     }
+    let metrics = crate::metrics::global();
     let mdir = root.join("manifests/sha256");
     for d in &plan.manifests {
         let hex = d.trim_start_matches("sha256:");
+        let size = std::fs::metadata(mdir.join(hex)).ok().map(|m| m.len());
         // The manifest first: whoever still sees it also finds its media type.
-        for p in [
+        for (i, p) in [
             mdir.join(hex),
             mdir.join(format!("{hex}.type")),
             mdir.join(format!("{hex}.access")),
-        ] {
-            if let Err(e) = remove(&p) {
-                errors.push(format!("{}: {e}", p.display()));
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            match remove(&p) {
+                Err(e) => errors.push(format!("{}: {e}", p.display())),
+                Ok(()) => {
+                    if let (0, Some(size)) = (i, size) {
+                        metrics.disk_removed(ContentKind::Manifest, size);
+                    }
+                }
             }
         }
     }
     let bdir = root.join("blobs/sha256");
     for d in &plan.blobs {
         let p = bdir.join(d.trim_start_matches("sha256:"));
-        if let Err(e) = remove(&p) {
-            errors.push(format!("{}: {e}", p.display()));
+        let size = std::fs::metadata(&p).ok().map(|m| m.len());
+        match remove(&p) {
+            Err(e) => errors.push(format!("{}: {e}", p.display())),
+            Ok(()) => {
+                if let Some(size) = size {
+                    metrics.disk_removed(ContentKind::Blob, size);
+                }
+            }
         }
     }
+    metrics.evictions.inc_by(plan.images.len() as u64);
     plan.errors = errors;
 }
 
