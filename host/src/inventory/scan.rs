@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use serde::Deserialize;
+use crate::oci::manifest::{self, Contents};
 
 use super::access::{self, AccessRecord};
 use crate::cache::tags::TagRecord;
@@ -139,31 +139,6 @@ impl Cache {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawManifest {
-    media_type: Option<String>,
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    /// Docker schema 1.
-    #[serde(default)]
-    fs_layers: Vec<Schema1Layer>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Schema1Layer {
-    blob_sum: String,
-}
-
 fn hex_of(digest: &str) -> Option<String> {
     Digest::parse(digest).ok().map(|d| d.hex().to_owned())
 }
@@ -180,32 +155,22 @@ fn is_hex_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Parses a manifest's references.
+/// A manifest's references: whether it is an index, the child manifests (hex) and the blobs
+/// (hex) it keeps alive. A manifest that cannot be read references nothing.
 pub fn parse_manifest(bytes: &[u8], media_type: &str) -> (bool, Vec<String>, Vec<String>) {
-    let Ok(raw) = serde_json::from_slice::<RawManifest>(bytes) else {
-        return (false, Vec::new(), Vec::new());
-    };
-    let declared = raw.media_type.as_deref().unwrap_or(media_type);
-    let is_index = declared == media::OCI_INDEX
-        || declared == media::DOCKER_LIST
-        || media_type == media::OCI_INDEX
-        || media_type == media::DOCKER_LIST
-        || (raw.config.is_none() && !raw.manifests.is_empty());
-    let children = raw
-        .manifests
-        .iter()
-        .filter_map(|d| hex_of(&d.digest))
-        .collect();
-    let mut blobs: Vec<String> = raw
-        .config
-        .iter()
-        .chain(raw.layers.iter())
-        .filter_map(|d| hex_of(&d.digest))
-        .chain(raw.fs_layers.iter().filter_map(|l| hex_of(&l.blob_sum)))
-        .collect();
-    let mut seen = HashSet::new();
-    blobs.retain(|b| seen.insert(b.clone()));
-    (is_index, children, blobs)
+    match manifest::parse(media_type, bytes) {
+        Ok(Contents::Index(entries)) => (
+            true,
+            entries.iter().map(|e| e.digest.hex().to_owned()).collect(),
+            Vec::new(),
+        ),
+        Ok(Contents::Image(blobs)) => (
+            false,
+            Vec::new(),
+            blobs.iter().map(|b| b.digest.hex().to_owned()).collect(),
+        ),
+        Err(_) => (false, Vec::new(), Vec::new()),
+    }
 }
 
 /// Reads the cache under `root`.

@@ -1,6 +1,8 @@
 //! OCI distribution vocabulary: names, references and digests ([`reference`]), the error
-//! body every failing response carries ([`error`]) and the manifest media types ([`media`]).
+//! body every failing response carries ([`error`]), the manifest media types ([`media`]) and
+//! what a manifest refers to ([`manifest`]).
 
 pub mod error;
+pub mod manifest;
 pub mod media;
 pub mod reference;

@@ -9,7 +9,6 @@
 //! a few blobs of each; a failed image is reported and the others go on ([`report`]).
 
 pub mod list;
-pub mod manifest;
 pub mod platform;
 pub mod report;
 
@@ -19,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use crate::oci::manifest::{self, Blob, Contents};
 use crate::oci::media::Accept;
 use crate::oci::reference::Reference;
 use crate::server::App;
 use crate::server::blobs::ensure_blob_watching;
 use crate::server::manifests::ensure_manifest;
 use list::{ImageList, ImageRef};
-use manifest::{Blob, Contents};
 use platform::Platform;
 use report::Reporter;
 

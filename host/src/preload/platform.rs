@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub use crate::oci::manifest::EntryPlatform;
+
 /// A platform chosen from a multi-platform image.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Platform {
@@ -13,27 +15,6 @@ pub struct Platform {
     pub arch: String,
     /// `v7`, `v8`, ...; `None` accepts any variant.
     pub variant: Option<String>,
-}
-
-/// What an index entry says about its platform.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EntryPlatform {
-    /// `platform.os`.
-    pub os: String,
-    /// `platform.architecture`.
-    pub arch: String,
-    /// `platform.variant`.
-    pub variant: Option<String>,
-}
-
-impl fmt::Display for EntryPlatform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
 }
 
 /// The OCI name of a Rust `target_arch`.

@@ -1,12 +1,35 @@
 //! Reading what a manifest points to: the entries of an index (with their platforms), or
 //! the config and layer blobs of an image manifest (OCI, Docker v2 schema 2, or the old
-//! schema 1 `fsLayers`).
+//! schema 1 `fsLayers`). Used by preloading (what to fetch) and by the inventory (what a
+//! manifest keeps alive).
+
+use std::fmt;
 
 use serde::Deserialize;
 
 use crate::oci::media;
 use crate::oci::reference::Digest;
-use crate::preload::platform::EntryPlatform;
+
+/// What an index entry says about its platform.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryPlatform {
+    /// `platform.os`.
+    pub os: String,
+    /// `platform.architecture`.
+    pub arch: String,
+    /// `platform.variant`.
+    pub variant: Option<String>,
+}
+
+impl fmt::Display for EntryPlatform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
 
 /// What a manifest refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
