@@ -28,8 +28,6 @@ pub struct Stats {
     pub revalidations: AtomicU64,
     /// Cached manifests served because the upstream could not be asked.
     pub stale_served: AtomicU64,
-    /// Upstream requests retried after a transient failure.
-    pub upstream_retries: AtomicU64,
 }
 
 pub(super) type ManifestFlight = Arc<OnceCell<Result<Manifest, RegistryError>>>;
