@@ -27,6 +27,8 @@ use crate::oci::reference::Digest;
 
 /// Bytes read from disk per chunk sent to a client.
 const READ_CHUNK: usize = 256 * 1024;
+/// How many of the latest written bytes a download keeps in memory for its readers.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes gathered from the upstream before a write + publish.
 const WRITE_CHUNK: usize = 512 * 1024;
 
@@ -95,6 +97,40 @@ pub struct Download {
     /// Where they will be once verified.
     pub final_path: PathBuf,
     progress: watch::Sender<Progress>,
+    /// The most recently written bytes, by offset: readers keeping up with the download
+    /// take them from here (shared, no copy) instead of reading the temp file back.
+    recent: Mutex<Recent>,
+}
+
+/// A bounded window of the latest written chunks.
+#[derive(Debug, Default)]
+struct Recent {
+    chunks: std::collections::VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, offset: u64, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back((offset, chunk));
+        while self.bytes > RECENT_BYTES {
+            match self.chunks.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Up to `max` bytes at `pos`, if that part is still in the window.
+    fn get(&self, pos: u64, max: u64) -> Option<Bytes> {
+        let (offset, chunk) = self
+            .chunks
+            .iter()
+            .find(|(off, c)| *off <= pos && pos < off + c.len() as u64)?;
+        let start = (pos - offset) as usize;
+        let end = (start as u64 + max).min(chunk.len() as u64) as usize;
+        Some(chunk.slice(start..end))
+    }
 }
 
 impl Download {
@@ -128,6 +164,7 @@ impl Downloads {
             temp_path: store.temp_path(digest.hex()),
             final_path: store.blob_path(digest),
             progress: tx,
+            recent: Mutex::new(Recent::default()),
         });
         running.insert(digest.clone(), d.clone());
         (d, true)
@@ -211,7 +248,9 @@ async fn write_verified(
             Some(ready) => Ok(ready),
             None => {
                 if !buf.is_empty() {
-                    written += append(&mut file, &mut buf).await.map_err(disk)?;
+                    written += append(d, &mut file, &mut buf, written)
+                        .await
+                        .map_err(disk)?;
                     d.publish(Progress::Receiving { total, written });
                 }
                 tokio::time::timeout(idle_timeout, body.next()).await
@@ -264,7 +303,9 @@ async fn write_verified(
             }
         }
         if !buf.is_empty() && (buf.len() >= WRITE_CHUNK || chunk.is_none()) {
-            written += append(&mut file, &mut buf).await.map_err(disk)?;
+            written += append(d, &mut file, &mut buf, written)
+                .await
+                .map_err(disk)?;
             d.publish(Progress::Receiving { total, written });
         }
         if chunk.is_none() {
@@ -296,12 +337,22 @@ async fn write_verified(
 }
 
 /// Writes and empties `buf`; returns how many bytes were written.
-async fn append(file: &mut tokio::fs::File, buf: &mut BytesMut) -> io::Result<u64> {
-    file.write_all(buf).await?;
+async fn append(
+    d: &Download,
+    file: &mut tokio::fs::File,
+    buf: &mut BytesMut,
+    offset: u64,
+) -> io::Result<u64> {
+    let chunk = buf.split().freeze();
+    buf.reserve(WRITE_CHUNK);
+    file.write_all(&chunk).await?;
     // tokio's File writes in the background: flush so readers see the bytes.
     file.flush().await?;
-    let n = buf.len() as u64;
-    buf.clear();
+    let n = chunk.len() as u64;
+    d.recent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(offset, chunk);
     Ok(n)
 }
 
@@ -387,6 +438,15 @@ impl Reader {
         };
         let limit = limit.min(self.end.unwrap_or(u64::MAX));
         Ok((limit > self.pos).then_some(limit))
+    }
+
+    /// The next bytes from the download's window of recent chunks, when they are there.
+    fn recent(&self, max: u64) -> Option<Bytes> {
+        let Source::Following { download, .. } = &self.source else {
+            return None;
+        };
+        let recent = download.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.get(self.pos, max)
     }
 
     fn finished(&self) -> bool {
@@ -476,9 +536,14 @@ fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
                 r.wait().await?;
                 continue;
             };
-            let want = (limit - r.pos).min(READ_CHUNK as u64) as usize;
-            let file = r.file().await?;
-            let chunk = read_chunk(file, r.pos, want).await?;
+            let want = (limit - r.pos).min(READ_CHUNK as u64);
+            let chunk = match r.recent(want) {
+                Some(c) => c,
+                None => {
+                    let file = r.file().await?;
+                    read_chunk(file, r.pos, want as usize).await?
+                }
+            };
             r.pos += chunk.len() as u64;
             return Ok(Some((chunk, r)));
         }
@@ -548,6 +613,22 @@ mod tests {
         assert_eq!(reader.await.unwrap().unwrap(), &data[10..]);
         assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
         assert!(downloads.is_empty());
+    }
+
+    #[test]
+    fn the_recent_window_is_bounded_and_sliced_without_copies() {
+        let mut r = Recent::default();
+        let chunk = Bytes::from(vec![7u8; 1024 * 1024]);
+        for i in 0..6u64 {
+            r.push(i * 1024 * 1024, chunk.clone());
+        }
+        assert!(r.bytes <= RECENT_BYTES);
+        assert!(r.get(0, 10).is_none(), "the oldest chunks left the window");
+        let got = r.get(5 * 1024 * 1024 + 100, 50).unwrap();
+        assert_eq!(got.len(), 50);
+        let tail = r.get(6 * 1024 * 1024 - 10, 50).unwrap();
+        assert_eq!(tail.len(), 10, "a slice never crosses its chunk");
+        assert!(r.get(6 * 1024 * 1024, 1).is_none());
     }
 
     #[tokio::test]
