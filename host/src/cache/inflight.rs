@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt};
 use sha2::Digest as _;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::cache::BlobStore;
@@ -28,9 +27,9 @@ use crate::oci::reference::Digest;
 /// Bytes read from disk per chunk sent to a client.
 const READ_CHUNK: usize = 256 * 1024;
 /// How many of the latest written bytes a download keeps in memory for its readers.
-const RECENT_BYTES: usize = 4 * 1024 * 1024;
+const RECENT_BYTES: usize = 2 * 1024 * 1024;
 /// Bytes gathered from the upstream before a write + publish.
-const WRITE_CHUNK: usize = 512 * 1024;
+const WRITE_CHUNK: usize = 256 * 1024;
 
 /// The upstream's body, chunk by chunk.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
@@ -113,7 +112,8 @@ impl Recent {
     fn push(&mut self, offset: u64, chunk: Bytes) {
         self.bytes += chunk.len();
         self.chunks.push_back((offset, chunk));
-        while self.bytes > RECENT_BYTES {
+        // At least the two latest chunks stay: one may still be on its way to disk.
+        while self.bytes > RECENT_BYTES && self.chunks.len() > 2 {
             match self.chunks.pop_front() {
                 Some((_, old)) => self.bytes -= old.len(),
                 None => break,
@@ -234,9 +234,14 @@ async fn write_verified(
         upstream,
     } = src;
     let disk = |e: io::Error| RegistryError::internal(format!("cache write failed: {e}"));
-    let mut file = tokio::fs::File::create(&d.temp_path).await.map_err(disk)?;
+    let temp = d.temp_path.clone();
+    let file = tokio::task::spawn_blocking(move || std::fs::File::create(temp))
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r)
+        .map_err(disk)?;
+    let mut file = DiskPipe::new(file);
     d.publish(Progress::Receiving { total, written: 0 });
-    let mut hasher = sha2::Sha256::new();
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
     let mut written = 0u64;
     let mut resumes = 0u32;
@@ -248,7 +253,7 @@ async fn write_verified(
             Some(ready) => Ok(ready),
             None => {
                 if !buf.is_empty() {
-                    written += append(d, &mut file, &mut buf, written)
+                    written += hand_over(d, &mut file, &mut buf, written)
                         .await
                         .map_err(disk)?;
                     d.publish(Progress::Receiving { total, written });
@@ -291,7 +296,6 @@ async fn write_verified(
         };
         if let Some(chunk) = &chunk {
             received.upstream_bytes.inc_by(chunk.len() as u64);
-            hasher.update(chunk);
             buf.extend_from_slice(chunk);
             if let Some(t) = total
                 && written + buf.len() as u64 > t
@@ -303,7 +307,7 @@ async fn write_verified(
             }
         }
         if !buf.is_empty() && (buf.len() >= WRITE_CHUNK || chunk.is_none()) {
-            written += append(d, &mut file, &mut buf, written)
+            written += hand_over(d, &mut file, &mut buf, written)
                 .await
                 .map_err(disk)?;
             d.publish(Progress::Receiving { total, written });
@@ -320,15 +324,13 @@ async fn write_verified(
             d.digest
         )));
     }
-    let got = Digest::from_sha256_hex(hex::encode(hasher.finalize()));
+    let got = file.finish().await.map_err(disk)?;
     if got != d.digest {
         return Err(RegistryError::bad_gateway(format!(
             "upstream {upstream} sent content with digest {got} for {}; not stored",
             d.digest
         )));
     }
-    file.sync_all().await.map_err(disk)?;
-    drop(file);
     store
         .commit_blob(&d.temp_path, &d.digest)
         .await
@@ -336,23 +338,73 @@ async fn write_verified(
     Ok(written)
 }
 
-/// Writes and empties `buf`; returns how many bytes were written.
-async fn append(
+/// Hashes a download's chunks and writes them to its temp file on a blocking thread, one
+/// chunk in flight while the next is received: the upstream is never kept waiting for the
+/// hash or the disk, and the two run on different cores. Chunks are processed in order;
+/// readers reach data still on its way to disk through the download's window of recent
+/// chunks, which always holds the chunk in flight.
+struct DiskPipe {
+    idle: Option<(std::fs::File, sha2::Sha256)>,
+    busy: Option<tokio::task::JoinHandle<io::Result<(std::fs::File, sha2::Sha256)>>>,
+}
+
+impl DiskPipe {
+    fn new(file: std::fs::File) -> Self {
+        DiskPipe {
+            idle: Some((file, sha2::Sha256::new())),
+            busy: None,
+        }
+    }
+
+    /// The file and hash state, once the chunk in flight (if any) is done.
+    async fn settle(&mut self) -> io::Result<(std::fs::File, sha2::Sha256)> {
+        if let Some(w) = self.busy.take() {
+            return w.await.map_err(io::Error::other)?;
+        }
+        self.idle
+            .take()
+            .ok_or_else(|| io::Error::other("temp file lost after a failed write"))
+    }
+
+    /// Waits for the previous chunk, then starts hashing and writing `chunk`.
+    async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        let (mut file, mut hasher) = self.settle().await?;
+        self.busy = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            hasher.update(&chunk);
+            file.write_all(&chunk)?;
+            Ok((file, hasher))
+        }));
+        Ok(())
+    }
+
+    /// Waits for the last chunk, makes the file durable, and returns the sha256 of all.
+    async fn finish(mut self) -> io::Result<Digest> {
+        let (file, hasher) = self.settle().await?;
+        tokio::task::spawn_blocking(move || {
+            file.sync_all()?;
+            Ok(Digest::from_sha256_hex(hex::encode(hasher.finalize())))
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+/// Hands the buffered bytes to the disk and to readers; returns how many there were.
+async fn hand_over(
     d: &Download,
-    file: &mut tokio::fs::File,
+    disk: &mut DiskPipe,
     buf: &mut BytesMut,
     offset: u64,
 ) -> io::Result<u64> {
     let chunk = buf.split().freeze();
     buf.reserve(WRITE_CHUNK);
-    file.write_all(&chunk).await?;
-    // tokio's File writes in the background: flush so readers see the bytes.
-    file.flush().await?;
     let n = chunk.len() as u64;
     d.recent
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(offset, chunk);
+        .push(offset, chunk.clone());
+    disk.write(chunk).await?;
     Ok(n)
 }
 
