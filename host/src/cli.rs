@@ -138,6 +138,9 @@ pub struct ProvidersArgs {
     pub check: bool,
 }
 
+/// Threads for blocking work (file reads and writes, plugin calls).
+const BLOCKING_THREADS: usize = 64;
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
@@ -241,6 +244,9 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ociregistry")
+        // File I/O and plugin calls run here; a bounded pool keeps memory bounded (each
+        // thread costs a stack and a malloc arena) when hundreds of clients read at once.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .map_err(|e| FatalError::Startup(format!("cannot start the runtime: {e}")))?;
     match cli.command {

@@ -25,7 +25,7 @@ use crate::oci::error::RegistryError;
 use crate::oci::reference::Digest;
 
 /// Bytes read from disk per chunk sent to a client.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 128 * 1024;
 /// How many of the latest written bytes a download keeps in memory for its readers.
 const RECENT_BYTES: usize = 2 * 1024 * 1024;
 /// Bytes gathered from the upstream before a write + publish.
