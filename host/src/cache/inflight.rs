@@ -24,8 +24,12 @@ use crate::cache::BlobStore;
 use crate::oci::error::RegistryError;
 use crate::oci::reference::Digest;
 
-/// Bytes read from disk per chunk sent to a client.
-const READ_CHUNK: usize = 128 * 1024;
+/// Bytes read from disk per chunk sent to a client of a stored blob (one client reading
+/// fast: large reads cost fewer round trips).
+const READ_CHUNK: usize = 256 * 1024;
+/// The same for a client of a running download, many of which may read at once (each holds
+/// one chunk: small reads keep memory bounded).
+const FOLLOW_READ_CHUNK: usize = 64 * 1024;
 /// How many of the latest written bytes a download keeps in memory for its readers.
 const RECENT_BYTES: usize = 2 * 1024 * 1024;
 /// Bytes gathered from the upstream before a write + publish.
@@ -588,7 +592,11 @@ fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
                 r.wait().await?;
                 continue;
             };
-            let want = (limit - r.pos).min(READ_CHUNK as u64);
+            let chunk_size = match r.source {
+                Source::Stored => READ_CHUNK,
+                Source::Following { .. } => FOLLOW_READ_CHUNK,
+            };
+            let want = (limit - r.pos).min(chunk_size as u64);
             let chunk = match r.recent(want) {
                 Some(c) => c,
                 None => {
