@@ -312,6 +312,16 @@ pub fn generate_layout(dir: &Path, kind: ImageKind, tag: &str) {
     layout.write_index(&d, tag);
 }
 
+/// Seeds the three kinds every serving test pulls: an OCI image (tag `oci`), a two-platform
+/// OCI index (`index`) and a Docker v2 schema 2 image (`v2s2`).
+pub fn seed_all(up: &Upstream, repo: &str) -> Vec<PushedImage> {
+    vec![
+        seed(up, repo, "oci", ImageKind::small_oci()),
+        seed(up, repo, "index", ImageKind::OciIndex),
+        seed(up, repo, "v2s2", ImageKind::DockerV2s2 { layers: 2 }),
+    ]
+}
+
 /// Generates an image and pushes it to `up` as `repo:tag` with skopeo; returns what the
 /// upstream now serves.
 pub fn seed(up: &Upstream, repo: &str, tag: &str, kind: ImageKind) -> PushedImage {

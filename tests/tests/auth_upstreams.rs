@@ -11,14 +11,6 @@ use ociregistry_e2e::{Proxy, require_upstream_tools};
 
 const USER: &str = "e2e-user";
 
-fn seed_all(up: &Upstream, repo: &str) -> Vec<PushedImage> {
-    vec![
-        images::seed(up, repo, "oci", ImageKind::small_oci()),
-        images::seed(up, repo, "index", ImageKind::OciIndex),
-        images::seed(up, repo, "v2s2", ImageKind::DockerV2s2 { layers: 2 }),
-    ]
-}
-
 /// Pulls every image with skopeo (defaultNs), then over HTTP with `?ns=` and in-path.
 fn pull_everything(proxy: &Proxy, up: &Upstream, imgs: &[PushedImage]) {
     let host = up.host();
@@ -66,7 +58,7 @@ fn htpasswd_upstream_pulls_with_basic_auth() {
     let pass = format!("htpw-{:012x}", fastrand::u64(..));
     let up = Upstream::htpasswd(USER, &pass);
     let repo = images::unique_repo("basic");
-    let imgs = seed_all(&up, &repo);
+    let imgs = images::seed_all(&up, &repo);
     let proxy = Proxy::builder()
         .upstream(&up)
         .default_ns(&up.host())
@@ -144,7 +136,7 @@ fn token_upstream_pulls_with_credentials() {
     let pass = format!("tokpw-{:012x}", fastrand::u64(..));
     let up = Upstream::token(Some((USER, &pass)));
     let repo = images::unique_repo("bearer");
-    let imgs = seed_all(&up, &repo);
+    let imgs = images::seed_all(&up, &repo);
     let ts = up.token_server().unwrap();
     let before = ts.request_count();
     let proxy = Proxy::builder()

@@ -53,14 +53,6 @@ fn assert_each_blob_fetched_once(up: &mut Upstream, img: &PushedImage) {
     }
 }
 
-fn seed_three(up: &Upstream, repo: &str) -> Vec<PushedImage> {
-    vec![
-        images::seed(up, repo, "oci", ImageKind::small_oci()),
-        images::seed(up, repo, "index", ImageKind::OciIndex),
-        images::seed(up, repo, "v2s2", ImageKind::DockerV2s2 { layers: 2 }),
-    ]
-}
-
 /// `skopeo copy docker://127.0.0.1:PROXY/127.0.0.X/repo:tag dir:...` for an OCI image, an
 /// OCI index (`--all`) and a Docker v2s2 image, by tag and by digest: every manifest and blob
 /// byte-checked against the upstream's. The upstream's access log shows one GET per blob
@@ -76,7 +68,7 @@ fn skopeo_pulls_with_the_upstream_in_the_path() {
     let name = up.registry_name();
     assert_eq!(name, up.ip(), "port 80 gives a bare-IP registry name");
     let repo = images::unique_repo("inpath");
-    let imgs = seed_three(&up, &repo);
+    let imgs = images::seed_all(&up, &repo);
     let proxy = Proxy::builder()
         .registry(RegistryEntry::plain(&name))
         .start();

@@ -2,19 +2,11 @@
 //! plain HTTP (`?ns=`, in-path), every manifest and blob checked against the upstream's.
 
 use ociregistry_e2e::cache::{assert_image_cached, verify_cache};
-use ociregistry_e2e::images::{self, ImageKind, PushedImage};
+use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::proxy::{Route, check_manifest_response};
 use ociregistry_e2e::skopeo::{self, PullOptions};
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{Proxy, media, require_upstream_tools, sha256_digest};
-
-fn seed_all(up: &Upstream, repo: &str) -> Vec<PushedImage> {
-    vec![
-        images::seed(up, repo, "oci", ImageKind::small_oci()),
-        images::seed(up, repo, "index", ImageKind::OciIndex),
-        images::seed(up, repo, "v2s2", ImageKind::DockerV2s2 { layers: 2 }),
-    ]
-}
 
 /// skopeo (a containers/image client) pulls every image kind through the proxy. skopeo
 /// cannot write an in-path upstream with a port, so it reaches the upstream via `defaultNs`.
@@ -25,7 +17,7 @@ fn skopeo_pulls_every_image_kind_through_the_proxy() {
     }
     let up = Upstream::anonymous();
     let repo = images::unique_repo("skopeo");
-    let imgs = seed_all(&up, &repo);
+    let imgs = images::seed_all(&up, &repo);
     let proxy = Proxy::builder()
         .upstream(&up)
         .default_ns(&up.host())
@@ -88,7 +80,7 @@ fn http_pulls_with_ns_and_in_path() {
     }
     let up = Upstream::anonymous();
     let repo = images::unique_repo("http");
-    let imgs = seed_all(&up, &repo);
+    let imgs = images::seed_all(&up, &repo);
     let proxy = Proxy::builder().upstream(&up).start();
     let host = up.host();
     for img in &imgs {
