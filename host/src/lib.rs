@@ -14,7 +14,8 @@
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
 //! - [`metrics`] counts what happens on those paths; [`observability`] serves it
 //!   (`--metrics`) with liveness and readiness (`--health`).
-//! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body.
+//! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body, and
+//!   what a manifest refers to.
 //! - [`inventory`] tracks last pulls, lists and prunes the cache, bounds it by `maxSize`
 //!   and serves the admin API.
 
