@@ -32,6 +32,9 @@ pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 /// Default cap on concurrent client connections (`maxConnections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on connections from one address (`maxConnectionsPerClient`): well above what
+/// a node's containerd opens, well below `maxConnections`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 /// Default provider token refresh period (`auth.token.expiry`).
 pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(12 * 3600);
 /// Default time in-flight pulls and upstream fetches get after SIGTERM (`shutdownGrace`).
@@ -180,6 +183,8 @@ pub struct FileConfig {
     pub max_manifest_size: Option<u64>,
     /// Most client connections served at once (default 4096).
     pub max_connections: Option<usize>,
+    /// Most connections one client address may hold at once (default 256).
+    pub max_connections_per_client: Option<usize>,
     /// Port of the Prometheus `/metrics` listener (absent or empty: off).
     pub metrics: Option<u16>,
     /// Port of the `/healthz` and `/readyz` listener (absent or empty: off).
@@ -445,6 +450,8 @@ pub struct Settings {
     pub max_manifest_size: usize,
     /// Most client connections at once.
     pub max_connections: usize,
+    /// Most connections from one client address.
+    pub max_connections_per_client: usize,
     /// Pruning, `maxSize` and the admin API.
     pub inventory: crate::inventory::config::InventorySettings,
     /// TLS on the pull port (`None`: plain HTTP).
@@ -714,6 +721,17 @@ pub fn resolve(
         .shutdown_grace
         .or(cfg.shutdown_grace.map(|d| d.0))
         .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let max_connections_per_client = match cfg.max_connections_per_client {
+        None => DEFAULT_MAX_CONNECTIONS_PER_CLIENT.min(max_connections),
+        Some(0) => {
+            return Err(invalid(
+                "maxConnectionsPerClient".into(),
+                None,
+                "must be at least 1".into(),
+            ));
+        }
+        Some(n) => n,
+    };
     Ok(Settings {
         preload,
         inventory,
@@ -727,6 +745,7 @@ pub fn resolve(
             .min(pull_timeout),
         max_manifest_size,
         max_connections,
+        max_connections_per_client,
         metrics_port: o.metrics.or(cfg.metrics),
         health_port: o.health.or(cfg.health),
         image_path: o

@@ -155,6 +155,78 @@ fn slow_loris_huge_headers_and_connection_floods_do_not_stop_service() {
     assert!(proxy.log().contains("listening"), "log readable");
 }
 
+/// A flood of idle connections from one address is capped by `maxConnectionsPerClient`
+/// (the excess is closed at once), so a client from another address is served throughout.
+#[test]
+fn a_flood_from_one_address_does_not_lock_out_others() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let repo = images::unique_repo("flood");
+    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .config_line("maxConnections: 100")
+        .config_line("maxConnectionsPerClient: 40")
+        .log_level("info")
+        .start();
+    let addr: std::net::SocketAddr = proxy.host().parse().unwrap();
+    // 300 idle connections from 127.0.0.1, held open.
+    let deadline = Instant::now() + SECS(5);
+    let flood: Vec<TcpStream> = (0..300)
+        .take_while(|_| Instant::now() < deadline)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok())
+        .collect();
+    assert!(flood.len() > 40, "only {} connections opened", flood.len());
+    // The server keeps at most 40 of them (plus its own descriptors).
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        fds < 40 + 60,
+        "{fds} open descriptors with a per-client cap of 40"
+    );
+    // A client from 127.0.0.2 is served at once, verified.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let target = Route::Ns(&up.host()).target(&img.repo, "blobs", &img.largest_blob().digest);
+    let started = Instant::now();
+    let body = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = tokio::time::timeout(SECS(5), socket.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(SECS(5), s.read_to_end(&mut out))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        out
+    });
+    assert!(started.elapsed() < SECS(3), "took {:?}", started.elapsed());
+    let split = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&body[..split]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        ociregistry_e2e::sha256_digest(&body[split + 4..]),
+        img.largest_blob().digest,
+        "body from the other address"
+    );
+    drop(flood);
+    proxy.pull_and_verify(Route::Ns(&up.host()), &img);
+}
+
 /// Upstream 401s with garbage `WWW-Authenticate` values: the client gets 401 or 502 with an
 /// OCI body, and the server keeps serving.
 #[test]

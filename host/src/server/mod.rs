@@ -77,6 +77,7 @@ pub async fn serve(
     // backlog instead of costing memory here.
     let max_connections = app.settings.max_connections;
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let per_client = PerClient::new(app.settings.max_connections_per_client);
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p {
@@ -97,6 +98,12 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // One client address may hold only so many connections: a flood from one place
+        // is turned away at once instead of filling every slot.
+        let Some(client_slot) = per_client.admit(peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from this address; closed");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         // Subscribed now, before any stop signal can be sent: a connection still in its TLS
         // handshake when the signal comes is told to stop as soon as it is served.
@@ -113,6 +120,7 @@ pub async fn serve(
                     Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 },
             }
+            drop(client_slot);
             drop(permit);
         });
     }
@@ -181,6 +189,55 @@ async fn serve_connection<I>(
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Counts open connections per client address.
+#[derive(Debug, Clone)]
+struct PerClient {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    limit: usize,
+}
+
+/// One admitted connection; releases its count when dropped.
+#[derive(Debug)]
+struct ClientSlot {
+    owner: PerClient,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    fn new(limit: usize) -> Self {
+        PerClient {
+            open: Arc::default(),
+            limit,
+        }
+    }
+
+    /// A slot for one more connection from `ip`, unless it already holds `limit`.
+    fn admit(&self, ip: std::net::IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
