@@ -4,8 +4,9 @@
 //! digest join it. The download writes the upstream's bytes to a temp file, publishing how
 //! far it got; every client streams from that file up to the published length, so nobody
 //! waits for the whole blob and memory stays at one chunk per client whatever the blob size.
-//! When the bytes hash to the digest the file is fsynced and renamed into the store; when they
-//! do not (or the upstream fails), every reader gets an error and nothing is stored.
+//! When the bytes hash to the digest, readers may send the last byte at once (the download is
+//! *verified*) while the file is fsynced and renamed into the store behind them; when they do
+//! not (or the upstream fails), every reader gets an error and nothing is stored.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -80,6 +81,12 @@ pub enum Progress {
         total: Option<u64>,
         /// Bytes readable so far.
         written: u64,
+    },
+    /// Every byte is in the temp file and their sha256 matched: readers may send all of it.
+    /// The file is being made durable and renamed into the store.
+    Verified {
+        /// Final size.
+        total: u64,
     },
     /// Verified and stored under the digest.
     Complete {
@@ -257,7 +264,7 @@ async fn write_verified(
             Some(ready) => Ok(ready),
             None => {
                 if !buf.is_empty() {
-                    written += hand_over(d, &mut file, &mut buf, written)
+                    written += hand_over(d, &mut file, buf.split().freeze(), written)
                         .await
                         .map_err(disk)?;
                     d.publish(Progress::Receiving { total, written });
@@ -298,25 +305,38 @@ async fn write_verified(
             Ok(Some(Ok(chunk))) => Some(chunk),
             _ => None,
         };
-        if let Some(chunk) = &chunk {
+        let ended = chunk.is_none();
+        if let Some(chunk) = chunk {
             received.upstream_bytes.inc_by(chunk.len() as u64);
-            buf.extend_from_slice(chunk);
             if let Some(t) = total
-                && written + buf.len() as u64 > t
+                && written + (buf.len() + chunk.len()) as u64 > t
             {
                 return Err(RegistryError::bad_gateway(format!(
                     "upstream {upstream} sent more than the announced {t} bytes for {}",
                     d.digest
                 )));
             }
+            if buf.is_empty() && chunk.len() >= WRITE_CHUNK {
+                // Big enough on its own (the HTTP client hands over up to a few hundred KiB
+                // at a time when the upstream is fast): passed on as it came, not copied.
+                written += hand_over(d, &mut file, chunk, written)
+                    .await
+                    .map_err(disk)?;
+                d.publish(Progress::Receiving { total, written });
+            } else {
+                if buf.capacity() == 0 {
+                    buf.reserve(WRITE_CHUNK);
+                }
+                buf.extend_from_slice(&chunk);
+            }
         }
-        if !buf.is_empty() && (buf.len() >= WRITE_CHUNK || chunk.is_none()) {
-            written += hand_over(d, &mut file, &mut buf, written)
+        if !buf.is_empty() && (buf.len() >= WRITE_CHUNK || ended) {
+            written += hand_over(d, &mut file, buf.split().freeze(), written)
                 .await
                 .map_err(disk)?;
             d.publish(Progress::Receiving { total, written });
         }
-        if chunk.is_none() {
+        if ended {
             break;
         }
     }
@@ -328,13 +348,20 @@ async fn write_verified(
             d.digest
         )));
     }
-    let got = file.finish().await.map_err(disk)?;
+    let (file, got) = file.finish().await.map_err(disk)?;
     if got != d.digest {
         return Err(RegistryError::bad_gateway(format!(
             "upstream {upstream} sent content with digest {got} for {}; not stored",
             d.digest
         )));
     }
+    // The bytes are right: clients need not wait for the disk any more.
+    d.publish(Progress::Verified { total: written });
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r)
+        .map_err(disk)?;
     store
         .commit_blob(&d.temp_path, &d.digest)
         .await
@@ -382,27 +409,24 @@ impl DiskPipe {
         Ok(())
     }
 
-    /// Waits for the last chunk, makes the file durable, and returns the sha256 of all.
-    async fn finish(mut self) -> io::Result<Digest> {
+    /// Waits for the last chunk; returns the file (written, not yet durable) and the sha256
+    /// of everything written.
+    async fn finish(mut self) -> io::Result<(std::fs::File, Digest)> {
         let (file, hasher) = self.settle().await?;
-        tokio::task::spawn_blocking(move || {
-            file.sync_all()?;
-            Ok(Digest::from_sha256_hex(hex::encode(hasher.finalize())))
-        })
-        .await
-        .map_err(io::Error::other)?
+        Ok((
+            file,
+            Digest::from_sha256_hex(hex::encode(hasher.finalize())),
+        ))
     }
 }
 
-/// Hands the buffered bytes to the disk and to readers; returns how many there were.
+/// Hands `chunk` (the bytes at `offset`) to the disk and to readers; returns its length.
 async fn hand_over(
     d: &Download,
     disk: &mut DiskPipe,
-    buf: &mut BytesMut,
+    chunk: Bytes,
     offset: u64,
 ) -> io::Result<u64> {
-    let chunk = buf.split().freeze();
-    buf.reserve(WRITE_CHUNK);
     let n = chunk.len() as u64;
     d.recent
         .lock()
@@ -421,6 +445,8 @@ enum Source {
         download: Arc<Download>,
         progress: watch::Receiver<Progress>,
         idle_timeout: Duration,
+        /// The blob's size, once the download was verified.
+        verified: Option<u64>,
     },
 }
 
@@ -462,6 +488,7 @@ pub fn read_following(
             download,
             progress,
             idle_timeout,
+            verified: None,
         },
         file: None,
         pos: start,
@@ -473,9 +500,18 @@ impl Reader {
     /// How far this reader may read now; `None` means it must wait for more.
     fn readable_until(&mut self) -> io::Result<Option<u64>> {
         let end = self.end.unwrap_or(u64::MAX);
-        let Source::Following { progress, .. } = &mut self.source else {
+        let Source::Following {
+            progress, verified, ..
+        } = &mut self.source
+        else {
             return Ok(Some(end));
         };
+        if let Some(total) = *verified {
+            // Every byte is verified; whatever happens to the download now (a failed fsync
+            // or rename), the open file still holds them.
+            let limit = total.min(end);
+            return Ok((limit > self.pos).then_some(limit));
+        }
         let limit = match &*progress.borrow_and_update() {
             Progress::Starting => self.pos,
             // The blob's last byte is held back until it is verified: a client that got
@@ -484,7 +520,8 @@ impl Reader {
             Progress::Receiving { written, total } => {
                 (*written).min(total.map_or(u64::MAX, |t| t.saturating_sub(1)))
             }
-            Progress::Complete { total } => {
+            Progress::Verified { total } | Progress::Complete { total } => {
+                *verified = Some(*total);
                 if self.end.is_none() {
                     self.end = Some(*total);
                 }
@@ -515,6 +552,7 @@ impl Reader {
             progress,
             idle_timeout,
             download,
+            ..
         } = &mut self.source
         else {
             return Err(io::Error::other("stored blob shorter than expected"));
@@ -553,8 +591,14 @@ impl Reader {
     }
 }
 
-/// Reads `len` bytes at `offset` on a blocking thread (one hop per chunk, one copy).
+/// Reads `len` bytes at `offset`: straight from the page cache when they are there (the
+/// usual case: a blob being followed was just written, a warm one was just read), else on a
+/// blocking thread. One copy either way; the page-cache path saves the hop to the blocking
+/// pool and back, which costs more than the copy itself.
 async fn read_chunk(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
+    if let Some(chunk) = read_cached(&file, offset, len) {
+        return Ok(chunk);
+    }
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; len];
@@ -577,6 +621,33 @@ async fn read_chunk(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Re
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// Up to `len` bytes at `offset` if the kernel can hand them over without waiting for the
+/// disk (`preadv2` with `RWF_NOWAIT`, safe to call on an async thread); `None` when any of
+/// them would need disk I/O, at the end of the file, or where the call is not supported:
+/// the caller then reads on a blocking thread.
+#[cfg(target_os = "linux")]
+fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> Option<Bytes> {
+    use rustix::io::{ReadWriteFlags, preadv2};
+    let mut buf = vec![0u8; len];
+    match preadv2(
+        file,
+        &mut [io::IoSliceMut::new(&mut buf)],
+        offset,
+        ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(n) if n > 0 => {
+            buf.truncate(n);
+            Some(Bytes::from(buf))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_file: &std::fs::File, _offset: u64, _len: usize) -> Option<Bytes> {
+    None
 }
 
 fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
@@ -763,6 +834,61 @@ mod tests {
         assert_eq!(*offsets.lock().unwrap(), vec![300_000]);
         assert_eq!(reader.await.unwrap().unwrap(), data);
         assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+    }
+
+    /// A download whose bytes are all in its temp file, with `state` published.
+    fn written_download(store: &BlobStore, data: &[u8], state: Progress) -> Arc<Download> {
+        let downloads = Downloads::default();
+        let (d, _) = downloads.join_or_register(store, &Digest::of(data));
+        std::fs::write(&d.temp_path, data).unwrap();
+        d.publish(state);
+        d
+    }
+
+    #[tokio::test]
+    async fn a_verified_download_is_read_to_the_last_byte_before_it_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+        let d = written_download(&store, &data, Progress::Verified { total: 200_000 });
+        // Complete is never published: the reader must not wait for the fsync and rename.
+        let got = collect(read_following(d, 0, None, Duration::from_secs(2)))
+            .await
+            .unwrap();
+        assert_eq!(got, data);
+    }
+
+    #[tokio::test]
+    async fn verified_bytes_are_still_served_when_storing_them_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let d = written_download(&store, &data, Progress::Verified { total: 300_000 });
+        let mut reader = Box::pin(read_following(d.clone(), 0, None, Duration::from_secs(2)));
+        let first = reader.next().await.unwrap().unwrap();
+        assert!(first.len() < data.len(), "read in several chunks");
+        // The fsync failed: the download fails and its temp file goes.
+        d.publish(Progress::Failed(RegistryError::internal(
+            "cache write failed",
+        )));
+        std::fs::remove_file(&d.temp_path).unwrap();
+        let rest: Vec<Bytes> = reader.try_collect().await.unwrap();
+        assert_eq!([&[first][..], &rest[..]].concat().concat(), data);
+    }
+
+    #[tokio::test]
+    async fn page_cached_reads_skip_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![5u8; 100_000]).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        // Just written, so in the page cache: served on the calling thread.
+        #[cfg(target_os = "linux")]
+        assert_eq!(read_cached(&f, 10, 1000).map(|b| b.len()), Some(1000));
+        assert_eq!(read_cached(&f, 100_000, 10), None, "nothing past the end");
+        let f = Arc::new(f);
+        assert_eq!(read_chunk(f.clone(), 99_990, 100).await.unwrap().len(), 10);
+        assert!(read_chunk(f, 100_000, 10).await.is_err());
     }
 
     #[tokio::test]

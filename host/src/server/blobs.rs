@@ -62,7 +62,7 @@ pub(super) async fn blob(
     let total = match state {
         Progress::Failed(e) => return Err(e),
         Progress::Receiving { total, .. } => total,
-        Progress::Complete { total } => Some(total),
+        Progress::Verified { total } | Progress::Complete { total } => Some(total),
         Progress::Starting => None,
     };
     let idle = upstream.timeout();
@@ -137,6 +137,8 @@ pub async fn ensure_blob_watching(
             Progress::Complete { total } => return Ok(total),
             Progress::Failed(e) => return Err(e),
             Progress::Receiving { written, .. } => on_progress(written),
+            // Verified but not yet stored: wait for the store.
+            Progress::Verified { total } => on_progress(total),
             Progress::Starting => {}
         }
         if progress.changed().await.is_err() {
