@@ -231,6 +231,10 @@ struct Results {
     cold_gets: [Series; 2],
     cold_upreqs: [Series; 2],
     cold_cpu: [Series; 2],
+    /// CPU of the bench's client threads during each cold pull (direct too).
+    cold_client_cpu: [Series; 3],
+    /// CPU of the upstream docker-registry during each cold pull (direct too).
+    cold_up_cpu: [Series; 3],
     many_s: [Series; 3],
     many_gets: [Series; 2],
     many_max_per_blob: [Series; 2],
@@ -347,6 +351,16 @@ impl Bench<'_> {
         Ok(t0.elapsed())
     }
 
+    /// [`Self::pull_once`], also recording the CPU the bench's client and the upstream
+    /// spent on it (for the CPU budget of scenario 1) under `who`.
+    fn pull_once_counted(&mut self, who: usize, base: &str, img: &Image) -> R<Duration> {
+        let (client0, up0) = (procs::own_cpu_secs()?, self.up.proc.cpu_secs()?);
+        let took = self.pull_once(base, img)?;
+        self.res.cold_client_cpu[who].push(procs::own_cpu_secs()? - client0);
+        self.res.cold_up_cpu[who].push(self.up.proc.cpu_secs()? - up0);
+        Ok(took)
+    }
+
     /// One cold pull (fresh proxy): time, upstream blob GETs and requests, CPU, peak RSS.
     fn cold_pull_via(&mut self, w: usize, img: &Image) -> R<(f64, usize, usize, f64, f64)> {
         let p = self.start_proxy(w)?;
@@ -365,13 +379,30 @@ impl Bench<'_> {
         ))
     }
 
+    /// [`Self::cold_pull_via`] for scenario 1, with the client's and upstream's CPU recorded.
+    fn cold_pull_counted(&mut self, w: usize, img: &Image) -> R<(f64, usize, usize, f64)> {
+        let p = self.start_proxy(w)?;
+        let a = self.up.sync_log()?;
+        let up0 = self.up.proc.cpu_secs()?;
+        let took = self.pull_once_counted(w, &p.url(), img)?;
+        self.settle(&p);
+        // The upstream's share includes what the proxy fetched after the client was done.
+        if let Some(last) = self.res.cold_up_cpu[w].0.last_mut() {
+            *last = self.up.proc.cpu_secs()? - up0;
+        }
+        let b = self.up.sync_log()?;
+        let lines = self.up.log_between(a, b);
+        let gets = lines.iter().filter(|l| l.is_blob_get()).count();
+        Ok((secs(took), gets, lines.len(), p.proc().cpu_secs()?))
+    }
+
     fn scenario_cold(&mut self) -> R<()> {
         let img = self.pull_img.clone();
         for rep in 0..self.plan.reps_cold {
-            let d = self.pull_once(&self.up.url(), &img)?;
+            let d = self.pull_once_counted(BASE, &self.up.url(), &img)?;
             self.res.cold_s[BASE].push(secs(d));
             for w in PROXIES {
-                let (t, gets, reqs, cpu, _) = self.cold_pull_via(w, &img)?;
+                let (t, gets, reqs, cpu) = self.cold_pull_counted(w, &img)?;
                 self.res.cold_s[w].push(t);
                 self.res.cold_gets[w].push(gets as f64);
                 self.res.cold_upreqs[w].push(reqs as f64);
@@ -1016,12 +1047,85 @@ fn report(b: &Bench<'_>, args: &Args, load_start: &str, took: Duration) -> Strin
             series[PEER].cell(prec)
         );
     }
+    if !r.cold_client_cpu[BASE].0.is_empty() {
+        let _ = writeln!(s, "\n{}", cpu_budget(r));
+    }
     if !r.notes.is_empty() {
         let _ = writeln!(s, "\n#### Notes\n");
         for n in &r.notes {
             let _ = writeln!(s, "- {n}");
         }
     }
+    s
+}
+
+/// Scenario 1's CPU, process by process: on a machine whose cores are all busy, the wall
+/// time of a pull is its total CPU divided by the cores, so this table is what explains the
+/// ratio to direct.
+fn cpu_budget(r: &Results) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "#### CPU budget of one cold pull (scenario 1; seconds of CPU, user + system)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| process | direct | ociregistry | distribution |\n|---|---|---|---|"
+    );
+    let cell = |series: &Series| series.cell(3);
+    let none = Series::default();
+    let rows: [(&str, [&Series; 3]); 3] = [
+        (
+            "bench client (receive + sha256)",
+            [
+                &r.cold_client_cpu[BASE],
+                &r.cold_client_cpu[OURS],
+                &r.cold_client_cpu[PEER],
+            ],
+        ),
+        (
+            "upstream docker-registry",
+            [
+                &r.cold_up_cpu[BASE],
+                &r.cold_up_cpu[OURS],
+                &r.cold_up_cpu[PEER],
+            ],
+        ),
+        ("proxy", [&none, &r.cold_cpu[OURS], &r.cold_cpu[PEER]]),
+    ];
+    for (label, [b, o, p]) in rows {
+        let _ = writeln!(s, "| {label} | {} | {} | {} |", cell(b), cell(o), cell(p));
+    }
+    let total = |w: usize| {
+        let proxy = if w == BASE {
+            0.0
+        } else {
+            r.cold_cpu[w].median()
+        };
+        r.cold_client_cpu[w].median() + r.cold_up_cpu[w].median() + proxy
+    };
+    let _ = writeln!(
+        s,
+        "| total (medians) | {:.3} | {:.3} | {:.3} |",
+        total(BASE),
+        total(OURS),
+        total(PEER)
+    );
+    let _ = writeln!(
+        s,
+        "| total / {cores} cores | {:.3} | {:.3} | {:.3} |",
+        total(BASE) / cores,
+        total(OURS) / cores,
+        total(PEER) / cores
+    );
+    let _ = writeln!(
+        s,
+        "| wall time (median) | {:.3} | {:.3} | {:.3} |",
+        r.cold_s[BASE].median(),
+        r.cold_s[OURS].median(),
+        r.cold_s[PEER].median()
+    );
     s
 }
 

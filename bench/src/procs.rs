@@ -161,21 +161,31 @@ impl Proc {
 
     /// CPU seconds used so far (user + system), from /proc/PID/stat.
     pub fn cpu_secs(&self) -> R<f64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .map_err(|e| format!("/proc/{}/stat: {e}", self.pid()))?;
-        let rest = s
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or("bad /proc/PID/stat")?;
-        // After the command name: state is field 3, utime 14, stime 15.
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> R<f64> {
-            f.get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| "bad /proc/PID/stat".to_owned())
-        };
-        Ok((ticks(11)? + ticks(12)?) / clk_tck())
+        cpu_secs_of(&self.pid().to_string())
     }
+}
+
+/// CPU seconds (user + system) the bench process itself has used so far: its client threads.
+pub fn own_cpu_secs() -> R<f64> {
+    cpu_secs_of("self")
+}
+
+/// CPU seconds (user + system) of process `pid` (or `self`), from /proc/PID/stat.
+fn cpu_secs_of(pid: &str) -> R<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    let rest = s
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("bad /proc/PID/stat")?;
+    // After the command name: state is field 3, utime 14, stime 15.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> R<f64> {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| "bad /proc/PID/stat".to_owned())
+    };
+    Ok((ticks(11)? + ticks(12)?) / clk_tck())
 }
 
 fn clk_tck() -> f64 {

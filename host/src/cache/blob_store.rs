@@ -128,6 +128,9 @@ impl BlobStore {
     /// Opens a cached blob for reading, with its size.
     pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
         let path = self.blob_path(digest);
+        if let Some(found) = open_from_caches(&path) {
+            return found;
+        }
         tokio::task::spawn_blocking(move || match std::fs::File::open(path) {
             Ok(f) => {
                 let len = f.metadata()?.len();
@@ -223,6 +226,35 @@ async fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
         .map_err(io::Error::other)?
 }
 
+/// Opens `path` for reading if the kernel can resolve it from its caches alone (`openat2`
+/// with `RESOLVE_CACHED`: no disk I/O, so fine on an async thread; a blob served recently
+/// always can). `None` when it cannot be sure without I/O (or the call is not supported):
+/// the caller then opens it on a blocking thread.
+#[cfg(target_os = "linux")]
+fn open_from_caches(path: &Path) -> Option<io::Result<Option<(std::fs::File, u64)>>> {
+    use rustix::fs::{CWD, Mode, OFlags, ResolveFlags, openat2};
+    match openat2(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::CACHED,
+    ) {
+        Ok(fd) => {
+            let file = std::fs::File::from(fd);
+            Some(file.metadata().map(|m| Some((file, m.len()))))
+        }
+        // A cached lookup that ends in "no such file" is a definite answer.
+        Err(rustix::io::Errno::NOENT) => Some(Ok(None)),
+        Err(_) => None,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_from_caches(_path: &Path) -> Option<io::Result<Option<(std::fs::File, u64)>>> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +283,25 @@ mod tests {
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
+        );
+    }
+
+    #[tokio::test]
+    async fn blobs_open_from_the_kernels_caches_when_they_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"blob bytes");
+        let path = store.blob_path(&digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        assert!(store.open_blob(&digest).await.unwrap().is_none());
+        std::fs::write(&path, b"blob bytes").unwrap();
+        let (_, len) = store.open_blob(&digest).await.unwrap().unwrap();
+        assert_eq!(len, 10);
+        // Just written, so resolvable from the dentry cache: no blocking-pool hop.
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            open_from_caches(&path).map(|r| r.unwrap().map(|(_, len)| len)),
+            Some(Some(10))
         );
     }
 
