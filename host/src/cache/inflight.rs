@@ -112,22 +112,38 @@ pub struct Download {
     recent: Mutex<Recent>,
 }
 
-/// A bounded window of the latest written chunks.
+/// A bounded window of the latest received chunks. A chunk leaves it only once it is in the
+/// temp file, so every byte a reader may read is in the window or on disk.
 #[derive(Debug, Default)]
 struct Recent {
     chunks: std::collections::VecDeque<(u64, Bytes)>,
     bytes: usize,
+    /// How many bytes from the start are written to the temp file.
+    on_disk: u64,
 }
 
 impl Recent {
     fn push(&mut self, offset: u64, chunk: Bytes) {
         self.bytes += chunk.len();
         self.chunks.push_back((offset, chunk));
-        // At least the two latest chunks stay: one may still be on its way to disk.
-        while self.bytes > RECENT_BYTES && self.chunks.len() > 2 {
-            match self.chunks.pop_front() {
-                Some((_, old)) => self.bytes -= old.len(),
-                None => break,
+        self.evict();
+    }
+
+    /// Records that the first `on_disk` bytes are in the temp file.
+    fn written(&mut self, on_disk: u64) {
+        self.on_disk = on_disk;
+        self.evict();
+    }
+
+    /// Drops the oldest chunks beyond the size bound, never one that is not on disk yet.
+    fn evict(&mut self) {
+        while self.bytes > RECENT_BYTES {
+            match self.chunks.front() {
+                Some((off, c)) if off + c.len() as u64 <= self.on_disk => {
+                    self.bytes -= c.len();
+                    self.chunks.pop_front();
+                }
+                _ => break,
             }
         }
     }
@@ -216,7 +232,7 @@ impl Downloads {
     pub async fn fill(
         &self,
         store: &BlobStore,
-        d: &Download,
+        d: &Arc<Download>,
         src: UpstreamBody,
     ) -> Result<u64, RegistryError> {
         let result = write_verified(store, d, src).await;
@@ -234,7 +250,7 @@ impl Downloads {
 
 async fn write_verified(
     store: &BlobStore,
-    d: &Download,
+    d: &Arc<Download>,
     src: UpstreamBody,
 ) -> Result<u64, RegistryError> {
     let UpstreamBody {
@@ -251,7 +267,7 @@ async fn write_verified(
         .map_err(io::Error::other)
         .and_then(|r| r)
         .map_err(disk)?;
-    let mut file = DiskPipe::new(file);
+    let mut file = DiskPipe::start(file, d).map_err(disk)?;
     d.publish(Progress::Receiving { total, written: 0 });
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
     let mut written = 0u64;
@@ -369,50 +385,76 @@ async fn write_verified(
     Ok(written)
 }
 
-/// Hashes a download's chunks and writes them to its temp file on a blocking thread, one
-/// chunk in flight while the next is received: the upstream is never kept waiting for the
-/// hash or the disk, and the two run on different cores. Chunks are processed in order;
-/// readers reach data still on its way to disk through the download's window of recent
-/// chunks, which always holds the chunk in flight.
+/// Hashes a download's chunks and writes them to its temp file on a thread of its own, up to
+/// [`DISK_QUEUE`] chunks behind the upstream: the upstream is not kept waiting for the hash
+/// or the disk, and receiving and hashing run on different cores. Chunks are processed in
+/// order; readers reach data still on its way to disk through the download's window of
+/// recent chunks, which keeps every chunk until it is written.
 struct DiskPipe {
-    idle: Option<(std::fs::File, sha2::Sha256)>,
-    busy: Option<tokio::task::JoinHandle<io::Result<(std::fs::File, sha2::Sha256)>>>,
+    queue: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    done: tokio::sync::oneshot::Receiver<io::Result<(std::fs::File, sha2::Sha256)>>,
 }
 
+/// Chunks a download may have received but not yet hashed and written.
+const DISK_QUEUE: usize = 4;
+
 impl DiskPipe {
-    fn new(file: std::fs::File) -> Self {
-        DiskPipe {
-            idle: Some((file, sha2::Sha256::new())),
-            busy: None,
-        }
+    /// Starts the writer thread for `file`, recording progress in `d`'s window.
+    fn start(file: std::fs::File, d: &Arc<Download>) -> io::Result<Self> {
+        let (queue, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(DISK_QUEUE);
+        let (tx, done) = tokio::sync::oneshot::channel();
+        let d = d.clone();
+        std::thread::Builder::new()
+            .name("blob-writer".into())
+            .spawn(move || {
+                let run = || -> io::Result<(std::fs::File, sha2::Sha256)> {
+                    use std::io::Write;
+                    let (mut file, mut hasher) = (file, sha2::Sha256::new());
+                    let mut on_disk = 0u64;
+                    while let Some(chunk) = chunks.blocking_recv() {
+                        hasher.update(&chunk);
+                        file.write_all(&chunk)?;
+                        on_disk += chunk.len() as u64;
+                        d.recent
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .written(on_disk);
+                    }
+                    Ok((file, hasher))
+                };
+                let _ = tx.send(run());
+            })?;
+        Ok(DiskPipe {
+            queue: Some(queue),
+            done,
+        })
     }
 
-    /// The file and hash state, once the chunk in flight (if any) is done.
-    async fn settle(&mut self) -> io::Result<(std::fs::File, sha2::Sha256)> {
-        if let Some(w) = self.busy.take() {
-            return w.await.map_err(io::Error::other)?;
-        }
-        self.idle
-            .take()
-            .ok_or_else(|| io::Error::other("temp file lost after a failed write"))
-    }
-
-    /// Waits for the previous chunk, then starts hashing and writing `chunk`.
+    /// Queues `chunk`, waiting while the writer is [`DISK_QUEUE`] chunks behind.
     async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
-        let (mut file, mut hasher) = self.settle().await?;
-        self.busy = Some(tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            hasher.update(&chunk);
-            file.write_all(&chunk)?;
-            Ok((file, hasher))
-        }));
-        Ok(())
+        let sent = match &self.queue {
+            Some(q) => q.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped: its result says why.
+        self.queue = None;
+        match (&mut self.done).await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(io::Error::other("the blob writer stopped")),
+        }
     }
 
     /// Waits for the last chunk; returns the file (written, not yet durable) and the sha256
     /// of everything written.
     async fn finish(mut self) -> io::Result<(std::fs::File, Digest)> {
-        let (file, hasher) = self.settle().await?;
+        self.queue = None;
+        let (file, hasher) = self
+            .done
+            .await
+            .map_err(|_| io::Error::other("the blob writer stopped"))??;
         Ok((
             file,
             Digest::from_sha256_hex(hex::encode(hasher.finalize())),
@@ -753,6 +795,10 @@ mod tests {
         for i in 0..6u64 {
             r.push(i * 1024 * 1024, chunk.clone());
         }
+        // Nothing is on disk yet: nothing may leave the window, whatever its size.
+        assert_eq!(r.bytes, 6 * 1024 * 1024);
+        assert!(r.get(0, 10).is_some());
+        r.written(6 * 1024 * 1024);
         assert!(r.bytes <= RECENT_BYTES);
         assert!(r.get(0, 10).is_none(), "the oldest chunks left the window");
         let got = r.get(5 * 1024 * 1024 + 100, 50).unwrap();
