@@ -1,9 +1,11 @@
 //! Single-flight blob downloads that clients read while they are still running.
 //!
 //! The first request for an uncached blob starts a [`Download`]; later requests for the same
-//! digest join it. The download writes the upstream's bytes to a temp file, publishing how
-//! far it got; every client streams from that file up to the published length, so nobody
-//! waits for the whole blob and memory stays at one chunk per client whatever the blob size.
+//! digest join it. The download hands the upstream's bytes to a writer thread (sha256 and the
+//! temp file) and to a window of the latest chunks in memory, publishing how far it got;
+//! every client streams up to the published length, from the window while it keeps up and
+//! from the temp file when it falls behind, so nobody waits for the whole blob and memory
+//! stays bounded whatever the blob size.
 //! When the bytes hash to the digest, readers may send the last byte at once (the download is
 //! *verified*) while the file is fsynced and renamed into the store behind them; when they do
 //! not (or the upstream fails), every reader gets an error and nothing is stored.
