@@ -40,6 +40,10 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Append log lines to FILE instead of writing them to stderr (created if missing; works
+    /// with logrotate's copytruncate) [config: logFile] [default: stderr].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -215,6 +219,7 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             },
             metrics,
             health,
+            log_file: cli.log_file.clone(),
         },
     )?;
     let mut settings = settings;
@@ -240,7 +245,9 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             .or(settings.log_level.as_deref())
             .or(quiet.then_some("warn")),
         cli.log_format,
-    );
+        settings.log_file.as_deref(),
+    )
+    .map_err(FatalError::Startup)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ociregistry")
@@ -312,9 +319,6 @@ async fn load(settings: Settings, parallel: usize) -> Result<ExitCode, FatalErro
 }
 
 async fn serve(settings: Settings) -> Result<(), FatalError> {
-    if !settings.ignored_keys.is_empty() {
-        tracing::warn!(keys = ?settings.ignored_keys, "config keys accepted but not supported by this version; ignored");
-    }
     let store = BlobStore::open(&settings.image_path).map_err(|e| {
         FatalError::Startup(format!(
             "cannot use image path {}: {e}",

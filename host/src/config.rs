@@ -175,6 +175,8 @@ pub struct FileConfig {
     pub pull_timeout: Option<ConfigDuration>,
     /// Log level (`error`..`trace`).
     pub log_level: Option<String>,
+    /// File the log lines are appended to instead of stderr (empty: stderr).
+    pub log_file: Option<PathBuf>,
     /// How long a cached tag is trusted before it is revalidated upstream (default: forever).
     pub tag_ttl: Option<ConfigDuration>,
     /// Bound on one tag revalidation (default 5s).
@@ -212,19 +214,6 @@ pub struct FileConfig {
     pub server_tls_config: Option<ServerTlsFileConfig>,
     /// How long in-flight pulls and upstream fetches get after SIGTERM (default 30s).
     pub shutdown_grace: Option<ConfigDuration>,
-    // Ociregistry keys that belong to features not built yet: accepted so that an existing
-    // Ociregistry config loads, and named in a warning at start.
-    log_file: Option<serde_yaml_ng::Value>,
-}
-
-impl FileConfig {
-    /// The Ociregistry keys present that this version does not act on yet.
-    pub fn not_yet_supported(&self) -> Vec<&'static str> {
-        [(self.log_file.is_some(), "logFile")]
-            .into_iter()
-            .filter_map(|(set, key)| set.then_some(key))
-            .collect()
-    }
 }
 
 /// One `registries[]` entry.
@@ -415,6 +404,8 @@ pub struct Overrides {
     pub metrics: Option<u16>,
     /// `--health`.
     pub health: Option<u16>,
+    /// `--log-file`.
+    pub log_file: Option<PathBuf>,
 }
 
 /// What the server runs with.
@@ -440,8 +431,8 @@ pub struct Settings {
     pub registries: Vec<Registry>,
     /// Log level from the file, if any.
     pub log_level: Option<String>,
-    /// Ociregistry keys present but not acted on.
-    pub ignored_keys: Vec<&'static str>,
+    /// Where log lines go instead of stderr, if anywhere.
+    pub log_file: Option<PathBuf>,
     /// Default trust period of cached tags.
     pub tag_ttl: Option<Duration>,
     /// Bound on one tag revalidation.
@@ -599,7 +590,6 @@ pub fn resolve(
         line,
         message,
     };
-    let ignored_keys = cfg.not_yet_supported();
     let mut seen = HashSet::new();
     let mut registries = Vec::new();
     for (i, r) in cfg.registries.iter().enumerate() {
@@ -767,7 +757,11 @@ pub fn resolve(
         pull_timeout,
         registries,
         log_level: cfg.log_level,
-        ignored_keys,
+        // An empty `logFile` (Ociregistry's default) means stderr.
+        log_file: o
+            .log_file
+            .or(cfg.log_file)
+            .filter(|p| !p.as_os_str().is_empty()),
     })
 }
 
@@ -987,7 +981,6 @@ mod tests {
     fn preload_keys() {
         let s = resolve_text("preloadImages: /etc/p.txt\nimageFile: /etc/i.txt\narch: arm64\n")
             .unwrap();
-        assert!(s.ignored_keys.is_empty(), "{:?}", s.ignored_keys);
         assert_eq!(s.preload.preload_images, Some(PathBuf::from("/etc/p.txt")));
         assert_eq!(s.preload.image_file, Some(PathBuf::from("/etc/i.txt")));
         let platforms: Vec<String> = s.preload.platforms.iter().map(|p| p.to_string()).collect();
@@ -1007,7 +1000,6 @@ mod tests {
     fn metrics_and_health_ports() {
         let s = resolve_text("metrics: 9090\nhealth:\n").unwrap();
         assert_eq!((s.metrics_port, s.health_port), (Some(9090), None));
-        assert!(s.ignored_keys.is_empty());
         let cfg = parse_text("health: 8081\n").unwrap();
         let s = resolve(
             Some((cfg, String::new(), PathBuf::from("c"))),
@@ -1023,12 +1015,8 @@ mod tests {
     }
 
     #[test]
-    fn ociregistry_keys_not_built_yet_are_accepted() {
+    fn prune_and_admin_keys() {
         let s = resolve_text("pruneConfig:\n  enabled: false\nlogLevel: info\n").unwrap();
-        assert!(
-            !s.ignored_keys.contains(&"pruneConfig"),
-            "pruneConfig is supported now"
-        );
         assert!(s.inventory.prune.is_none());
         let s = resolve_text(
             "pruneConfig:\n  enabled: true\n  type: accessed\n  duration: 30d\nmaxSize: 50GiB\n",
@@ -1038,6 +1026,27 @@ mod tests {
         assert_eq!(s.inventory.max_size, Some(50 << 30));
         let e = resolve_text("admin:\n  address: 0.0.0.0:9000\n").unwrap_err();
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn log_file_from_the_file_or_the_flag() {
+        let s = resolve_text("logFile: /var/log/ociregistry.log\n").unwrap();
+        assert_eq!(s.log_file, Some(PathBuf::from("/var/log/ociregistry.log")));
+        // Ociregistry's default, an empty string, means stderr.
+        assert_eq!(resolve_text("logFile: \"\"\n").unwrap().log_file, None);
+        assert_eq!(resolve_text("port: 1\n").unwrap().log_file, None);
+        let cfg = parse_text("logFile: /from/file.log\n").unwrap();
+        let s = resolve(
+            Some((cfg, String::new(), PathBuf::from("c"))),
+            Overrides {
+                log_file: Some(PathBuf::from("/from/flag.log")),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.log_file, Some(PathBuf::from("/from/flag.log")));
+        let e = resolve_text("logFile: [a, b]\n").unwrap_err();
+        assert!(e.contains("logFile"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,13 @@
-//! Log output: `tracing` to stderr, as text or JSON, at the level from `--log-level`,
-//! the config's `logLevel`, or `RUST_LOG`, in that order.
+//! Log output: `tracing` to stderr or to the file from `--log-file` / `logFile`, as text or
+//! JSON, at the level from `--log-level`, the config's `logLevel`, or `RUST_LOG`, in that
+//! order.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -12,20 +18,50 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `level` is a level name or a full filter directive.
-pub fn init(level: Option<&str>, format: LogFormat) {
+/// Installs the global subscriber. `level` is a level name or a full filter directive;
+/// `file`, when given, receives the lines instead of stderr (appended; an error names it
+/// when it cannot be opened).
+pub fn init(level: Option<&str>, format: LogFormat, file: Option<&Path>) -> Result<(), String> {
     let filter = match level {
         Some(l) => EnvFilter::try_new(directive(l)).unwrap_or_else(|_| EnvFilter::new("info")),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    let (writer, ansi) = match file {
+        Some(path) => {
+            let f = open_log_file(path)?;
+            // One line on stderr says where the rest went.
+            eprintln!("ociregistry: logging to {}", path.display());
+            (BoxMakeWriter::new(Mutex::new(f)), false)
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(writer)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    Ok(())
+}
+
+/// Opens (creating it if needed) the log file for appending: every line goes to the end, so
+/// another writer or logrotate's `copytruncate` never interleaves with a stale offset.
+fn open_log_file(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            format!(
+                "cannot open the log file {} (logFile / --log-file): {e}",
+                path.display()
+            )
+        })
 }
 
 /// A bare level applies to this program and its plugins; dependencies stay at `warn` unless

@@ -150,6 +150,7 @@ pub struct ProxyBuilder {
     env: Vec<(String, String)>,
     extra_config: Vec<String>,
     serve_args: Vec<String>,
+    log_file: Option<PathBuf>,
 }
 
 impl Default for ProxyBuilder {
@@ -164,6 +165,7 @@ impl Default for ProxyBuilder {
             env: Vec::new(),
             extra_config: Vec::new(),
             serve_args: Vec::new(),
+            log_file: None,
         }
     }
 }
@@ -230,6 +232,15 @@ impl ProxyBuilder {
         self
     }
 
+    /// Sends the log to `path` (config key `logFile`); [`Proxy::log`] then reads that file
+    /// and the start waits for the `listening` line there.
+    pub fn log_file(mut self, path: &Path) -> Self {
+        self.extra_config
+            .push(format!("logFile: \"{}\"", path.display()));
+        self.log_file = Some(path.to_owned());
+        self
+    }
+
     fn config_yaml(&self, image_path: &Path) -> String {
         let mut s = format!("imagePath: \"{}\"\n", image_path.display());
         if let Some(ns) = &self.default_ns {
@@ -291,9 +302,10 @@ impl ProxyBuilder {
             }
         }
         let mut proc = ChildProc::spawn("ociregistry", cmd, dir.path());
-        let port = wait_listening(&mut proc, Duration::from_secs(30));
+        let port = wait_listening(&mut proc, self.log_file.as_deref(), Duration::from_secs(30));
         Proxy {
             proc,
+            log_file: self.log_file,
             port,
             image_path,
             _image_dir: image_dir,
@@ -377,13 +389,16 @@ impl ProxyBuilder {
 }
 
 /// Waits for `listening on http://127.0.0.1:PORT` (or `https://` with `serverTlsConfig`) on
-/// stderr; returns PORT.
-fn wait_listening(proc: &mut ChildProc, timeout: Duration) -> u16 {
+/// stderr, or in `log_file` when the log goes there; returns PORT.
+fn wait_listening(proc: &mut ChildProc, log_file: Option<&Path>, timeout: Duration) -> u16 {
     let deadline = Instant::now() + timeout;
     let needle = "listening on http://127.0.0.1:";
     let tls_needle = "listening on https://127.0.0.1:";
     loop {
-        let err = proc.stderr();
+        let err = match log_file {
+            Some(p) => std::fs::read_to_string(p).unwrap_or_default(),
+            None => proc.stderr(),
+        };
         let found = err
             .find(needle)
             .map(|i| (i, needle))
@@ -443,6 +458,8 @@ impl Route<'_> {
 #[derive(Debug)]
 pub struct Proxy {
     proc: ChildProc,
+    /// Where the log goes instead of stderr, if set.
+    log_file: Option<PathBuf>,
     port: u16,
     image_path: PathBuf,
     _image_dir: Option<tempfile::TempDir>,
@@ -473,8 +490,19 @@ impl Proxy {
     }
 
     /// Everything the server logged (stderr, then stdout).
+    /// Everything the server logged (stderr and stdout, and the log file if it has one).
     pub fn log(&self) -> String {
-        format!("{}{}", self.proc.stderr(), self.proc.stdout())
+        let file = self
+            .log_file
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default();
+        format!("{file}{}{}", self.proc.stderr(), self.proc.stdout())
+    }
+
+    /// What the server wrote to stderr alone.
+    pub fn stderr(&self) -> String {
+        self.proc.stderr()
     }
 
     pub fn is_running(&mut self) -> bool {

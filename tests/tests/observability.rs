@@ -1,8 +1,8 @@
 //! Watching the mirror, end to end against the real binary: `serve --metrics` scraped before
 //! and after pulls from a real docker-registry (named series exist, values move as they
 //! should), `serve --health` readiness with a failing provider (degraded, its error shown,
-//! no secret), `--log-format json` lines that all parse, and the metrics and health
-//! endpoints kept off the pull port.
+//! no secret), `--log-format json` lines that all parse, `logFile`, and the metrics and
+//! health endpoints kept off the pull port.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -581,6 +581,60 @@ fn json_log_lines_parse() {
                 .as_str()
                 .is_some_and(|m| m.contains("counter fetch"))),
         "the plugin's log line is a JSON line with its name: {log}"
+    );
+}
+
+/// `logFile`: every log line goes to the file (appended across restarts), stderr says only
+/// where they went, and a file that cannot be opened stops the start with the key named.
+#[test]
+fn log_file_receives_the_log() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let repo = images::unique_repo("logfile");
+    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("ociregistry.log");
+    std::fs::write(&log_path, "a line from before\n").expect("seed the log file");
+    let mut proxy = Proxy::builder().upstream(&up).log_file(&log_path).start();
+    proxy.pull_and_verify(Route::InPath(&up.host()), &img);
+    proxy.stop();
+    let log = std::fs::read_to_string(&log_path).expect("log file");
+    assert!(
+        log.starts_with("a line from before\n"),
+        "appended, not truncated:\n{log}"
+    );
+    assert!(log.contains("listening on http://127.0.0.1:"), "{log}");
+    assert!(
+        log.contains("cached blob"),
+        "the pull is logged there:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no terminal colour codes in a file:\n{log}"
+    );
+    let stderr = proxy.stderr();
+    assert_eq!(
+        stderr.trim(),
+        format!("ociregistry: logging to {}", log_path.display()),
+        "stderr only says where the log went"
+    );
+
+    let missing = dir.path().join("no-such-dir").join("ociregistry.log");
+    let failed = Proxy::builder()
+        .log_file(&missing)
+        .start_expect_exit(Duration::from_secs(20));
+    assert_eq!(
+        failed.status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        failed.stderr.contains("logFile") && failed.stderr.contains(&missing.display().to_string()),
+        "the error names the key and the path:\n{}",
+        failed.stderr
     );
 }
 
