@@ -18,6 +18,7 @@
 //!   what a manifest refers to.
 //! - [`inventory`] tracks last pulls, lists and prunes the cache, bounds it by `maxSize`
 //!   and serves the admin API.
+//! - [`timefmt`] is the one clock and calendar: Unix seconds on disk, RFC 3339 for people.
 
 pub mod cache;
 pub mod cli;
@@ -31,4 +32,5 @@ pub mod oci;
 pub mod preload;
 pub mod providers;
 pub mod server;
+pub mod timefmt;
 pub mod upstream;

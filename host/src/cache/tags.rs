@@ -3,7 +3,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,10 +94,7 @@ pub async fn put(
         TagEntry {
             media_type: media_type.to_owned(),
             digest: digest.to_string(),
-            fetched_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            fetched_at: crate::timefmt::now(),
         },
     );
     if let Some(parent) = path.parent() {

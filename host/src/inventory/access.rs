@@ -83,7 +83,7 @@ pub struct AccessTracker {
 impl AccessTracker {
     /// A manifest was served for `registry/repo:tag`.
     pub fn touch_tag(&self, registry: &str, repo: &RepoName, tag: &str) {
-        let now = super::timefmt::now();
+        let now = crate::timefmt::now();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.tags.insert(
             (
@@ -97,7 +97,7 @@ impl AccessTracker {
 
     /// A manifest was served for `registry/repo@digest`.
     pub fn touch_digest(&self, registry: &str, repo: &RepoName, digest: &Digest) {
-        let now = super::timefmt::now();
+        let now = crate::timefmt::now();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.digests.insert(
             (

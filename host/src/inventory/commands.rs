@@ -12,10 +12,10 @@ use serde::Serialize;
 use super::criteria::{Criteria, CriteriaSpec, Cutoff};
 use super::prune::{self, PrunePlan};
 use super::scan::{self, Image, ImageType};
-use super::timefmt;
 use crate::cache::tags;
 use crate::config::Settings;
 use crate::oci::reference::{self, RepoName};
+use crate::timefmt;
 use crate::upstream::canonical_name;
 
 /// Output format of `list` and `prune`.

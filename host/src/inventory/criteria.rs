@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::scan::Image;
-use super::timefmt;
+use crate::timefmt;
 
 /// A point in time given as an age (`30d`: that long before the run) or an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

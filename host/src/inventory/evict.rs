@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::prune::{self, PrunePlan};
 use super::scan::{self, Cache};
-use super::timefmt;
+use crate::timefmt;
 
 /// Indices of the images to evict for the cache to fit `max` bytes.
 pub fn select(cache: &Cache, max: u64) -> Vec<usize> {

@@ -11,8 +11,7 @@
 //!   least-recently-pulled images until the cache fits `maxSize`.
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
 //!   [`admin`] is the optional admin API; [`commands`] are the `list`, `prune` and
-//!   `invalidate` verbs; [`config`] holds their settings; [`timefmt`] reads and writes
-//!   timestamps.
+//!   `invalidate` verbs; [`config`] holds their settings (timestamps: [`crate::timefmt`]).
 //!
 //! # Pulls in progress are never broken
 //!
@@ -35,7 +34,6 @@ pub mod criteria;
 pub mod evict;
 pub mod prune;
 pub mod scan;
-pub mod timefmt;
 
 use std::sync::Arc;
 

@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::access;
 use super::criteria::{Criteria, CriteriaSpec};
 use super::scan::{self, Cache, Image, ImageType, Origin};
-use super::timefmt;
 use crate::metrics::ContentKind;
+use crate::timefmt;
 
 /// One image in a plan.
 #[derive(Debug, Clone, Serialize)]

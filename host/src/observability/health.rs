@@ -93,7 +93,7 @@ pub fn readiness(
                     v["lastError"] = json!(e.chars().take(MAX_ERROR_CHARS).collect::<String>());
                 }
                 if let Some(at) = st.expires_at.filter(|_| !st.expiry_ignored) {
-                    v["expiresAt"] = json!(crate::providers::listing::rfc3339(at));
+                    v["expiresAt"] = json!(crate::timefmt::format_system_time(at));
                     v["expiresInSeconds"] = json!(seconds_until(at));
                 }
             } else if r.kind == "provider" {

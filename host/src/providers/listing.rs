@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::cli::FatalError;
 use crate::config::{CredentialConfig, Settings};
 use crate::providers::{self, scheduler};
+use crate::timefmt::format_system_time;
 
 /// Output format of `ociregistry providers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -163,7 +164,7 @@ async fn run_check(
                     Ok(c) => json!({
                         "registry": name, "source": source, "ok": true,
                         "kind": c.as_ref().map(kind),
-                        "expiresAt": c.as_ref().and_then(|c| c.expires_at).map(rfc3339),
+                        "expiresAt": c.as_ref().and_then(|c| c.expires_at).map(format_system_time),
                     }),
                     Err(e) => {
                         json!({ "registry": name, "source": source, "ok": false, "error": e })
@@ -189,7 +190,12 @@ async fn run_check(
                     Ok(None) => "ok (nothing to fetch)".to_owned(),
                     Ok(Some(c)) => match c.expires_at {
                         Some(at) => {
-                            format!("ok: {}, expires {} ({})", kind(c), rfc3339(at), until(at))
+                            format!(
+                                "ok: {}, expires {} ({})",
+                                kind(c),
+                                format_system_time(at),
+                                until(at)
+                            )
                         }
                         None => format!("ok: {}, no expiry given", kind(c)),
                     },
@@ -228,32 +234,6 @@ fn until(at: SystemTime) -> String {
     }
 }
 
-/// UTC timestamp `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
 fn file_name(p: &std::path::Path) -> String {
     p.file_name()
         .map(|f| f.to_string_lossy().into_owned())
@@ -281,19 +261,5 @@ fn print_table(rows: &[Vec<String>]) {
             }
         }
         println!("{}", line.trim_end());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600)),
-            "2027-01-01T00:00:00Z"
-        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
@@ -264,11 +264,7 @@ async fn revalidate(
 }
 
 fn age(fetched_at: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    Duration::from_secs(now.saturating_sub(fetched_at))
+    Duration::from_secs(crate::timefmt::now().saturating_sub(fetched_at))
 }
 
 /// The cached manifest a tag points to, for a media type the client accepts, and when the

@@ -11,6 +11,11 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// `t` as `2024-05-01T12:00:00Z` (a time before 1970 as 1970-01-01T00:00:00Z).
+pub fn format_system_time(t: SystemTime) -> String {
+    format_rfc3339(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
 /// `2024-05-01T12:00:00Z`.
 pub fn format_rfc3339(secs: u64) -> String {
     let days = (secs / 86400) as i64;
@@ -107,6 +112,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_times() {
+        assert_eq!(format_system_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_system_time(UNIX_EPOCH + std::time::Duration::from_secs(1_798_761_600)),
+            "2027-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            format_system_time(UNIX_EPOCH - std::time::Duration::from_secs(5)),
+            "1970-01-01T00:00:00Z",
+            "before 1970 reads as the epoch"
+        );
+    }
 
     #[test]
     fn round_trips() {
