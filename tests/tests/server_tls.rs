@@ -4,7 +4,8 @@
 //!   CLI, and every byte is checked against a real `docker-registry` upstream; with
 //!   `clientAuth: verify` a client without a certificate is refused and one with it is served;
 //!   HTTP/2 and HTTP/1.1 are offered by ALPN; a failed handshake does not stop the server; a
-//!   bad certificate or key stops it at start with the key, line and file named.
+//!   bad certificate or key stops it at start with the key, line and file named; the admin
+//!   API speaks TLS with the pull port (same CA, same client-certificate rule).
 //! - SIGTERM with a pull in flight (the upstream transfer held by a [`Throttle`]): new
 //!   connections are refused at once, the in-flight pull and an upstream fetch whose client
 //!   left both finish, and the process exits 0 within the grace period; when the grace period
@@ -19,7 +20,7 @@ use ociregistry_e2e::skopeo::verify_dir_pull;
 use ociregistry_e2e::throttle::{StreamingGet, Throttle};
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{
-    BlobInfo, Proxy, RegistryEntry, require_tools, require_upstream_tools, wait_for,
+    BlobInfo, Proxy, RegistryEntry, free_port, require_tools, require_upstream_tools, wait_for,
 };
 use std::path::Path;
 use std::process::Command;
@@ -207,6 +208,82 @@ fn client_auth_verify_refuses_clients_without_a_certificate() {
     assert_eq!(
         curl_version(&proxy, &pki, "--http1.1").as_deref(),
         Ok("1.1")
+    );
+    assert!(proxy.is_running());
+}
+
+/// `curl -sS URL` with `args` (certificates): the status code, or Err(curl's stderr).
+fn curl_status(url: &str, args: &[&std::ffi::OsStr]) -> Result<String, String> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .args(args)
+    .arg(url);
+    let (ok, out, err) = run_with_timeout(cmd, SECS(30));
+    if ok {
+        Ok(out.trim().to_owned())
+    } else {
+        Err(err)
+    }
+}
+
+#[test]
+fn the_admin_api_speaks_tls_with_the_pull_port() {
+    if !require_upstream_tools() || !require_tools(&["curl"]) {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let pki = TestPki::generate("127.0.0.1");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut proxy = Proxy::builder()
+        .upstream(&up)
+        .config_line(&tls_config(&pki, "verify"))
+        .serve_arg("--admin-address")
+        .serve_arg(&admin)
+        .start();
+    wait_for(
+        "the admin listener",
+        SECS(10),
+        Duration::from_millis(20),
+        || {
+            proxy
+                .log()
+                .contains("admin API ready at https://")
+                .then_some(())
+        },
+    );
+    let url = format!("https://{admin}/admin/v1/images");
+    let (ca, cert, key) = (
+        pki.ca_crt.as_os_str(),
+        pki.client_cert.as_os_str(),
+        pki.client_key.as_os_str(),
+    );
+    let with_cert = [
+        "--cacert".as_ref(),
+        ca,
+        "--cert".as_ref(),
+        cert,
+        "--key".as_ref(),
+        key,
+    ];
+    assert_eq!(curl_status(&url, &with_cert).as_deref(), Ok("200"));
+    // Plain HTTP gets no answer, and neither does a client without a certificate.
+    let plain = curl_status(&format!("http://{admin}/admin/v1/images"), &[]);
+    assert!(
+        !matches!(plain.as_deref(), Ok("200")),
+        "plain HTTP was served: {plain:?}"
+    );
+    let no_cert = curl_status(&url, &["--cacert".as_ref(), ca]);
+    assert!(
+        !matches!(no_cert.as_deref(), Ok("200")),
+        "a client without a certificate was served: {no_cert:?}"
     );
     assert!(proxy.is_running());
 }

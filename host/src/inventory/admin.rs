@@ -1,5 +1,7 @@
 //! The admin API: its own listener (never the pull port), JSON in and out, a bearer token
-//! when configured (compared in constant time).
+//! when configured (compared in constant time). When the pull port speaks TLS
+//! (`serverTlsConfig`) so does the admin API, with the same certificate and the same
+//! client-certificate rule, so that its token never crosses the network in clear.
 //!
 //! ```text
 //! GET  /admin/v1/images?pattern=REGEX   the images, as `list --output json`
@@ -23,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use ociregistry_plugin_api::Secret;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::commands::{self, tag_reference};
 use super::criteria::{CriteriaSpec, Cutoff};
@@ -34,11 +37,17 @@ use crate::server::response::{self, Body};
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Serves the admin API on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, app: Arc<App>, token: Option<Secret>) {
+/// Serves the admin API on `listener` until the process ends; over TLS with `tls`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    token: Option<Secret>,
+    tls: Option<TlsAcceptor>,
+) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(
-            "admin API ready at http://{addr}{}",
+            "admin API ready at {}://{addr}{}",
+            if tls.is_some() { "https" } else { "http" },
             if token.is_some() {
                 " (bearer token required)"
             } else {
@@ -56,27 +65,44 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, token: Option<Secret>) 
                 continue;
             }
         };
+        let (app, token, tls) = (app.clone(), token.clone(), tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(stream, peer, app, token).await,
+                Some(acceptor) => match crate::server::tls::handshake(&acceptor, stream).await {
+                    Ok(stream) => serve_connection(stream, peer, app, token).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
+                },
+            }
+        });
+    }
+}
+
+/// Answers the requests of one admin connection until it closes.
+async fn serve_connection<I>(
+    io: I,
+    peer: std::net::SocketAddr,
+    app: Arc<App>,
+    token: Arc<Option<Secret>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
         let app = app.clone();
         let token = token.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let app = app.clone();
-            let token = token.clone();
-            async move {
-                let method = req.method().clone();
-                let path = req.uri().path().to_owned();
-                let resp = handle(&app, token.as_ref().as_ref(), req).await;
-                tracing::info!(%peer, %method, path, status = resp.status().as_u16(), "admin request");
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        });
-        tokio::spawn(async move {
-            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = conn {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
-        });
+        async move {
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let resp = handle(&app, token.as_ref().as_ref(), req).await;
+            tracing::info!(%peer, %method, path, status = resp.status().as_u16(), "admin request");
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(e) = conn {
+        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
     }
 }
 

@@ -13,10 +13,15 @@ use crate::server::App;
 /// error: the operator asked for it).
 pub async fn start(app: &Arc<App>) -> Result<(), String> {
     if let Some(a) = &app.settings.inventory.admin {
+        // The admin API speaks TLS whenever the pull port does.
+        let tls = match &app.settings.server_tls {
+            Some(t) => Some(crate::server::tls::acceptor(t).map_err(|e| e.to_string())?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(a.address)
             .await
             .map_err(|e| format!("cannot listen for the admin API on {}: {e}", a.address))?;
-        tokio::spawn(admin::serve(listener, app.clone(), a.token.clone()));
+        tokio::spawn(admin::serve(listener, app.clone(), a.token.clone(), tls));
     }
     let a = app.clone();
     tokio::spawn(async move {
