@@ -11,7 +11,9 @@
 //!   password in any form), and the upstream saw only authorized requests (no 401);
 //! - on the same origin (the fault proxy's own `host:port`, a path it forwards to the real
 //!   registry): the credential is kept, so the htpasswd registry answers 200 to the redirected
-//!   request and the client gets verified bytes.
+//!   request and the client gets verified bytes;
+//! - with `301`, `302`, `303` and `308` instead of `307`, to another origin: followed the same
+//!   way, without the credential.
 
 use base64::Engine as _;
 use ociregistry_e2e::cache::verify_cache;
@@ -221,11 +223,20 @@ impl Rig {
 
     /// A 307 to `location` for the layer's GET (every time).
     fn redirect_layer(&self, location: &str) -> ociregistry_e2e::fault_proxy::RuleId {
+        self.redirect_layer_with(307, location)
+    }
+
+    /// A redirect with `status` to `location` for the layer's GET (every time).
+    fn redirect_layer_with(
+        &self,
+        status: u16,
+        location: &str,
+    ) -> ociregistry_e2e::fault_proxy::RuleId {
         self.fp.add_rule(
             "GET",
             &self.layer_path(),
             Fault::Respond {
-                status: 307,
+                status,
                 headers: vec![
                     ("Location".into(), location.into()),
                     ("Content-Type".into(), "text/html; charset=utf-8".into()),
@@ -419,6 +430,52 @@ fn cross_origin_redirect_follows_without_credentials() {
         storage.requests()
     );
     assert_log_has_no_secret(&proxy, ctx);
+}
+
+/// Registries and their storage use every redirect status, not only 307: 301, 302, 303
+/// and 308 to another origin are followed too, the blob verified and stored, and the
+/// storage host never sees the credential.
+#[test]
+fn other_redirect_statuses_are_followed_without_credentials() {
+    if !require_upstream_tools() {
+        return;
+    }
+    for status in [301u16, 302, 303, 308] {
+        let rig = rig(&format!("redir{status}"));
+        let ctx = format!("cross-origin {status}");
+        let direct = rig.up.request(
+            "GET",
+            &rig.img.repo,
+            &format!("/v2/{}/blobs/{}", rig.img.repo, rig.layer.digest),
+            &[],
+        );
+        assert_eq!(direct.status, 200, "{ctx}: direct GET of the layer");
+        let storage_path = format!("/storage/{}", rig.layer.digest);
+        let storage = StorageServer::start(vec![(storage_path.clone(), direct.body)]);
+        let redirect =
+            rig.redirect_layer_with(status, &format!("http://{}{storage_path}", storage.host()));
+        let proxy = rig.proxy();
+        proxy.pull_and_verify(rig.route(), &rig.img);
+        assert_eq!(
+            rig.fp.hits(redirect),
+            1,
+            "{ctx}: the layer GET was redirected once"
+        );
+        let seen = storage.requests();
+        assert_eq!(seen.len(), 1, "{ctx}: one GET at the storage: {seen:?}");
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].target.as_str()),
+            ("GET", storage_path.as_str()),
+            "{ctx}"
+        );
+        assert!(
+            seen[0].header("Authorization").is_none() && !seen[0].raw_head.contains(&basic_b64()),
+            "{ctx}: the credential went to the storage host:\n{}",
+            seen[0].raw_head
+        );
+        rig.assert_cached(&proxy, &ctx);
+        assert_log_has_no_secret(&proxy, &ctx);
+    }
 }
 
 /// A 307 to the same origin (the fault proxy's own host:port, another target that it
