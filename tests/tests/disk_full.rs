@@ -2,7 +2,8 @@
 //! refused with 507 and an OCI body saying the disk is full, nothing partial is left, cached
 //! content is still served, and once space returns the same pull succeeds by itself. Two
 //! downloads that each fit but not together: the one that hits ENOSPC mid-write fails
-//! (aborted client, temp file removed), the other completes verified.
+//! (aborted client, temp file removed), the other completes verified. A cache remounted
+//! read-only makes `/readyz` 503 (with the reason) while cached pulls go on.
 //!
 //! Needs `mount -t tmpfs` (root). Outside CI a missing permission skips loudly; under
 //! `CI=true` it fails.
@@ -103,6 +104,103 @@ fn no_partial_files(image_path: &Path, hex: &str, ctx: &str) {
         "{ctx}: the blob is in the store"
     );
     verify_cache(image_path);
+}
+
+/// The port in the proxy's log line `health endpoints at http://127.0.0.1:PORT`.
+fn health_port(proxy: &Proxy) -> u16 {
+    let log = proxy.log();
+    let needle = "health endpoints at http://127.0.0.1:";
+    let i = log
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in the log:\n{log}"));
+    log[i + needle.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("health port")
+}
+
+/// `/readyz`: status and the `checks` object.
+fn readyz(port: u16) -> (u16, serde_json::Value) {
+    let r = ociregistry_e2e::raw::request_timeout(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        "/readyz",
+        &[],
+        None,
+        SECS(10),
+    )
+    .unwrap_or_else(|e| panic!("GET /readyz: {e}"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("/readyz is not JSON ({e}): {}", r.body_str()));
+    (r.status, v["checks"].clone())
+}
+
+fn remount(fs: &Tmpfs, mode: &str) {
+    let st = Command::new("mount")
+        .args(["-o", &format!("remount,{mode}")])
+        .arg(fs.path())
+        .status()
+        .expect("mount -o remount");
+    assert!(st.success(), "remount {mode} failed: {st}");
+}
+
+/// A cache directory that turns read-only (a remounted disk) takes the mirror out of
+/// rotation (`/readyz` 503 naming the cache) while liveness and cached pulls go on; writable
+/// again, it is ready again without a restart.
+#[test]
+fn readiness_is_503_while_the_cache_is_read_only() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount(40) else { return };
+    let up = Upstream::anonymous();
+    let img = images::seed(
+        &up,
+        &images::unique_repo("readonly"),
+        "v1",
+        ImageKind::small_oci(),
+    );
+    let host = up.host();
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .image_path(&fs.path().join("cache"))
+        .serve_arg("--health")
+        .serve_arg("0")
+        .start();
+    let port = health_port(&proxy);
+    proxy.pull_and_verify(Route::Ns(&host), &img);
+    let (status, checks) = readyz(port);
+    assert_eq!(status, 200, "writable cache: {checks}");
+    assert_eq!(checks["cacheWritable"], true, "{checks}");
+
+    remount(&fs, "ro");
+    let (status, checks) = readyz(port);
+    assert_eq!(status, 503, "read-only cache: {checks}");
+    assert_eq!(checks["cacheWritable"], false, "{checks}");
+    assert!(
+        checks["cacheError"]
+            .as_str()
+            .is_some_and(|e| e.contains("Read-only")),
+        "the reason is given: {checks}"
+    );
+    let live = ociregistry_e2e::raw::request_timeout(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        "/healthz",
+        &[],
+        None,
+        SECS(10),
+    )
+    .expect("GET /healthz");
+    assert_eq!(live.status, 200, "liveness does not depend on the disk");
+    // What is cached is still served from the read-only disk.
+    proxy.pull_and_verify(Route::Ns(&host), &img);
+
+    remount(&fs, "rw");
+    let (status, checks) = readyz(port);
+    assert_eq!(status, 200, "writable again: {checks}");
 }
 
 #[test]
