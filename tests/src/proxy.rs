@@ -500,6 +500,22 @@ impl Proxy {
         format!("{file}{}{}", self.proc.stderr(), self.proc.stdout())
     }
 
+    /// The port in the log line `<needle>http://127.0.0.1:PORT` (the metrics and health
+    /// listeners log where they are: `metrics endpoint at `, `health endpoints at `).
+    pub fn logged_port(&self, needle: &str) -> u16 {
+        let log = self.log();
+        let needle = format!("{needle}http://127.0.0.1:");
+        let i = log
+            .find(&needle)
+            .unwrap_or_else(|| panic!("`{needle}` not in the log:\n{log}"));
+        log[i + needle.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .expect("port")
+    }
+
     /// What the server wrote to stderr alone.
     pub fn stderr(&self) -> String {
         self.proc.stderr()

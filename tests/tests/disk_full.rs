@@ -106,21 +106,6 @@ fn no_partial_files(image_path: &Path, hex: &str, ctx: &str) {
     verify_cache(image_path);
 }
 
-/// The port in the proxy's log line `health endpoints at http://127.0.0.1:PORT`.
-fn health_port(proxy: &Proxy) -> u16 {
-    let log = proxy.log();
-    let needle = "health endpoints at http://127.0.0.1:";
-    let i = log
-        .find(needle)
-        .unwrap_or_else(|| panic!("`{needle}` not in the log:\n{log}"));
-    log[i + needle.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .expect("health port")
-}
-
 /// `/readyz`: status and the `checks` object.
 fn readyz(port: u16) -> (u16, serde_json::Value) {
     let r = ociregistry_e2e::raw::request_timeout(
@@ -169,7 +154,7 @@ fn readiness_is_503_while_the_cache_is_read_only() {
         .serve_arg("--health")
         .serve_arg("0")
         .start();
-    let port = health_port(&proxy);
+    let port = proxy.logged_port("health endpoints at ");
     proxy.pull_and_verify(Route::Ns(&host), &img);
     let (status, checks) = readyz(port);
     assert_eq!(status, 200, "writable cache: {checks}");

@@ -16,21 +16,6 @@ use ociregistry_e2e::{
     Proxy, ProxyBuilder, RegistryEntry, Upstream, free_port, require_upstream_tools, wait_for,
 };
 
-/// The port in the proxy's log line `<needle>http://127.0.0.1:PORT`.
-fn logged_port(proxy: &Proxy, needle: &str) -> u16 {
-    let log = proxy.log();
-    let needle = format!("{needle}http://127.0.0.1:");
-    let i = log
-        .find(&needle)
-        .unwrap_or_else(|| panic!("`{needle}` not in the log:\n{log}"));
-    log[i + needle.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .expect("port")
-}
-
 fn get(port: u16, path: &str) -> RawResponse {
     raw::request_timeout(
         &format!("127.0.0.1:{port}"),
@@ -142,8 +127,8 @@ fn metrics_move_with_pulls() {
     let proxy = with_ports(Proxy::builder().upstream(&up))
         .config_line(&format!("admin:\n  address: \"{admin_addr}\""))
         .start();
-    let metrics = logged_port(&proxy, "metrics endpoint at ");
-    let health = logged_port(&proxy, "health endpoints at ");
+    let metrics = proxy.logged_port("metrics endpoint at ");
+    let health = proxy.logged_port("health endpoints at ");
     let pull = proxy.host();
     assert!(
         metrics != health && !pull.ends_with(&format!(":{metrics}")),
@@ -428,8 +413,8 @@ fn failing_provider_shows_in_metrics_and_readiness() {
             ..RegistryEntry::plain("basic.registry.example")
         })
         .start();
-    let metrics = logged_port(&proxy, "metrics endpoint at ");
-    let health = logged_port(&proxy, "health endpoints at ");
+    let metrics = proxy.logged_port("metrics endpoint at ");
+    let health = proxy.logged_port("health endpoints at ");
 
     let entry = |v: &serde_json::Value, name: &str| -> serde_json::Value {
         v["registries"]
@@ -646,7 +631,7 @@ fn one_port_can_serve_metrics_and_health() {
         .config_line(&format!("metrics: {port}"))
         .config_line(&format!("health: {port}"))
         .start();
-    assert_eq!(logged_port(&proxy, "metrics endpoint at "), port);
+    assert_eq!(proxy.logged_port("metrics endpoint at "), port);
     assert_eq!(get(port, "/healthz").status, 200);
     assert_eq!(get(port, "/health").status, 200, "Ociregistry's path");
     let (code, v) = readyz(port);
