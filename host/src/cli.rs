@@ -1,5 +1,5 @@
 //! The command line: `serve`, `providers` and `load`, global flags shared by them, and turning
-//! flags plus config file into [`Settings`](crate::config::Settings).
+//! flags plus config file into [`Settings`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,11 +1,12 @@
 //! Issue 6: the cache inventory and the admin API, through the real binary against a real
 //! `docker-registry`: `list` (table and JSON, while the server runs and after), `prune`
 //! (dry run, real run, blobs shared by two images), `maxSize` eviction order, pruning while
-//! pulls are in flight, `invalidate`, and the admin API (token, pull port isolation, stop).
+//! pulls are in flight, `invalidate`, the admin API (token, pull port isolation, stop), and
+//! the inventory lock that a verb and the server wait for across processes.
 
 use ociregistry_e2e::cache::{assert_image_cached, list_files, verify_cache};
 use ociregistry_e2e::images::{self, ImageKind};
-use ociregistry_e2e::procs::run_with_timeout;
+use ociregistry_e2e::procs::{ChildProc, run_with_timeout};
 use ociregistry_e2e::proxy::{Route, ociregistry_bin};
 use ociregistry_e2e::throttle::{StreamingGet, Throttle};
 use ociregistry_e2e::upstream::Upstream;
@@ -1070,4 +1071,105 @@ fn background_pruning_from_prune_config() {
     for b in keep.blobs() {
         assert!(blob_path(&root, &b.digest).is_file());
     }
+}
+
+/// The inventory lock (`inventory.lock` in the cache) keeps record writers in different
+/// processes apart: while another process holds it, the server's flush of last-pull times (the
+/// admin listing flushes first) and the `invalidate` verb both wait, say so, and go on once
+/// it is released.
+#[test]
+fn the_server_and_the_verbs_wait_for_the_inventory_lock() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let img = images::seed(
+        &up,
+        &images::unique_repo("inv-lock"),
+        "v1",
+        ImageKind::small_oci(),
+    );
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .serve_arg("--admin-address")
+        .serve_arg(&admin_addr)
+        .start();
+    wait_for(
+        "the admin listener",
+        SECS(10),
+        Duration::from_millis(20),
+        || proxy.log().contains("admin API ready").then_some(()),
+    );
+    proxy.pull_and_verify(Route::Ns(&up.host()), &img);
+    let root = proxy.image_path().to_owned();
+
+    // Another process's hold: the test's own open file of the lock.
+    let held = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(root.join("inventory.lock"))
+        .expect("open inventory.lock");
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive)
+        .expect("take the inventory lock");
+
+    let addr = admin_addr.clone();
+    let listing = std::thread::spawn(move || admin(&addr, "GET", "/admin/v1/images", None, None));
+    wait_for(
+        "the server waiting for the lock",
+        SECS(10),
+        Duration::from_millis(20),
+        || {
+            proxy
+                .log()
+                .contains("waiting for the inventory lock")
+                .then_some(())
+        },
+    );
+    assert!(
+        !listing.is_finished(),
+        "the flush went ahead while the lock was held"
+    );
+
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut cmd = Command::new(ociregistry_bin());
+    cmd.arg("--image-path")
+        .arg(&root)
+        .args(["invalidate", &tag_ref(&img)])
+        .env_remove("OCIREGISTRY_CONFIG")
+        .env("NO_COLOR", "1");
+    let mut verb = ChildProc::spawn("invalidate", cmd, logs.path());
+    wait_for(
+        "invalidate waiting for the lock",
+        SECS(10),
+        Duration::from_millis(20),
+        || {
+            verb.stderr()
+                .contains("waiting for the inventory lock")
+                .then_some(())
+        },
+    );
+    assert!(
+        verb.try_exited().is_none(),
+        "invalidate went ahead while the lock was held"
+    );
+
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::Unlock)
+        .expect("release the inventory lock");
+    let r = listing.join().expect("listing thread");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let status = wait_for(
+        "invalidate to finish",
+        SECS(30),
+        Duration::from_millis(20),
+        || verb.try_exited(),
+    );
+    assert!(status.success(), "invalidate: {status}\n{}", verb.stderr());
+    assert!(verb.stdout().contains("invalidated"), "{}", verb.stdout());
+    assert!(
+        !refs(&list(&root)).contains(&tag_ref(&img)),
+        "the tag is gone"
+    );
 }

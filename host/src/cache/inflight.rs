@@ -181,7 +181,7 @@ pub struct Downloads {
 
 impl Downloads {
     /// Joins the running download of `digest`, or registers a new one. The second value is
-    /// `true` when the caller registered it and must run [`fill`] (which unregisters it).
+    /// `true` when the caller registered it and must run [`Downloads::fill`] (which unregisters it).
     pub fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = running.get(digest) {

@@ -112,6 +112,15 @@ impl AccessTracker {
     /// Writes every pending time to disk; returns how many records were updated. A write
     /// that fails is logged and dropped (access times are advisory).
     pub async fn flush(&self, store: &BlobStore) -> usize {
+        // Held for the whole flush: a prune in another process cannot remove a record
+        // between our read and our write-back.
+        let _lock = match super::lock::InventoryLock::acquire_async(store.root().to_owned()).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!(error = %e, "no inventory lock for the access flush");
+                None
+            }
+        };
         let pending = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *p)

@@ -277,6 +277,18 @@ async fn handle(
                 Ok(x) => x,
                 Err(e) => return bad_request(e),
             };
+            let _lock = match super::lock::InventoryLock::acquire_async(app.store.root().to_owned())
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "UNAVAILABLE",
+                        format!("cache error: cannot take the inventory lock: {e}"),
+                    );
+                }
+            };
             let mut removed = Vec::new();
             for (registry, repo, tag) in refs {
                 match tags::remove(&app.store, &registry, &repo, &tag).await {

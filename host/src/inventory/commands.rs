@@ -143,6 +143,20 @@ fn no_cache(root: &Path) -> Option<String> {
     })
 }
 
+/// The inventory lock for a verb that changes the cache, saying so if a server on the same
+/// cache makes it wait.
+fn inventory_lock(root: &Path) -> Result<super::lock::InventoryLock, String> {
+    super::lock::InventoryLock::acquire(root, || {
+        eprintln!("waiting for the inventory lock (a server on this cache is writing it)")
+    })
+    .map_err(|e| {
+        format!(
+            "cannot take the inventory lock {}: {e}",
+            root.join(super::lock::LOCK_FILE).display()
+        )
+    })
+}
+
 /// `ociregistry list`.
 pub fn list(settings: &Settings, args: &ListArgs) -> Result<ExitCode, String> {
     let root = &settings.image_path;
@@ -253,6 +267,8 @@ pub fn prune_cmd(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, Stri
         );
     }
     let grace = args.grace.unwrap_or(settings.inventory.grace);
+    // A server on the same cache may be writing back last-pull times: wait for it.
+    let _lock = (!args.dry_run).then(|| inventory_lock(root)).transpose()?;
     let plan = prune::run_blocking(root, &spec, args.count, grace, args.dry_run)?;
     match args.output {
         Output::Json => println!(
@@ -332,8 +348,13 @@ pub fn tag_reference(s: &str) -> Result<Vec<(String, RepoName, String)>, String>
 /// `ociregistry invalidate`.
 pub fn invalidate(settings: &Settings, args: &InvalidateArgs) -> Result<ExitCode, String> {
     let root = &settings.image_path;
+    let refs = tag_reference(&args.reference)?;
+    if let Some(e) = no_cache(root) {
+        return Err(e);
+    }
+    let _lock = inventory_lock(root)?;
     let mut removed = Vec::new();
-    for (registry, repo, tag) in tag_reference(&args.reference)? {
+    for (registry, repo, tag) in refs {
         let path = tags::record_path_in(root, &registry, &repo, &tag);
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(format!("{registry}/{repo}:{tag}")),

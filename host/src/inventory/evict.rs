@@ -75,6 +75,8 @@ pub async fn run_in_server(
     app.inventory.access.flush(&app.store).await;
     let root = app.store.root().to_owned();
     tokio::task::spawn_blocking(move || {
+        let _lock = super::lock::InventoryLock::acquire(&root, || {})
+            .map_err(|e| format!("eviction: cannot take the inventory lock: {e}"))?;
         let cache = scan::scan(&root).map_err(|e| e.to_string())?;
         let sel = select(&cache, max);
         if sel.is_empty() {

@@ -9,6 +9,8 @@
 //! - [`prune`] selects images ([`criteria`]), plans what goes (tag records, manifests, and
 //!   the blobs no remaining manifest references) and carries the plan out; [`evict`] picks
 //!   least-recently-pulled images until the cache fits `maxSize`.
+//! - [`lock`] is the file lock that keeps record writers in different processes apart (the
+//!   server's flush and prunes, the `prune` and `invalidate` verbs).
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
 //!   [`admin`] is the optional admin API; [`commands`] are the `list`, `prune` and
 //!   `invalidate` verbs; [`config`] holds their settings (timestamps: [`crate::timefmt`]).
@@ -32,6 +34,7 @@ pub mod commands;
 pub mod config;
 pub mod criteria;
 pub mod evict;
+pub mod lock;
 pub mod prune;
 pub mod scan;
 

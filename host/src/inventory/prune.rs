@@ -270,10 +270,13 @@ pub async fn run_in_server(
     let _one = app.inventory.prune_lock.lock().await;
     app.inventory.access.flush(&app.store).await;
     let root = app.store.root().to_owned();
-    let plan =
-        tokio::task::spawn_blocking(move || run_blocking(&root, &spec, count, grace, dry_run))
-            .await
-            .map_err(|e| format!("prune failed: {e}"))??;
+    let plan = tokio::task::spawn_blocking(move || {
+        let _lock = super::lock::InventoryLock::acquire(&root, || {})
+            .map_err(|e| format!("prune: cannot take the inventory lock: {e}"))?;
+        run_blocking(&root, &spec, count, grace, dry_run)
+    })
+    .await
+    .map_err(|e| format!("prune failed: {e}"))??;
     log_plan(&plan, "prune");
     Ok(plan)
 }

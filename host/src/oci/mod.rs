@@ -1,4 +1,4 @@
-//! OCI distribution vocabulary: names, references and digests ([`reference`]), the error
+//! OCI distribution vocabulary: names, references and digests ([`mod@reference`]), the error
 //! body every failing response carries ([`error`]), the manifest media types ([`media`]) and
 //! what a manifest refers to ([`manifest`]).
 
