@@ -8,8 +8,8 @@
 //!   API speaks TLS with the pull port (same CA, same client-certificate rule).
 //! - SIGTERM with a pull in flight (the upstream transfer held by a [`Throttle`]): new
 //!   connections are refused at once, the in-flight pull and an upstream fetch whose client
-//!   left both finish, and the process exits 0 within the grace period; when the grace period
-//!   runs out, the process still exits 0 and logs what it cut.
+//!   left both finish, and the process exits 0 within the grace period (over TLS too); when
+//!   the grace period runs out, the process still exits 0 and logs what it cut.
 
 use ociregistry_e2e::cache::{assert_image_cached, verify_cache};
 use ociregistry_e2e::images::{self, ImageKind, PushedImage};
@@ -369,6 +369,11 @@ struct StopRig {
 }
 
 fn stop_rig(prefix: &str, grace: &str) -> StopRig {
+    stop_rig_with(prefix, grace, None)
+}
+
+/// [`stop_rig`], with `extra` config lines (`serverTlsConfig`).
+fn stop_rig_with(prefix: &str, grace: &str, extra: Option<&str>) -> StopRig {
     let up = Upstream::anonymous();
     let repo = images::unique_repo(prefix);
     let img = images::seed(
@@ -388,11 +393,14 @@ fn stop_rig(prefix: &str, grace: &str) -> StopRig {
     blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
     assert_eq!(blobs.len(), 2, "two large layers");
     let throttle = Throttle::start(&up.host());
-    let proxy = Proxy::builder()
+    let mut builder = Proxy::builder()
         .registry(RegistryEntry::plain(&throttle.host()))
         .default_ns(&throttle.host())
-        .config_line(&format!("shutdownGrace: {grace}"))
-        .start();
+        .config_line(&format!("shutdownGrace: {grace}"));
+    if let Some(extra) = extra {
+        builder = builder.config_line(extra);
+    }
+    let proxy = builder.start();
     StopRig {
         _up: up,
         throttle,
@@ -538,4 +546,74 @@ fn when_the_grace_period_runs_out_the_rest_is_cut_and_the_exit_is_still_0() {
     assert!(!out.complete(), "the cut pull looks complete: {out:?}");
     assert!(!r.stored(&r.blobs[0]).exists(), "a cut fetch was stored");
     verify_cache(r.proxy.image_path());
+}
+
+/// SIGTERM with a pull in flight over TLS: the TLS connection is drained like a plain one (the
+/// client, `curl` trusting the test CA, gets every byte and exits 0) and the process exits 0.
+#[test]
+fn sigterm_drains_a_pull_in_flight_over_tls() {
+    if !require_upstream_tools() || !require_tools(&["curl"]) {
+        return;
+    }
+    let pki = TestPki::generate("127.0.0.1");
+    let mut r = stop_rig_with("sigterm-tls", "30s", Some(&tls_config(&pki, "none")));
+    r.throttle.hold_after(Some(HOLD_AFTER));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("blob");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--max-time", "60", "--cacert"])
+        .arg(&pki.ca_crt)
+        .arg("-o")
+        .arg(&out)
+        .arg(format!(
+            "https://{}{}",
+            r.proxy.host(),
+            r.target(&r.blobs[0])
+        ));
+    let mut client = ociregistry_e2e::procs::ChildProc::spawn("curl", cmd, dir.path());
+    r.throttle
+        .wait_for("the upstream transfer held", SECS(20), |s| s.held >= 1);
+    wait_for(
+        "the first bytes at the client",
+        SECS(20),
+        Duration::from_millis(20),
+        || {
+            std::fs::metadata(&out)
+                .ok()
+                .filter(|m| m.len() > 0)
+                .map(|_| ())
+        },
+    );
+
+    r.proxy.signal_term();
+    wait_for(
+        "new connections to be refused after SIGTERM",
+        SECS(5),
+        Duration::from_millis(20),
+        || r.refuses_connections().then_some(()),
+    );
+    assert!(
+        client.try_exited().is_none(),
+        "the TLS pull in flight ended at the signal: {}",
+        client.stderr()
+    );
+
+    r.throttle.release();
+    let status = wait_for(
+        "curl to finish",
+        SECS(60),
+        Duration::from_millis(20),
+        || client.try_exited(),
+    );
+    assert!(status.success(), "curl: {status}: {}", client.stderr());
+    assert_eq!(
+        ociregistry_e2e::sha256_file(&out),
+        r.blobs[0].digest,
+        "bytes of the pull drained over TLS"
+    );
+    let exit = r
+        .proxy
+        .wait_exit(SECS(35))
+        .unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", r.proxy.log()));
+    assert!(exit.success(), "exit status {exit}:\n{}", r.proxy.log());
 }
