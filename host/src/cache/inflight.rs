@@ -399,6 +399,8 @@ struct DiskPipe {
 
 /// Chunks a download may have received but not yet hashed and written.
 const DISK_QUEUE: usize = 4;
+/// Stack of a download's writer thread.
+const WRITER_STACK: usize = 256 * 1024;
 
 impl DiskPipe {
     /// Starts the writer thread for `file`, recording progress in `d`'s window.
@@ -408,6 +410,8 @@ impl DiskPipe {
         let d = d.clone();
         std::thread::Builder::new()
             .name("blob-writer".into())
+            // Hashing and writing need little stack; many downloads may run at once.
+            .stack_size(WRITER_STACK)
             .spawn(move || {
                 let run = || -> io::Result<(std::fs::File, sha2::Sha256)> {
                     use std::io::Write;
