@@ -1,8 +1,9 @@
-//! Content-addressed storage on local disk: put-verified, get (with the file for ranged
-//! reads), stat and delete for blobs and manifests.
+//! Content-addressed storage on local disk: put-verified, get (a [`StoredBlob`] read by
+//! range), stat and delete for blobs and manifests.
 //!
-//! This is the storage seam: the serving code only calls these methods, so another backend
-//! (S3-compatible, shared by replicas) can stand behind the same calls later.
+//! This is the storage seam: the serving code only calls these methods and never sees a file
+//! or a path of a stored blob, so another backend (S3-compatible, shared by replicas) can
+//! stand behind the same calls later. Downloads stage in this store's `tmp/` either way.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,29 @@ pub struct Manifest {
     pub media_type: String,
     /// The bytes, unchanged.
     pub bytes: Bytes,
+}
+
+/// A stored blob opened for reading: its size, and its bytes by range.
+#[derive(Debug)]
+pub struct StoredBlob {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl StoredBlob {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Streams bytes `[start, end)`.
+    pub fn read(
+        self,
+        start: u64,
+        end: u64,
+    ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
+        crate::cache::inflight::read_stored(self.file, start, end)
+    }
 }
 
 /// The local-disk store rooted at the image path.
@@ -125,22 +149,23 @@ impl BlobStore {
         }
     }
 
-    /// Opens a cached blob for reading, with its size.
-    pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
+    /// Opens a cached blob for reading; `None` when it is not stored.
+    pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<StoredBlob>> {
         let path = self.blob_path(digest);
-        if let Some(found) = open_from_caches(&path) {
-            return found;
-        }
-        tokio::task::spawn_blocking(move || match std::fs::File::open(path) {
-            Ok(f) => {
-                let len = f.metadata()?.len();
-                Ok(Some((f, len)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(io::Error::other)?
+        let opened = match open_from_caches(&path) {
+            Some(found) => found,
+            None => tokio::task::spawn_blocking(move || match std::fs::File::open(path) {
+                Ok(f) => {
+                    let len = f.metadata()?.len();
+                    Ok(Some((f, len)))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await
+            .map_err(io::Error::other)?,
+        };
+        Ok(opened?.map(|(file, size)| StoredBlob { file, size }))
     }
 
     /// Makes a fully written, fsynced and verified temp file visible as the blob `digest`.
@@ -295,8 +320,12 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         assert!(store.open_blob(&digest).await.unwrap().is_none());
         std::fs::write(&path, b"blob bytes").unwrap();
-        let (_, len) = store.open_blob(&digest).await.unwrap().unwrap();
-        assert_eq!(len, 10);
+        let blob = store.open_blob(&digest).await.unwrap().unwrap();
+        assert_eq!(blob.size(), 10);
+        let parts: Vec<Bytes> = futures_util::TryStreamExt::try_collect(blob.read(2, 6))
+            .await
+            .unwrap();
+        assert_eq!(parts.concat(), b"ob b");
         // Just written, so resolvable from the dentry cache: no blocking-pool hop.
         #[cfg(target_os = "linux")]
         assert_eq!(

@@ -21,4 +21,4 @@ pub mod hot;
 pub mod inflight;
 pub mod tags;
 
-pub use blob_store::{BlobStore, Manifest};
+pub use blob_store::{BlobStore, Manifest, StoredBlob};

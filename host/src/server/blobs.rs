@@ -27,10 +27,10 @@ pub(super) async fn blob(
 ) -> Result<Response<Body>, RegistryError> {
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let counters = crate::metrics::global().registry(registry);
-    if let Some((file, total)) = app.store.open_blob(&digest).await.map_err(disk_error)? {
+    if let Some(stored) = app.store.open_blob(&digest).await.map_err(disk_error)? {
         counters.cache(ContentKind::Blob, true);
-        return blob_response(&digest, total, range_header, head, |start, end| {
-            response::stream(inflight::read_stored(file, start, end))
+        return blob_response(&digest, stored.size(), range_header, head, |start, end| {
+            response::stream(stored.read(start, end))
         });
     }
     counters.cache(ContentKind::Blob, false);
