@@ -339,12 +339,6 @@ impl Metrics {
         g.items.set(i64::try_from(items).unwrap_or(i64::MAX));
     }
 
-    /// The disk gauges' values: (bytes, items).
-    pub fn disk_values(&self, kind: ContentKind) -> (i64, i64) {
-        let g = self.disk(kind);
-        (g.bytes.get(), g.items.get())
-    }
-
     /// Registers every series in `registry` (which should carry the `ociregistry` prefix).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(

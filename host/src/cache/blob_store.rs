@@ -1,5 +1,5 @@
 //! Content-addressed storage on local disk: put-verified, get (a [`StoredBlob`] read by
-//! range), stat and delete for blobs and manifests.
+//! range) and stat for blobs and manifests (removal is the inventory's prune).
 //!
 //! This is the storage seam: the serving code only calls these methods and never sees a file
 //! or a path of a stored blob, so another backend (S3-compatible, shared by replicas) can
@@ -175,15 +175,6 @@ impl BlobStore {
         tokio::fs::rename(temp, &target).await?;
         crate::metrics::global().disk_added(ContentKind::Blob, size);
         sync_dir(target.parent()).await
-    }
-
-    /// Removes a blob (for pruning; never called while serving).
-    pub async fn delete_blob(&self, digest: &Digest) -> io::Result<()> {
-        let path = self.blob_path(digest);
-        let size = tokio::fs::metadata(&path).await?.len();
-        tokio::fs::remove_file(path).await?;
-        crate::metrics::global().disk_removed(ContentKind::Blob, size);
-        Ok(())
     }
 
     /// Stores a manifest after checking that its bytes hash to `digest`.

@@ -38,11 +38,6 @@ impl Reporter {
         Reporter { bars: None }
     }
 
-    /// Whether bars are drawn (the caller may then keep other output quiet).
-    pub fn is_interactive(&self) -> bool {
-        self.bars.is_some()
-    }
-
     fn bars(total_images: usize) -> Reporter {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let images = multi.add(ProgressBar::new(total_images as u64));

@@ -186,8 +186,6 @@ pub struct CredentialStatus {
     pub expiry_ignored: bool,
     /// The last failure reason, kept until the next success.
     pub last_error: Option<String>,
-    /// When the last successful fetch finished.
-    pub last_refresh: Option<Instant>,
     /// When the next fetch is due (None while one is running or after shutdown).
     pub next_refresh: Option<Instant>,
     /// Time from this snapshot to `next_refresh`.
@@ -246,7 +244,6 @@ struct State {
     refresh_requested: bool,
     last_ok: bool,
     last_error: Option<String>,
-    last_refresh: Option<Instant>,
     next_refresh: Option<Instant>,
     refreshes: u64,
     failures: u64,
@@ -318,11 +315,6 @@ impl ManagedCredential {
         ManagedCredential {
             inner: Arc::new(Handle { shared, task }),
         }
-    }
-
-    /// The registry entry this credential is for.
-    pub fn registry(&self) -> &str {
-        &self.inner.shared.registry
     }
 
     /// The credential to use now. Waits only when no credential has ever been obtained and
@@ -442,7 +434,6 @@ impl ManagedCredential {
             expires_at: st.credential.as_ref().and_then(|c| c.expires_at),
             expiry_ignored: st.expiry_ignored,
             last_error: st.last_error.clone(),
-            last_refresh: st.last_refresh,
             next_refresh: st.next_refresh,
             next_refresh_in: st.next_refresh.map(|t| t.saturating_duration_since(now)),
             refreshes: st.refreshes,
@@ -665,7 +656,6 @@ async fn run(shared: Arc<Shared>) {
                     st.in_flight = false;
                     st.last_ok = true;
                     st.last_error = None;
-                    st.last_refresh = Some(now);
                     st.next_refresh = Some(next);
                     st.refreshes += 1;
                     st.consecutive_failures = 0;

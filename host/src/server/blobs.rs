@@ -91,19 +91,8 @@ pub(super) async fn blob(
 
 /// Makes sure blob `digest` is in the cache: returns its size at once when it is stored,
 /// else starts or joins the single download of it (the one client requests share) and
-/// waits for it to be verified and stored. For callers inside the process, such as the
-/// preloader.
-pub async fn ensure_blob(
-    app: &Arc<App>,
-    registry: &str,
-    repo: &RepoName,
-    digest: &Digest,
-) -> Result<u64, RegistryError> {
-    ensure_blob_watching(app, registry, repo, digest, &mut |_| {}).await
-}
-
-/// [`ensure_blob`], calling `on_progress` with the bytes received so far whenever the
-/// download moves on (not at all when the blob was stored already).
+/// waits for it to be verified and stored, calling `on_progress` with the bytes received so
+/// far whenever the download moves on. For callers inside the process (the preloader).
 pub async fn ensure_blob_watching(
     app: &Arc<App>,
     registry: &str,

@@ -49,11 +49,6 @@ impl CredentialSource {
             _ => None,
         }
     }
-
-    /// Whether a credential is configured at all.
-    pub fn is_configured(&self) -> bool {
-        !matches!(self, CredentialSource::Anonymous)
-    }
 }
 
 /// Builds the `Authorization` value that presents `credential` directly to a registry.
