@@ -316,6 +316,9 @@ pub struct ServerTls {
     pub ca: Option<PathBuf>,
     /// Whether client certificates are required.
     pub client_auth: ClientAuth,
+    /// The acceptor built from these files when the config was read (`None` only where a
+    /// `ServerTls` is made by hand, as in tests).
+    pub built: Option<crate::server::tls::BuiltAcceptor>,
 }
 
 /// A string from the config that is a secret: never printed.
@@ -690,19 +693,24 @@ pub fn resolve(
     let server_tls = match &cfg.server_tls_config {
         None => None,
         Some(t) => {
-            let tls = ServerTls {
+            let mut tls = ServerTls {
                 cert: t.cert.0.clone(),
                 key: t.key.0.clone(),
                 ca: t.ca.as_ref().map(|f| f.0.clone()),
                 client_auth: t.client_auth,
+                built: None,
             };
-            // Read and check the PEM files now: a bad one is a config error with its line.
-            if let Err(e) = crate::server::tls::acceptor(&tls) {
-                return Err(invalid(
-                    format!("serverTlsConfig.{}", e.key),
-                    line_of_nested_key(&text, "serverTlsConfig", e.key),
-                    e.detail(),
-                ));
+            // Read and check the PEM files now, once: a bad one is a config error with its
+            // line; the pull port and the admin API use the acceptor built here.
+            match crate::server::tls::acceptor(&tls) {
+                Ok(a) => tls.built = Some(crate::server::tls::BuiltAcceptor(a)),
+                Err(e) => {
+                    return Err(invalid(
+                        format!("serverTlsConfig.{}", e.key),
+                        line_of_nested_key(&text, "serverTlsConfig", e.key),
+                        e.detail(),
+                    ));
+                }
             }
             Some(tls)
         }

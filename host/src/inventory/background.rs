@@ -15,7 +15,7 @@ pub async fn start(app: &Arc<App>) -> Result<(), String> {
     if let Some(a) = &app.settings.inventory.admin {
         // The admin API speaks TLS whenever the pull port does.
         let tls = match &app.settings.server_tls {
-            Some(t) => Some(crate::server::tls::acceptor(t).map_err(|e| e.to_string())?),
+            Some(t) => Some(crate::server::tls::acceptor_of(t).map_err(|e| e.to_string())?),
             None => None,
         };
         let listener = tokio::net::TcpListener::bind(a.address)

@@ -53,7 +53,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local: SocketAddr = listener.local_addr()?;
     let acceptor = match &app.settings.server_tls {
-        Some(t) => Some(tls::acceptor(t).map_err(|e| std::io::Error::other(e.to_string()))?),
+        Some(t) => Some(tls::acceptor_of(t).map_err(|e| std::io::Error::other(e.to_string()))?),
         None => None,
     };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

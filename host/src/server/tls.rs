@@ -47,6 +47,24 @@ impl TlsSetupError {
     }
 }
 
+/// An acceptor built from a [`ServerTls`] (its files were read and checked then).
+#[derive(Clone)]
+pub struct BuiltAcceptor(pub TlsAcceptor);
+
+impl std::fmt::Debug for BuiltAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BuiltAcceptor")
+    }
+}
+
+/// The acceptor for `cfg`: the one built when the config was read, else one built now.
+pub fn acceptor_of(cfg: &ServerTls) -> Result<TlsAcceptor, TlsSetupError> {
+    match &cfg.built {
+        Some(a) => Ok(a.0.clone()),
+        None => acceptor(cfg),
+    }
+}
+
 /// Builds the acceptor for `cfg`. Every file is read and checked now, so that a bad
 /// certificate stops the server at start rather than at the first client.
 pub fn acceptor(cfg: &ServerTls) -> Result<TlsAcceptor, TlsSetupError> {
@@ -177,6 +195,7 @@ mod tests {
             key: k,
             ca: None,
             client_auth: ClientAuth::None,
+            built: None,
         }
     }
 
