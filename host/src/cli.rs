@@ -334,10 +334,6 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
     };
     let managed = providers::start(&settings).map_err(|e| FatalError::Startup(e.to_string()))?;
     let registry_credentials = observability::health::credentials(&settings, &managed);
-    let configured: Vec<String> = (settings.registries.iter())
-        .map(|r| crate::upstream::canonical_name(&r.name))
-        .collect();
-    crate::metrics::global().preregister(configured.iter().map(String::as_str));
     let upstreams =
         Upstreams::new(&settings, managed).map_err(|e| FatalError::Startup(e.to_string()))?;
     let listener = server::bind(&settings.host, settings.port)

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::cache::Manifest;
@@ -22,7 +22,7 @@ const MAX_TAGS: usize = 16 * 1024;
 /// Hot copies of tag records and manifests.
 #[derive(Debug, Default)]
 pub struct HotCache {
-    tags: Mutex<HashMap<PathBuf, (TagRecord, SystemTime)>>,
+    tags: Mutex<HashMap<PathBuf, (Arc<TagRecord>, SystemTime)>>,
     manifests: Mutex<Manifests>,
 }
 
@@ -34,8 +34,8 @@ struct Manifests {
 
 impl HotCache {
     /// The record of the tag file at `path`, if it was read when the file had this
-    /// modification time.
-    pub fn tag(&self, path: &Path, modified: SystemTime) -> Option<TagRecord> {
+    /// modification time (shared, not copied).
+    pub fn tag(&self, path: &Path, modified: SystemTime) -> Option<Arc<TagRecord>> {
         let tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
         tags.get(path)
             .filter(|(_, at)| *at == modified)
@@ -43,7 +43,7 @@ impl HotCache {
     }
 
     /// Remembers a tag record read from disk when its file had this modification time.
-    pub fn put_tag(&self, path: &Path, modified: SystemTime, record: TagRecord) {
+    pub fn put_tag(&self, path: &Path, modified: SystemTime, record: Arc<TagRecord>) {
         let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
         if tags.len() >= MAX_TAGS {
             tags.clear();
@@ -120,7 +120,7 @@ mod tests {
     fn tags_follow_the_file_time() {
         let hot = HotCache::default();
         let (p, t0) = (Path::new("/x/t.json"), SystemTime::UNIX_EPOCH);
-        hot.put_tag(p, t0, TagRecord::default());
+        hot.put_tag(p, t0, TagRecord::default().into());
         assert!(hot.tag(p, t0).is_some());
         assert!(
             hot.tag(p, t0 + std::time::Duration::from_nanos(1))

@@ -329,8 +329,8 @@ pub fn tag_reference(s: &str) -> Result<Vec<(String, RepoName, String)>, String>
     let bad =
         |why: &str| format!("invalid reference {s:?}: {why} (expected REGISTRY/REPOSITORY:TAG)");
     let (registry, rest) = s.split_once('/').ok_or_else(|| bad("no registry"))?;
-    let registry =
-        canonical_name(&reference::parse_host(registry).map_err(|e| bad(&e.to_string()))?);
+    let host = reference::parse_host(registry).map_err(|e| bad(&e.to_string()))?;
+    let registry = canonical_name(&host).to_owned();
     if rest.contains('@') {
         return Err(bad("digests never change; only a tag can be invalidated"));
     }

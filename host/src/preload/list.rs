@@ -141,7 +141,7 @@ pub fn parse_reference(s: &str, default_ns: &str) -> Result<(String, RepoName, R
         }
         _ => (default_ns.to_owned(), name),
     };
-    let registry = canonical_name(&registry);
+    let registry = canonical_name(&registry).to_owned();
     let mut repo = RepoName::parse(repo).map_err(msg)?;
     if registry == DOCKER_HUB {
         repo = repo.with_library_prefix();

@@ -71,13 +71,13 @@ impl App {
 /// Answers one request.
 pub async fn handle(
     app: Arc<App>,
-    method: Method,
-    uri: http::Uri,
-    headers: HeaderMap,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
 ) -> Response<Body> {
     let head = method == Method::HEAD;
     let mut kind = RouteKind::Invalid;
-    let resp = match route(&app, &method, &uri, &headers, &mut kind).await {
+    let resp = match route(&app, method, uri, headers, &mut kind).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -123,15 +123,15 @@ async fn route(
             "uploads are not supported: this registry is a pull-only mirror",
         )),
         Route::Manifest(reference) => {
-            super::manifests::manifest(app, &registry, &repo, reference, headers, head).await
+            super::manifests::manifest(app, registry, &repo, reference, headers, head).await
         }
         Route::Blob(digest) => {
-            super::blobs::blob(app, &registry, &repo, digest, headers, head).await
+            super::blobs::blob(app, registry, &repo, digest, headers, head).await
         }
         Route::Tags => {
             super::passthrough::passthrough(
                 app,
-                &registry,
+                registry,
                 &repo,
                 "tags/list",
                 uri.query(),
@@ -143,7 +143,7 @@ async fn route(
         Route::Referrers(d) => {
             super::passthrough::passthrough(
                 app,
-                &registry,
+                registry,
                 &repo,
                 &format!("referrers/{d}"),
                 uri.query(),

@@ -27,7 +27,6 @@ pub(super) async fn manifest(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
-    let accept = Accept::from_headers(headers);
     let m = match reference {
         Reference::Digest(digest) => {
             let m = manifest_by_digest(app, registry, repo, digest).await?;
@@ -35,6 +34,8 @@ pub(super) async fn manifest(
             m
         }
         Reference::Tag(tag) => {
+            // Only a tag's answer depends on what the client accepts.
+            let accept = Accept::from_headers(headers);
             let m = manifest_by_tag(app, registry, repo, &tag, &accept).await?;
             app.inventory.access.touch_tag(registry, repo, &tag);
             m
@@ -136,8 +137,11 @@ async fn manifest_by_tag(
         None => false,
     };
     counters.cache(ContentKind::Manifest, hit);
+    let cached = match cached {
+        Some((m, _)) if hit => return Ok(m),
+        other => other,
+    };
     match &cached {
-        Some((m, _)) if hit => return Ok(m.clone()),
         Some(_) => {}
         None if app.settings.air_gapped => {
             return Err(RegistryError::not_found(
@@ -282,7 +286,7 @@ async fn cached_tag(
     let record = match app.hot.tag(&path, modified) {
         Some(r) => r,
         None => {
-            let r = tags::get(&app.store, registry, repo, tag).await?;
+            let r = std::sync::Arc::new(tags::get(&app.store, registry, repo, tag).await?);
             app.hot.put_tag(&path, modified, r.clone());
             r
         }

@@ -176,10 +176,9 @@ async fn serve_connection<I>(
         async move {
             let started = Instant::now();
             let (parts, _body) = req.into_parts();
-            let method = parts.method.clone();
-            let path = parts.uri.path().to_owned();
-            let resp = handlers::handle(app, parts.method, parts.uri, parts.headers).await;
-            tracing::debug!(%peer, %method, path, status = resp.status().as_u16(),
+            let resp = handlers::handle(app, &parts.method, &parts.uri, &parts.headers).await;
+            tracing::debug!(%peer, method = %parts.method, path = parts.uri.path(),
+                status = resp.status().as_u16(),
                 ms = started.elapsed().as_millis() as u64, "request");
             Ok::<_, std::convert::Infallible>(resp)
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::config::{CredentialConfig, Registry, Scheme, Settings, TlsConfig};
+use crate::config::{CredentialConfig, Scheme, Settings, TlsConfig};
 use crate::oci::error::RegistryError;
 use crate::oci::reference::RepoName;
 use auth::{CredentialSource, TokenCache};
@@ -32,12 +32,10 @@ const RETRY_BASE: Duration = Duration::from_millis(200);
 const MAX_ADHOC: usize = 256;
 
 /// The canonical name of a registry: docker.io's aliases collapse to `docker.io`.
-pub fn canonical_name(name: &str) -> String {
+pub fn canonical_name(name: &str) -> &str {
     match name {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            DOCKER_HUB.to_owned()
-        }
-        other => other.to_owned(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB,
+        other => other,
     }
 }
 
@@ -297,6 +295,8 @@ impl Upstreams {
                 registry: "(default)".into(),
                 message,
             })?;
+        crate::metrics::global()
+            .preregister(settings.registries.iter().map(|r| canonical_name(&r.name)));
         let mut configured = HashMap::new();
         for r in &settings.registries {
             let name = canonical_name(&r.name);
@@ -326,8 +326,8 @@ impl Upstreams {
                 },
             };
             configured.insert(
-                name.clone(),
-                Arc::new(upstream(&name, r, client, credential, timeout)),
+                name.to_owned(),
+                Arc::new(upstream(name, r.scheme, client, credential, timeout)),
             );
         }
         Ok(Upstreams {
@@ -341,38 +341,31 @@ impl Upstreams {
     /// The upstream for a registry name as it appeared in a request (validated host).
     pub fn resolve(&self, registry: &str) -> Arc<Upstream> {
         let name = canonical_name(registry);
-        if let Some(u) = self.configured.get(&name) {
+        if let Some(u) = self.configured.get(name) {
             return u.clone();
         }
         let mut adhoc = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = adhoc.get(&name) {
+        if let Some(u) = adhoc.get(name) {
             return u.clone();
         }
         if adhoc.len() >= MAX_ADHOC {
             adhoc.clear();
         }
-        let plain = Registry {
-            name: name.clone(),
-            scheme: Scheme::Https,
-            credential: CredentialConfig::None,
-            tls: TlsConfig::default(),
-            tag_ttl: None,
-        };
         let u = Arc::new(upstream(
-            &name,
-            &plain,
+            name,
+            Scheme::Https,
             self.default_client.clone(),
             CredentialSource::Anonymous,
             self.timeout,
         ));
-        adhoc.insert(name, u.clone());
+        adhoc.insert(name.to_owned(), u.clone());
         u
     }
 }
 
 fn upstream(
     name: &str,
-    r: &Registry,
+    scheme: Scheme,
     client: reqwest::Client,
     credential: CredentialSource,
     timeout: Duration,
@@ -384,7 +377,7 @@ fn upstream(
     };
     Upstream {
         name: name.to_owned(),
-        base: format!("{}://{}", r.scheme, host),
+        base: format!("{scheme}://{host}"),
         client,
         credential,
         tokens: TokenCache::default(),
