@@ -63,9 +63,7 @@ pub struct BlobStore {
 impl BlobStore {
     /// Opens (creating) the layout under `root` and removes temp files left by a crash.
     pub fn open(root: &Path) -> io::Result<Self> {
-        for dir in ["blobs/sha256", "manifests/sha256", "tags", "tmp"] {
-            std::fs::create_dir_all(root.join(dir))?;
-        }
+        let store = Self::open_alongside(root)?;
         let mut cleaned = 0usize;
         for entry in std::fs::read_dir(root.join("tmp"))? {
             let entry = entry?;
@@ -76,10 +74,7 @@ impl BlobStore {
         if cleaned > 0 {
             tracing::info!(cleaned, "removed temp files left by an earlier run");
         }
-        Ok(BlobStore {
-            root: root.to_owned(),
-            temp_seq: AtomicU64::new(0),
-        })
+        Ok(store)
     }
 
     /// Opens (creating) the layout under `root` without touching `tmp/`: for a second
@@ -168,10 +163,10 @@ impl BlobStore {
         Ok(opened?.map(|(file, size)| StoredBlob { file, size }))
     }
 
-    /// Makes a fully written, fsynced and verified temp file visible as the blob `digest`.
-    pub async fn commit_blob(&self, temp: &Path, digest: &Digest) -> io::Result<()> {
+    /// Makes a fully written, fsynced and verified temp file of `size` bytes visible as the
+    /// blob `digest`.
+    pub async fn commit_blob(&self, temp: &Path, digest: &Digest, size: u64) -> io::Result<()> {
         let target = self.blob_path(digest);
-        let size = tokio::fs::metadata(temp).await?.len();
         tokio::fs::rename(temp, &target).await?;
         crate::metrics::global().disk_added(ContentKind::Blob, size);
         sync_dir(target.parent()).await

@@ -282,10 +282,9 @@ async fn write_verified(
             Some(ready) => Ok(ready),
             None => {
                 if !buf.is_empty() {
-                    written += hand_over(d, &mut file, buf.split().freeze(), written)
+                    written = hand_over(d, &mut file, buf.split().freeze(), written, total)
                         .await
                         .map_err(disk)?;
-                    d.publish(Progress::Receiving { total, written });
                 }
                 tokio::time::timeout(idle_timeout, body.next()).await
             }
@@ -337,10 +336,9 @@ async fn write_verified(
             if buf.is_empty() && chunk.len() >= WRITE_CHUNK {
                 // Big enough on its own (the HTTP client hands over up to a few hundred KiB
                 // at a time when the upstream is fast): passed on as it came, not copied.
-                written += hand_over(d, &mut file, chunk, written)
+                written = hand_over(d, &mut file, chunk, written, total)
                     .await
                     .map_err(disk)?;
-                d.publish(Progress::Receiving { total, written });
             } else {
                 if buf.capacity() == 0 {
                     buf.reserve(WRITE_CHUNK);
@@ -349,10 +347,9 @@ async fn write_verified(
             }
         }
         if !buf.is_empty() && (buf.len() >= WRITE_CHUNK || ended) {
-            written += hand_over(d, &mut file, buf.split().freeze(), written)
+            written = hand_over(d, &mut file, buf.split().freeze(), written, total)
                 .await
                 .map_err(disk)?;
-            d.publish(Progress::Receiving { total, written });
         }
         if ended {
             break;
@@ -381,7 +378,7 @@ async fn write_verified(
         .and_then(|r| r)
         .map_err(disk)?;
     store
-        .commit_blob(&d.temp_path, &d.digest)
+        .commit_blob(&d.temp_path, &d.digest, written)
         .await
         .map_err(disk)?;
     Ok(written)
@@ -468,20 +465,23 @@ impl DiskPipe {
     }
 }
 
-/// Hands `chunk` (the bytes at `offset`) to the disk and to readers; returns its length.
+/// Hands `chunk` (the bytes at `offset`) to the disk and to readers and publishes the new
+/// length, which it returns.
 async fn hand_over(
     d: &Download,
     disk: &mut DiskPipe,
     chunk: Bytes,
     offset: u64,
+    total: Option<u64>,
 ) -> io::Result<u64> {
-    let n = chunk.len() as u64;
+    let written = offset + chunk.len() as u64;
     d.recent
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(offset, chunk.clone());
     disk.write(chunk).await?;
-    Ok(n)
+    d.publish(Progress::Receiving { total, written });
+    Ok(written)
 }
 
 /// Where a reader gets its bytes from.

@@ -34,25 +34,12 @@ pub(super) async fn blob(
         });
     }
     counters.cache(ContentKind::Blob, false);
-    if app.settings.air_gapped {
-        return Err(RegistryError::not_found(
-            ErrorCode::BlobUnknown,
-            format!("blob {digest} is not cached (air-gapped: upstreams are never contacted)"),
-        ));
-    }
+    refuse_if_air_gapped(app, &digest)?;
     let upstream = app.upstreams.resolve(registry);
     if head {
         return head_upstream_blob(&upstream, repo, &digest).await;
     }
-    let (download, started) = app.downloads.join_or_register(&app.store, &digest);
-    if started {
-        tokio::spawn(run_download(
-            app.clone(),
-            upstream.clone(),
-            repo.clone(),
-            download.clone(),
-        ));
-    }
+    let download = join_download(app, &upstream, repo, &digest);
     let mut progress = download.subscribe();
     let state = progress
         .wait_for(|p| !matches!(p, Progress::Starting))
@@ -103,22 +90,9 @@ pub async fn ensure_blob_watching(
     if let Some(size) = app.store.stat_blob(digest).await.map_err(disk_error)? {
         return Ok(size);
     }
-    if app.settings.air_gapped {
-        return Err(RegistryError::not_found(
-            ErrorCode::BlobUnknown,
-            format!("blob {digest} is not cached (air-gapped: upstreams are never contacted)"),
-        ));
-    }
+    refuse_if_air_gapped(app, digest)?;
     let upstream = app.upstreams.resolve(registry);
-    let (download, started) = app.downloads.join_or_register(&app.store, digest);
-    if started {
-        tokio::spawn(run_download(
-            app.clone(),
-            upstream,
-            repo.clone(),
-            download.clone(),
-        ));
-    }
+    let download = join_download(app, &upstream, repo, digest);
     let mut progress = download.subscribe();
     loop {
         let state = progress.borrow_and_update().clone();
@@ -141,18 +115,43 @@ pub async fn ensure_blob_watching(
     }
 }
 
+/// An uncached blob in air-gapped mode: never fetched.
+fn refuse_if_air_gapped(app: &App, digest: &Digest) -> Result<(), RegistryError> {
+    if app.settings.air_gapped {
+        return Err(RegistryError::not_found(
+            ErrorCode::BlobUnknown,
+            format!("blob {digest} is not cached (air-gapped: upstreams are never contacted)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Joins the running download of `digest`, or registers one and starts fetching it.
+fn join_download(
+    app: &Arc<App>,
+    upstream: &Arc<Upstream>,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Arc<inflight::Download> {
+    let (download, started) = app.downloads.join_or_register(&app.store, digest);
+    if started {
+        tokio::spawn(run_download(
+            app.clone(),
+            upstream.clone(),
+            repo.clone(),
+            download.clone(),
+        ));
+    }
+    download
+}
+
 fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-        h.insert("docker-content-digest", v.clone());
-        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-            h.insert(header::ETAG, etag);
-        }
-    }
+    response::digest_headers(h, digest);
 }
 
 fn blob_response(
@@ -211,8 +210,7 @@ async fn head_upstream_blob(
             resp,
             ErrorCode::BlobUnknown,
             &format!("blob {digest}"),
-        )
-        .await);
+        ));
     }
     let mut out = Response::new(response::empty());
     blob_headers(out.headers_mut(), digest);
@@ -252,8 +250,7 @@ async fn run_download(
             resp,
             ErrorCode::BlobUnknown,
             &format!("blob {digest}"),
-        )
-        .await;
+        );
         tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch refused");
         app.downloads.fail(&download, e);
         return;

@@ -214,7 +214,7 @@ pub(super) fn too_large(upstream: &Upstream, limit: usize) -> RegistryError {
 }
 
 /// Turns an upstream's non-success answer into our error, keeping its meaning.
-pub(super) async fn upstream_status(
+pub(super) fn upstream_status(
     upstream: &Upstream,
     resp: reqwest::Response,
     not_found: ErrorCode,

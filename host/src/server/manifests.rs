@@ -71,12 +71,7 @@ fn manifest_response(m: &Manifest, head: bool) -> Response<Body> {
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
-    if let Ok(v) = HeaderValue::from_str(&m.digest.to_string()) {
-        h.insert("docker-content-digest", v.clone());
-        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", m.digest)) {
-            h.insert(header::ETAG, etag);
-        }
-    }
+    response::digest_headers(h, &m.digest);
     resp
 }
 
@@ -260,9 +255,12 @@ async fn revalidate(
     }
     if status == StatusCode::NOT_FOUND {
         let what = format!("manifest {repo}:{tag}");
-        return Revalidation::Gone(
-            upstream_status(upstream, resp, ErrorCode::ManifestUnknown, &what).await,
-        );
+        return Revalidation::Gone(upstream_status(
+            upstream,
+            resp,
+            ErrorCode::ManifestUnknown,
+            &what,
+        ));
     }
     Revalidation::Failed(format!("upstream answered {status}"))
 }
@@ -359,8 +357,7 @@ async fn fetch_manifest(
             resp,
             ErrorCode::ManifestUnknown,
             &format!("manifest {repo}:{reference}"),
-        )
-        .await);
+        ));
     }
     let content_type = resp
         .headers()

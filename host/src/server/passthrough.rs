@@ -63,8 +63,7 @@ pub(super) async fn passthrough(
             resp,
             ErrorCode::NameUnknown,
             &format!("{repo} {path}"),
-        )
-        .await);
+        ));
     }
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     let link = resp

@@ -60,6 +60,17 @@ pub fn error(e: &RegistryError, head: bool) -> Response<Body> {
     resp
 }
 
+/// `Docker-Content-Digest` and the matching `ETag` of a manifest or blob.
+pub fn digest_headers(h: &mut http::HeaderMap, digest: &crate::oci::reference::Digest) {
+    let d = digest.to_string();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{d}\"")) {
+        h.insert(header::ETAG, etag);
+    }
+    if let Ok(v) = HeaderValue::from_str(&d) {
+        h.insert("docker-content-digest", v);
+    }
+}
+
 /// Sets the registry API version header on any response.
 pub fn with_api_version(mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut().insert(
