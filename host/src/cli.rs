@@ -136,7 +136,7 @@ pub struct ServeArgs {
 pub struct ProvidersArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
-    pub output: providers::listing::Output,
+    pub output: Output,
     /// Fetch each configured registry's credential once and report the result (never the secret).
     #[arg(long)]
     pub check: bool,
@@ -145,8 +145,44 @@ pub struct ProvidersArgs {
 /// Threads for blocking work (file reads and writes, plugin calls).
 const BLOCKING_THREADS: usize = 64;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Reads a `--*-timeout`/`--*-grace` flag (`30s`, `5m`, milliseconds).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Output format of the verbs that list things (`providers`, `list`, `prune`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Prints `rows` as aligned columns: every cell but a row's last is padded to its column's
+/// width, two spaces apart.
+pub fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
 }
 
 /// Runs the command line; the process exit code.
@@ -180,54 +216,42 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         }
         None => None,
     };
-    let (port, host, default_ns, air_gapped, always_pull_latest, pull_timeout) = match &cli.command
-    {
+    // What each verb's own flags add to the config file's values.
+    let common = Overrides {
+        image_path: cli.image_path.clone(),
+        plugin_dir: cli.plugin_dir.clone(),
+        log_file: cli.log_file.clone(),
+        ..Overrides::default()
+    };
+    let (overrides, image_list, platforms) = match &cli.command {
         Command::Serve(s) => (
-            s.port,
-            s.host.clone(),
-            s.default_ns.clone(),
-            s.air_gapped,
-            s.always_pull_latest,
-            s.pull_timeout,
-        ),
-        Command::Load(l) => (None, None, l.default_ns.clone(), false, false, None),
-        _ => (None, None, None, false, false, None),
-    };
-    let admin_address = match &cli.command {
-        Command::Serve(s) => s.admin_address.clone(),
-        _ => None,
-    };
-    let (metrics, health) = match &cli.command {
-        Command::Serve(s) => (s.metrics, s.health),
-        _ => (None, None),
-    };
-    let settings = config::resolve(
-        file,
-        Overrides {
-            image_path: cli.image_path.clone(),
-            port,
-            host,
-            plugin_dir: cli.plugin_dir.clone(),
-            default_ns,
-            air_gapped,
-            always_pull_latest,
-            pull_timeout,
-            admin_address,
-            shutdown_grace: match &cli.command {
-                Command::Serve(s) => s.shutdown_grace,
-                _ => None,
+            Overrides {
+                port: s.port,
+                host: s.host.clone(),
+                default_ns: s.default_ns.clone(),
+                air_gapped: s.air_gapped,
+                always_pull_latest: s.always_pull_latest,
+                pull_timeout: s.pull_timeout,
+                admin_address: s.admin_address.clone(),
+                shutdown_grace: s.shutdown_grace,
+                metrics: s.metrics,
+                health: s.health,
+                ..common
             },
-            metrics,
-            health,
-            log_file: cli.log_file.clone(),
-        },
-    )?;
-    let mut settings = settings;
-    let (image_list, platforms) = match &cli.command {
-        Command::Serve(s) => (s.preload_images.clone(), s.platforms.clone()),
-        Command::Load(l) => (l.image_file.clone(), l.platforms.clone()),
-        _ => (None, Vec::new()),
+            s.preload_images.clone(),
+            s.platforms.clone(),
+        ),
+        Command::Load(l) => (
+            Overrides {
+                default_ns: l.default_ns.clone(),
+                ..common
+            },
+            l.image_file.clone(),
+            l.platforms.clone(),
+        ),
+        _ => (common, None, Vec::new()),
     };
+    let mut settings = config::resolve(file, overrides)?;
     if !platforms.is_empty() {
         settings.preload.platforms = platforms;
     }

@@ -6,26 +6,18 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 
 use super::criteria::{Criteria, CriteriaSpec, Cutoff};
 use super::prune::{self, PrunePlan};
 use super::scan::{self, Image, ImageType};
 use crate::cache::tags;
+use crate::cli::Output;
 use crate::config::Settings;
 use crate::oci::reference::{self, RepoName};
 use crate::timefmt;
 use crate::upstream::canonical_name;
-
-/// Output format of `list` and `prune`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// Aligned columns for people.
-    Table,
-    /// JSON for scripts.
-    Json,
-}
 
 /// `list` flags.
 #[derive(Debug, Args)]
@@ -63,7 +55,7 @@ pub struct PruneArgs {
     pub count: Option<usize>,
     /// Keep unreferenced blobs stored or pulled within this period, so that a pull in
     /// progress finds them; they go in a later run [config: pruneGrace] [default: 5m].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_duration)]
     pub grace: Option<Duration>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
@@ -75,10 +67,6 @@ pub struct PruneArgs {
 pub struct InvalidateArgs {
     /// The cached tag to forget: REGISTRY/REPOSITORY:TAG (e.g. docker.io/library/alpine:3.20).
     pub reference: String,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// One image as `list` prints it in JSON.
@@ -173,7 +161,7 @@ pub fn list(settings: &Settings, args: &ListArgs) -> Result<ExitCode, String> {
                 serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
             );
         }
-        Output::Table => print_table(&images),
+        Output::Table => print_images(&images),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -194,8 +182,8 @@ pub fn human_size(n: u64) -> String {
     }
 }
 
-fn print_table(images: &[ImageView]) {
-    let mut rows: Vec<[String; 6]> = vec![[
+fn print_images(images: &[ImageView]) {
+    let mut rows: Vec<Vec<String>> = vec![vec![
         "REPOSITORY".into(),
         "TAG/DIGEST".into(),
         "TYPE".into(),
@@ -214,7 +202,7 @@ fn print_table(images: &[ImageView]) {
             ImageType::Index => "index",
             ImageType::Unknown => "unknown",
         };
-        rows.push([
+        rows.push(vec![
             repo,
             i.tag.clone().unwrap_or_else(|| i.digest.clone()),
             kind.into(),
@@ -223,27 +211,7 @@ fn print_table(images: &[ImageView]) {
             human_size(i.size),
         ]);
     }
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths.iter())
-            .enumerate()
-            .map(|(k, (c, w))| {
-                if k == 5 {
-                    c.clone()
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    crate::cli::print_table(&rows);
     let total: u64 = images.iter().map(|i| i.size).sum();
     println!("{} images, {}", images.len(), human_size(total));
 }

@@ -70,6 +70,17 @@ pub async fn run_in_server(
     app: &Arc<crate::server::App>,
     max: u64,
 ) -> Result<Option<PrunePlan>, String> {
+    // Most checks find the cache within bounds: a directory count settles that without the
+    // flush, the lock and the full scan (which reads every manifest and record).
+    let root = app.store.root().to_owned();
+    let counted = tokio::task::spawn_blocking(move || crate::observability::disk::count(&root))
+        .await
+        .map_err(|e| format!("eviction failed: {e}"))?;
+    if let Ok((blobs, manifests)) = counted
+        && blobs.bytes + manifests.bytes <= max
+    {
+        return Ok(None);
+    }
     let grace = app.settings.inventory.grace;
     let _one = app.inventory.prune_lock.lock().await;
     app.inventory.access.flush(&app.store).await;

@@ -8,19 +8,10 @@ use std::time::{Duration, SystemTime};
 use ociregistry_plugin_api::{Credential, CredentialKind, host};
 use serde_json::json;
 
-use crate::cli::FatalError;
+use crate::cli::{FatalError, Output, print_table};
 use crate::config::{CredentialConfig, Settings};
 use crate::providers::{self, scheduler};
 use crate::timefmt::format_system_time;
-
-/// Output format of `ociregistry providers`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Aligned columns for people.
-    Table,
-    /// One JSON document for scripts.
-    Json,
-}
 
 /// Runs the command.
 pub async fn run(settings: &Settings, output: Output, check: bool) -> Result<ExitCode, FatalError> {
@@ -238,28 +229,4 @@ fn file_name(p: &std::path::Path) -> String {
     p.file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| p.display().to_string())
-}
-
-fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
-            }
-        }
-        println!("{}", line.trim_end());
-    }
 }
