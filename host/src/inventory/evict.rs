@@ -82,19 +82,14 @@ pub async fn run_in_server(
         return Ok(None);
     }
     let grace = app.settings.inventory.grace;
-    let _one = app.inventory.prune_lock.lock().await;
-    app.inventory.access.flush(&app.store).await;
-    let root = app.store.root().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let _lock = super::lock::InventoryLock::acquire(&root, || {})
-            .map_err(|e| format!("eviction: cannot take the inventory lock: {e}"))?;
-        let cache = scan::scan(&root).map_err(|e| e.to_string())?;
+    prune::run_locked(app, "eviction", move |root| {
+        let cache = scan::scan(root).map_err(|e| e.to_string())?;
         let sel = select(&cache, max);
         if sel.is_empty() {
             return Ok(None);
         }
         let total = cache.total_bytes();
-        let plan = prune::finish(&root, &cache, &sel, grace, timefmt::now(), false);
+        let plan = prune::finish(root, &cache, &sel, grace, timefmt::now(), false);
         tracing::info!(
             total,
             max_size = max,
@@ -104,7 +99,6 @@ pub async fn run_in_server(
         Ok(Some(plan))
     })
     .await
-    .map_err(|e| format!("eviction failed: {e}"))?
 }
 
 #[cfg(test)]

@@ -258,8 +258,7 @@ pub fn finish(
     p
 }
 
-/// A prune inside the server: access times are flushed first so that they count, and only
-/// one prune runs at a time.
+/// A prune inside the server (see [`run_locked`]).
 pub async fn run_in_server(
     app: &Arc<crate::server::App>,
     spec: CriteriaSpec,
@@ -267,18 +266,33 @@ pub async fn run_in_server(
     grace: Duration,
     dry_run: bool,
 ) -> Result<PrunePlan, String> {
+    let plan = run_locked(app, "prune", move |root| {
+        run_blocking(root, &spec, count, grace, dry_run).map(Some)
+    })
+    .await?
+    .ok_or("prune planned nothing")?;
+    log_plan(&plan, "prune");
+    Ok(plan)
+}
+
+/// Runs `work` (a prune or an eviction on the cache directory, on a blocking thread) inside
+/// the server: one at a time, after the access times were flushed so that they count, and
+/// under the inventory lock.
+pub async fn run_locked(
+    app: &Arc<crate::server::App>,
+    what: &'static str,
+    work: impl FnOnce(&std::path::Path) -> Result<Option<PrunePlan>, String> + Send + 'static,
+) -> Result<Option<PrunePlan>, String> {
     let _one = app.inventory.prune_lock.lock().await;
     app.inventory.access.flush(&app.store).await;
     let root = app.store.root().to_owned();
-    let plan = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let _lock = super::lock::InventoryLock::acquire(&root, || {})
-            .map_err(|e| format!("prune: cannot take the inventory lock: {e}"))?;
-        run_blocking(&root, &spec, count, grace, dry_run)
+            .map_err(|e| format!("{what}: cannot take the inventory lock: {e}"))?;
+        work(&root)
     })
     .await
-    .map_err(|e| format!("prune failed: {e}"))??;
-    log_plan(&plan, "prune");
-    Ok(plan)
+    .map_err(|e| format!("{what} failed: {e}"))?
 }
 
 /// One log line per prune.
