@@ -1173,3 +1173,70 @@ fn the_server_and_the_verbs_wait_for_the_inventory_lock() {
         "the tag is gone"
     );
 }
+
+/// A manifest pruned inside the server leaves its in-memory copy too: a pull by digest after
+/// an admin-API prune goes to the upstream again instead of being answered from memory with
+/// a manifest whose blobs are gone.
+#[test]
+fn a_pruned_manifest_is_not_served_from_memory() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let img = images::seed(
+        &up,
+        &images::unique_repo("inv-hot"),
+        "v1",
+        ImageKind::small_oci(),
+    );
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .serve_arg("--admin-address")
+        .serve_arg(&admin_addr)
+        .start();
+    wait_for(
+        "the admin listener",
+        SECS(10),
+        Duration::from_millis(20),
+        || proxy.log().contains("admin API ready").then_some(()),
+    );
+    let host = up.host();
+    let digest = img.manifest.digest.clone();
+    let manifest_gets = |up: &mut Upstream| {
+        up.access_log()
+            .iter()
+            .filter(|l| l.method == "GET" && l.uri.ends_with(&format!("/manifests/{digest}")))
+            .count()
+    };
+    let r = proxy.get_manifest(Route::Ns(&host), &img.repo, &digest);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let r = proxy.get_manifest(Route::Ns(&host), &img.repo, &digest);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(
+        manifest_gets(&mut up),
+        1,
+        "the second pull came from the cache"
+    );
+
+    let pruned = admin(
+        &admin_addr,
+        "POST",
+        "/admin/v1/prune",
+        None,
+        Some(r#"{"pattern": ".", "grace": "0s"}"#),
+    );
+    assert_eq!(pruned.status, 200, "{}", pruned.body_str());
+    assert!(
+        !manifest_path(proxy.image_path(), &digest).is_file(),
+        "pruned from disk: {}",
+        pruned.body_str()
+    );
+    let r = proxy.get_manifest(Route::Ns(&host), &img.repo, &digest);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(
+        manifest_gets(&mut up),
+        2,
+        "the pruned manifest was answered from memory instead of fetched again"
+    );
+}

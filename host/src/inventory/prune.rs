@@ -18,6 +18,7 @@ use super::access;
 use super::criteria::{Criteria, CriteriaSpec};
 use super::scan::{self, Cache, Image, ImageType, Origin};
 use crate::metrics::ContentKind;
+use crate::oci::reference::Digest;
 use crate::timefmt;
 
 /// One image in a plan.
@@ -277,22 +278,29 @@ pub async fn run_in_server(
 
 /// Runs `work` (a prune or an eviction on the cache directory, on a blocking thread) inside
 /// the server: one at a time, after the access times were flushed so that they count, and
-/// under the inventory lock.
+/// under the inventory lock. Manifests it removed leave the in-memory cache as well, so that
+/// they are not served from there afterwards.
 pub async fn run_locked(
     app: &Arc<crate::server::App>,
     what: &'static str,
-    work: impl FnOnce(&std::path::Path) -> Result<Option<PrunePlan>, String> + Send + 'static,
+    work: impl FnOnce(&Path) -> Result<Option<PrunePlan>, String> + Send + 'static,
 ) -> Result<Option<PrunePlan>, String> {
     let _one = app.inventory.prune_lock.lock().await;
     app.inventory.access.flush(&app.store).await;
     let root = app.store.root().to_owned();
-    tokio::task::spawn_blocking(move || {
+    let plan = tokio::task::spawn_blocking(move || {
         let _lock = super::lock::InventoryLock::acquire(&root, || {})
             .map_err(|e| format!("{what}: cannot take the inventory lock: {e}"))?;
         work(&root)
     })
     .await
-    .map_err(|e| format!("{what} failed: {e}"))?
+    .map_err(|e| format!("{what} failed: {e}"))??;
+    if let Some(p) = plan.as_ref().filter(|p| !p.dry_run) {
+        for d in p.manifests.iter().filter_map(|m| Digest::parse(m).ok()) {
+            app.hot.forget_manifest(&d);
+        }
+    }
+    Ok(plan)
 }
 
 /// One log line per prune.
