@@ -253,12 +253,14 @@ fn schedule(path: &Path, p: &PruneConfig) -> Result<PruneSchedule, ConfigError> 
                 p.expr.clone().filter(|e| !e.is_empty()).ok_or_else(|| {
                     invalid(path, "pruneConfig.expr", "is required for type pattern")
                 })?;
-            regex::Regex::new(&expr)
-                .map_err(|e| invalid(path, "pruneConfig.expr", format!("invalid regex: {e}")))?;
-            CriteriaSpec {
+            let spec = CriteriaSpec {
                 pattern: Some(expr),
                 ..CriteriaSpec::default()
-            }
+            };
+            // Checked with the same rules (and limits) each scheduled run compiles it with.
+            spec.compile(0)
+                .map_err(|e| invalid(path, "pruneConfig.expr", e))?;
+            spec
         }
     };
     let frequency = p.frequency.map(|d| d.0).unwrap_or(DEFAULT_PRUNE_FREQUENCY);
