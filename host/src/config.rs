@@ -368,7 +368,7 @@ pub enum CredentialConfig {
 /// One upstream after validation.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    /// Name as clients write it.
+    /// Name as clients write it; docker.io's aliases read as `docker.io`.
     pub name: String,
     /// http or https.
     pub scheme: Scheme,
@@ -598,7 +598,9 @@ pub fn resolve(
     for (i, r) in cfg.registries.iter().enumerate() {
         let line = line_of_entry(&text, &r.name.0);
         let key = |k: &str| format!("registries[{i}]{k}");
-        if !seen.insert(r.name.0.clone()) {
+        // Requests name docker.io's aliases as `docker.io`: so must the settings.
+        let name = crate::upstream::canonical_name(&r.name.0).to_owned();
+        if !seen.insert(name.clone()) {
             return Err(invalid(
                 key(".name"),
                 line,
@@ -623,7 +625,7 @@ pub fn resolve(
         let credential = credential_of(r.auth.as_ref())
             .map_err(|(k, message)| invalid(key(&format!(".auth{k}")), line, message))?;
         registries.push(Registry {
-            name: r.name.0.clone(),
+            name,
             scheme: r.scheme,
             credential,
             tls,
@@ -1034,6 +1036,16 @@ mod tests {
         assert_eq!(s.inventory.max_size, Some(50 << 30));
         let e = resolve_text("admin:\n  address: 0.0.0.0:9000\n").unwrap_err();
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn docker_hub_aliases_are_one_registry() {
+        let s = resolve_text("registries:\n- name: index.docker.io\n  tagTtl: 5m\n").unwrap();
+        assert_eq!(s.registries[0].name, "docker.io");
+        assert_eq!(s.tag_ttl("docker.io"), Some(Duration::from_secs(300)));
+        let e = resolve_text("registries:\n- name: docker.io\n- name: registry-1.docker.io\n")
+            .unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
     }
 
     #[test]
