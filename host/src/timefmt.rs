@@ -80,10 +80,13 @@ pub fn parse_cutoff(s: &str, now: u64) -> Result<u64, String> {
     }
     match crate::duration::parse(s) {
         Ok(d) => Ok(now.saturating_sub(d.as_secs())),
-        Err(_) => Err(format!(
-            "{s:?} is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)"
-        )),
+        Err(_) => Err(cutoff_error(s)),
     }
+}
+
+/// The error for a `prune` cut-off that is neither form, naming both.
+pub fn cutoff_error(s: &str) -> String {
+    format!("{s:?} is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)")
 }
 
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {

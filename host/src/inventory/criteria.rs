@@ -21,11 +21,9 @@ impl Cutoff {
         if let Some(t) = timefmt::parse_rfc3339(s) {
             return Ok(Cutoff::At(t));
         }
-        // parse_cutoff names both accepted forms in its error.
-        timefmt::parse_cutoff(s, 0)?;
         crate::duration::parse(s)
             .map(Cutoff::Age)
-            .map_err(|e| e.to_string())
+            .map_err(|_| timefmt::cutoff_error(s))
     }
 
     /// The instant, for a run at `now`.

@@ -178,45 +178,37 @@ pub fn execute(root: &Path, plan: &mut PrunePlan) {
             Origin::Untracked(_) => {}
         }
     }
-    let metrics = crate::metrics::global();
     let mdir = root.join("manifests/sha256");
     for d in &plan.manifests {
         let hex = d.trim_start_matches("sha256:");
-        let size = std::fs::metadata(mdir.join(hex)).ok().map(|m| m.len());
         // The manifest first: whoever still sees it also finds its media type.
-        for (i, p) in [
-            mdir.join(hex),
-            mdir.join(format!("{hex}.type")),
-            mdir.join(format!("{hex}.access")),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            match remove(&p) {
-                Err(e) => errors.push(format!("{}: {e}", p.display())),
-                Ok(()) => {
-                    if let (0, Some(size)) = (i, size) {
-                        metrics.disk_removed(ContentKind::Manifest, size);
-                    }
-                }
-            }
-        }
+        remove_counted(&mdir.join(hex), Some(ContentKind::Manifest), &mut errors);
+        remove_counted(&mdir.join(format!("{hex}.type")), None, &mut errors);
+        remove_counted(&access::record_path(root, hex), None, &mut errors);
     }
     let bdir = root.join("blobs/sha256");
     for d in &plan.blobs {
         let p = bdir.join(d.trim_start_matches("sha256:"));
-        let size = std::fs::metadata(&p).ok().map(|m| m.len());
-        match remove(&p) {
-            Err(e) => errors.push(format!("{}: {e}", p.display())),
-            Ok(()) => {
-                if let Some(size) = size {
-                    metrics.disk_removed(ContentKind::Blob, size);
-                }
+        remove_counted(&p, Some(ContentKind::Blob), &mut errors);
+    }
+    crate::metrics::global()
+        .evictions
+        .inc_by(plan.images.len() as u64);
+    plan.errors = errors;
+}
+
+/// Removes `p` (gone already is fine), taking its bytes off the `kind` disk gauge; a failure
+/// is added to `errors`.
+fn remove_counted(p: &Path, kind: Option<ContentKind>, errors: &mut Vec<String>) {
+    let size = kind.and(std::fs::metadata(p).ok()).map(|m| m.len());
+    match remove(p) {
+        Err(e) => errors.push(format!("{}: {e}", p.display())),
+        Ok(()) => {
+            if let (Some(kind), Some(size)) = (kind, size) {
+                crate::metrics::global().disk_removed(kind, size);
             }
         }
     }
-    metrics.evictions.inc_by(plan.images.len() as u64);
-    plan.errors = errors;
 }
 
 /// Scans, selects, plans and (unless `dry_run`) prunes the cache under `root`. Blocking.
