@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 
 use crate::metrics::ContentKind;
 use crate::oci::error::{ErrorCode, RegistryError};
@@ -57,7 +56,6 @@ impl StoredBlob {
 #[derive(Debug)]
 pub struct BlobStore {
     root: PathBuf,
-    temp_seq: AtomicU64,
 }
 
 impl BlobStore {
@@ -86,7 +84,6 @@ impl BlobStore {
         }
         Ok(BlobStore {
             root: root.to_owned(),
-            temp_seq: AtomicU64::new(0),
         })
     }
 
@@ -106,10 +103,7 @@ impl BlobStore {
 
     /// A fresh, unique temp file path (not yet created).
     pub fn temp_path(&self, label: &str) -> PathBuf {
-        let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join("tmp")
-            .join(format!("{label}.{}.{n}.part", std::process::id()))
+        temp_path_in(&self.root, label)
     }
 
     /// Refuses (507) when the disk holding the cache has less room than `size` plus a
@@ -212,18 +206,37 @@ impl BlobStore {
     }
 }
 
-/// Writes `bytes` to `temp`, fsyncs, and renames it over `target`.
+/// A fresh, unique temp file path in the cache at `root` (not yet created): labelled, with
+/// this process's id and a process-wide sequence number, so that a second process working
+/// beside a server never collides with it.
+pub fn temp_path_in(root: &Path, label: &str) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    root.join("tmp")
+        .join(format!("{label}.{}.{n}.part", std::process::id()))
+}
+
+/// Writes `bytes` to `temp`, fsyncs, and renames it over `target`, in one trip to the
+/// blocking pool.
 pub async fn write_atomically(temp: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
-    let result = async {
-        let mut f = tokio::fs::File::create(temp).await?;
-        f.write_all(bytes).await?;
-        f.sync_all().await?;
+    let (temp, target, bytes) = (temp.to_owned(), target.to_owned(), bytes.to_vec());
+    tokio::task::spawn_blocking(move || write_atomically_blocking(&temp, &target, &bytes))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// [`write_atomically`] on the calling thread; the temp file is removed on failure.
+pub fn write_atomically_blocking(temp: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let result = (|| {
+        let mut f = std::fs::File::create(temp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
         drop(f);
-        tokio::fs::rename(temp, target).await
-    }
-    .await;
+        std::fs::rename(temp, target)
+    })();
     if result.is_err() {
-        let _ = tokio::fs::remove_file(temp).await;
+        let _ = std::fs::remove_file(temp);
     }
     result
 }

@@ -47,23 +47,12 @@ pub fn read_record(root: &Path, hex: &str) -> Option<AccessRecord> {
 
 /// Writes an access record through a temp file and rename (blocking).
 pub fn write_record(root: &Path, hex: &str, rec: &AccessRecord) -> io::Result<()> {
-    use std::io::Write;
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temp = root
-        .join("tmp")
-        .join(format!("access.{}.{n}.part", std::process::id()));
     let bytes = serde_json::to_vec(rec).map_err(io::Error::other)?;
-    let result = (|| {
-        let mut f = std::fs::File::create(&temp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&temp, record_path(root, hex))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    crate::cache::blob_store::write_atomically_blocking(
+        &crate::cache::blob_store::temp_path_in(root, "access"),
+        &record_path(root, hex),
+        &bytes,
+    )
 }
 
 #[derive(Debug, Default)]

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
@@ -133,11 +132,7 @@ pub fn seconds_until(at: SystemTime) -> i64 {
 
 /// Whether a file can be created, written and removed in the cache's `tmp/` (bounded).
 pub async fn cache_writable(root: &Path) -> Result<(), String> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let path = root
-        .join("tmp")
-        .join(format!("readyz.{}.{n}.probe", std::process::id()));
+    let path = crate::cache::blob_store::temp_path_in(root, "readyz");
     let probe = tokio::task::spawn_blocking(move || {
         let result = std::fs::write(&path, b"ok");
         let _ = std::fs::remove_file(&path);
