@@ -295,34 +295,6 @@ impl FaultProxy {
             .filter(|r| (method.is_empty() || r.method == method) && r.target.contains(path))
             .count()
     }
-
-    /// Waits until at least `n` requests match `method`/`path`; panics after `timeout`.
-    pub fn wait_count(&self, method: &str, path: &str, n: usize, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut st = self.shared.state.lock().expect("fault proxy lock");
-        loop {
-            let c = st
-                .seen
-                .iter()
-                .filter(|r| (method.is_empty() || r.method == method) && r.target.contains(path))
-                .count();
-            if c >= n {
-                return;
-            }
-            let now = std::time::Instant::now();
-            assert!(
-                now < deadline,
-                "timed out after {timeout:?} waiting for {n} `{method} *{path}*` requests (saw {c}): {:?}",
-                st.seen
-            );
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, deadline - now)
-                .expect("fault proxy lock")
-                .0;
-        }
-    }
 }
 
 impl Drop for FaultProxy {

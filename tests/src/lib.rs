@@ -93,10 +93,8 @@ pub fn require_tools(names: &[&str]) -> bool {
     false
 }
 
-/// One tool; see [`require_tools`].
-pub fn require_tool(name: &str) -> bool {
-    require_tools(&[name])
-}
+/// `SECS(5)`: a duration in seconds, short to read in test timeouts.
+pub const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 /// The tools an upstream + skopeo test needs.
 pub const UPSTREAM_TOOLS: [&str; 4] = ["docker-registry", "skopeo", "htpasswd", "openssl"];

@@ -92,10 +92,6 @@ impl Moto {
         panic!("moto_server did not start: {last_err}");
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// `http://127.0.0.1:PORT` (for `AWS_ENDPOINT_URL_ECR`).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

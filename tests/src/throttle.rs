@@ -62,7 +62,6 @@ impl Shared {
 #[derive(Debug)]
 pub struct Throttle {
     addr: SocketAddr,
-    target: SocketAddr,
     shared: Arc<Shared>,
     rt: Option<tokio::runtime::Runtime>,
 }
@@ -101,7 +100,6 @@ impl Throttle {
         });
         Throttle {
             addr,
-            target,
             shared,
             rt: Some(rt),
         }
@@ -110,10 +108,6 @@ impl Throttle {
     /// `127.0.0.1:PORT`: the registry name to configure in the proxy.
     pub fn host(&self) -> String {
         self.addr.to_string()
-    }
-
-    pub fn target(&self) -> SocketAddr {
-        self.target
     }
 
     /// Holds every connection's upstream -> client bytes after the first `k` (`None`:

@@ -295,14 +295,6 @@ impl Upstream {
             .expect("restart docker-registry with new TLS settings");
     }
 
-    pub fn tls(&self) -> Option<&UpstreamTls> {
-        self.tls.as_ref()
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -492,10 +484,6 @@ impl Upstream {
     /// Total number of requests that reached the upstream.
     pub fn total_requests(&mut self) -> usize {
         self.access_log().len()
-    }
-
-    pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("storage")
     }
 }
 

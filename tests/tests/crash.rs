@@ -9,9 +9,8 @@ use ociregistry_e2e::proxy::Route;
 use ociregistry_e2e::throttle::{StreamingGet, Throttle};
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{Proxy, RegistryEntry, require_upstream_tools};
-use std::time::Duration;
 
-const SECS: fn(u64) -> Duration = Duration::from_secs;
+use ociregistry_e2e::SECS;
 
 #[test]
 fn sigkill_mid_pull_then_restart_leaves_a_verified_cache() {

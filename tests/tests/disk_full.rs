@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const SECS: fn(u64) -> Duration = Duration::from_secs;
+use ociregistry_e2e::SECS;
 const MIB: u64 = 1 << 20;
 
 /// A tmpfs mounted on a temp dir, unmounted on drop.

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-const SECS: fn(u64) -> Duration = Duration::from_secs;
+use ociregistry_e2e::SECS;
 
 fn served_quickly(proxy: &Proxy, route: Route<'_>, img: &PushedImage, ctx: &str) {
     let t = Instant::now();

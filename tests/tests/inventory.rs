@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const SECS: fn(u64) -> Duration = Duration::from_secs;
+use ociregistry_e2e::SECS;
 
 /// Runs `ociregistry --image-path P ARGS...`; returns (success, stdout, stderr).
 fn cli(image_path: &Path, args: &[&str]) -> (bool, String, String) {
@@ -73,10 +73,6 @@ fn image_bytes(img: &PushedImage) -> u64 {
         .map(|m| m.bytes.len() as u64)
         .sum::<u64>()
         + img.blobs().iter().map(|b| b.size).sum::<u64>()
-}
-
-fn tag_ref(img: &PushedImage) -> String {
-    format!("{}/{}:{}", img.upstream, img.repo, img.tag)
 }
 
 fn blob_path(root: &Path, digest: &str) -> std::path::PathBuf {
@@ -142,8 +138,8 @@ fn list_shows_tags_digests_types_times_and_sizes_as_table_and_json() {
     }
     let root = proxy.image_path().to_owned();
     let want = BTreeSet::from([
-        tag_ref(&a),
-        tag_ref(&idx),
+        a.reference(),
+        idx.reference(),
         format!(
             "{}/{}@{}",
             up.host(),
@@ -155,8 +151,8 @@ fn list_shows_tags_digests_types_times_and_sizes_as_table_and_json() {
     // While the server runs: tags are listed at once; the digest pull appears once the
     // access times are flushed (SIGTERM flushes them).
     let running = list(&root);
-    assert!(refs(&running).contains(&tag_ref(&a)), "{running:#?}");
-    assert!(refs(&running).contains(&tag_ref(&idx)), "{running:#?}");
+    assert!(refs(&running).contains(&a.reference()), "{running:#?}");
+    assert!(refs(&running).contains(&idx.reference()), "{running:#?}");
     proxy.stop();
 
     let images = list(&root);
@@ -166,8 +162,8 @@ fn list_shows_tags_digests_types_times_and_sizes_as_table_and_json() {
         .unwrap()
         .as_secs();
     for (img, reference, kind) in [
-        (&a, tag_ref(&a), "image"),
-        (&idx, tag_ref(&idx), "index"),
+        (&a, a.reference(), "image"),
+        (&idx, idx.reference(), "index"),
         (
             &by_digest,
             format!(
@@ -200,7 +196,7 @@ fn list_shows_tags_digests_types_times_and_sizes_as_table_and_json() {
             );
         }
     }
-    assert_eq!(find(&images, &tag_ref(&a))["tag"], "v1");
+    assert_eq!(find(&images, &a.reference())["tag"], "v1");
 
     // --pattern is a regex on the reference.
     let v = cli_json(
@@ -215,7 +211,7 @@ fn list_shows_tags_digests_types_times_and_sizes_as_table_and_json() {
     );
     assert_eq!(
         refs(v["images"].as_array().unwrap()),
-        BTreeSet::from([tag_ref(&idx)])
+        BTreeSet::from([idx.reference()])
     );
     let (ok, _, err) = cli(&root, &["list", "--pattern", "("]);
     assert!(!ok && err.contains("pattern"), "{err}");
@@ -363,7 +359,7 @@ fn prune_dry_run_then_real_run_keeps_shared_blobs_until_nothing_references_them(
         ],
     );
     assert_eq!(dry["dryRun"], true);
-    assert_eq!(strings(&dry["tags"]), BTreeSet::from([tag_ref(&a)]));
+    assert_eq!(strings(&dry["tags"]), BTreeSet::from([a.reference()]));
     assert_eq!(
         strings(&dry["manifests"]),
         BTreeSet::from([a.manifest.digest.clone()])
@@ -422,7 +418,7 @@ fn prune_dry_run_then_real_run_keeps_shared_blobs_until_nothing_references_them(
     for d in &only_a {
         assert!(!blob_path(&root, d).exists(), "{d} should be gone");
     }
-    assert_eq!(refs(&list(&root)), BTreeSet::from([tag_ref(&b)]));
+    assert_eq!(refs(&list(&root)), BTreeSet::from([b.reference()]));
     // B still pulls entirely from the cache.
     let blob_gets = up.count_requests("GET", "/blobs/");
     proxy.pull_and_verify(route, &b);
@@ -494,14 +490,16 @@ fn max_size_evicts_the_least_recently_pulled_image_first() {
     let listed = list(&root);
     let pulled = |img: &PushedImage| {
         parse_rfc3339(
-            find(&listed, &tag_ref(img))["lastPulled"]
+            find(&listed, &img.reference())["lastPulled"]
                 .as_str()
                 .expect("lastPulled"),
         )
     };
     assert!(pulled(&imgs[1]) < pulled(&imgs[2]) && pulled(&imgs[2]) < pulled(&imgs[0]));
     let total: u64 = listed.iter().map(|i| i["size"].as_u64().unwrap()).sum();
-    let size_b = find(&listed, &tag_ref(&imgs[1]))["size"].as_u64().unwrap();
+    let size_b = find(&listed, &imgs[1].reference())["size"]
+        .as_u64()
+        .unwrap();
     // Evicting B alone is enough; evicting nothing is not.
     let max = total - size_b / 2;
 
@@ -526,7 +524,7 @@ fn max_size_evicts_the_least_recently_pulled_image_first() {
     );
     assert_eq!(
         refs(&after),
-        BTreeSet::from([tag_ref(&imgs[0]), tag_ref(&imgs[2])]),
+        BTreeSet::from([imgs[0].reference(), imgs[2].reference()]),
         "the least recently pulled image goes first"
     );
     for b in imgs[1].blobs() {
@@ -760,7 +758,7 @@ fn invalidate_makes_the_next_pull_fetch_the_tag_again() {
         "the second pull came from the cache"
     );
     let root = proxy.image_path().to_owned();
-    let out = cli_ok(&root, &["invalidate", &tag_ref(&img)]);
+    let out = cli_ok(&root, &["invalidate", &img.reference()]);
     assert!(out.contains("invalidated"), "{out}");
     let r = proxy.get_manifest(route, &img.repo, "v1");
     ociregistry_e2e::proxy::check_manifest_response(&r, &img.manifest, "after invalidate");
@@ -897,7 +895,7 @@ fn admin_api_needs_its_token_is_never_on_the_pull_port_and_stops_the_server() {
     assert_eq!(r.status, 200, "{}", r.body_str());
     let v = body_json(&r);
     let images = v["images"].as_array().unwrap();
-    assert_eq!(refs(images), BTreeSet::from([tag_ref(&img)]));
+    assert_eq!(refs(images), BTreeSet::from([img.reference()]));
     assert!(images[0]["lastPulled"].is_string(), "{v}");
     assert_eq!(images[0]["size"].as_u64(), Some(image_bytes(&img)));
 
@@ -911,7 +909,7 @@ fn admin_api_needs_its_token_is_never_on_the_pull_port_and_stops_the_server() {
     assert_eq!(r.status, 200, "{}", r.body_str());
     let plan = body_json(&r);
     assert_eq!(plan["dryRun"], true);
-    assert_eq!(strings(&plan["tags"]), BTreeSet::from([tag_ref(&img)]));
+    assert_eq!(strings(&plan["tags"]), BTreeSet::from([img.reference()]));
     assert_eq!(strings(&plan["blobs"]).len(), img.blobs().len());
     assert!(manifest_path(proxy.image_path(), &img.manifest.digest).is_file());
     let r = admin(
@@ -933,7 +931,7 @@ fn admin_api_needs_its_token_is_never_on_the_pull_port_and_stops_the_server() {
 
     let tag_path = format!("/{}/manifests/v1", img.repo);
     let fetched = up.count_requests("GET", &tag_path);
-    let body = format!(r#"{{"reference":"{}"}}"#, tag_ref(&img));
+    let body = format!(r#"{{"reference":"{}"}}"#, img.reference());
     let r = admin(
         &admin_addr,
         "POST",
@@ -1064,7 +1062,7 @@ fn background_pruning_from_prune_config() {
                 .blobs()
                 .iter()
                 .all(|b| !blob_path(&root, &b.digest).exists());
-            (gone && refs(&list(&root)) == BTreeSet::from([tag_ref(&keep)])).then_some(())
+            (gone && refs(&list(&root)) == BTreeSet::from([keep.reference()])).then_some(())
         },
     );
     assert!(proxy.log().contains("pruned"), "{}", proxy.log());
@@ -1137,7 +1135,7 @@ fn the_server_and_the_verbs_wait_for_the_inventory_lock() {
     let mut cmd = Command::new(ociregistry_bin());
     cmd.arg("--image-path")
         .arg(&root)
-        .args(["invalidate", &tag_ref(&img)])
+        .args(["invalidate", &img.reference()])
         .env_remove("OCIREGISTRY_CONFIG")
         .env("NO_COLOR", "1");
     let mut verb = ChildProc::spawn("invalidate", cmd, logs.path());
@@ -1169,7 +1167,7 @@ fn the_server_and_the_verbs_wait_for_the_inventory_lock() {
     assert!(status.success(), "invalidate: {status}\n{}", verb.stderr());
     assert!(verb.stdout().contains("invalidated"), "{}", verb.stdout());
     assert!(
-        !refs(&list(&root)).contains(&tag_ref(&img)),
+        !refs(&list(&root)).contains(&img.reference()),
         "the tag is gone"
     );
 }

@@ -9,9 +9,8 @@ use ociregistry_e2e::raw::{self, RawResponse};
 use ociregistry_e2e::throttle::Throttle;
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{Proxy, RegistryEntry, require_upstream_tools, sha256_digest};
-use std::time::Duration;
 
-const SECS: fn(u64) -> Duration = Duration::from_secs;
+use ociregistry_e2e::SECS;
 
 /// The blob's bytes as the upstream serves them.
 fn upstream_bytes(up: &Upstream, repo: &str, digest: &str) -> Vec<u8> {

@@ -19,7 +19,7 @@ use ociregistry_e2e::{
 };
 use std::time::{Duration, Instant};
 
-const SECS: fn(u64) -> Duration = Duration::from_secs;
+use ociregistry_e2e::SECS;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
 struct Rig {

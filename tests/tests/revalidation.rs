@@ -15,7 +15,7 @@ use ociregistry_e2e::{Proxy, RegistryEntry, require_upstream_tools, wait_for};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const SECS: fn(u64) -> Duration = Duration::from_secs;
+use ociregistry_e2e::SECS;
 const WARN: &str = "tag revalidation failed; serving the cached manifest";
 
 struct Rig {

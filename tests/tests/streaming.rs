@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Upstream bytes (headers included) let through per connection before the hold.
 const HOLD_AFTER: u64 = 2 << 20;
-const SECS: fn(u64) -> Duration = Duration::from_secs;
+use ociregistry_e2e::SECS;
 
 struct Rig {
     up: Upstream,
