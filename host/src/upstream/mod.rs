@@ -18,7 +18,7 @@ use crate::config::{CredentialConfig, Scheme, Settings, TlsConfig};
 use crate::oci::error::RegistryError;
 use crate::oci::reference::RepoName;
 use auth::{CredentialSource, TokenCache};
-use ociregistry_plugin_api::Credential;
+use ociregistry_plugin_api::{Credential, Secret};
 
 /// The name docker.io images are cached and configured under.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -48,6 +48,8 @@ pub struct Upstream {
     client: reqwest::Client,
     credential: CredentialSource,
     tokens: TokenCache,
+    /// One token fetch at a time: requests refused meanwhile use the token it brings.
+    token_fetch: tokio::sync::Mutex<()>,
     timeout: Duration,
     /// This registry's counters (requests, bytes received, errors).
     pub metrics: Arc<crate::metrics::RegistryMetrics>,
@@ -121,6 +123,14 @@ impl Upstream {
                 .find_map(challenge::parse);
             match challenge {
                 Some(c @ challenge::Challenge::Bearer { .. }) => {
+                    let _fetching = self.token_fetch.lock().await;
+                    // Another request fetched a token while this one waited: use it.
+                    let cached = self.tokens.get(&scope);
+                    if cached.as_ref().map(Secret::expose) != token.as_ref().map(Secret::expose)
+                        && cached.is_some()
+                    {
+                        continue;
+                    }
                     if token.is_some() {
                         self.tokens.forget(&scope);
                     }
@@ -381,6 +391,7 @@ fn upstream(
         client,
         credential,
         tokens: TokenCache::default(),
+        token_fetch: tokio::sync::Mutex::new(()),
         timeout,
         metrics: crate::metrics::global().registry(name),
     }
