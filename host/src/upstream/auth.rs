@@ -13,7 +13,6 @@ use ociregistry_plugin_api::{Credential, CredentialKind, Secret};
 
 use crate::oci::error::RegistryError;
 use crate::providers::ManagedCredential;
-use crate::upstream::challenge::Challenge;
 
 /// Where an upstream's credential comes from.
 #[derive(Debug, Clone)]
@@ -125,107 +124,106 @@ impl TokenCache {
     }
 }
 
-/// Runs the token flow: asks `realm` for a token for `scope`, presenting `credential` when
-/// one is configured, and caches it.
-pub async fn fetch_token(
-    client: &reqwest::Client,
-    registry: &str,
-    challenge: &Challenge,
-    scope: &str,
-    credential: Option<&Credential>,
-    cache: &TokenCache,
-    timeout: Duration,
-) -> Result<Secret, RegistryError> {
-    let Challenge::Bearer { realm, service, .. } = challenge else {
-        return Err(RegistryError::bad_gateway(format!(
-            "upstream {registry} sent no token realm"
-        )));
-    };
-    let mut url = reqwest::Url::parse(realm).map_err(|_| {
-        RegistryError::bad_gateway(format!("upstream {registry} sent an invalid token realm"))
-    })?;
-    {
-        let mut q = url.query_pairs_mut();
-        if let Some(s) = service {
-            q.append_pair("service", s);
+impl super::Upstream {
+    /// Runs the token flow: asks `realm` (for `service`) for a token for `scope`, presenting
+    /// `credential` when one is configured, and puts it in this upstream's token cache.
+    pub(super) async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credential: Option<&Credential>,
+    ) -> Result<(), RegistryError> {
+        let (client, registry, timeout) = (&self.client, &self.name, self.timeout);
+        let mut url = reqwest::Url::parse(realm).map_err(|_| {
+            RegistryError::bad_gateway(format!("upstream {registry} sent an invalid token realm"))
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
         }
-        q.append_pair("scope", scope);
-    }
-    let mut req = client.get(url.clone());
-    if let Some(c) = credential {
-        req = req.header(http::header::AUTHORIZATION, header_for(c));
-    }
-    let resp = tokio::time::timeout(timeout, req.send())
-        .await
-        .map_err(|_| {
+        let mut req = client.get(url.clone());
+        if let Some(c) = credential {
+            req = req.header(http::header::AUTHORIZATION, header_for(c));
+        }
+        let resp = tokio::time::timeout(timeout, req.send())
+            .await
+            .map_err(|_| {
+                RegistryError::bad_gateway(format!(
+                    "token endpoint of {registry} ({}) did not answer within {}s",
+                    origin(&url),
+                    timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| {
+                RegistryError::bad_gateway(format!(
+                    "token endpoint of {registry} ({}) unreachable: {}",
+                    origin(&url),
+                    super::describe(&e)
+                ))
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let code = crate::oci::error::ErrorCode::from_upstream_status(
+                status,
+                crate::oci::error::ErrorCode::Unauthorized,
+            );
+            let status = if status == 401 || status == 403 || status == 429 {
+                status
+            } else {
+                http::StatusCode::BAD_GATEWAY
+            };
+            return Err(RegistryError::new(
+                status,
+                code,
+                format!(
+                    "token endpoint of {registry} ({}) answered {}",
+                    origin(&url),
+                    resp.status()
+                ),
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let body = resp.bytes().await.map_err(|e| {
             RegistryError::bad_gateway(format!(
-                "token endpoint of {registry} ({}) did not answer within {}s",
-                origin(&url),
-                timeout.as_secs()
-            ))
-        })?
-        .map_err(|e| {
-            RegistryError::bad_gateway(format!(
-                "token endpoint of {registry} ({}) unreachable: {}",
-                origin(&url),
-                e.without_url()
+                "token endpoint of {registry}: {}",
+                super::describe(&e)
             ))
         })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let code = crate::oci::error::ErrorCode::from_upstream_status(
-            status,
-            crate::oci::error::ErrorCode::Unauthorized,
-        );
-        let status = if status == 401 || status == 403 || status == 429 {
-            status
-        } else {
-            http::StatusCode::BAD_GATEWAY
-        };
-        return Err(RegistryError::new(
-            status,
-            code,
-            format!(
-                "token endpoint of {registry} ({}) answered {}",
-                origin(&url),
-                resp.status()
-            ),
-        ));
-    }
-    #[derive(serde::Deserialize)]
-    struct TokenResponse {
-        token: Option<String>,
-        access_token: Option<String>,
-        expires_in: Option<u64>,
-    }
-    let body = resp.bytes().await.map_err(|e| {
-        RegistryError::bad_gateway(format!("token endpoint of {registry}: {}", e.without_url()))
-    })?;
-    if body.len() > 1024 * 1024 {
-        return Err(RegistryError::bad_gateway(format!(
-            "token endpoint of {registry} sent an oversized answer"
-        )));
-    }
-    let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-        RegistryError::bad_gateway(format!(
-            "token endpoint of {registry} sent something that is not a token response"
-        ))
-    })?;
-    let token = parsed
-        .token
-        .filter(|t| !t.is_empty())
-        .or(parsed.access_token)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            RegistryError::bad_gateway(format!("token endpoint of {registry} sent no token"))
+        if body.len() > 1024 * 1024 {
+            return Err(RegistryError::bad_gateway(format!(
+                "token endpoint of {registry} sent an oversized answer"
+            )));
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            RegistryError::bad_gateway(format!(
+                "token endpoint of {registry} sent something that is not a token response"
+            ))
         })?;
-    let token = Secret::new(token);
-    let lifetime = parsed
-        .expires_in
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-    cache.put(scope, token.clone(), lifetime);
-    Ok(token)
+        let token = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                RegistryError::bad_gateway(format!("token endpoint of {registry} sent no token"))
+            })?;
+        let token = Secret::new(token);
+        let lifetime = parsed
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        self.tokens.put(scope, token, lifetime);
+        Ok(())
+    }
 }
 
 /// `scheme://host[:port]` of a URL, for messages (never the query, which may carry scopes).

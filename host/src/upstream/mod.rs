@@ -122,7 +122,7 @@ impl Upstream {
                 .filter_map(|v| v.to_str().ok())
                 .find_map(challenge::parse);
             match challenge {
-                Some(c @ challenge::Challenge::Bearer { .. }) => {
+                Some(challenge::Challenge::Bearer { realm, service, .. }) => {
                     let _fetching = self.token_fetch.lock().await;
                     // Another request fetched a token while this one waited: use it.
                     let cached = self.tokens.get(&scope);
@@ -134,16 +134,9 @@ impl Upstream {
                     if token.is_some() {
                         self.tokens.forget(&scope);
                     }
-                    let fetched = auth::fetch_token(
-                        &self.client,
-                        &self.name,
-                        &c,
-                        &scope,
-                        credential.as_ref(),
-                        &self.tokens,
-                        self.timeout,
-                    )
-                    .await;
+                    let fetched = self
+                        .fetch_token(&realm, service.as_deref(), &scope, credential.as_ref())
+                        .await;
                     match fetched {
                         Ok(_) if token.is_none() => continue,
                         // A fresh token was refused too: pass the 401 on.
