@@ -156,17 +156,11 @@ async fn route(
 }
 
 pub(super) fn json_ok(body: &'static [u8], head: bool) -> Response<Body> {
-    let mut resp = Response::new(if head {
-        response::empty()
-    } else {
-        response::full(body)
-    });
+    let mut resp = response::bytes(body, head);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     resp
 }
 

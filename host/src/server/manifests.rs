@@ -61,16 +61,11 @@ pub async fn ensure_manifest(
 }
 
 fn manifest_response(m: &Manifest, head: bool) -> Response<Body> {
-    let mut resp = Response::new(if head {
-        response::empty()
-    } else {
-        response::full(m.bytes.clone())
-    });
+    let mut resp = response::bytes(m.bytes.clone(), head);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&m.media_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
     response::digest_headers(h, &m.digest);
     resp
 }

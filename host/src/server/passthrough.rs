@@ -72,13 +72,8 @@ pub(super) async fn passthrough(
         .and_then(|v| v.to_str().ok())
         .map(|l| rewrite_link(l, registry, via));
     let bytes = read_limited(&upstream, resp, app.settings.max_manifest_size).await?;
-    let mut out = Response::new(if head {
-        response::empty()
-    } else {
-        response::full(bytes.clone())
-    });
+    let mut out = response::bytes(bytes, head);
     let h = out.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     if let Some(ct) = content_type {
         h.insert(header::CONTENT_TYPE, ct);
     }

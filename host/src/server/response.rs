@@ -17,6 +17,16 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// A 200 carrying `bytes` with its `Content-Length`; a HEAD answer gets the headers only.
+pub fn bytes(bytes: impl Into<Bytes>, head: bool) -> Response<Body> {
+    let bytes = bytes.into();
+    let len = bytes.len();
+    let mut resp = Response::new(if head { empty() } else { full(bytes) });
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
 /// An empty body.
 pub fn empty() -> Body {
     full(Bytes::new())
@@ -33,16 +43,13 @@ where
 
 /// The OCI error response for `e`; HEAD answers get the headers only.
 pub fn error(e: &RegistryError, head: bool) -> Response<Body> {
-    let body = e.body();
-    let len = body.len();
-    let mut resp = Response::new(if head { empty() } else { full(body) });
+    let mut resp = bytes(e.body(), head);
     *resp.status_mut() = e.status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if e.status == StatusCode::UNAUTHORIZED {
         // Clients authenticate to us never; tell them what the upstream wanted in the body.
         h.insert(
