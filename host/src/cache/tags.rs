@@ -63,17 +63,16 @@ pub fn record_path_in(root: &Path, registry: &str, repo: &RepoName, tag: &str) -
         .join(format!("{tag}.json"))
 }
 
-/// Reads a tag record; a missing or unreadable record is a miss.
-pub async fn get(
-    store: &BlobStore,
-    registry: &str,
-    repo: &RepoName,
-    tag: &str,
-) -> Option<TagRecord> {
-    let bytes = tokio::fs::read(record_path(store, registry, repo, tag))
-        .await
-        .ok()?;
+/// Reads the tag record at `path` (from [`record_path`]); missing or unreadable is `None`.
+pub async fn read(path: &Path) -> Option<TagRecord> {
+    let bytes = tokio::fs::read(path).await.ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes `record` to `path` through a temp file and rename.
+async fn write(store: &BlobStore, path: &Path, record: &TagRecord) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    write_atomically(&store.temp_path("tag"), path, &bytes).await
 }
 
 /// Records that the tag now resolves to `digest` for `media_type`.
@@ -87,7 +86,7 @@ pub async fn put(
 ) -> io::Result<()> {
     let _guard = RECORD_LOCK.lock().await;
     let path = record_path(store, registry, repo, tag);
-    let mut record = get(store, registry, repo, tag).await.unwrap_or_default();
+    let mut record = read(&path).await.unwrap_or_default();
     record.entries.retain(|e| e.media_type != media_type);
     record.entries.insert(
         0,
@@ -100,8 +99,7 @@ pub async fn put(
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
-    let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
-    write_atomically(&store.temp_path("tag"), &path, &bytes).await
+    write(store, &path, &record).await
 }
 
 /// Records that the tag was last pulled at `at` (kept if a later time is already there).
@@ -115,15 +113,14 @@ pub async fn set_accessed(
 ) -> io::Result<bool> {
     let _guard = RECORD_LOCK.lock().await;
     let path = record_path(store, registry, repo, tag);
-    let Some(mut record) = get(store, registry, repo, tag).await else {
+    let Some(mut record) = read(&path).await else {
         return Ok(false);
     };
     if record.accessed_at.is_some_and(|t| t >= at) {
         return Ok(true);
     }
     record.accessed_at = Some(at);
-    let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
-    write_atomically(&store.temp_path("tag"), &path, &bytes).await?;
+    write(store, &path, &record).await?;
     Ok(true)
 }
 

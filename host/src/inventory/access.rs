@@ -195,10 +195,16 @@ mod tests {
         t.touch_digest("r.io", &repo, &m.digest);
         t.touch_digest("r.io", &repo, &Digest::of(b"not cached"));
         assert_eq!(t.flush(&store).await, 2);
-        let rec = tags::get(&store, "r.io", &repo, "v1").await.unwrap();
+        let rec = tags::read(&tags::record_path(&store, "r.io", &repo, "v1"))
+            .await
+            .unwrap();
         assert!(rec.accessed_at.is_some());
         assert_eq!(rec.entries.len(), 1);
-        assert!(tags::get(&store, "r.io", &repo, "gone").await.is_none());
+        assert!(
+            tags::read(&tags::record_path(&store, "r.io", &repo, "gone"))
+                .await
+                .is_none()
+        );
         let acc = read_record(dir.path(), m.digest.hex()).unwrap();
         assert_eq!(acc.repositories, vec!["r.io/org/app".to_owned()]);
         assert!(!record_path(dir.path(), Digest::of(b"not cached").hex()).exists());

@@ -279,7 +279,7 @@ async fn cached_tag(
     let record = match app.hot.tag(&path, modified) {
         Some(r) => r,
         None => {
-            let r = std::sync::Arc::new(tags::get(&app.store, registry, repo, tag).await?);
+            let r = std::sync::Arc::new(tags::read(&path).await?);
             app.hot.put_tag(&path, modified, r.clone());
             r
         }
