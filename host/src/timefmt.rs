@@ -5,15 +5,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now, in Unix seconds.
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    unix_secs(SystemTime::now())
+}
+
+/// `t` in Unix seconds (a time before 1970 as 0).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `t` as `2024-05-01T12:00:00Z` (a time before 1970 as 1970-01-01T00:00:00Z).
 pub fn format_system_time(t: SystemTime) -> String {
-    format_rfc3339(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    format_rfc3339(unix_secs(t))
 }
 
 /// `2024-05-01T12:00:00Z`.

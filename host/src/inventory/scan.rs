@@ -10,14 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use crate::oci::manifest::{self, Contents};
 
 use super::access::{self, AccessRecord};
 use crate::cache::tags::TagRecord;
 use crate::oci::media;
-use crate::oci::reference::Digest;
 
 /// What a manifest holds, as far as the inventory cares.
 #[derive(Debug, Clone, Default)]
@@ -139,16 +137,8 @@ impl Cache {
     }
 }
 
-fn hex_of(digest: &str) -> Option<String> {
-    Digest::parse(digest).ok().map(|d| d.hex().to_owned())
-}
-
 fn mtime(meta: &std::fs::Metadata) -> u64 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    meta.modified().map_or(0, crate::timefmt::unix_secs)
 }
 
 fn is_hex_name(name: &str) -> bool {
@@ -401,7 +391,7 @@ fn build_images(cache: &mut Cache, tag_files: Vec<TagFile>) {
     for t in tag_files {
         let mut tops: Vec<String> = Vec::new();
         for e in &t.record.entries {
-            if let Some(h) = hex_of(&e.digest)
+            if let Some(h) = e.digest().map(|d| d.hex().to_owned())
                 && !tops.contains(&h)
             {
                 tops.push(h);
@@ -505,7 +495,7 @@ fn build_images(cache: &mut Cache, tag_files: Vec<TagFile>) {
 pub(crate) mod tests {
     use super::*;
     use crate::cache::{BlobStore, Manifest, tags};
-    use crate::oci::reference::RepoName;
+    use crate::oci::reference::{Digest, RepoName};
     use bytes::Bytes;
 
     /// Writes a blob of `content`; returns its hex.
