@@ -4,6 +4,27 @@ use crate::images::PushedImage;
 use crate::sha256_file;
 use std::path::{Path, PathBuf};
 
+/// Where the cache keeps blob `digest` (`sha256:<hex>` or bare `<hex>`):
+/// `<image_path>/blobs/sha256/<hex>`.
+pub fn blob_file(image_path: &Path, digest: &str) -> PathBuf {
+    image_path
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Where the cache keeps manifest `digest` (`sha256:<hex>` or bare `<hex>`):
+/// `<image_path>/manifests/sha256/<hex>` (its media type is beside it in `<hex>.type`).
+pub fn manifest_file(image_path: &Path, digest: &str) -> PathBuf {
+    image_path
+        .join("manifests/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// The files of downloads in progress (or left behind): everything under `<image_path>/tmp/`.
+pub fn tmp_files(image_path: &Path) -> Vec<PathBuf> {
+    list_files(&image_path.join("tmp"))
+}
+
 /// Every file in `blobs/sha256/` and `manifests/sha256/` (except `*.type` and the `*.access`
 /// last-pull records) hashes to its name. Returns the number of (blob, manifest) files checked.
 pub fn verify_cache(image_path: &Path) -> (usize, usize) {
@@ -58,21 +79,17 @@ pub fn assert_image_cached(image_path: &Path, img: &PushedImage) {
         .manifests()
         .iter()
         .flat_map(|m| {
-            let p = image_path.join("manifests/sha256").join(m.hex());
+            let p = manifest_file(image_path, &m.digest);
             [p.with_extension("type"), p]
         })
         .collect();
-    wanted.extend(
-        img.blobs()
-            .iter()
-            .map(|b| image_path.join("blobs/sha256").join(b.hex())),
-    );
+    wanted.extend(img.blobs().iter().map(|b| blob_file(image_path, &b.digest)));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::time::Instant::now() < deadline && !wanted.iter().all(|p| p.is_file()) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     for m in img.manifests() {
-        let p = image_path.join("manifests/sha256").join(m.hex());
+        let p = manifest_file(image_path, &m.digest);
         let b = std::fs::read(&p)
             .unwrap_or_else(|e| panic!("manifest {} not cached at {}: {e}", m.digest, p.display()));
         assert!(b == m.bytes, "cached manifest {} differs", m.digest);
@@ -81,7 +98,7 @@ pub fn assert_image_cached(image_path: &Path, img: &PushedImage) {
         assert_eq!(t.trim(), m.media_type, "cached media type of {}", m.digest);
     }
     for b in img.blobs() {
-        let p = image_path.join("blobs/sha256").join(b.hex());
+        let p = blob_file(image_path, &b.digest);
         let meta = std::fs::metadata(&p)
             .unwrap_or_else(|e| panic!("blob {} not cached at {}: {e}", b.digest, p.display()));
         assert_eq!(meta.len(), b.size, "cached blob {} size", b.digest);

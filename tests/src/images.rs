@@ -29,10 +29,12 @@ pub enum ImageKind {
 impl ImageKind {
     /// A small multi-layer OCI image (3 layers, a few KiB..64 KiB each).
     pub fn small_oci() -> ImageKind {
-        ImageKind::Oci {
-            layers: 3,
-            layer_size: 48 * 1024,
-        }
+        ImageKind::oci(3, 48 * 1024)
+    }
+
+    /// An OCI image of `layers` gzip layers of about `layer_size` bytes each.
+    pub fn oci(layers: usize, layer_size: usize) -> ImageKind {
+        ImageKind::Oci { layers, layer_size }
     }
 }
 
@@ -320,6 +322,11 @@ pub fn seed_all(up: &Upstream, repo: &str) -> Vec<PushedImage> {
         seed(up, repo, "index", ImageKind::OciIndex),
         seed(up, repo, "v2s2", ImageKind::DockerV2s2 { layers: 2 }),
     ]
+}
+
+/// [`seed`] into a fresh [`unique_repo`] of `prefix` (the repo is in [`PushedImage::repo`]).
+pub fn seed_in(up: &Upstream, prefix: &str, tag: &str, kind: ImageKind) -> PushedImage {
+    seed(up, &unique_repo(prefix), tag, kind)
 }
 
 /// Generates an image and pushes it to `up` as `repo:tag` with skopeo; returns what the

@@ -131,6 +131,11 @@ pub fn sha256_file(path: &Path) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
+/// A path as `&str` (test paths are UTF-8), for command-line arguments and log checks.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; callers retry on a lost race).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -117,6 +117,15 @@ impl RegistryEntry {
         }
     }
 
+    /// An http entry whose auth is `auth: {token: {<token_yaml>}}` (a token provider, or a
+    /// static token), e.g. `with_token_auth(name, "provider: counter")`.
+    pub fn with_token_auth(name: &str, token_yaml: &str) -> RegistryEntry {
+        RegistryEntry {
+            extra: vec![format!("auth: {{token: {{{token_yaml}}}}}")],
+            ..RegistryEntry::plain(name)
+        }
+    }
+
     fn yaml(&self) -> String {
         let mut s = format!("- name: \"{}\"\n  scheme: {}\n", self.name, self.scheme);
         match &self.auth {
@@ -232,6 +241,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// `serve --plugin-dir DIR`: where the server loads provider plugins from.
+    pub fn plugin_dir(self, dir: &Path) -> Self {
+        self.serve_arg("--plugin-dir")
+            .serve_arg(crate::path_str(dir))
+    }
+
     /// Sends the log to `path` (config key `logFile`); [`Proxy::log`] then reads that file
     /// and the start waits for the `listening` line there.
     pub fn log_file(mut self, path: &Path) -> Self {
@@ -265,7 +280,9 @@ impl ProxyBuilder {
         s
     }
 
-    pub fn start(self) -> Proxy {
+    /// Writes the config into a fresh temp dir and builds the command that serves it (no
+    /// HTTP(S)_PROXY from the environment; `passwordFromEnv` passwords set).
+    fn prepare(&self) -> Prepared {
         let dir = tempfile::tempdir().expect("tempdir");
         let (image_path, image_dir) = match &self.image_path {
             Some(p) => (p.clone(), None),
@@ -275,7 +292,8 @@ impl ProxyBuilder {
             }
         };
         let config_path = dir.path().join("config.yaml");
-        std::fs::write(&config_path, self.config_yaml(&image_path)).expect("write config");
+        let config = self.config_yaml(&image_path);
+        std::fs::write(&config_path, &config).expect("write config");
         let mut cmd = Command::new(ociregistry_bin());
         cmd.arg("--config-file")
             .arg(&config_path)
@@ -301,6 +319,25 @@ impl ProxyBuilder {
                 cmd.env(env_var, password);
             }
         }
+        Prepared {
+            dir,
+            image_path,
+            image_dir,
+            config_path,
+            config,
+            cmd,
+        }
+    }
+
+    pub fn start(self) -> Proxy {
+        let Prepared {
+            dir,
+            image_path,
+            image_dir,
+            config_path,
+            cmd,
+            ..
+        } = self.prepare();
         let mut proc = ChildProc::spawn("ociregistry", cmd, dir.path());
         let port = wait_listening(&mut proc, self.log_file.as_deref(), Duration::from_secs(30));
         Proxy {
@@ -313,6 +350,17 @@ impl ProxyBuilder {
             _dir: dir,
         }
     }
+}
+
+/// What [`ProxyBuilder::prepare`] made: the temp dirs (deleted on drop), the config and the
+/// command, not yet spawned.
+struct Prepared {
+    dir: tempfile::TempDir,
+    image_path: PathBuf,
+    image_dir: Option<tempfile::TempDir>,
+    config_path: PathBuf,
+    config: String,
+    cmd: Command,
 }
 
 /// A start that was expected to fail: how the process ended and what it said.
@@ -339,28 +387,13 @@ impl ProxyBuilder {
     /// Starts the server expecting it to refuse to start (bad config): waits up to
     /// `timeout` for it to exit. Panics if it starts listening instead.
     pub fn start_expect_exit(self, timeout: Duration) -> FailedStart {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let image_dir = tempfile::tempdir().expect("image tempdir");
-        let image_path = self
-            .image_path
-            .clone()
-            .unwrap_or_else(|| image_dir.path().join("cache"));
-        let config_path = dir.path().join("config.yaml");
-        let config = self.config_yaml(&image_path);
-        std::fs::write(&config_path, &config).expect("write config");
-        let mut cmd = Command::new(ociregistry_bin());
-        cmd.arg("--config-file")
-            .arg(&config_path)
-            .arg("--image-path")
-            .arg(&image_path)
-            .arg("--log-level")
-            .arg(&self.log_level)
-            .args(["serve", "--port", "0", "--host", "127.0.0.1"])
-            .args(&self.serve_args)
-            .env("NO_COLOR", "1");
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        let Prepared {
+            dir,
+            image_dir: _image_dir,
+            config,
+            cmd,
+            ..
+        } = self.prepare();
         let mut proc = ChildProc::spawn("ociregistry", cmd, dir.path());
         let deadline = Instant::now() + timeout;
         loop {
@@ -498,6 +531,14 @@ impl Proxy {
             .map(|p| std::fs::read_to_string(p).unwrap_or_default())
             .unwrap_or_default();
         format!("{file}{}{}", self.proc.stderr(), self.proc.stdout())
+    }
+
+    /// Waits (polling every 20 ms, up to `timeout`) until the log contains `needle`; panics
+    /// with `what` otherwise.
+    pub fn wait_log(&self, what: &str, needle: &str, timeout: Duration) {
+        crate::wait_for(what, timeout, Duration::from_millis(20), || {
+            self.log().contains(needle).then_some(())
+        });
     }
 
     /// The port in the log line `<needle>http://127.0.0.1:PORT` (the metrics and health

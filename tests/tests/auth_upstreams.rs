@@ -75,8 +75,7 @@ fn htpasswd_upstream_password_from_env() {
     }
     let pass = format!("envpw-{:012x}", fastrand::u64(..));
     let up = Upstream::htpasswd(USER, &pass);
-    let repo = images::unique_repo("basicenv");
-    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let img = images::seed_in(&up, "basicenv", "v1", ImageKind::small_oci());
     let proxy = Proxy::builder()
         .registry(RegistryEntry {
             auth: Some(RegistryAuth::BasicFromEnv {
@@ -176,16 +175,7 @@ fn token_upstream_anonymous_and_tokens_cached() {
         return;
     }
     let mut up = Upstream::token(None);
-    let repo = images::unique_repo("bearanon");
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 5,
-            layer_size: 8 * 1024,
-        },
-    );
+    let img = images::seed_in(&up, "bearanon", "v1", ImageKind::oci(5, 8 * 1024));
     let before_tokens = up.token_server().unwrap().request_count();
     let before_up = up.total_requests();
     let proxy = Proxy::builder().upstream(&up).start();

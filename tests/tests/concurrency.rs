@@ -36,15 +36,7 @@ fn twenty_clients_same_cold_blob_one_upstream_get() {
     }
     let mut up = Upstream::anonymous();
     let repo = images::unique_repo("conc");
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 1,
-            layer_size: 12 << 20,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(1, 12 << 20));
     let blob = img.largest_blob();
     assert!(blob.size > 12 << 20);
     let proxy = Proxy::builder().upstream(&up).start();

@@ -19,15 +19,7 @@ fn sigkill_mid_pull_then_restart_leaves_a_verified_cache() {
     }
     let up = Upstream::anonymous();
     let repo = images::unique_repo("crash");
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 6,
-            layer_size: 3 << 20,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(6, 3 << 20));
     let layers: Vec<_> = img
         .blobs()
         .into_iter()

@@ -8,7 +8,7 @@
 //! Needs `mount -t tmpfs` (root). Outside CI a missing permission skips loudly; under
 //! `CI=true` it fails.
 
-use ociregistry_e2e::cache::{list_files, verify_cache};
+use ociregistry_e2e::cache::{tmp_files, verify_cache};
 use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::proxy::Route;
 use ociregistry_e2e::throttle::{StreamingGet, Throttle};
@@ -97,7 +97,7 @@ fn no_partial_files(image_path: &Path, hex: &str, ctx: &str) {
         &format!("{ctx}: tmp/ empty"),
         SECS(10),
         Duration::from_millis(20),
-        || list_files(&image_path.join("tmp")).is_empty().then_some(()),
+        || tmp_files(image_path).is_empty().then_some(()),
     );
     assert!(
         !image_path.join("blobs/sha256").join(hex).exists(),
@@ -141,12 +141,7 @@ fn readiness_is_503_while_the_cache_is_read_only() {
     }
     let Some(fs) = Tmpfs::mount(40) else { return };
     let up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("readonly"),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let img = images::seed_in(&up, "readonly", "v1", ImageKind::small_oci());
     let host = up.host();
     let proxy = Proxy::builder()
         .upstream(&up)
@@ -197,15 +192,7 @@ fn a_full_disk_gives_507_keeps_serving_and_recovers() {
     let up = Upstream::anonymous();
     let repo = images::unique_repo("diskfull");
     let small = images::seed(&up, &repo, "small", ImageKind::small_oci());
-    let big = images::seed(
-        &up,
-        &repo,
-        "big",
-        ImageKind::Oci {
-            layers: 1,
-            layer_size: 8 << 20,
-        },
-    );
+    let big = images::seed(&up, &repo, "big", ImageKind::oci(1, 8 << 20));
     let blob = big.largest_blob();
     let host = up.host();
     let image_path = fs.path().join("cache");
@@ -259,15 +246,7 @@ fn a_write_error_mid_download_fails_only_that_download() {
     let Some(fs) = Tmpfs::mount(40) else { return };
     let up = Upstream::anonymous();
     let repo = images::unique_repo("diskwrite");
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 2,
-            layer_size: 8 << 20,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(2, 8 << 20));
     let layers: Vec<_> = img.blobs().into_iter().filter(|b| b.size > MIB).collect();
     assert_eq!(layers.len(), 2);
     let throttle = Throttle::start(&up.host());
@@ -323,7 +302,7 @@ fn a_write_error_mid_download_fails_only_that_download() {
         "both fit although they should not: {outcomes:?}"
     );
     wait_for("tmp/ empty", SECS(10), Duration::from_millis(20), || {
-        list_files(&image_path.join("tmp")).is_empty().then_some(())
+        tmp_files(&image_path).is_empty().then_some(())
     });
     for (good, b) in ok.iter().zip(&layers) {
         if !good {

@@ -44,8 +44,7 @@ fn slow_loris_huge_headers_and_connection_floods_do_not_stop_service() {
         return;
     }
     let up = Upstream::anonymous();
-    let repo = images::unique_repo("hostile");
-    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let img = images::seed_in(&up, "hostile", "v1", ImageKind::small_oci());
     let proxy = Proxy::builder()
         .upstream(&up)
         .config_line("maxConnections: 64")
@@ -163,8 +162,7 @@ fn a_flood_from_one_address_does_not_lock_out_others() {
         return;
     }
     let up = Upstream::anonymous();
-    let repo = images::unique_repo("flood");
-    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let img = images::seed_in(&up, "flood", "v1", ImageKind::small_oci());
     let proxy = Proxy::builder()
         .upstream(&up)
         .config_line("maxConnections: 100")

@@ -4,7 +4,10 @@
 //! pulls are in flight, `invalidate`, the admin API (token, pull port isolation, stop), and
 //! the inventory lock that a verb and the server wait for across processes.
 
-use ociregistry_e2e::cache::{assert_image_cached, list_files, verify_cache};
+use ociregistry_e2e::cache::{
+    assert_image_cached, blob_file as blob_path, list_files, manifest_file as manifest_path,
+    verify_cache,
+};
 use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::procs::{ChildProc, run_with_timeout};
 use ociregistry_e2e::proxy::{Route, ociregistry_bin};
@@ -75,16 +78,6 @@ fn image_bytes(img: &PushedImage) -> u64 {
         + img.blobs().iter().map(|b| b.size).sum::<u64>()
 }
 
-fn blob_path(root: &Path, digest: &str) -> std::path::PathBuf {
-    root.join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"))
-}
-
-fn manifest_path(root: &Path, digest: &str) -> std::path::PathBuf {
-    root.join("manifests/sha256")
-        .join(digest.trim_start_matches("sha256:"))
-}
-
 fn strings(v: &Value) -> BTreeSet<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -99,24 +92,9 @@ fn list_shows_tags_digests_types_times_and_sizes_as_table_and_json() {
         return;
     }
     let up = Upstream::anonymous();
-    let a = images::seed(
-        &up,
-        &images::unique_repo("inv-list"),
-        "v1",
-        ImageKind::small_oci(),
-    );
-    let idx = images::seed(
-        &up,
-        &images::unique_repo("inv-list"),
-        "multi",
-        ImageKind::OciIndex,
-    );
-    let by_digest = images::seed(
-        &up,
-        &images::unique_repo("inv-list"),
-        "v9",
-        ImageKind::small_oci(),
-    );
+    let a = images::seed_in(&up, "inv-list", "v1", ImageKind::small_oci());
+    let idx = images::seed_in(&up, "inv-list", "multi", ImageKind::OciIndex);
+    let by_digest = images::seed_in(&up, "inv-list", "v9", ImageKind::small_oci());
     let mut proxy = Proxy::builder().upstream(&up).start();
     let route = Route::Ns(&up.host());
     let before = std::time::SystemTime::now()
@@ -294,10 +272,7 @@ fn parse_rfc3339(s: &str) -> u64 {
 /// Different manifests, the same layers.
 fn seed_sharing(up: &Upstream) -> (PushedImage, PushedImage) {
     let dir = tempfile::tempdir().unwrap();
-    let kind = ImageKind::Oci {
-        layers: 2,
-        layer_size: 32 * 1024,
-    };
+    let kind = ImageKind::oci(2, 32 * 1024);
     images::generate_layout(dir.path(), kind, "v1");
     let repo_a = images::unique_repo("inv-share-a");
     let repo_b = images::unique_repo("inv-share-b");
@@ -463,14 +438,7 @@ fn max_size_evicts_the_least_recently_pulled_image_first() {
     let up = Upstream::anonymous();
     let imgs: Vec<PushedImage> = ["a", "b", "c"]
         .iter()
-        .map(|n| {
-            images::seed(
-                &up,
-                &images::unique_repo(&format!("inv-lru-{n}")),
-                "v1",
-                ImageKind::small_oci(),
-            )
-        })
+        .map(|n| images::seed_in(&up, &format!("inv-lru-{n}"), "v1", ImageKind::small_oci()))
         .collect();
     let cache_dir = tempfile::tempdir().unwrap();
     let root = cache_dir.path().join("cache");
@@ -556,12 +524,7 @@ fn pruning_a_blob_being_streamed_from_the_cache_does_not_break_the_pull() {
         return;
     }
     let up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("inv-stream"),
-        "v1",
-        ImageKind::Large { size: 32 << 20 },
-    );
+    let img = images::seed_in(&up, "inv-stream", "v1", ImageKind::Large { size: 32 << 20 });
     let blob = img.largest_blob();
     let proxy = Proxy::builder().upstream(&up).start();
     let route = Route::Ns(&up.host());
@@ -617,15 +580,7 @@ fn pruning_during_a_download_in_progress_does_not_break_it() {
         return;
     }
     let up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("inv-dl"),
-        "v1",
-        ImageKind::Oci {
-            layers: 1,
-            layer_size: 8 << 20,
-        },
-    );
+    let img = images::seed_in(&up, "inv-dl", "v1", ImageKind::oci(1, 8 << 20));
     let blob = img.largest_blob();
     let throttle = Throttle::start(&up.host());
     let proxy = Proxy::builder()
@@ -701,12 +656,7 @@ fn grace_period_keeps_the_blobs_of_a_manifest_just_served() {
         return;
     }
     let mut up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("inv-grace"),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let img = images::seed_in(&up, "inv-grace", "v1", ImageKind::small_oci());
     let proxy = Proxy::builder().upstream(&up).start();
     let route = Route::Ns(&up.host());
     proxy.pull_and_verify(route, &img);
@@ -739,12 +689,7 @@ fn invalidate_makes_the_next_pull_fetch_the_tag_again() {
         return;
     }
     let mut up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("inv-inval"),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let img = images::seed_in(&up, "inv-inval", "v1", ImageKind::small_oci());
     let proxy = Proxy::builder().upstream(&up).start();
     let route = Route::Ns(&up.host());
     let path = format!("/{}/manifests/v1", img.repo);
@@ -811,12 +756,7 @@ fn admin_api_needs_its_token_is_never_on_the_pull_port_and_stops_the_server() {
         return;
     }
     let mut up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("inv-admin"),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let img = images::seed_in(&up, "inv-admin", "v1", ImageKind::small_oci());
     let admin_addr = format!("127.0.0.1:{}", free_port());
     let mut proxy = Proxy::builder()
         .upstream(&up)
@@ -825,12 +765,7 @@ fn admin_api_needs_its_token_is_never_on_the_pull_port_and_stops_the_server() {
             "admin:\n  address: \"{admin_addr}\"\n  tokenFromEnv: E2E_ADMIN_TOKEN"
         ))
         .start();
-    wait_for(
-        "the admin listener",
-        SECS(10),
-        Duration::from_millis(20),
-        || proxy.log().contains("admin API ready").then_some(()),
-    );
+    proxy.wait_log("the admin listener", "admin API ready", SECS(10));
     let route = Route::Ns(&up.host());
     proxy.pull_and_verify(route, &img);
     assert_image_cached(proxy.image_path(), &img);
@@ -985,12 +920,7 @@ fn admin_api_refuses_a_non_loopback_address_without_a_token() {
         .serve_arg("--admin-address")
         .serve_arg(&format!("127.0.0.1:{port}"))
         .start();
-    wait_for(
-        "the admin listener",
-        SECS(10),
-        Duration::from_millis(20),
-        || proxy.log().contains("admin API ready").then_some(()),
-    );
+    proxy.wait_log("the admin listener", "admin API ready", SECS(10));
     let r = admin(
         &format!("127.0.0.1:{port}"),
         "GET",
@@ -1008,18 +938,8 @@ fn background_pruning_from_prune_config() {
         return;
     }
     let up = Upstream::anonymous();
-    let keep = images::seed(
-        &up,
-        &images::unique_repo("inv-bg-keep"),
-        "v1",
-        ImageKind::small_oci(),
-    );
-    let drop = images::seed(
-        &up,
-        &images::unique_repo("inv-bg-drop"),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let keep = images::seed_in(&up, "inv-bg-keep", "v1", ImageKind::small_oci());
+    let drop = images::seed_in(&up, "inv-bg-drop", "v1", ImageKind::small_oci());
     let cache_dir = tempfile::tempdir().unwrap();
     let root = cache_dir.path().join("cache");
     let route = Route::Ns(&up.host());
@@ -1071,6 +991,19 @@ fn background_pruning_from_prune_config() {
     }
 }
 
+/// A proxy for `up` with the admin API on a free loopback port (no token), once it is ready;
+/// returns it and the admin address.
+fn start_with_admin_api(up: &Upstream) -> (Proxy, String) {
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let proxy = Proxy::builder()
+        .upstream(up)
+        .serve_arg("--admin-address")
+        .serve_arg(&admin_addr)
+        .start();
+    proxy.wait_log("the admin listener", "admin API ready", SECS(10));
+    (proxy, admin_addr)
+}
+
 /// The inventory lock (`inventory.lock` in the cache) keeps record writers in different
 /// processes apart: while another process holds it, the server's flush of last-pull times (the
 /// admin listing flushes first) and the `invalidate` verb both wait, say so, and go on once
@@ -1081,24 +1014,8 @@ fn the_server_and_the_verbs_wait_for_the_inventory_lock() {
         return;
     }
     let up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("inv-lock"),
-        "v1",
-        ImageKind::small_oci(),
-    );
-    let admin_addr = format!("127.0.0.1:{}", free_port());
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .serve_arg("--admin-address")
-        .serve_arg(&admin_addr)
-        .start();
-    wait_for(
-        "the admin listener",
-        SECS(10),
-        Duration::from_millis(20),
-        || proxy.log().contains("admin API ready").then_some(()),
-    );
+    let img = images::seed_in(&up, "inv-lock", "v1", ImageKind::small_oci());
+    let (proxy, admin_addr) = start_with_admin_api(&up);
     proxy.pull_and_verify(Route::Ns(&up.host()), &img);
     let root = proxy.image_path().to_owned();
 
@@ -1115,16 +1032,10 @@ fn the_server_and_the_verbs_wait_for_the_inventory_lock() {
 
     let addr = admin_addr.clone();
     let listing = std::thread::spawn(move || admin(&addr, "GET", "/admin/v1/images", None, None));
-    wait_for(
+    proxy.wait_log(
         "the server waiting for the lock",
+        "waiting for the inventory lock",
         SECS(10),
-        Duration::from_millis(20),
-        || {
-            proxy
-                .log()
-                .contains("waiting for the inventory lock")
-                .then_some(())
-        },
     );
     assert!(
         !listing.is_finished(),
@@ -1181,24 +1092,8 @@ fn a_pruned_manifest_is_not_served_from_memory() {
         return;
     }
     let mut up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("inv-hot"),
-        "v1",
-        ImageKind::small_oci(),
-    );
-    let admin_addr = format!("127.0.0.1:{}", free_port());
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .serve_arg("--admin-address")
-        .serve_arg(&admin_addr)
-        .start();
-    wait_for(
-        "the admin listener",
-        SECS(10),
-        Duration::from_millis(20),
-        || proxy.log().contains("admin API ready").then_some(()),
-    );
+    let img = images::seed_in(&up, "inv-hot", "v1", ImageKind::small_oci());
+    let (proxy, admin_addr) = start_with_admin_api(&up);
     let host = up.host();
     let digest = img.manifest.digest.clone();
     let manifest_gets = |up: &mut Upstream| {

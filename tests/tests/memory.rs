@@ -76,7 +76,7 @@ async fn one_gib_blob_cold_pull_memory_is_flat() {
         hwm / 1024
     );
     // The blob lands in the cache, verified (the rename may follow the last byte sent).
-    let cached = proxy.image_path().join("blobs/sha256").join(blob.hex());
+    let cached = ociregistry_e2e::cache::blob_file(proxy.image_path(), &blob.digest);
     ociregistry_e2e::wait_for(
         "the blob in the cache",
         std::time::Duration::from_secs(60),

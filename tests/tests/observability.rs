@@ -5,7 +5,6 @@
 //! health endpoints kept off the pull port.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use ociregistry_e2e::fixture_plugins::{self, build_fixture_plugins};
@@ -375,18 +374,6 @@ fn fixtures(names: &[&str]) -> tempfile::TempDir {
     dir
 }
 
-fn provider_entry(name: &str, token_yaml: &str) -> RegistryEntry {
-    RegistryEntry {
-        extra: vec![format!("auth: {{token: {{{token_yaml}}}}}")],
-        ..RegistryEntry::plain(name)
-    }
-}
-
-fn plugin_dir_arg(b: ProxyBuilder, dir: &Path) -> ProxyBuilder {
-    b.serve_arg("--plugin-dir")
-        .serve_arg(dir.to_str().expect("utf-8 path"))
-}
-
 /// A provider that always fails shows in the token metrics and makes readiness report the
 /// registry as failing (200, degraded) with the provider's error; a working provider with
 /// an expiry shows as valid with its seconds to expiry. No secret in either answer.
@@ -396,12 +383,12 @@ fn failing_provider_shows_in_metrics_and_readiness() {
     let secret_prefix = format!("obsSecret{:08x}-", fastrand::u32(..));
     let failing = "failing.registry.example:5000";
     let working = "working.registry.example:5000";
-    let proxy = with_ports(plugin_dir_arg(Proxy::builder(), plugins.path()))
-        .registry(provider_entry(
+    let proxy = with_ports(Proxy::builder().plugin_dir(plugins.path()))
+        .registry(RegistryEntry::with_token_auth(
             failing,
             "provider: flaky, providerOpts: \"failures=1000\"",
         ))
-        .registry(provider_entry(
+        .registry(RegistryEntry::with_token_auth(
             working,
             &format!("provider: counter, providerOpts: \"prefix={secret_prefix},ttl=3600\""),
         ))
@@ -520,9 +507,9 @@ fn json_log_lines_parse() {
     }
     let plugins = fixtures(&["fixture_counter"]);
     let up = Upstream::anonymous();
-    let repo = images::unique_repo("jsonlog");
-    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
-    let mut proxy = plugin_dir_arg(Proxy::builder(), plugins.path())
+    let img = images::seed_in(&up, "jsonlog", "v1", ImageKind::small_oci());
+    let mut proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
         .serve_arg("--log-format")
         .serve_arg("json")
         .registry(RegistryEntry {
@@ -577,8 +564,7 @@ fn log_file_receives_the_log() {
         return;
     }
     let up = Upstream::anonymous();
-    let repo = images::unique_repo("logfile");
-    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let img = images::seed_in(&up, "logfile", "v1", ImageKind::small_oci());
     let dir = tempfile::tempdir().expect("tempdir");
     let log_path = dir.path().join("ociregistry.log");
     std::fs::write(&log_path, "a line from before\n").expect("seed the log file");

@@ -129,8 +129,7 @@ fn cached_tag_pull_makes_no_upstream_request() {
         return;
     }
     let mut up = Upstream::anonymous();
-    let repo = images::unique_repo("tagcache");
-    let img = images::seed(&up, &repo, "v1.2.3", ImageKind::small_oci());
+    let img = images::seed_in(&up, "tagcache", "v1.2.3", ImageKind::small_oci());
     let proxy = Proxy::builder().upstream(&up).start();
     let host = up.host();
     proxy.pull_and_verify(Route::Ns(&host), &img);

@@ -3,12 +3,12 @@
 //! plus the chosen platform's manifest and blobs), report the failures, and the exit code
 //! says whether all succeeded. The preloaded images are then served with the upstream down.
 
-use ociregistry_e2e::cache::{assert_image_cached, verify_cache};
+use ociregistry_e2e::cache::{assert_image_cached, manifest_file, verify_cache};
 use ociregistry_e2e::images::{self, ImageKind, ManifestInfo, PushedImage};
 use ociregistry_e2e::procs::ChildProc;
 use ociregistry_e2e::proxy::{Route, ociregistry_bin};
 use ociregistry_e2e::upstream::Upstream;
-use ociregistry_e2e::{Proxy, RegistryEntry, require_upstream_tools, wait_for};
+use ociregistry_e2e::{Proxy, RegistryEntry, path_str, require_upstream_tools, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ fn only_platform(img: &PushedImage, platform: &str) -> (PushedImage, Vec<Manifes
 
 /// Neither the manifest nor any blob of `m` is in the cache.
 fn assert_not_cached(image_path: &Path, m: &ManifestInfo) {
-    let p = image_path.join("manifests/sha256").join(m.hex());
+    let p = manifest_file(image_path, &m.digest);
     assert!(
         !p.exists(),
         "manifest of {:?} ({}) was cached although its platform was not chosen",
@@ -122,10 +122,6 @@ fn write_list(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("images.txt");
     std::fs::write(&p, text).expect("write image list");
     p
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 #[test]
@@ -353,15 +349,7 @@ fn serve_preloads_in_the_background_while_serving() {
     }
     let mut up = Upstream::anonymous();
     let repo = images::unique_repo("preload-serve");
-    let oci = images::seed(
-        &up,
-        &repo,
-        "oci",
-        ImageKind::Oci {
-            layers: 4,
-            layer_size: 256 * 1024,
-        },
-    );
+    let oci = images::seed(&up, &repo, "oci", ImageKind::oci(4, 256 * 1024));
     let index = images::seed(&up, &repo, "index", ImageKind::OciIndex);
     let host = up.host();
     let work = tempfile::tempdir().expect("tempdir");

@@ -14,7 +14,7 @@ use ociregistry_e2e::moto::{self, Moto};
 use ociregistry_e2e::proxy::{RegistryEntry, Route, ociregistry_bin};
 use ociregistry_e2e::skopeo::{self, PullOptions};
 use ociregistry_e2e::upstream::Upstream;
-use ociregistry_e2e::{Proxy, ProxyBuilder, require_upstream_tools, wait_for};
+use ociregistry_e2e::{Proxy, path_str, require_upstream_tools, wait_for};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,22 +57,6 @@ fn plugin_dir(bundled: &[&str], fixtures: &[&str]) -> tempfile::TempDir {
             .expect("install fixture plugins");
     }
     dir
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// A registries entry whose auth is `auth: {token: {<token_yaml>}}`.
-fn provider_entry(name: &str, token_yaml: &str) -> RegistryEntry {
-    RegistryEntry {
-        extra: vec![format!("auth: {{token: {{{token_yaml}}}}}")],
-        ..RegistryEntry::plain(name)
-    }
-}
-
-fn with_plugin_dir(b: ProxyBuilder, dir: &Path) -> ProxyBuilder {
-    b.serve_arg("--plugin-dir").serve_arg(path_str(dir))
 }
 
 /// Waits until the proxy's log contains `needle` `count` times.
@@ -253,12 +237,13 @@ fn ecr_plugin_against_moto_end_to_end() {
     let access_before = up.access_log().len();
     let plugins = plugin_dir(&["ecr"], &[]);
     let aws = tempfile::tempdir().expect("tempdir");
-    let proxy = with_plugin_dir(Proxy::builder(), plugins.path())
-        .registry(provider_entry(
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
             &up.host(),
             "provider: ecr, providerOpts: region=us-east-1, expiry: 6h",
         ))
-        .registry(provider_entry(
+        .registry(RegistryEntry::with_token_auth(
             &up2.host(),
             "provider: ecr, providerOpts: region=eu-west-1, expiry: 6h",
         ))
@@ -413,8 +398,9 @@ fn panicking_provider_is_contained() {
     images::seed(&locked, &repo, "v1", ImageKind::small_oci());
     let open_img = images::seed(&open, &repo, "v1", ImageKind::small_oci());
     let message = format!("fixture-boom-{:08x}", fastrand::u32(..));
-    let mut proxy = with_plugin_dir(Proxy::builder(), plugins.path())
-        .registry(provider_entry(
+    let mut proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
             &locked.host(),
             &format!("provider: panic, providerOpts: \"message={message}\""),
         ))
@@ -468,8 +454,9 @@ fn hanging_provider_is_timed_out() {
     images::seed(&locked, &repo, "v1", ImageKind::small_oci());
     let open_img = images::seed(&open, &repo, "v1", ImageKind::small_oci());
     let started = Instant::now();
-    let mut proxy = with_plugin_dir(Proxy::builder(), plugins.path())
-        .registry(provider_entry(
+    let mut proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
             &locked.host(),
             &format!("provider: hang, timeout: {TIMEOUT_S}s"),
         ))
@@ -528,8 +515,9 @@ fn flaky_provider_recovers_after_backoff() {
     let repo = images::unique_repo("flaky");
     let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
     let started = Instant::now();
-    let proxy = with_plugin_dir(Proxy::builder(), plugins.path())
-        .registry(provider_entry(
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
             &up.host(),
             "provider: flaky, providerOpts: \"failures=3,user=e2e\"",
         ))
@@ -596,15 +584,7 @@ fn counter_provider_fetches_once_and_refreshes_once_on_401() {
     // The first credential (<prefix>1) is wrong; the second (<prefix>2) is right.
     let mut up = Upstream::htpasswd("e2e", &format!("{prefix}2"));
     let repo = images::unique_repo("counter");
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 4,
-            layer_size: 16 * 1024,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(4, 16 * 1024));
     let img2 = images::seed(&up, &repo, "v2", ImageKind::DockerV2s2 { layers: 2 });
     let calls_dir = tempfile::tempdir().expect("tempdir");
     let calls_file = calls_dir.path().join("calls");
@@ -615,8 +595,9 @@ fn counter_provider_fetches_once_and_refreshes_once_on_401() {
             .count()
     };
     let access_before = up.access_log().len();
-    let proxy = with_plugin_dir(Proxy::builder(), plugins.path())
-        .registry(provider_entry(
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
             &up.host(),
             &format!(
                 "provider: counter, providerOpts: \"user=e2e,prefix={prefix},log={}\", expiry: 6h",
@@ -784,12 +765,15 @@ fn static_token_needs_no_plugin() {
     }
     let pass = format!("static-pw-{:012x}", fastrand::u64(..));
     let up = Upstream::htpasswd("AWS", &pass);
-    let repo = images::unique_repo("static");
-    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let img = images::seed_in(&up, "static", "v1", ImageKind::small_oci());
     let token = b64(&format!("AWS:{pass}"));
     let nowhere = tempfile::tempdir().expect("tempdir");
-    let proxy = with_plugin_dir(Proxy::builder(), &nowhere.path().join("no-plugins"))
-        .registry(provider_entry(&up.host(), &format!("static: {token}")))
+    let proxy = Proxy::builder()
+        .plugin_dir(&nowhere.path().join("no-plugins"))
+        .registry(RegistryEntry::with_token_auth(
+            &up.host(),
+            &format!("static: {token}"),
+        ))
         .start();
     proxy.pull_and_verify(Route::InPath(&up.host()), &img);
     assert_no_secret(&proxy.log(), "the proxy's log", &[&pass, &token]);

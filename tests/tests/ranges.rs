@@ -109,15 +109,7 @@ fn ranges_on_a_cached_blob_byte_for_byte() {
     }
     let mut up = Upstream::anonymous();
     let repo = images::unique_repo("rangecached");
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 1,
-            layer_size: 1 << 20,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(1, 1 << 20));
     let blob = img.largest_blob();
     let data = upstream_bytes(&up, &repo, &blob.digest);
     let proxy = Proxy::builder().upstream(&up).start();
@@ -164,15 +156,7 @@ fn ranges_on_a_blob_still_downloading() {
     }
     let mut up = Upstream::anonymous();
     let repo = images::unique_repo("rangeflight");
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 1,
-            layer_size: 6 << 20,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(1, 6 << 20));
     let blob = img.largest_blob();
     let data = upstream_bytes(&up, &repo, &blob.digest);
     let gets_direct = up.count_requests("GET", &format!("/blobs/{}", blob.digest));

@@ -16,7 +16,7 @@
 //!   way, without the credential.
 
 use base64::Engine as _;
-use ociregistry_e2e::cache::verify_cache;
+use ociregistry_e2e::cache::{blob_file, verify_cache};
 use ociregistry_e2e::fault_proxy::{Fault, FaultProxy};
 use ociregistry_e2e::images::{self, ImageKind, PushedImage};
 use ociregistry_e2e::proxy::{RegistryAuth, RegistryEntry, Route};
@@ -181,16 +181,7 @@ struct Rig {
 
 fn rig(prefix: &str) -> Rig {
     let up = Upstream::htpasswd(USER, PASS);
-    let repo = images::unique_repo(prefix);
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 1,
-            layer_size: 1 << 20,
-        },
-    );
+    let img = images::seed_in(&up, prefix, "v1", ImageKind::oci(1, 1 << 20));
     let layer = img.largest_blob();
     let fp = FaultProxy::start(&up.host());
     Rig {
@@ -261,10 +252,7 @@ impl Rig {
 
     /// The stored layer file exists and every cached file verifies.
     fn assert_cached(&self, proxy: &Proxy, ctx: &str) {
-        let stored = proxy
-            .image_path()
-            .join("blobs/sha256")
-            .join(self.layer.hex());
+        let stored = blob_file(proxy.image_path(), &self.layer.digest);
         assert!(stored.is_file(), "{ctx}: layer not cached at {stored:?}");
         verify_cache(proxy.image_path());
     }

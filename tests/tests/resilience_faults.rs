@@ -7,7 +7,7 @@
 //! that every file in the cache verifies, that concurrent waiters all fail, that other
 //! repositories keep being served, and that a pull succeeds once the fault is cleared.
 
-use ociregistry_e2e::cache::{list_files, verify_cache};
+use ociregistry_e2e::cache::{self, list_files, verify_cache};
 use ociregistry_e2e::fault_proxy::{Fault, FaultProxy};
 use ociregistry_e2e::images::{self, ImageKind, PushedImage};
 use ociregistry_e2e::proxy::Route;
@@ -35,22 +35,8 @@ struct Rig {
 
 fn rig(prefix: &str) -> Rig {
     let up = Upstream::anonymous();
-    let repo = images::unique_repo(prefix);
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 1,
-            layer_size: 4 << 20,
-        },
-    );
-    let other = images::seed(
-        &up,
-        &images::unique_repo(&format!("{prefix}other")),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let img = images::seed_in(&up, prefix, "v1", ImageKind::oci(1, 4 << 20));
+    let other = images::seed_in(&up, &format!("{prefix}other"), "v1", ImageKind::small_oci());
     let fp = FaultProxy::start(&up.host());
     // A short answer/idle timeout so that stalls are noticed quickly.
     let proxy = Proxy::builder()
@@ -86,14 +72,11 @@ impl Rig {
     }
 
     fn stored(&self) -> std::path::PathBuf {
-        self.proxy
-            .image_path()
-            .join("blobs/sha256")
-            .join(self.blob().hex())
+        cache::blob_file(self.proxy.image_path(), &self.blob().digest)
     }
 
     fn tmp_files(&self) -> Vec<std::path::PathBuf> {
-        list_files(&self.proxy.image_path().join("tmp"))
+        cache::tmp_files(self.proxy.image_path())
     }
 
     fn get(&self) -> StreamingGet {
@@ -397,12 +380,7 @@ fn connection_refused_is_a_5xx_and_heals() {
     let repo = images::unique_repo("fltrefused");
     let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
     let cached = images::seed(&up, &repo, "cached", ImageKind::small_oci());
-    let direct = images::seed(
-        &up,
-        &images::unique_repo("fltdirect"),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let direct = images::seed_in(&up, "fltdirect", "v1", ImageKind::small_oci());
     let fp = FaultProxy::start(&up.host());
     let fhost = fp.host();
     let proxy = Proxy::builder()

@@ -129,8 +129,7 @@ fn token_server_refuses_bad_credentials_and_counts() {
         return;
     }
     let up = Upstream::token(Some(("tokuser", "right")));
-    let repo = images::unique_repo("rigtok");
-    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let img = images::seed_in(&up, "rigtok", "v1", ImageKind::small_oci());
     let ts = up.token_server().unwrap();
     let n = ts.request_count();
     assert!(n >= 1);

@@ -11,7 +11,7 @@
 //!   left both finish, and the process exits 0 within the grace period (over TLS too); when
 //!   the grace period runs out, the process still exits 0 and logs what it cut.
 
-use ociregistry_e2e::cache::{assert_image_cached, verify_cache};
+use ociregistry_e2e::cache::{assert_image_cached, blob_file, verify_cache};
 use ociregistry_e2e::images::{self, ImageKind, PushedImage};
 use ociregistry_e2e::pki::TestPki;
 use ociregistry_e2e::procs::run_with_timeout;
@@ -102,12 +102,7 @@ fn skopeo_pulls_over_tls_trusting_the_generated_ca() {
         return;
     }
     let up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("tls"),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let img = images::seed_in(&up, "tls", "v1", ImageKind::small_oci());
     let pki = TestPki::generate("127.0.0.1");
     let mut proxy = tls_proxy(&up, &pki, "none");
     assert!(
@@ -157,12 +152,7 @@ fn client_auth_verify_refuses_clients_without_a_certificate() {
         return;
     }
     let up = Upstream::anonymous();
-    let img = images::seed(
-        &up,
-        &images::unique_repo("mtls"),
-        "v1",
-        ImageKind::small_oci(),
-    );
+    let img = images::seed_in(&up, "mtls", "v1", ImageKind::small_oci());
     let pki = TestPki::generate("127.0.0.1");
     let mut proxy = tls_proxy(&up, &pki, "verify");
 
@@ -248,16 +238,10 @@ fn the_admin_api_speaks_tls_with_the_pull_port() {
         .serve_arg("--admin-address")
         .serve_arg(&admin)
         .start();
-    wait_for(
+    proxy.wait_log(
         "the admin listener",
+        "admin API ready at https://",
         SECS(10),
-        Duration::from_millis(20),
-        || {
-            proxy
-                .log()
-                .contains("admin API ready at https://")
-                .then_some(())
-        },
     );
     let url = format!("https://{admin}/admin/v1/images");
     let (ca, cert, key) = (
@@ -376,15 +360,7 @@ fn stop_rig(prefix: &str, grace: &str) -> StopRig {
 fn stop_rig_with(prefix: &str, grace: &str, extra: Option<&str>) -> StopRig {
     let up = Upstream::anonymous();
     let repo = images::unique_repo(prefix);
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 2,
-            layer_size: 8 << 20,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(2, 8 << 20));
     let mut blobs: Vec<BlobInfo> = img
         .blobs()
         .into_iter()
@@ -416,7 +392,7 @@ impl StopRig {
     }
 
     fn stored(&self, b: &BlobInfo) -> std::path::PathBuf {
-        self.proxy.image_path().join("blobs/sha256").join(b.hex())
+        blob_file(self.proxy.image_path(), &b.digest)
     }
 
     /// Whether a new TCP connection to the pull port is refused.

@@ -274,15 +274,7 @@ fn range_requests_resume_blobs() {
     }
     let up = Upstream::anonymous();
     let repo = images::unique_repo("range");
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 2,
-            layer_size: 300 * 1024,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(2, 300 * 1024));
     let proxy = Proxy::builder().upstream(&up).start();
     let host = up.host();
     let blob = img.largest_blob();

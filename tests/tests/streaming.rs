@@ -5,7 +5,7 @@
 //! A [`Throttle`] sits between the proxy and the upstream (the proxy's registry name is the
 //! throttle's address) and holds the upstream's bytes after the first K until released.
 
-use ociregistry_e2e::cache::list_files;
+use ociregistry_e2e::cache;
 use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::proxy::Route;
 use ociregistry_e2e::throttle::{StreamingGet, Throttle};
@@ -29,15 +29,7 @@ struct Rig {
 fn rig(prefix: &str) -> Rig {
     let up = Upstream::anonymous();
     let repo = images::unique_repo(prefix);
-    let img = images::seed(
-        &up,
-        &repo,
-        "v1",
-        ImageKind::Oci {
-            layers: 1,
-            layer_size: 8 << 20,
-        },
-    );
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(1, 8 << 20));
     let blob = img.largest_blob();
     assert!(blob.size > 3 * HOLD_AFTER);
     let throttle = Throttle::start(&up.host());
@@ -59,14 +51,11 @@ impl Rig {
     }
 
     fn stored(&self) -> std::path::PathBuf {
-        self.proxy
-            .image_path()
-            .join("blobs/sha256")
-            .join(self.blob.hex())
+        cache::blob_file(self.proxy.image_path(), &self.blob.digest)
     }
 
     fn tmp_files(&self) -> Vec<std::path::PathBuf> {
-        list_files(&self.proxy.image_path().join("tmp"))
+        cache::tmp_files(self.proxy.image_path())
     }
 }
 
