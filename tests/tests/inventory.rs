@@ -1083,9 +1083,9 @@ fn the_server_and_the_verbs_wait_for_the_inventory_lock() {
     );
 }
 
-/// A manifest pruned inside the server leaves its in-memory copy too: a pull by digest after
-/// an admin-API prune goes to the upstream again instead of being answered from memory with
-/// a manifest whose blobs are gone.
+/// A pruned manifest is not answered from the server's memory: a pull by digest after an
+/// admin-API prune, or after a `prune` run by another process, goes to the upstream again
+/// instead of being answered with a manifest whose blobs are gone.
 #[test]
 fn a_pruned_manifest_is_not_served_from_memory() {
     if !require_upstream_tools() {
@@ -1131,5 +1131,22 @@ fn a_pruned_manifest_is_not_served_from_memory() {
         manifest_gets(&mut up),
         2,
         "the pruned manifest was answered from memory instead of fetched again"
+    );
+
+    // The same when the prune runs in another process (the `prune` verb beside the server).
+    let r = proxy.get_manifest(Route::Ns(&host), &img.repo, &digest);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(manifest_gets(&mut up), 2, "served from the cache again");
+    cli_ok(
+        proxy.image_path(),
+        &["prune", "--pattern", ".", "--grace", "0s"],
+    );
+    assert!(!manifest_path(proxy.image_path(), &digest).is_file());
+    let r = proxy.get_manifest(Route::Ns(&host), &img.repo, &digest);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(
+        manifest_gets(&mut up),
+        3,
+        "a manifest pruned by another process was answered from memory"
     );
 }

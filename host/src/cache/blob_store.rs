@@ -101,6 +101,13 @@ impl BlobStore {
         self.root.join("manifests/sha256").join(digest.hex())
     }
 
+    /// Whether manifest `digest` is stored: one `stat`, cheap enough to do in place on the
+    /// serving path (as for tag records), so that a manifest another process pruned is seen
+    /// as gone at once.
+    pub fn has_manifest(&self, digest: &Digest) -> bool {
+        std::fs::symlink_metadata(self.manifest_path(digest)).is_ok()
+    }
+
     /// A fresh, unique temp file path (not yet created).
     pub fn temp_path(&self, label: &str) -> PathBuf {
         temp_path_in(&self.root, label)

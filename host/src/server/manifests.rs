@@ -195,7 +195,11 @@ async fn record_tag(app: &App, registry: &str, repo: &RepoName, tag: &str, m: &M
 /// A cached manifest, from memory or disk.
 async fn stored_manifest(app: &App, digest: &Digest) -> std::io::Result<Option<Manifest>> {
     if let Some(m) = app.hot.manifest(digest) {
-        return Ok(Some(m));
+        if app.store.has_manifest(digest) {
+            return Ok(Some(m));
+        }
+        // Pruned, by this process or another one (the `prune` verb).
+        app.hot.forget_manifest(digest);
     }
     let m = app.store.get_manifest(digest).await?;
     if let Some(m) = &m {
