@@ -26,6 +26,23 @@ pub struct PullOptions {
     pub arch: Option<String>,
 }
 
+/// Pulls `reference` with skopeo into a temp dir (`--all` when `img` is an index) and checks
+/// every file against `img`; a failed pull panics with `context` and skopeo's error.
+pub fn pull_and_verify(reference: &str, img: &PushedImage, context: &str) {
+    let all = img.manifest.is_index();
+    let dest = tempfile::tempdir().expect("tempdir");
+    pull_to_dir(
+        reference,
+        dest.path(),
+        &PullOptions {
+            all,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("skopeo pull {reference}{context}: {e}"));
+    verify_dir_pull(dest.path(), img, all);
+}
+
 /// `skopeo copy --src-tls-verify=false docker://<reference> dir:<dest>`.
 /// Returns Err(stderr) when skopeo fails.
 pub fn pull_to_dir(reference: &str, dest: &Path, opts: &PullOptions) -> Result<(), String> {

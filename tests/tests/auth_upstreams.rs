@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use ociregistry_e2e::images::{self, ImageKind, PushedImage};
 use ociregistry_e2e::proxy::{RegistryAuth, RegistryEntry, Route};
-use ociregistry_e2e::skopeo::{self, PullOptions};
+use ociregistry_e2e::skopeo;
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{Proxy, require_upstream_tools};
 
@@ -15,19 +15,8 @@ const USER: &str = "e2e-user";
 fn pull_everything(proxy: &Proxy, up: &Upstream, imgs: &[PushedImage]) {
     let host = up.host();
     for img in imgs {
-        let all = img.manifest.is_index();
-        let dest = tempfile::tempdir().unwrap();
         let reference = format!("{}/{}:{}", proxy.host(), img.repo, img.tag);
-        skopeo::pull_to_dir(
-            &reference,
-            dest.path(),
-            &PullOptions {
-                all,
-                ..Default::default()
-            },
-        )
-        .unwrap_or_else(|e| panic!("skopeo pull {reference}: {e}"));
-        skopeo::verify_dir_pull(dest.path(), img, all);
+        skopeo::pull_and_verify(&reference, img, "");
         proxy.pull_and_verify(Route::Ns(&host), img);
         proxy.pull_and_verify(Route::InPath(&host), img);
     }

@@ -5,7 +5,7 @@
 use ociregistry_e2e::cache::{assert_image_cached, verify_cache};
 use ociregistry_e2e::images::{self, ImageKind, PushedImage};
 use ociregistry_e2e::proxy::{Route, check_manifest_response};
-use ociregistry_e2e::skopeo::{self, PullOptions};
+use ociregistry_e2e::skopeo;
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{Proxy, media, require_upstream_tools, sha256_digest};
 
@@ -59,22 +59,11 @@ fn upstream_stopped_cached_images_still_served() {
             t0.elapsed()
         );
         // And skopeo, by tag and by digest.
-        let all = img.manifest.is_index();
         for reference in [
             format!("{}/{}:{}", proxy.host(), img.repo, img.tag),
             format!("{}/{}@{}", proxy.host(), img.repo, img.manifest.digest),
         ] {
-            let dest = tempfile::tempdir().unwrap();
-            skopeo::pull_to_dir(
-                &reference,
-                dest.path(),
-                &PullOptions {
-                    all,
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("skopeo pull {reference} with upstream down: {e}"));
-            skopeo::verify_dir_pull(dest.path(), img, all);
+            skopeo::pull_and_verify(&reference, img, " with upstream down");
         }
     }
     verify_cache(proxy.image_path());

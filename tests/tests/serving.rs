@@ -23,32 +23,11 @@ fn skopeo_pulls_every_image_kind_through_the_proxy() {
         .default_ns(&up.host())
         .start();
     for img in &imgs {
-        let all = img.manifest.is_index();
-        let dest = tempfile::tempdir().unwrap();
         let reference = format!("{}/{}:{}", proxy.host(), img.repo, img.tag);
-        skopeo::pull_to_dir(
-            &reference,
-            dest.path(),
-            &PullOptions {
-                all,
-                ..Default::default()
-            },
-        )
-        .unwrap_or_else(|e| panic!("skopeo pull {reference}: {e}"));
-        skopeo::verify_dir_pull(dest.path(), img, all);
+        skopeo::pull_and_verify(&reference, img, "");
         // By digest too.
-        let dest2 = tempfile::tempdir().unwrap();
         let by_digest = format!("{}/{}@{}", proxy.host(), img.repo, img.manifest.digest);
-        skopeo::pull_to_dir(
-            &by_digest,
-            dest2.path(),
-            &PullOptions {
-                all,
-                ..Default::default()
-            },
-        )
-        .unwrap_or_else(|e| panic!("skopeo pull {by_digest}: {e}"));
-        skopeo::verify_dir_pull(dest2.path(), img, all);
+        skopeo::pull_and_verify(&by_digest, img, "");
     }
     // Without --all, skopeo picks the amd64 instance of the index.
     let dest = tempfile::tempdir().unwrap();
