@@ -214,6 +214,178 @@ pub struct FileConfig {
     pub server_tls_config: Option<ServerTlsFileConfig>,
     /// How long in-flight pulls and upstream fetches get after SIGTERM (default 30s).
     pub shutdown_grace: Option<ConfigDuration>,
+    /// Which upstream hosts may be contacted (`allow`, `deny`).
+    pub upstreams: Option<UpstreamsConfig>,
+}
+
+/// `upstreams`: the upstream policy as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamsConfig {
+    /// Hosts clients may name (default `["*"]`); `configured` means the `registries` entries
+    /// and `defaultNs`; `{host, privateAddresses: true}` also consents to private addresses.
+    pub allow: Option<Vec<AllowRule>>,
+    /// Hosts never contacted, whoever names them and whatever redirects to them.
+    #[serde(default)]
+    pub deny: Vec<HostPattern>,
+}
+
+/// One `upstreams.allow` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowRule {
+    /// `configured`: the hosts of `registries` entries and `defaultNs`.
+    Configured,
+    /// A host pattern; with `private_addresses` its hosts may be on loopback, private,
+    /// link-local and similar addresses.
+    Host {
+        /// The pattern.
+        pattern: HostPattern,
+        /// `privateAddresses: true`.
+        private_addresses: bool,
+    },
+}
+
+impl<'de> Deserialize<'de> for AllowRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Written {
+            host: HostPattern,
+            #[serde(default)]
+            private_addresses: bool,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AllowRule;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a host pattern, `configured`, or {host: PATTERN, privateAddresses: true}",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                if s == "configured" {
+                    return Ok(AllowRule::Configured);
+                }
+                HostPattern::parse(s)
+                    .map(|pattern| AllowRule::Host {
+                        pattern,
+                        private_addresses: false,
+                    })
+                    .map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let w = Written::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(AllowRule::Host {
+                    pattern: w.host,
+                    private_addresses: w.private_addresses,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A host pattern (`quay.io`, `*.corp.example`, `127.0.0.*`): a host name or address
+/// without port, lower-cased; `*` matches any run of characters, dots included.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPattern(String);
+
+impl HostPattern {
+    /// Validates a pattern; a `host:port` form is refused (patterns match hosts, not ports).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let p = s.trim().to_ascii_lowercase();
+        let p = p
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(&p)
+            .to_owned();
+        if p.is_empty() || p.len() > reference::MAX_HOST_LEN {
+            return Err(format!("invalid host pattern {s:?}"));
+        }
+        if !p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*' | b':'))
+        {
+            return Err(format!(
+                "invalid host pattern {s:?}: letters, digits, `.`, `-`, `:` (IPv6) and `*` only"
+            ));
+        }
+        if p.matches(':').count() == 1 {
+            return Err(format!(
+                "host pattern {s:?} has a port: patterns match the host without port"
+            ));
+        }
+        Ok(HostPattern(p))
+    }
+
+    /// Whether `host` (lower-case, without port or brackets) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        glob(self.0.as_bytes(), host.as_bytes())
+    }
+
+    /// The pattern as written (lower-cased).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HostPattern::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `*`-only glob, linear in practice (the classic backtrack-to-last-star walk).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|b| *b == b'*')
+}
+
+/// The upstream policy after validation (`upstreams`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamPolicy {
+    /// `upstreams.allow` (default: `*`).
+    pub allow: Vec<AllowRule>,
+    /// `upstreams.deny`.
+    pub deny: Vec<HostPattern>,
+}
+
+impl Default for UpstreamPolicy {
+    fn default() -> Self {
+        UpstreamPolicy {
+            allow: vec![AllowRule::Host {
+                pattern: HostPattern("*".into()),
+                private_addresses: false,
+            }],
+            deny: Vec::new(),
+        }
+    }
 }
 
 /// One `registries[]` entry.
@@ -231,6 +403,9 @@ pub struct RegistryConfig {
     pub tls: Option<TlsConfig>,
     /// Overrides the global `tagTtl` for this upstream.
     pub tag_ttl: Option<ConfigDuration>,
+    /// Hosts this registry's redirects may reach on private addresses (patterns).
+    #[serde(default)]
+    pub redirect_hosts: Vec<HostPattern>,
 }
 
 /// `registries[].auth`.
@@ -245,6 +420,9 @@ pub struct AuthConfig {
     pub password_from_env: Option<String>,
     /// External auth: a provider plugin or a static token.
     pub token: Option<TokenConfig>,
+    /// Token-realm hosts besides the registry's own domain that may receive the credential.
+    #[serde(default)]
+    pub realms: Vec<HostPattern>,
 }
 
 /// `registries[].auth.token` (Ociregistry's external auth).
@@ -378,6 +556,10 @@ pub struct Registry {
     pub tls: TlsConfig,
     /// How long its cached tags are trusted (`None`: until `alwaysPullLatest` or forever).
     pub tag_ttl: Option<Duration>,
+    /// `redirectHosts`: hosts its redirects may reach on private addresses.
+    pub redirect_hosts: Vec<HostPattern>,
+    /// `auth.realms`: extra token-realm hosts that may receive its credential.
+    pub realms: Vec<HostPattern>,
 }
 
 /// Command-line values that override the file.
@@ -458,6 +640,8 @@ pub struct Settings {
     pub metrics_port: Option<u16>,
     /// Port of the health listener, if on (0: any free port).
     pub health_port: Option<u16>,
+    /// Which upstream hosts may be contacted (`upstreams`).
+    pub upstream_policy: UpstreamPolicy,
 }
 
 /// `preloadImages`, `imageFile`, `os` and `arch`: what to warm the cache with.
@@ -615,6 +799,13 @@ pub fn resolve(
                 "cert and key must be given together".into(),
             ));
         }
+        if r.scheme == Scheme::Http && r.name.0.ends_with(":443") {
+            return Err(invalid(
+                key(".name"),
+                line,
+                "port 443 means https here (quay.io:443 is quay.io); use scheme: https or another port".into(),
+            ));
+        }
         if r.scheme == Scheme::Http && r.tls.is_some() {
             return Err(invalid(
                 key(".tls"),
@@ -630,6 +821,12 @@ pub fn resolve(
             credential,
             tls,
             tag_ttl: r.tag_ttl.map(|d| d.0),
+            redirect_hosts: r.redirect_hosts.clone(),
+            realms: r
+                .auth
+                .as_ref()
+                .map(|a| a.realms.clone())
+                .unwrap_or_default(),
         });
     }
     let default_ns = match o.default_ns {
@@ -732,6 +929,23 @@ pub fn resolve(
         }
         Some(n) => n,
     };
+    let upstream_policy = match cfg.upstreams {
+        None => UpstreamPolicy::default(),
+        Some(u) => {
+            let allow = u.allow.unwrap_or_else(|| UpstreamPolicy::default().allow);
+            if allow.is_empty() {
+                return Err(invalid(
+                    "upstreams.allow".into(),
+                    line_of_nested_key(&text, "upstreams", "allow"),
+                    "is empty: no upstream could be contacted (leave it out for the default [\"*\"], or write [configured])".into(),
+                ));
+            }
+            UpstreamPolicy {
+                allow,
+                deny: u.deny,
+            }
+        }
+    };
     Ok(Settings {
         preload,
         inventory,
@@ -772,6 +986,7 @@ pub fn resolve(
             .log_file
             .or(cfg.log_file)
             .filter(|p| !p.as_os_str().is_empty()),
+        upstream_policy,
     })
 }
 

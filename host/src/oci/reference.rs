@@ -224,11 +224,7 @@ pub fn parse_host(s: &str) -> Result<String, ReferenceError> {
         let Some((v6, after)) = rest.split_once(']') else {
             return bad();
         };
-        if v6.is_empty()
-            || !v6
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
             return bad();
         }
         match after {
@@ -244,8 +240,14 @@ pub fn parse_host(s: &str) -> Result<String, ReferenceError> {
             None => (Some(s), None),
         }
     };
+    // A port is 1-65535 written without leading zeros (`:08080` would name another
+    // cache key for the same upstream; `:0` and `:65536` name none).
     if let Some(port) = port
-        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+        && (port.is_empty()
+            || port.len() > 5
+            || port.starts_with('0')
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u32>().map_or(true, |p| p > 65535))
     {
         return bad();
     }
@@ -258,6 +260,16 @@ pub fn parse_host(s: &str) -> Result<String, ReferenceError> {
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         };
         if host.is_empty() || !host.split('.').all(label_ok) {
+            return bad();
+        }
+        // A name whose last label is numeric is an IPv4 address to URL parsers (`127.1`,
+        // `2130706433`, `0x7f.1`): only the dotted-quad form is accepted.
+        let last = host.rsplit('.').next().unwrap_or(host).to_ascii_lowercase();
+        let numeric = last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if numeric && host.parse::<std::net::Ipv4Addr>().is_err() {
             return bad();
         }
     }
@@ -358,6 +370,29 @@ mod tests {
             "", "a..b", "a:b", "a:", "-a.com", "a/b", "a b", "[::1", "x:123456",
         ] {
             assert!(parse_host(bad).is_err(), "{bad}");
+        }
+        // Ports: 1-65535 without leading zeros; IPv4 only as a dotted quad; IPv6 must parse.
+        for bad in [
+            "quay.io:65536",
+            "quay.io:99999",
+            "quay.io:08080",
+            "quay.io:0",
+            "quay.io:00443",
+            "127.1:5000",
+            "2130706433:5000",
+            "0x7f.1",
+            "[::g]:5000",
+            "[:]:1",
+        ] {
+            assert!(parse_host(bad).is_err(), "{bad}");
+        }
+        for ok in [
+            "quay.io:65535",
+            "quay.io:1",
+            "[::ffff:127.0.0.1]:5000",
+            "a.b2c:80",
+        ] {
+            assert!(parse_host(ok).is_ok(), "{ok}");
         }
     }
 

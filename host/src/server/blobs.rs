@@ -35,7 +35,7 @@ pub(super) async fn blob(
     }
     counters.cache(ContentKind::Blob, false);
     refuse_if_air_gapped(app, &digest)?;
-    let upstream = app.upstreams.resolve(registry);
+    let upstream = app.upstreams.resolve(registry)?;
     if head {
         return head_upstream_blob(&upstream, repo, &digest).await;
     }
@@ -91,7 +91,7 @@ pub async fn ensure_blob_watching(
         return Ok(size);
     }
     refuse_if_air_gapped(app, digest)?;
-    let upstream = app.upstreams.resolve(registry);
+    let upstream = app.upstreams.resolve(registry)?;
     let download = join_download(app, &upstream, repo, digest);
     let mut progress = download.subscribe();
     loop {

@@ -262,6 +262,13 @@ pub(super) fn upstream_status(
     }
 }
 
+/// The upstream policy refused the registry a request names: 403 `DENIED`, naming the policy.
+impl From<crate::upstream::policy::PolicyError> for RegistryError {
+    fn from(e: crate::upstream::policy::PolicyError) -> Self {
+        RegistryError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, e.to_string())
+    }
+}
+
 pub(super) fn disk_error(e: std::io::Error) -> RegistryError {
     RegistryError::internal(format!("cache error: {e}"))
 }

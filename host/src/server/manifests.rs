@@ -89,7 +89,7 @@ async fn manifest_by_digest(
         ));
     }
     let key = format!("{registry}/{repo}@{digest}");
-    let upstream = app.upstreams.resolve(registry);
+    let upstream = app.upstreams.resolve(registry)?;
     let app2 = app.clone();
     let repo2 = repo.clone();
     single_flight(app, key, async move {
@@ -145,7 +145,7 @@ async fn manifest_by_tag(
     }
     let accept_header = accept.upstream_header();
     let key = format!("{registry}/{repo}:{tag}|{accept_header}");
-    let upstream = app.upstreams.resolve(registry);
+    let upstream = app.upstreams.resolve(registry)?;
     let app2 = app.clone();
     let repo = repo.clone();
     let tag = tag.to_owned();

@@ -33,7 +33,7 @@ pub(super) async fn passthrough(
             format!("{registry}/{repo}: tag listing needs the upstream (air-gapped)"),
         ));
     }
-    let upstream = app.upstreams.resolve(registry);
+    let upstream = app.upstreams.resolve(registry)?;
     let allowed: &[&str] = if is_referrers {
         &["artifactType"]
     } else {

@@ -91,6 +91,48 @@ const MAX_SCOPES: usize = 4096;
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// What the distribution spec says to assume when `expires_in` is absent.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The largest token endpoint answer read; reading stops there.
+const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
+
+/// Whether a registry's credential may go to this token realm: the realm is on the
+/// registry's host, shares its registrable domain (public suffix list: `auth.docker.io` and
+/// `registry-1.docker.io` do, `a.github.io` and `b.github.io` do not), or matches one of
+/// `auth.realms`; and it is never an http realm of an https registry.
+pub fn realm_may_receive_credential(
+    registry: &reqwest::Url,
+    realm: &reqwest::Url,
+    realms: &[crate::config::HostPattern],
+) -> bool {
+    if realm.scheme() == "http" && registry.scheme() == "https" {
+        return false;
+    }
+    let (Some(reg_host), Some(realm_host)) = (registry.host(), realm.host()) else {
+        return false;
+    };
+    let (reg_host, realm_host) = (reg_host.to_owned(), realm_host.to_owned());
+    if reg_host == realm_host {
+        return true;
+    }
+    let realm_bare = match &realm_host {
+        url::Host::Domain(d) => d.clone(),
+        url::Host::Ipv4(ip) => ip.to_string(),
+        url::Host::Ipv6(ip) => ip.to_string(),
+    };
+    if realms.iter().any(|p| p.matches(&realm_bare)) {
+        return true;
+    }
+    match (&reg_host, &realm_host) {
+        (url::Host::Domain(a), url::Host::Domain(b)) => {
+            // A registrable domain needs a known suffix: `psl` answers for any name with a
+            // dot, taking an unknown last label as the suffix, which is fine for both.
+            match (psl::domain_str(a), psl::domain_str(b)) {
+                (Some(x), Some(y)) => x == y,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
 
 impl TokenCache {
     /// A still-valid token for `scope`.
@@ -145,9 +187,26 @@ impl super::Upstream {
             }
             q.append_pair("scope", scope);
         }
+        self.policy
+            .check_hop(&url, &self.redirect_hosts)
+            .map_err(|e| {
+                RegistryError::new(
+                    http::StatusCode::FORBIDDEN,
+                    crate::oci::error::ErrorCode::Denied,
+                    format!("token realm of {registry}: {e}"),
+                )
+            })?;
         let mut req = client.get(url.clone());
         if let Some(c) = credential {
-            req = req.header(http::header::AUTHORIZATION, header_for(c));
+            if realm_may_receive_credential(&self.base, &url, &self.realms) {
+                req = req.header(http::header::AUTHORIZATION, header_for(c));
+            } else {
+                tracing::warn!(
+                    registry = %registry,
+                    realm = %origin(&url),
+                    "token realm is not on the registry's host or domain (nor listed under auth.realms): asking it for a token without the credential"
+                );
+            }
         }
         let resp = tokio::time::timeout(timeout, req.send())
             .await
@@ -158,12 +217,17 @@ impl super::Upstream {
                     timeout.as_secs()
                 ))
             })?
-            .map_err(|e| {
-                RegistryError::bad_gateway(format!(
+            .map_err(|e| match super::policy::refusal(&e) {
+                Some(p) => RegistryError::new(
+                    http::StatusCode::FORBIDDEN,
+                    crate::oci::error::ErrorCode::Denied,
+                    format!("token realm of {registry}: {p}"),
+                ),
+                None => RegistryError::bad_gateway(format!(
                     "token endpoint of {registry} ({}) unreachable: {}",
                     origin(&url),
                     super::describe(&e)
-                ))
+                )),
             })?;
         let status = resp.status();
         if !status.is_success() {
@@ -192,17 +256,21 @@ impl super::Upstream {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body = resp.bytes().await.map_err(|e| {
-            RegistryError::bad_gateway(format!(
-                "token endpoint of {registry}: {}",
-                super::describe(&e)
-            ))
-        })?;
-        if body.len() > 1024 * 1024 {
-            return Err(RegistryError::bad_gateway(format!(
-                "token endpoint of {registry} sent an oversized answer"
-            )));
-        }
+        let body = read_capped(resp, timeout, MAX_TOKEN_RESPONSE)
+            .await
+            .map_err(|e| {
+                RegistryError::bad_gateway(match e {
+                    ReadError::TooLarge => {
+                        format!("token endpoint of {registry} sent an oversized answer")
+                    }
+                    ReadError::Stalled => {
+                        format!("token endpoint of {registry} stalled sending its answer")
+                    }
+                    ReadError::Transport(e) => {
+                        format!("token endpoint of {registry}: {}", super::describe(&e))
+                    }
+                })
+            })?;
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
             RegistryError::bad_gateway(format!(
                 "token endpoint of {registry} sent something that is not a token response"
@@ -224,6 +292,37 @@ impl super::Upstream {
         self.tokens.put(scope, token, lifetime);
         Ok(())
     }
+}
+
+/// Why a capped body read stopped.
+#[derive(Debug)]
+enum ReadError {
+    TooLarge,
+    Stalled,
+    Transport(reqwest::Error),
+}
+
+/// Reads a body chunk by chunk, stopping as soon as it passes `limit` bytes.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Vec<u8>, ReadError> {
+    if resp.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(timeout, resp.chunk())
+        .await
+        .map_err(|_| ReadError::Stalled)?
+        .map_err(ReadError::Transport)?
+    {
+        if buf.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 /// `scheme://host[:port]` of a URL, for messages (never the query, which may carry scopes).
@@ -252,6 +351,38 @@ mod tests {
     fn basic_header() {
         let h = header_for(&Credential::basic("AWS", "pw"));
         assert_eq!(h, "Basic QVdTOnB3");
+    }
+
+    #[test]
+    fn realms_that_may_receive_the_credential() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        let ok = |reg: &str, realm: &str| realm_may_receive_credential(&u(reg), &u(realm), &[]);
+        assert!(ok(
+            "https://registry-1.docker.io",
+            "https://auth.docker.io/token"
+        ));
+        assert!(ok("https://quay.io", "https://quay.io/v2/auth"));
+        assert!(ok("https://ghcr.io", "https://ghcr.io/token"));
+        assert!(ok("http://127.0.0.1:5000", "http://127.0.0.1:6000/token"));
+        assert!(!ok("https://quay.io", "https://evil.com/token"));
+        assert!(!ok("https://x.github.io", "https://y.github.io/token"));
+        assert!(!ok("https://quay.io", "http://quay.io/token"));
+        assert!(!ok("http://127.0.0.1:5000", "http://127.0.0.2:5000/token"));
+        assert!(!ok(
+            "https://a.example.com",
+            "https://a.example.com.evil.net/t"
+        ));
+        let listed = [crate::config::HostPattern::parse("login.corp.example").unwrap()];
+        assert!(realm_may_receive_credential(
+            &u("https://registry.corp.example:8443"),
+            &u("https://login.corp.example/token"),
+            &listed
+        ));
+        assert!(!realm_may_receive_credential(
+            &u("https://registry.other.example"),
+            &u("https://login.corp2.example/token"),
+            &listed
+        ));
     }
 
     #[test]

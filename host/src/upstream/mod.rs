@@ -2,11 +2,14 @@
 //! one HTTP client per configured registry (its TLS settings), and requests that carry the
 //! right credential ([`auth`]) and answer the registry's challenges ([`challenge`]).
 //!
-//! Redirects (blob storage on another host) are followed by reqwest, which drops the
-//! `Authorization` header whenever a redirect leaves the original host, port or scheme.
+//! Redirects (blob storage on another host) are followed here, not by reqwest: at most
+//! [`MAX_REDIRECTS`] hops, each checked by the upstream [`policy`], never from https down to
+//! http unless the registry is `scheme: http`, and without `Authorization` once a hop leaves
+//! the original origin (scheme, host and port).
 
 pub mod auth;
 pub mod challenge;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,11 +17,12 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::config::{CredentialConfig, Scheme, Settings, TlsConfig};
+use crate::config::{CredentialConfig, HostPattern, Scheme, Settings, TlsConfig};
 use crate::oci::error::RegistryError;
 use crate::oci::reference::RepoName;
 use auth::{CredentialSource, TokenCache};
 use ociregistry_plugin_api::{Credential, Secret};
+use policy::{Policy, PolicyError, PolicyResolver};
 
 /// The name docker.io images are cached and configured under.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -30,9 +34,46 @@ const MAX_RETRIES: u32 = 2;
 const RETRY_BASE: Duration = Duration::from_millis(200);
 /// At most this many unconfigured upstreams keep their token caches.
 const MAX_ADHOC: usize = 256;
+/// Redirect hops followed for one request.
+pub const MAX_REDIRECTS: usize = 5;
 
-/// The canonical name of a registry: docker.io's aliases collapse to `docker.io`.
+/// The host a registry name is reached at (`docker.io` is `registry-1.docker.io`).
+pub(crate) fn api_host(name: &str) -> String {
+    if name == DOCKER_HUB {
+        DOCKER_HUB_API.to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
+/// Why one request (with its redirects) got no usable answer.
+#[derive(Debug)]
+enum SendError {
+    /// The transport failed.
+    Transport(reqwest::Error),
+    /// The policy refused a host or address (before connecting, or in the resolver).
+    Policy(PolicyError),
+    /// More than [`MAX_REDIRECTS`] hops.
+    TooManyRedirects,
+    /// A hop from https to http of an https registry.
+    Downgrade(String),
+    /// A `Location` that is not an http(s) URL.
+    BadLocation,
+}
+
+impl From<reqwest::Error> for SendError {
+    fn from(e: reqwest::Error) -> Self {
+        match policy::refusal(&e) {
+            Some(p) => SendError::Policy(p.clone()),
+            None => SendError::Transport(e),
+        }
+    }
+}
+
+/// The canonical name of a registry: the https default port is dropped (`quay.io:443` is
+/// `quay.io`: ad-hoc upstreams are https) and docker.io's aliases collapse to `docker.io`.
 pub fn canonical_name(name: &str) -> &str {
+    let name = name.strip_suffix(":443").unwrap_or(name);
     match name {
         "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB,
         other => other,
@@ -44,7 +85,7 @@ pub fn canonical_name(name: &str) -> &str {
 pub struct Upstream {
     /// Canonical name (`docker.io`, `127.0.0.1:5000`).
     pub name: String,
-    base: String,
+    base: reqwest::Url,
     client: reqwest::Client,
     credential: CredentialSource,
     tokens: TokenCache,
@@ -53,6 +94,12 @@ pub struct Upstream {
     timeout: Duration,
     /// This registry's counters (requests, bytes received, errors).
     pub metrics: Arc<crate::metrics::RegistryMetrics>,
+    scheme: Scheme,
+    policy: Arc<Policy>,
+    /// `redirectHosts` of its registries entry.
+    redirect_hosts: Vec<HostPattern>,
+    /// `auth.realms` of its registries entry.
+    realms: Vec<HostPattern>,
 }
 
 impl Upstream {
@@ -88,7 +135,12 @@ impl Upstream {
         range_from: Option<u64>,
     ) -> Result<reqwest::Response, RegistryError> {
         let repo = self.repo_path(repo);
-        let url = format!("{}/v2/{}/{}", self.base, repo, path);
+        let url = format!(
+            "{}/v2/{}/{}",
+            self.base.as_str().trim_end_matches('/'),
+            repo,
+            path
+        );
         let scope = format!("repository:{repo}:pull");
         let mut credential = self.credential.current(&self.name).await?;
         let mut refreshed = false;
@@ -113,6 +165,11 @@ impl Upstream {
             }
             let resp = self.send(req).await?;
             if resp.status() != http::StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            // A 401 from where a redirect led (blob storage) is that host's business: passed
+            // on as is, and never a reason to send a credential anywhere.
+            if !same_origin(resp.url(), &self.base) {
                 return Ok(resp);
             }
             let challenge = resp
@@ -188,7 +245,7 @@ impl Upstream {
                 .try_clone()
                 .ok_or_else(|| RegistryError::internal("request cannot be sent"))?;
             self.metrics.upstream_requests.inc();
-            let result = tokio::time::timeout(self.timeout, this.send()).await;
+            let result = tokio::time::timeout(self.timeout, self.follow(this)).await;
             let failed = match &result {
                 Ok(Ok(r)) => r.status().is_server_error() || r.status() == 429,
                 _ => true,
@@ -197,9 +254,9 @@ impl Upstream {
                 self.metrics.upstream_errors.inc();
             }
             let transient = match &result {
-                Ok(Err(e)) => e.is_connect() || e.is_request(),
+                Ok(Err(SendError::Transport(e))) => e.is_connect() || e.is_request(),
                 Ok(Ok(r)) => matches!(r.status().as_u16(), 500 | 502 | 503 | 504),
-                Err(_) => false,
+                Ok(Err(_)) | Err(_) => false,
             };
             if transient && attempt < MAX_RETRIES {
                 attempt += 1;
@@ -217,13 +274,84 @@ impl Upstream {
                     self.name,
                     self.timeout.as_secs()
                 ))),
-                Ok(Err(e)) => Err(RegistryError::bad_gateway(format!(
-                    "upstream {}: {}",
-                    self.name,
-                    describe(&e)
-                ))),
+                Ok(Err(e)) => Err(self.send_error(e)),
                 Ok(Ok(resp)) => Ok(resp),
             };
+        }
+    }
+
+    fn send_error(&self, e: SendError) -> RegistryError {
+        match e {
+            SendError::Transport(e) => {
+                RegistryError::bad_gateway(format!("upstream {}: {}", self.name, describe(&e)))
+            }
+            SendError::Policy(p) => RegistryError::new(
+                http::StatusCode::FORBIDDEN,
+                crate::oci::error::ErrorCode::Denied,
+                p.to_string(),
+            ),
+            SendError::TooManyRedirects => RegistryError::bad_gateway(format!(
+                "upstream {} redirected more than {MAX_REDIRECTS} times; refused",
+                self.name
+            )),
+            SendError::Downgrade(to) => RegistryError::bad_gateway(format!(
+                "upstream {} redirected from https to plain http ({to}); refused (only registries with scheme: http may use http)",
+                self.name
+            )),
+            SendError::BadLocation => RegistryError::bad_gateway(format!(
+                "upstream {} sent a redirect without a usable http(s) Location",
+                self.name
+            )),
+        }
+    }
+
+    /// Sends one request and follows its redirects: each hop is checked by the policy
+    /// (deny patterns, address rules for IP literals; the resolver checks the others), may
+    /// not go from https to http unless this registry is `scheme: http`, keeps the method,
+    /// `Accept` and `Range`, and loses `Authorization` once it leaves the first origin.
+    async fn follow(&self, first: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
+        let mut req = first.build()?;
+        let origin = req.url().clone();
+        let mut hops = 0;
+        loop {
+            let template = req.try_clone();
+            let resp = self.client.execute(req).await?;
+            let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+            let location = resp.headers().get(http::header::LOCATION).cloned();
+            let (true, Some(location), Some(mut next)) = (redirect, location, template) else {
+                return Ok(resp);
+            };
+            if hops == MAX_REDIRECTS {
+                return Err(SendError::TooManyRedirects);
+            }
+            hops += 1;
+            let url = location
+                .to_str()
+                .ok()
+                .and_then(|l| resp.url().join(l).ok())
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or(SendError::BadLocation)?;
+            if url.scheme() == "http" && self.scheme == Scheme::Https {
+                return Err(SendError::Downgrade(format!(
+                    "http://{}",
+                    url.host_str().unwrap_or("")
+                )));
+            }
+            self.policy
+                .check_hop(&url, &self.redirect_hosts)
+                .map_err(SendError::Policy)?;
+            if !same_origin(&url, &origin) {
+                for h in [
+                    http::header::AUTHORIZATION,
+                    http::header::COOKIE,
+                    http::header::PROXY_AUTHORIZATION,
+                ] {
+                    next.headers_mut().remove(h);
+                }
+            }
+            tracing::debug!(registry = %self.name, hop = hops, to = %url.host_str().unwrap_or(""), "following upstream redirect");
+            *next.url_mut() = url;
+            req = next;
         }
     }
 
@@ -268,6 +396,13 @@ pub fn describe(e: &reqwest::Error) -> String {
     }
 }
 
+/// Same scheme, host and port.
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 /// Why an upstream could not be set up at start.
 #[derive(Debug, thiserror::Error)]
 #[error("registries entry {registry}: {message}")]
@@ -283,6 +418,7 @@ pub struct Upstreams {
     adhoc: Mutex<HashMap<String, Arc<Upstream>>>,
     default_client: reqwest::Client,
     timeout: Duration,
+    policy: Arc<Policy>,
 }
 
 impl Upstreams {
@@ -293,10 +429,15 @@ impl Upstreams {
         mut managed: HashMap<String, crate::providers::ManagedCredential>,
     ) -> Result<Self, SetupError> {
         let timeout = settings.pull_timeout;
+        let policy = Arc::new(Policy::new(settings));
+        // One resolver for every client: the address rules hold for each connection.
+        let resolver = Arc::new(PolicyResolver::new(policy.clone()));
         let default_client =
-            build_client(&TlsConfig::default(), timeout).map_err(|message| SetupError {
-                registry: "(default)".into(),
-                message,
+            build_client(&TlsConfig::default(), timeout, &resolver).map_err(|message| {
+                SetupError {
+                    registry: "(default)".into(),
+                    message,
+                }
             })?;
         crate::metrics::global()
             .preregister(settings.registries.iter().map(|r| canonical_name(&r.name)));
@@ -307,7 +448,7 @@ impl Upstreams {
                 if r.tls.ca.is_none() && r.tls.cert.is_none() && !r.tls.insecure_skip_verify {
                     default_client.clone()
                 } else {
-                    build_client(&r.tls, timeout).map_err(|message| SetupError {
+                    build_client(&r.tls, timeout, &resolver).map_err(|message| SetupError {
                         registry: r.name.clone(),
                         message,
                     })?
@@ -328,9 +469,19 @@ impl Upstreams {
                     }
                 },
             };
+            let u = upstream(name, r.scheme, client, credential, timeout, policy.clone()).map_err(
+                |message| SetupError {
+                    registry: r.name.clone(),
+                    message,
+                },
+            )?;
             configured.insert(
                 name.to_owned(),
-                Arc::new(upstream(name, r.scheme, client, credential, timeout)),
+                Arc::new(Upstream {
+                    redirect_hosts: r.redirect_hosts.clone(),
+                    realms: r.realms.clone(),
+                    ..u
+                }),
             );
         }
         Ok(Upstreams {
@@ -338,31 +489,43 @@ impl Upstreams {
             adhoc: Mutex::new(HashMap::new()),
             default_client,
             timeout,
+            policy,
         })
     }
 
-    /// The upstream for a registry name as it appeared in a request (validated host).
-    pub fn resolve(&self, registry: &str) -> Arc<Upstream> {
+    /// The upstream for a registry name as it appeared in a request (validated host), if the
+    /// upstream policy lets clients name it; nothing is contacted here.
+    pub fn resolve(&self, registry: &str) -> Result<Arc<Upstream>, PolicyError> {
         let name = canonical_name(registry);
+        let scheme = self
+            .configured
+            .get(name)
+            .map_or(Scheme::Https, |u| u.scheme);
+        self.policy.check_named(name, scheme)?;
         if let Some(u) = self.configured.get(name) {
-            return u.clone();
+            return Ok(u.clone());
         }
         let mut adhoc = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(u) = adhoc.get(name) {
-            return u.clone();
+            return Ok(u.clone());
         }
         if adhoc.len() >= MAX_ADHOC {
             adhoc.clear();
         }
-        let u = Arc::new(upstream(
+        let u = upstream(
             name,
             Scheme::Https,
             self.default_client.clone(),
             CredentialSource::Anonymous,
             self.timeout,
-        ));
+            self.policy.clone(),
+        )
+        .map_err(|_| PolicyError::Unusable {
+            host: name.to_owned(),
+        })?;
+        let u = Arc::new(u);
         adhoc.insert(name.to_owned(), u.clone());
-        u
+        Ok(u)
     }
 }
 
@@ -372,28 +535,52 @@ fn upstream(
     client: reqwest::Client,
     credential: CredentialSource,
     timeout: Duration,
-) -> Upstream {
-    let host = if name == DOCKER_HUB {
-        DOCKER_HUB_API
-    } else {
-        name
-    };
-    Upstream {
+    policy: Arc<Policy>,
+) -> Result<Upstream, String> {
+    let base = format!("{scheme}://{}", api_host(name));
+    let base = reqwest::Url::parse(&base).map_err(|e| format!("not a usable host: {e}"))?;
+    Ok(Upstream {
         name: name.to_owned(),
-        base: format!("{scheme}://{host}"),
+        base,
         client,
         credential,
         tokens: TokenCache::default(),
         token_fetch: tokio::sync::Mutex::new(()),
         timeout,
         metrics: crate::metrics::global().registry(name),
+        scheme,
+        policy,
+        redirect_hosts: Vec::new(),
+        realms: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonical_name("quay.io:443"), "quay.io");
+        assert_eq!(canonical_name("quay.io"), "quay.io");
+        assert_eq!(canonical_name("quay.io:4430"), "quay.io:4430");
+        assert_eq!(canonical_name("index.docker.io:443"), DOCKER_HUB);
+        assert_eq!(canonical_name("registry-1.docker.io"), DOCKER_HUB);
+        assert_eq!(canonical_name("[::1]:443"), "[::1]");
     }
 }
 
-/// A client with this registry's TLS settings.
-fn build_client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client, String> {
+/// A client with this registry's TLS settings, the process's policy resolver, and no
+/// redirect following of its own ([`Upstream::follow`] does that).
+fn build_client(
+    tls: &TlsConfig,
+    timeout: Duration,
+    resolver: &Arc<PolicyResolver>,
+) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .user_agent(concat!("ociregistry/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(resolver.clone())
         .connect_timeout(timeout.min(Duration::from_secs(30)))
         .read_timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90));
