@@ -188,7 +188,7 @@ impl super::Upstream {
             q.append_pair("scope", scope);
         }
         self.policy
-            .check_hop(&url, &self.redirect_hosts)
+            .check_hop(&url, &self.redirect_hosts, &self.base)
             .map_err(|e| {
                 RegistryError::new(
                     http::StatusCode::FORBIDDEN,

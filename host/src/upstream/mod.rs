@@ -338,7 +338,7 @@ impl Upstream {
                 )));
             }
             self.policy
-                .check_hop(&url, &self.redirect_hosts)
+                .check_hop(&url, &self.redirect_hosts, &self.base)
                 .map_err(SendError::Policy)?;
             if !same_origin(&url, &origin) {
                 for h in [

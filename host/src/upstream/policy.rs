@@ -139,11 +139,13 @@ impl Policy {
 
     /// A redirect hop or a token realm: `deny` and, for an IP literal, the address rule
     /// (`allow` restricts what clients may name, not where a registry keeps its blobs).
-    /// `redirect_hosts` are the asking registry's own.
+    /// `redirect_hosts` are the asking registry's own; `registry` is its URL: a hop to the
+    /// registry's own IP literal (another port) has the consent the registry itself has.
     pub fn check_hop(
         &self,
         url: &reqwest::Url,
         redirect_hosts: &[HostPattern],
+        registry: &reqwest::Url,
     ) -> Result<(), PolicyError> {
         let shown = url.host_str().unwrap_or("").to_owned();
         let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
@@ -152,6 +154,9 @@ impl Policy {
         let host = host.to_owned();
         let bare_host = bare(&host);
         self.check_deny(&bare_host)?;
+        if registry.host().map(|h| h.to_owned()) == Some(host.clone()) {
+            return Ok(());
+        }
         self.check_literal(&host, port, &bare_host, redirect_hosts)
     }
 
@@ -461,12 +466,32 @@ mod tests {
         assert!(p.filter("blobs.lab", lo.clone()).is_ok());
         assert!(p.filter("other.lab", lo).is_err());
         let hop = |u: &str| reqwest::Url::parse(u).unwrap();
+        let lab = hop("https://reg.lab:8443");
         let own: Vec<HostPattern> = vec![HostPattern::parse("10.9.*").unwrap()];
-        assert!(p.check_hop(&hop("http://10.9.0.1/x"), &own).is_ok());
-        assert!(p.check_hop(&hop("http://10.9.0.1/x"), &[]).is_err());
-        assert!(p.check_hop(&hop("http://127.0.0.1:5000/x"), &[]).is_ok());
-        assert!(p.check_hop(&hop("http://127.0.0.1:6000/x"), &[]).is_err());
-        assert!(p.check_hop(&hop("https://s3.amazonaws.com/x"), &[]).is_ok());
+        assert!(p.check_hop(&hop("http://10.9.0.1/x"), &own, &lab).is_ok());
+        assert!(p.check_hop(&hop("http://10.9.0.1/x"), &[], &lab).is_err());
+        assert!(
+            p.check_hop(&hop("http://127.0.0.1:5000/x"), &[], &lab)
+                .is_ok()
+        );
+        assert!(
+            p.check_hop(&hop("http://127.0.0.1:6000/x"), &[], &lab)
+                .is_err()
+        );
+        assert!(
+            p.check_hop(&hop("https://s3.amazonaws.com/x"), &[], &lab)
+                .is_ok()
+        );
+        // The registry's own address, another port: the registry's consent.
+        let local = hop("http://127.0.0.1:5000");
+        assert!(
+            p.check_hop(&hop("http://127.0.0.1:6000/x"), &[], &local)
+                .is_ok()
+        );
+        assert!(
+            p.check_hop(&hop("http://127.0.0.2:5000/x"), &[], &local)
+                .is_err()
+        );
     }
 
     #[test]
@@ -489,7 +514,8 @@ mod tests {
         ));
         assert!(p.filter("bad.corp.example", lo).is_err());
         let hop = reqwest::Url::parse("https://bad.corp.example/x").unwrap();
-        assert!(p.check_hop(&hop, &[]).is_err());
+        let reg = reqwest::Url::parse("https://bad.corp.example").unwrap();
+        assert!(p.check_hop(&hop, &[], &reg).is_err());
     }
 
     #[test]
