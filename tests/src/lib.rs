@@ -15,6 +15,7 @@ pub mod http;
 pub mod images;
 pub mod moto;
 pub mod pki;
+pub mod policy;
 pub mod procs;
 pub mod proxy;
 pub mod raw;
