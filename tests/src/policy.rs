@@ -236,8 +236,7 @@ where
                 Bytes::from(reply.body)
             };
             Ok::<_, std::convert::Infallible>(
-                resp.body(Full::new(body))
-                    .expect("scripted response"),
+                resp.body(Full::new(body)).expect("scripted response"),
             )
         }
     });

@@ -122,17 +122,27 @@ fn adhoc_loopback_literals_are_refused_without_connecting() {
     for (what, t) in [
         ("?ns=", ns("manifests/v1", &host)),
         ("in-path", format!("/v2/{host}/app/manifests/v1")),
-        ("blob ?ns=", ns(&format!("blobs/sha256:{}", "a".repeat(64)), &host)),
+        (
+            "blob ?ns=",
+            ns(&format!("blobs/sha256:{}", "a".repeat(64)), &host),
+        ),
         ("tags ?ns=", format!("/v2/app/tags/list?ns={host}")),
         ("IPv4-mapped ?ns=", ns("manifests/v1", &mapped)),
-        ("IPv4-mapped in-path", format!("/v2/{mapped}/app/manifests/v1")),
+        (
+            "IPv4-mapped in-path",
+            format!("/v2/{mapped}/app/manifests/v1"),
+        ),
         // The mapped form of the configured entry's own address is another authority.
         ("IPv4-mapped configured", ns("manifests/v1", &mapped_other)),
     ] {
         let r = proxy.get(&t, &[]);
         assert_denied(&r, what, "(loopback)");
     }
-    assert_eq!(target.accepts(), 0, "connections to the named loopback port");
+    assert_eq!(
+        target.accepts(),
+        0,
+        "connections to the named loopback port"
+    );
     assert_eq!(other.accepts(), 0, "connections to the configured registry");
 }
 
@@ -150,7 +160,12 @@ fn hostname_resolving_to_loopback_is_refused_by_the_resolver() {
     );
     let r = proxy.get(&format!("/v2/{host}/app/tags/list"), &[]);
     assert_denied(&r, "localhost in-path", "(loopback)");
-    assert_eq!(target.accepts(), 0, "connections to localhost:{}", target.port());
+    assert_eq!(
+        target.accepts(),
+        0,
+        "connections to localhost:{}",
+        target.port()
+    );
 }
 
 /// A registry that wants a Bearer token from `realm` (the realm answers `{"token": ...}`).
@@ -168,7 +183,9 @@ fn bearer_registry(realm: String) -> ScriptedServer {
 }
 
 fn token_server(ip: &str) -> ScriptedServer {
-    ScriptedServer::http(ip, |_| Reply::json(r#"{"token":"policy-token","expires_in":300}"#))
+    ScriptedServer::http(ip, |_| {
+        Reply::json(r#"{"token":"policy-token","expires_in":300}"#)
+    })
 }
 
 fn basic_entry(name: &str, realms: &str) -> RegistryEntry {
@@ -221,8 +238,9 @@ fn a_realm_listed_under_auth_realms_gets_the_credential() {
     assert_eq!(r.status, 200, "{}", r.body_str());
     let seen = tokens.requests();
     assert!(
-        seen.iter()
-            .any(|s| s.header("authorization").is_some_and(|a| a.starts_with("Basic "))),
+        seen.iter().any(|s| s
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Basic "))),
         "the listed realm got the Basic credential: {seen:?}"
     );
 }
@@ -364,7 +382,11 @@ fn a_redirect_to_an_unconsented_private_literal_is_refused() {
     let proxy2 = Proxy::builder().registry(entry).start();
     let r = proxy2.get(&format!("/v2/app/tags/list?ns={}", reg2.host()), &[]);
     assert_eq!(r.status, 200, "{}", r.body_str());
-    assert_eq!(storage.requests().len(), 1, "the listed redirect host was asked");
+    assert_eq!(
+        storage.requests().len(),
+        1,
+        "the listed redirect host was asked"
+    );
 }
 
 #[test]

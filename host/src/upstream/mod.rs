@@ -555,21 +555,6 @@ fn upstream(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn canonical_names() {
-        assert_eq!(canonical_name("quay.io:443"), "quay.io");
-        assert_eq!(canonical_name("quay.io"), "quay.io");
-        assert_eq!(canonical_name("quay.io:4430"), "quay.io:4430");
-        assert_eq!(canonical_name("index.docker.io:443"), DOCKER_HUB);
-        assert_eq!(canonical_name("registry-1.docker.io"), DOCKER_HUB);
-        assert_eq!(canonical_name("[::1]:443"), "[::1]");
-    }
-}
-
 /// A client with this registry's TLS settings, the process's policy resolver, and no
 /// redirect following of its own ([`Upstream::follow`] does that).
 fn build_client(
@@ -611,4 +596,19 @@ fn build_client(
     }
     b.build()
         .map_err(|e| format!("cannot build HTTP client: {}", describe(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonical_name("quay.io:443"), "quay.io");
+        assert_eq!(canonical_name("quay.io"), "quay.io");
+        assert_eq!(canonical_name("quay.io:4430"), "quay.io:4430");
+        assert_eq!(canonical_name("index.docker.io:443"), DOCKER_HUB);
+        assert_eq!(canonical_name("registry-1.docker.io"), DOCKER_HUB);
+        assert_eq!(canonical_name("[::1]:443"), "[::1]");
+    }
 }
