@@ -412,3 +412,45 @@ fn ports_with_leading_zeros_or_above_65535_are_invalid_names() {
     }
     assert_eq!(target.accepts(), 0, "connections for an invalid port");
 }
+
+#[test]
+fn preload_gets_the_same_refusal_per_image() {
+    use ociregistry_e2e::procs::ChildProc;
+    use std::time::{Duration, Instant};
+    let target = secret_server("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, format!("{}/app:v1\n", target.host())).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("imagePath: \"{}\"\n", dir.path().join("cache").display()),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(ociregistry_e2e::proxy::ociregistry_bin());
+    cmd.arg("--config-file")
+        .arg(&config)
+        .args(["--log-level", "info", "load", "--image-file"])
+        .arg(&list)
+        .env("NO_COLOR", "1")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy");
+    let mut proc = ChildProc::spawn("ociregistry-load", cmd, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = proc.try_exited() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "load did not finish in 120s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = format!("{}\n{}", proc.stdout(), proc.stderr());
+    assert!(!status.success(), "load succeeded: {output}");
+    assert!(
+        output.contains("upstream policy") && output.contains("(loopback)"),
+        "the image's failure names the policy: {output}"
+    );
+    assert_eq!(target.accepts(), 0, "connections made by load");
+}
