@@ -5,7 +5,9 @@
 //! server does here: redirect chains, foreign token realms, a secret behind plain http.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,6 +40,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Instead of `body`: this chunk over and over, chunked, without end.
+    pub endless: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -47,6 +51,15 @@ impl Reply {
             status: 200,
             headers: vec![("Content-Type".into(), "application/json".into())],
             body: body.as_bytes().to_vec(),
+            endless: None,
+        }
+    }
+
+    /// 200 JSON-looking, chunked, never ending: `chunk` repeated.
+    pub fn endless_json(chunk: &str) -> Reply {
+        Reply {
+            endless: Some(chunk.as_bytes().to_vec()),
+            ..Reply::json("")
         }
     }
 
@@ -56,6 +69,7 @@ impl Reply {
             status,
             headers: vec![("Location".into(), location.into())],
             body: Vec::new(),
+            endless: None,
         }
     }
 
@@ -66,6 +80,7 @@ impl Reply {
             headers: vec![("Content-Type".into(), "application/json".into())],
             body: format!(r#"{{"errors":[{{"code":"X","message":"scripted {status}"}}]}}"#)
                 .into_bytes(),
+            endless: None,
         }
     }
 
@@ -230,14 +245,18 @@ where
             for (k, v) in &reply.headers {
                 resp = resp.header(k, v);
             }
-            let body = if seen.method == "HEAD" {
-                Bytes::new()
-            } else {
-                Bytes::from(reply.body)
+            let body: BoxBody<Bytes, std::convert::Infallible> = match reply.endless {
+                _ if seen.method == "HEAD" => Full::new(Bytes::new()).boxed(),
+                Some(chunk) => {
+                    let chunk = Bytes::from(chunk);
+                    let frames = futures_util::stream::repeat_with(move || {
+                        Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))
+                    });
+                    StreamBody::new(frames).boxed()
+                }
+                None => Full::new(Bytes::from(reply.body)).boxed(),
             };
-            Ok::<_, std::convert::Infallible>(
-                resp.body(Full::new(body)).expect("scripted response"),
-            )
+            Ok::<_, std::convert::Infallible>(resp.body(body).expect("scripted response"))
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()

@@ -454,3 +454,26 @@ fn preload_gets_the_same_refusal_per_image() {
     );
     assert_eq!(target.accepts(), 0, "connections made by load");
 }
+
+#[test]
+fn an_endless_token_answer_is_cut_at_the_cap() {
+    let tokens = ScriptedServer::http("127.0.0.1", |_| {
+        Reply::endless_json(&format!("{{\"token\":\"{}", "x".repeat(16 * 1024)))
+    });
+    let reg = bearer_registry(format!("http://{}/token", tokens.host()));
+    let proxy = Proxy::builder()
+        .registry(RegistryEntry::plain(&reg.host()))
+        .start();
+    let r = ociregistry_e2e::raw::request_timeout(
+        &proxy.host(),
+        "GET",
+        &format!("/v2/app/tags/list?ns={}", reg.host()),
+        &[],
+        None,
+        std::time::Duration::from_secs(30),
+    )
+    .expect("an answer while the token endpoint is still sending");
+    assert_eq!(r.status, 502, "{}", r.body_str());
+    let (_, message) = error_of(&r);
+    assert!(message.contains("oversized"), "{message}");
+}
