@@ -1101,6 +1101,67 @@ mod tests {
     }
 
     #[test]
+    fn upstream_policy_keys() {
+        let s = resolve_text(
+            "upstreams:\n  allow: [configured, \"*.Corp.example\", {host: \"127.0.0.*\", privateAddresses: true}]\n  deny: [\"*.evil.example\"]\nregistries:\n- name: reg.corp.example:8443\n  redirectHosts: [\"blobs.corp.internal\"]\n  auth: {user: u, password: p, realms: [\"login.corp.example\"]}\n",
+        )
+        .unwrap();
+        let p = &s.upstream_policy;
+        assert_eq!(p.allow.len(), 3);
+        assert_eq!(p.allow[0], AllowRule::Configured);
+        assert!(
+            matches!(&p.allow[1], AllowRule::Host { pattern, private_addresses: false } if pattern.matches("a.corp.example"))
+        );
+        assert!(matches!(
+            &p.allow[2],
+            AllowRule::Host {
+                private_addresses: true,
+                ..
+            }
+        ));
+        assert!(p.deny[0].matches("x.y.evil.example") && !p.deny[0].matches("evil.example"));
+        assert_eq!(
+            s.registries[0].redirect_hosts[0].as_str(),
+            "blobs.corp.internal"
+        );
+        assert_eq!(s.registries[0].realms[0].as_str(), "login.corp.example");
+        assert_eq!(
+            resolve_text("").unwrap().upstream_policy,
+            UpstreamPolicy::default()
+        );
+        for (bad, needle) in [
+            ("upstreams:\n  allow: [\"quay.io:443\"]\n", "line 2"),
+            (
+                "upstreams:\n  allow:\n  - {host: a, private: true}\n",
+                "line 3",
+            ),
+            ("upstreams:\n  deny: [\"a b\"]\n", "line 2"),
+            ("upstreams:\n  allow: []\n", "upstreams.allow"),
+            ("upstreams:\n  alow: []\n", "alow"),
+        ] {
+            let e = resolve_text(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = |s: &str| HostPattern::parse(s).unwrap();
+        assert!(p("*").matches("anything.example"));
+        assert!(p("127.0.0.*").matches("127.0.0.1"));
+        assert!(!p("127.0.0.*").matches("127.0.1.1.evil"));
+        assert!(p("*.corp.example").matches("a.b.corp.example"));
+        assert!(!p("*.corp.example").matches("corp.example"));
+        assert!(p("a*b*c").matches("axxbyyc") && !p("a*b*c").matches("axxbyy"));
+        assert!(p("[::1]").matches("::1"));
+        assert!(HostPattern::parse("quay.io:443").is_err());
+        assert!(HostPattern::parse("").is_err());
+        // Linear enough: a long run of stars against a long miss.
+        let long = format!("{}b", "*a".repeat(100));
+        assert!(!p(&long).matches(&"a".repeat(200)));
+    }
+
+    #[test]
     fn seed_page_config_loads() {
         let s = resolve_text(
             "registries:\n- name: 111122223333.dkr.ecr.us-south-1.amazonaws.com\n  auth:\n    token:\n      provider: ecr\n      providerOpts: profile=default,region=us-south-1\n      expiry: 6h\n",

@@ -64,6 +64,8 @@ pub struct Policy {
     deny: Vec<HostPattern>,
     /// Canonical names of `registries` entries and `defaultNs` (for `allow: configured`).
     configured: HashSet<String>,
+    /// Canonical names of `registries` entries: always allowed (listing is consent).
+    listed: HashSet<String>,
     /// Host names (no port) of `registries` entries and `defaultNs`: consent for the
     /// addresses they resolve to.
     consent_names: HashSet<String>,
@@ -80,6 +82,11 @@ impl Policy {
             allow: settings.upstream_policy.allow.clone(),
             deny: settings.upstream_policy.deny.clone(),
             configured: HashSet::new(),
+            listed: settings
+                .registries
+                .iter()
+                .map(|r| super::canonical_name(&r.name).to_owned())
+                .collect(),
             consent_names: HashSet::new(),
             consent_sockets: HashSet::new(),
             redirect_hosts: Vec::new(),
@@ -117,7 +124,8 @@ impl Policy {
     }
 
     /// A host a client named (canonical, validated), before anything is contacted: `deny`,
-    /// then `allow`, then, for an IP literal, the address rule.
+    /// then `allow` (a `registries` entry always passes it), then, for an IP literal, the
+    /// address rule.
     pub fn check_named(&self, name: &str, scheme: Scheme) -> Result<(), PolicyError> {
         let (host, port) =
             url_host(&super::api_host(name), scheme).ok_or_else(|| PolicyError::Unusable {
@@ -125,10 +133,11 @@ impl Policy {
             })?;
         let shown = bare(&host);
         self.check_deny(&shown)?;
-        let allowed = self.allow.iter().any(|rule| match rule {
-            AllowRule::Configured => self.configured.contains(name),
-            AllowRule::Host { pattern, .. } => pattern.matches(&shown),
-        });
+        let allowed = self.listed.contains(name)
+            || self.allow.iter().any(|rule| match rule {
+                AllowRule::Configured => self.configured.contains(name),
+                AllowRule::Host { pattern, .. } => pattern.matches(&shown),
+            });
         if !allowed {
             return Err(PolicyError::NotAllowed {
                 host: name.to_owned(),
@@ -506,6 +515,17 @@ mod tests {
             Err(PolicyError::NotAllowed { .. })
         ));
         assert!(p.check_named("a.corp.example:5000", Scheme::Https).is_ok());
+        // A registries entry passes any allow list; defaultNs only with `configured`.
+        let q = policy(
+            "defaultNs: quay.io\nregistries:\n- name: ghcr.io\nupstreams:\n  allow: [\"*.corp.example\"]\n  deny: [\"quay.io\"]\n",
+        );
+        assert!(q.check_named("ghcr.io", Scheme::Https).is_ok());
+        assert!(q.check_named("x.corp.example", Scheme::Https).is_ok());
+        assert!(q.check_named("docker.io", Scheme::Https).is_err());
+        assert!(matches!(
+            q.check_named("quay.io", Scheme::Https),
+            Err(PolicyError::Denied { .. })
+        ));
         let lo = vec!["10.0.0.1:0".parse().unwrap()];
         assert!(p.filter("a.corp.example", lo.clone()).is_ok());
         assert!(matches!(
