@@ -15,7 +15,10 @@
 //! - redirect chains: 5 hops followed, 6 refused (502 naming the cause); a hop to a private
 //!   IP literal the registry has no consent for is refused (403), allowed with
 //!   `redirectHosts`;
-//! - ports with leading zeros or above 65535: 400 `NAME_INVALID`, nothing contacted.
+//! - ports with leading zeros or above 65535: 400 `NAME_INVALID`, nothing contacted;
+//! - `load` refuses such an image with the policy named, per image;
+//! - a 401 from a redirect target is passed on; no credential goes anywhere on its say-so;
+//! - an endless token endpoint answer is cut at the cap (item 4), not read whole.
 
 use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::pki::TestPki;
@@ -476,4 +479,43 @@ fn an_endless_token_answer_is_cut_at_the_cap() {
     assert_eq!(r.status, 502, "{}", r.body_str());
     let (_, message) = error_of(&r);
     assert!(message.contains("oversized"), "{message}");
+}
+
+#[test]
+fn a_401_from_a_redirect_target_sends_no_credential_anywhere() {
+    let tokens = token_server("127.0.0.1");
+    let realm = format!("http://{}/token", tokens.host());
+    let storage = ScriptedServer::http("127.0.0.1", move |_| {
+        Reply::status(401).with_header("WWW-Authenticate", &format!(r#"Bearer realm="{realm}""#))
+    });
+    let location = format!("http://{}/storage/x", storage.host());
+    let reg = ScriptedServer::http("127.0.0.1", move |req| {
+        if req.target.contains("/tags/list") {
+            Reply::redirect(307, &location)
+        } else {
+            Reply::status(404)
+        }
+    });
+    let proxy = Proxy::builder()
+        .registry(basic_entry(&reg.host(), ""))
+        .start();
+    let r = proxy.get(&format!("/v2/app/tags/list?ns={}", reg.host()), &[]);
+    assert_eq!(
+        r.status,
+        401,
+        "the storage's 401 is passed on: {}",
+        r.body_str()
+    );
+    assert_eq!(
+        tokens.accepts(),
+        0,
+        "a token was asked for on the storage's say-so"
+    );
+    let seen = storage.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].header("authorization"),
+        None,
+        "credential sent to storage"
+    );
 }
