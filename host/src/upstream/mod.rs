@@ -53,6 +53,8 @@ pub struct Upstream {
     timeout: Duration,
     /// This registry's counters (requests, bytes received, errors).
     pub metrics: Arc<crate::metrics::RegistryMetrics>,
+    /// Listed under `registries` (not an ad hoc name from a request).
+    configured: bool,
 }
 
 impl Upstream {
@@ -231,6 +233,11 @@ impl Upstream {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+
+    /// Whether this registry is listed under `registries` (not an ad hoc name).
+    pub fn is_configured(&self) -> bool {
+        self.configured
+    }
 }
 
 /// A transport error in one line, with its root cause and, for TLS trouble, the config key
@@ -328,10 +335,9 @@ impl Upstreams {
                     }
                 },
             };
-            configured.insert(
-                name.to_owned(),
-                Arc::new(upstream(name, r.scheme, client, credential, timeout)),
-            );
+            let mut u = upstream(name, r.scheme, client, credential, timeout);
+            u.configured = true;
+            configured.insert(name.to_owned(), Arc::new(u));
         }
         Ok(Upstreams {
             configured,
@@ -387,6 +393,7 @@ fn upstream(
         token_fetch: tokio::sync::Mutex::new(()),
         timeout,
         metrics: crate::metrics::global().registry(name),
+        configured: false,
     }
 }
 
