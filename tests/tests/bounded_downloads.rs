@@ -315,7 +315,11 @@ fn a_configured_registrys_download_runs_on_when_its_client_left() {
         "the download to complete without its client",
         SECS(30),
         Duration::from_millis(50),
-        || blob_file(proxy.image_path(), &blob.digest).is_file().then_some(()),
+        || {
+            blob_file(proxy.image_path(), &blob.digest)
+                .is_file()
+                .then_some(())
+        },
     );
     tmp_empty(proxy.image_path(), "stored");
     assert_eq!(
@@ -366,7 +370,10 @@ fn a_client_joining_another_registrys_stalled_download_carries_on_from_its_own()
         "B joined X's download"
     );
     let o = b.finish(SECS(60));
-    assert!(o.complete(), "B's transfer failed with X's stalled download: {o:?}");
+    assert!(
+        o.complete(),
+        "B's transfer failed with X's stalled download: {o:?}"
+    );
     assert_eq!(o.status, 200);
     assert_eq!(o.sha256, blob.digest, "B's bytes");
     assert_eq!(o.received, blob.size);
@@ -389,7 +396,11 @@ fn a_client_joining_another_registrys_stalled_download_carries_on_from_its_own()
         "the blob stored",
         SECS(20),
         Duration::from_millis(50),
-        || blob_file(proxy.image_path(), &blob.digest).is_file().then_some(()),
+        || {
+            blob_file(proxy.image_path(), &blob.digest)
+                .is_file()
+                .then_some(())
+        },
     );
     throttle.release();
     verify_cache(proxy.image_path());
@@ -442,7 +453,11 @@ fn a_second_serve_that_cannot_bind_leaves_the_first_servers_download_alone() {
         "the download stored",
         SECS(20),
         Duration::from_millis(50),
-        || blob_file(proxy.image_path(), &blob.digest).is_file().then_some(()),
+        || {
+            blob_file(proxy.image_path(), &blob.digest)
+                .is_file()
+                .then_some(())
+        },
     );
     tmp_empty(proxy.image_path(), "stored");
     verify_cache(proxy.image_path());
