@@ -8,6 +8,7 @@
 
 use ociregistry_e2e::cache::{blob_file, tmp_files, verify_cache};
 use ociregistry_e2e::endless::{self, FakeBlobs, FakeBody, Tmpfs};
+use ociregistry_e2e::fault_proxy::{Fault, FaultProxy};
 use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::pki::TestPki;
 use ociregistry_e2e::proxy::{Route, ociregistry_bin};
@@ -404,6 +405,54 @@ fn a_client_joining_another_registrys_stalled_download_carries_on_from_its_own()
     );
     throttle.release();
     verify_cache(proxy.image_path());
+}
+
+/// Before any byte: X's download answers 404 (X does not have the blob) after a delay; a
+/// client of Y that joined it meanwhile gets the blob from Y, not X's 404.
+#[test]
+fn a_client_joining_another_registrys_failed_download_gets_the_blob_from_its_own() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let up_x = Upstream::anonymous();
+    let up_y = Upstream::anonymous();
+    let img = images::seed_in(&up_y, "crossfail", "v1", ImageKind::small_oci());
+    let blob = img.largest_blob();
+    let fp = FaultProxy::start(&up_x.host());
+    let rule = fp.add_rule(
+        "GET",
+        "/blobs/",
+        Fault::Delayed(SECS(2), Some(Box::new(Fault::status(404)))),
+        Some(1),
+    );
+    let xhost = fp.host();
+    let yhost = up_y.host();
+    let proxy = Proxy::builder()
+        .registry(RegistryEntry::plain(&xhost))
+        .upstream(&up_y)
+        .start();
+    let (phost, tx) = (
+        proxy.host(),
+        Route::Ns(&xhost).target(&img.repo, "blobs", &blob.digest),
+    );
+    let a =
+        std::thread::spawn(move || raw::request_timeout(&phost, "GET", &tx, &[], None, SECS(30)));
+    wait_for(
+        "X's blob GET to arrive",
+        SECS(10),
+        Duration::from_millis(10),
+        || (fp.hits(rule) == 1).then_some(()),
+    );
+    let b = proxy.get_blob(Route::Ns(&yhost), &img.repo, &blob.digest, &[]);
+    assert_eq!(b.status, 200, "B got X's answer: {}", b.body_str());
+    assert_eq!(sha256_digest(&b.body), blob.digest);
+    let a = a.join().expect("A's thread").expect("A's answer");
+    assert_eq!(
+        a.status,
+        404,
+        "X's own client gets X's answer: {}",
+        a.body_str()
+    );
 }
 
 #[test]
