@@ -511,3 +511,48 @@ fn a_second_serve_that_cannot_bind_leaves_the_first_servers_download_alone() {
     tmp_empty(proxy.image_path(), "stored");
     verify_cache(proxy.image_path());
 }
+
+/// The preloader is a batch job: with one download slot and a short `upstreamFetchWait`,
+/// `ociregistry load` fetching four blobs at once waits for slots instead of failing.
+#[test]
+fn load_waits_for_download_slots_instead_of_failing() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let img = images::seed_in(&up, "loadslots", "v1", ImageKind::oci(3, MIB as usize));
+    let throttle = Throttle::start(&up.host());
+    // About two seconds per layer: longer than upstreamFetchWait.
+    throttle.rate(Some(512 * 1024));
+    let thost = throttle.host();
+    let work = tempfile::tempdir().expect("tempdir");
+    let image_path = work.path().join("cache");
+    let list = work.path().join("images.txt");
+    std::fs::write(&list, format!("{thost}/{}:{}\n", img.repo, img.tag)).expect("list");
+    let config = work.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "imagePath: \"{}\"\nmaxUpstreamFetches: 1\nupstreamFetchWait: 1s\nregistries:\n- name: \"{thost}\"\n  scheme: http\n",
+            image_path.display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = std::process::Command::new(ociregistry_bin());
+    cmd.arg("--config-file")
+        .arg(&config)
+        .args(["--log-level", "info", "load", "--image-file"])
+        .arg(&list)
+        .env("NO_COLOR", "1")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy");
+    let (ok, out, err) = ociregistry_e2e::procs::run_with_timeout(cmd, SECS(120));
+    assert!(ok, "load failed:\n{out}\n{err}");
+    assert!(!out.contains("FAILED"), "{out}");
+    assert!(
+        err.contains("no download slot came free in time"),
+        "the limit was reached and waited through:\n{err}"
+    );
+    ociregistry_e2e::cache::assert_image_cached(&image_path, &img);
+    verify_cache(&image_path);
+}

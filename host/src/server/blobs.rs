@@ -147,6 +147,7 @@ pub async fn ensure_blob_watching(
     let upstream = app.upstreams.resolve(registry);
     let mut joined = join_download(app, &upstream, repo, digest, None);
     let mut may_switch = true;
+    let mut slot_waits = 0u32;
     loop {
         match watch_download(&joined.download, on_progress).await {
             Err(e) if may_switch && joined.download.registry != upstream.name => {
@@ -155,10 +156,21 @@ pub async fn ensure_blob_watching(
                 may_switch = false;
                 joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
             }
+            // No download slot came free in time: a batch job waits on, up to a point.
+            Err(e) if e.message.starts_with(NO_SLOT) && slot_waits < PRELOAD_SLOT_WAITS => {
+                slot_waits += 1;
+                tracing::debug!(registry = %upstream.name, %digest, "no download slot yet; preloader waits again");
+                joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
+            }
             other => return other,
         }
     }
 }
+
+/// How many times the preloader waits `upstreamFetchWait` again for a download slot.
+const PRELOAD_SLOT_WAITS: u32 = 60;
+/// How the refusal for want of a download slot begins.
+const NO_SLOT: &str = "too many upstream downloads running";
 
 async fn watch_download(
     download: &inflight::Download,
@@ -326,7 +338,7 @@ async fn run_download(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
                 format!(
-                    "too many upstream downloads running (maxUpstreamFetches {}, maxUpstreamFetchesPerRegistry {}); none came free within {}s, retry later",
+                    "{NO_SLOT} (maxUpstreamFetches {}, maxUpstreamFetchesPerRegistry {}); none came free within {}s, retry later",
                     l.max_fetches,
                     l.max_fetches_per_registry,
                     l.wait.as_secs_f32()
