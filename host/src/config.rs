@@ -39,6 +39,17 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(12 * 3600);
 /// Default time in-flight pulls and upstream fetches get after SIGTERM (`shutdownGrace`).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default cap on one blob's size (`maxBlobSize`): 16 GiB, above the largest layers seen in
+/// practice (CUDA and ML images ship single layers of several GiB; registries such as
+/// docker.io cap a layer at 10 GB), far below what could fill a disk unnoticed.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 16 * 1024 * 1024 * 1024;
+/// Default cap on concurrent upstream blob downloads (`maxUpstreamFetches`).
+pub const DEFAULT_MAX_UPSTREAM_FETCHES: usize = 64;
+/// Default cap on concurrent blob downloads from one upstream
+/// (`maxUpstreamFetchesPerRegistry`).
+pub const DEFAULT_MAX_UPSTREAM_FETCHES_PER_REGISTRY: usize = 16;
+/// Default longest wait for a download slot (`upstreamFetchWait`).
+pub const DEFAULT_UPSTREAM_FETCH_WAIT: Duration = Duration::from_secs(10);
 
 /// A configuration problem, with the file, key and line where known.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +227,14 @@ pub struct FileConfig {
     pub shutdown_grace: Option<ConfigDuration>,
     /// Which upstream hosts may be contacted (`allow`, `deny`).
     pub upstreams: Option<UpstreamsConfig>,
+    /// Largest blob downloaded from an upstream (default 16GiB).
+    pub max_blob_size: Option<crate::inventory::config::ByteSize>,
+    /// Most upstream blob downloads at once (default 64).
+    pub max_upstream_fetches: Option<usize>,
+    /// Most blob downloads at once from one upstream (default 16).
+    pub max_upstream_fetches_per_registry: Option<usize>,
+    /// How long a request waits for a download slot before a 503 (default 10s).
+    pub upstream_fetch_wait: Option<ConfigDuration>,
 }
 
 /// `upstreams`: the upstream policy as written.
@@ -642,6 +661,32 @@ pub struct Settings {
     pub health_port: Option<u16>,
     /// Which upstream hosts may be contacted (`upstreams`).
     pub upstream_policy: UpstreamPolicy,
+    /// Downloads from upstreams: size cap and concurrency limits.
+    pub fetch_limits: FetchLimits,
+}
+
+/// `maxBlobSize`, `maxUpstreamFetches`, `maxUpstreamFetchesPerRegistry`, `upstreamFetchWait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// Largest blob downloaded.
+    pub max_blob_size: u64,
+    /// Most blob downloads at once.
+    pub max_fetches: usize,
+    /// Most blob downloads at once from one upstream.
+    pub max_fetches_per_registry: usize,
+    /// Longest wait for a download slot.
+    pub wait: Duration,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        FetchLimits {
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            max_fetches: DEFAULT_MAX_UPSTREAM_FETCHES,
+            max_fetches_per_registry: DEFAULT_MAX_UPSTREAM_FETCHES_PER_REGISTRY,
+            wait: DEFAULT_UPSTREAM_FETCH_WAIT,
+        }
+    }
 }
 
 /// `preloadImages`, `imageFile`, `os` and `arch`: what to warm the cache with.
@@ -946,6 +991,32 @@ pub fn resolve(
             }
         }
     };
+    let at_least_one = |key: &str, v: Option<usize>, default: usize| match v {
+        None => Ok(default),
+        Some(0) => Err(invalid(
+            key.into(),
+            line_of_top_key(&text, key),
+            "must be at least 1".into(),
+        )),
+        Some(n) => Ok(n),
+    };
+    let max_fetches = at_least_one(
+        "maxUpstreamFetches",
+        cfg.max_upstream_fetches,
+        DEFAULT_MAX_UPSTREAM_FETCHES,
+    )?;
+    let fetch_limits = FetchLimits {
+        max_blob_size: cfg.max_blob_size.map_or(DEFAULT_MAX_BLOB_SIZE, |b| b.0),
+        max_fetches,
+        max_fetches_per_registry: at_least_one(
+            "maxUpstreamFetchesPerRegistry",
+            cfg.max_upstream_fetches_per_registry,
+            DEFAULT_MAX_UPSTREAM_FETCHES_PER_REGISTRY.min(max_fetches),
+        )?,
+        wait: cfg
+            .upstream_fetch_wait
+            .map_or(DEFAULT_UPSTREAM_FETCH_WAIT, |d| d.0),
+    };
     Ok(Settings {
         preload,
         inventory,
@@ -987,7 +1058,15 @@ pub fn resolve(
             .or(cfg.log_file)
             .filter(|p| !p.as_os_str().is_empty()),
         upstream_policy,
+        fetch_limits,
     })
+}
+
+/// The 1-based line on which top-level `key:` is written, if it is.
+fn line_of_top_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.starts_with(&format!("{key}:")))
+        .map(|i| i + 1)
 }
 
 /// Validates one `auth` block; errors carry the sub-key.
@@ -1404,6 +1483,37 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("keyFile"), "{e}");
+    }
+
+    #[test]
+    fn fetch_limits_from_file_and_defaults() {
+        assert_eq!(
+            resolve_text("").unwrap().fetch_limits,
+            FetchLimits::default()
+        );
+        let s = resolve_text(
+            "maxBlobSize: 1MiB\nmaxUpstreamFetches: 3\nmaxUpstreamFetchesPerRegistry: 2\nupstreamFetchWait: 2s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.fetch_limits,
+            FetchLimits {
+                max_blob_size: 1024 * 1024,
+                max_fetches: 3,
+                max_fetches_per_registry: 2,
+                wait: Duration::from_secs(2),
+            }
+        );
+        // The per-registry default never exceeds the global limit.
+        let s = resolve_text("maxUpstreamFetches: 4\n").unwrap();
+        assert_eq!(s.fetch_limits.max_fetches_per_registry, 4);
+        let e = resolve_text("port: 1\nmaxUpstreamFetches: 0\n").unwrap_err();
+        assert!(
+            e.contains("maxUpstreamFetches (line 2): must be at least 1"),
+            "{e}"
+        );
+        let e = resolve_text("maxBlobSize: lots\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("maxBlobSize"), "{e}");
     }
 
     #[test]

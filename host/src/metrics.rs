@@ -14,6 +14,8 @@
 //! | `upstream_retries_total` | `registry` | requests retried after a transient failure |
 //! | `disk_bytes` / `disk_items` | `kind` | what the cache holds (blobs, manifests) |
 //! | `evictions_total` | | images removed by pruning or size-bounded eviction |
+//! | `upstream_fetches` | | upstream blob downloads holding a slot now (`maxUpstreamFetches`) |
+//! | `upstream_fetch_refusals_total` | | blob requests answered 503 because no download slot came free in time |
 //!
 //! [`crate::observability`] adds the series read at scrape time (in-flight fetches, tag
 //! revalidations, stale serves, provider tokens).
@@ -195,6 +197,10 @@ pub struct Metrics {
     /// `metrics::global().evictions.inc_by(n)` after removing `n`.
     pub evictions: Counter,
     registries: RwLock<RegistryTable>,
+    /// Upstream blob downloads holding a slot now.
+    pub upstream_fetches: Gauge,
+    /// Blob requests refused because no download slot came free in time.
+    pub upstream_fetch_refusals: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -236,6 +242,8 @@ impl Metrics {
             disk_manifests,
             evictions: Counter::default(),
             registries: RwLock::new(RegistryTable::default()),
+            upstream_fetches: Gauge::default(),
+            upstream_fetch_refusals: Counter::default(),
         }
     }
 
@@ -390,6 +398,16 @@ impl Metrics {
             "evictions",
             "Images removed from the cache by pruning or size-bounded eviction",
             self.evictions.clone(),
+        );
+        registry.register(
+            "upstream_fetches",
+            "Upstream blob downloads holding a download slot now",
+            self.upstream_fetches.clone(),
+        );
+        registry.register(
+            "upstream_fetch_refusals",
+            "Blob requests answered 503 because no upstream download slot came free in time",
+            self.upstream_fetch_refusals.clone(),
         );
     }
 }

@@ -4,10 +4,17 @@
 //! This is the storage seam: the serving code only calls these methods and never sees a file
 //! or a path of a stored blob, so another backend (S3-compatible, shared by replicas) can
 //! stand behind the same calls later. Downloads stage in this store's `tmp/` either way.
+//!
+//! Temp files: every process writes its own into a directory of its own under `tmp/`, on
+//! which it holds an exclusive `flock` for its whole life. Start-up removes only the
+//! directories whose lock it can take (their process is gone), so a second `serve` that
+//! fails to bind, or an `ociregistry load` beside a server, never removes a file in use.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 use bytes::Bytes;
 
@@ -59,29 +66,32 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Opens (creating) the layout under `root` and removes temp files left by a crash.
+    /// Opens (creating) the layout under `root` and removes temp files left by processes
+    /// that are gone (and loose ones left by versions before per-process directories).
     pub fn open(root: &Path) -> io::Result<Self> {
-        let store = Self::open_alongside(root)?;
-        let mut cleaned = 0usize;
-        for entry in std::fs::read_dir(root.join("tmp"))? {
-            let entry = entry?;
-            if std::fs::remove_file(entry.path()).is_ok() {
-                cleaned += 1;
-            }
-        }
-        if cleaned > 0 {
-            tracing::info!(cleaned, "removed temp files left by an earlier run");
-        }
-        Ok(store)
+        Self::open_with(root, true)
     }
 
-    /// Opens (creating) the layout under `root` without touching `tmp/`: for a second
-    /// process (such as `ociregistry load`) working beside a server whose downloads in
-    /// progress live there. Its own temp files carry its process id, so nothing collides.
+    /// Opens (creating) the layout under `root` for a second process (such as
+    /// `ociregistry load`) working beside a server: only temp directories of processes that
+    /// are gone are removed; the server's downloads in progress are left alone.
     pub fn open_alongside(root: &Path) -> io::Result<Self> {
+        Self::open_with(root, false)
+    }
+
+    fn open_with(root: &Path, loose: bool) -> io::Result<Self> {
         for dir in ["blobs/sha256", "manifests/sha256", "tags", "tmp"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
+        let cleaned = clean_tmp(&root.join("tmp"), loose)?;
+        if cleaned > 0 {
+            tracing::info!(
+                cleaned,
+                "removed temp files left by processes that are gone"
+            );
+        }
+        // Claimed now, so that a start-up failure is seen here rather than at the first pull.
+        own_tmp_dir(root)?;
         Ok(BlobStore {
             root: root.to_owned(),
         })
@@ -168,6 +178,11 @@ impl BlobStore {
     /// blob `digest`.
     pub async fn commit_blob(&self, temp: &Path, digest: &Digest, size: u64) -> io::Result<()> {
         let target = self.blob_path(digest);
+        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+            // Another download of the same digest (for another registry) stored it first.
+            let _ = tokio::fs::remove_file(temp).await;
+            return Ok(());
+        }
         tokio::fs::rename(temp, &target).await?;
         crate::metrics::global().disk_added(ContentKind::Blob, size);
         sync_dir(target.parent()).await
@@ -213,14 +228,93 @@ impl BlobStore {
     }
 }
 
-/// A fresh, unique temp file path in the cache at `root` (not yet created): labelled, with
-/// this process's id and a process-wide sequence number, so that a second process working
-/// beside a server never collides with it.
+/// A fresh, unique temp file path in the cache at `root` (not yet created), in this
+/// process's own locked directory under `tmp/` (labelled, with a process-wide sequence
+/// number). Should that directory not be available (a read-only disk), directly in `tmp/`
+/// with the process id, as before: whatever writes there fails anyway.
 pub fn temp_path_in(root: &Path, label: &str) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    root.join("tmp")
-        .join(format!("{label}.{}.{n}.part", std::process::id()))
+    match own_tmp_dir(root) {
+        Ok(dir) => dir.join(format!("{label}.{n}.part")),
+        Err(_) => root
+            .join("tmp")
+            .join(format!("{label}.{}.{n}.part", std::process::id())),
+    }
+}
+
+/// This process's temp directories, by cache root, each with its held lock (an open file
+/// of the directory, kept for the life of the process).
+static OWN_TMP: LazyLock<Mutex<HashMap<PathBuf, (PathBuf, std::fs::File)>>> =
+    LazyLock::new(Mutex::default);
+
+/// This process's own directory under `<root>/tmp/`, created and locked on first use.
+fn own_tmp_dir(root: &Path) -> io::Result<PathBuf> {
+    let mut own = OWN_TMP.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((dir, _)) = own.get(root) {
+        return Ok(dir.clone());
+    }
+    let (dir, lock) = claim_tmp_dir(&root.join("tmp"))?;
+    own.insert(root.to_owned(), (dir.clone(), lock));
+    Ok(dir)
+}
+
+/// Creates a fresh directory in `tmp` and takes its lock. A cleaner in another process
+/// may take the lock of a directory just created and remove it before its creator locks
+/// it: the creator then finds that the locked directory is no longer at its path, and
+/// tries another name.
+fn claim_tmp_dir(tmp: &Path) -> io::Result<(PathBuf, std::fs::File)> {
+    use rustix::fs::{FlockOperation, flock};
+    use std::os::unix::fs::MetadataExt;
+    let mut last = io::Error::other("no temp directory could be claimed");
+    for _ in 0..8 {
+        let dir = tmp.join(format!("{}.{:016x}", std::process::id(), fastrand::u64(..)));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let lock = std::fs::File::open(&dir)?;
+        match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) => {
+                last = e.into();
+                continue;
+            }
+        }
+        let held = lock.metadata()?;
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => return Ok((dir, lock)),
+            Ok(_) => continue,
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Removes from `tmp` every directory whose lock can be taken (its process is gone) and,
+/// with `loose`, every file directly in it. Returns how many files went.
+fn clean_tmp(tmp: &Path, loose: bool) -> io::Result<usize> {
+    use rustix::fs::{FlockOperation, flock};
+    let mut cleaned = 0usize;
+    for entry in std::fs::read_dir(tmp)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            let Ok(lock) = std::fs::File::open(&path) else {
+                continue;
+            };
+            // Held: a live process (this one included) writes there.
+            if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+                continue;
+            }
+            cleaned += std::fs::read_dir(&path).map_or(0, |rd| rd.count());
+            let _ = std::fs::remove_dir_all(&path);
+        } else if loose && std::fs::remove_file(&path).is_ok() {
+            cleaned += 1;
+        }
+    }
+    Ok(cleaned)
 }
 
 /// Writes `bytes` to `temp`, fsyncs, and renames it over `target`, in one trip to the
@@ -287,8 +381,21 @@ fn open_from_caches(_path: &Path) -> Option<io::Result<Option<(std::fs::File, u6
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Files under `<root>/tmp/` (the per-process directories themselves not counted).
+    pub(crate) fn tmp_file_count(root: &Path) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir(root.join("tmp")).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                n += std::fs::read_dir(e.path()).unwrap().count();
+            } else {
+                n += 1;
+            }
+        }
+        n
+    }
 
     #[tokio::test]
     async fn manifests_round_trip_and_are_verified() {
@@ -311,10 +418,7 @@ mod tests {
         };
         assert!(store.put_manifest(&wrong).await.is_err());
         assert!(store.get_manifest(&wrong.digest).await.unwrap().is_none());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(tmp_file_count(dir.path()), 0);
     }
 
     #[tokio::test]
@@ -343,12 +447,38 @@ mod tests {
     #[test]
     fn leftover_temp_files_are_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp/123.dead")).unwrap();
         std::fs::write(dir.path().join("tmp/x.part"), b"partial").unwrap();
+        std::fs::write(dir.path().join("tmp/123.dead/y.part"), b"partial").unwrap();
         BlobStore::open(dir.path()).unwrap();
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
+        assert_eq!(tmp_file_count(dir.path()), 0);
+        assert!(!dir.path().join("tmp/123.dead").exists());
+    }
+
+    #[test]
+    fn temp_files_of_a_live_process_survive_a_start() {
+        use rustix::fs::{FlockOperation, flock};
+        let dir = tempfile::tempdir().unwrap();
+        // Another process's directory: its lock is held.
+        let live = dir.path().join("tmp/456.live");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("blob.part"), b"in progress").unwrap();
+        let held = std::fs::File::open(&live).unwrap();
+        flock(&held, FlockOperation::NonBlockingLockExclusive).unwrap();
+        // This process's own temp files, written before a second open (a `load`).
+        let first = BlobStore::open(dir.path()).unwrap();
+        let own = first.temp_path("blob");
+        std::fs::write(&own, b"mine").unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        BlobStore::open_alongside(dir.path()).unwrap();
+        assert!(
+            live.join("blob.part").is_file(),
+            "a live process's file was removed"
         );
+        assert!(own.is_file(), "this process's own file was removed");
+        assert!(own.starts_with(dir.path().join("tmp")));
+        drop(held);
+        BlobStore::open_alongside(dir.path()).unwrap();
+        assert!(!live.exists(), "its process gone, the directory goes");
     }
 }

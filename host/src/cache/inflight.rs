@@ -9,19 +9,30 @@
 //! When the bytes hash to the digest, readers may send the last byte at once (the download is
 //! *verified*) while the file is fsynced and renamed into the store behind them; when they do
 //! not (or the upstream fails), every reader gets an error and nothing is stored.
+//!
+//! Downloads are bounded: a blob larger than `maxBlobSize` is cut there, the free space is
+//! checked as bytes of an unknown-length blob arrive, and [`FetchSlots`] bounds how many run
+//! at once (in all and per upstream). Every client holds an [`Interest`] in the download it
+//! reads; when the last one lets go of a download that is not kept (its registry is not
+//! configured), the download is cancelled: upstream connection dropped, temp file removed.
+//! A reader of a download started for another registry can switch to a download from its
+//! own upstream when that one fails or stalls ([`Fallback`]).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, Stream, StreamExt};
 use sha2::Digest as _;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::cache::BlobStore;
 use crate::oci::error::RegistryError;
@@ -58,6 +69,8 @@ pub struct UpstreamBody {
     pub idle_timeout: Duration,
     /// Upstream name, for messages.
     pub upstream: String,
+    /// Largest size accepted (`maxBlobSize`): a body that goes past it fails the download.
+    pub max_size: u64,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -71,6 +84,8 @@ impl std::fmt::Debug for UpstreamBody {
 
 /// How often one download resumes after the upstream broke off.
 const MAX_RESUMES: u32 = 3;
+/// An unknown-length download checks the free space each time it received this much more.
+pub const SPACE_CHECK_EVERY: u64 = 1024 * 1024;
 
 /// How far a download got.
 #[derive(Debug, Clone)]
@@ -112,6 +127,51 @@ pub struct Download {
     /// The most recently written bytes, by offset: readers keeping up with the download
     /// take them from here (shared, no copy) instead of reading the temp file back.
     recent: Mutex<Recent>,
+    /// The registry it was started for (canonical name).
+    pub registry: String,
+    /// Its clients, and whether it runs on without any.
+    interest: Mutex<Clients>,
+    /// Set once every client left a download that is not kept: it stops at its next chunk.
+    cancelled: AtomicBool,
+    /// Wakes the download task when it is cancelled while it waits for the upstream.
+    cancel_waker: AtomicWaker,
+}
+
+#[derive(Debug, Default)]
+struct Clients {
+    count: usize,
+    /// Runs to the end without clients (some client's registry is configured).
+    keep: bool,
+}
+
+/// A client's hold on a download (an HTTP reader, a waiting request, the preloader). When
+/// the last one is dropped and the download is not kept, it is cancelled.
+#[derive(Debug)]
+pub struct Interest(Arc<Download>);
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// Resolves once the download is cancelled (lock-free: a flag and a waker; only the
+/// download's own task waits on it).
+struct Cancelled<'a>(&'a Download);
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.cancelled.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.0.cancel_waker.register(cx.waker());
+        if self.0.cancelled.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// A bounded window of the latest received chunks. A chunk leaves it only once it is in the
@@ -171,32 +231,132 @@ impl Download {
     fn publish(&self, p: Progress) {
         self.progress.send_replace(p);
     }
-}
 
-/// The set of running downloads, keyed by digest.
-#[derive(Debug, Default)]
-pub struct Downloads {
-    running: Mutex<HashMap<Digest, Arc<Download>>>,
-}
+    /// Whether every client left and the download is being stopped.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
 
-impl Downloads {
-    /// Joins the running download of `digest`, or registers a new one. The second value is
-    /// `true` when the caller registered it and must run [`Downloads::fill`] (which unregisters it).
-    pub fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = running.get(digest) {
-            return (d.clone(), false);
+    /// Resolves once the download is cancelled (for its own task's waits).
+    pub async fn cancelled(&self) {
+        Cancelled(self).await
+    }
+
+    fn failed(&self) -> bool {
+        matches!(*self.progress.borrow(), Progress::Failed(_))
+    }
+
+    /// Adds a client unless the download was cancelled.
+    fn enter(self: &Arc<Self>, keep: bool) -> Option<Interest> {
+        let mut c = self.interest.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_cancelled() {
+            return None;
         }
+        c.count += 1;
+        c.keep |= keep;
+        Some(Interest(self.clone()))
+    }
+
+    fn leave(&self) {
+        let mut c = self.interest.lock().unwrap_or_else(|p| p.into_inner());
+        c.count = c.count.saturating_sub(1);
+        if c.count == 0
+            && !c.keep
+            && matches!(
+                *self.progress.borrow(),
+                Progress::Starting | Progress::Receiving { .. }
+            )
+        {
+            self.cancelled.store(true, Ordering::Release);
+            self.cancel_waker.wake();
+        }
+    }
+
+    fn new(store: &BlobStore, digest: &Digest, registry: &str) -> Download {
         let (tx, _) = watch::channel(Progress::Starting);
-        let d = Arc::new(Download {
+        Download {
             digest: digest.clone(),
             temp_path: store.temp_path(digest.hex()),
             final_path: store.blob_path(digest),
             progress: tx,
             recent: Mutex::new(Recent::default()),
-        });
+            registry: registry.to_owned(),
+            interest: Mutex::new(Clients::default()),
+            cancelled: AtomicBool::new(false),
+            cancel_waker: AtomicWaker::new(),
+        }
+    }
+}
+
+/// The set of running downloads, keyed by digest, and the slots that bound how many run.
+#[derive(Debug, Default)]
+pub struct Downloads {
+    running: Mutex<HashMap<Digest, Arc<Download>>>,
+    /// Download slots.
+    pub slots: FetchSlots,
+}
+
+/// What [`Downloads::join`] found.
+#[derive(Debug)]
+pub struct Joined {
+    /// The download.
+    pub download: Arc<Download>,
+    /// The caller's hold on it.
+    pub interest: Interest,
+    /// The caller registered it and must run it ([`Downloads::fill`] unregisters it).
+    pub started: bool,
+}
+
+impl Downloads {
+    /// Downloads bounded by `limits`.
+    pub fn new(limits: &crate::config::FetchLimits) -> Self {
+        Downloads {
+            running: Mutex::default(),
+            slots: FetchSlots::new(limits),
+        }
+    }
+
+    /// Joins the running download of `digest`, or registers a new one. The second value is
+    /// `true` when the caller registered it and must run [`Downloads::fill`] (which unregisters it).
+    /// (Tests; the server uses [`Downloads::join`].)
+    pub fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
+        let j = self.join(store, digest, "", true, None);
+        let d = j.download.clone();
+        (d, j.started)
+    }
+
+    /// Joins the running download of `digest` as a client of `registry` (`keep`: that
+    /// registry's downloads run on without clients), or registers a new one for it. A
+    /// download that failed or was cancelled, or `abandon` (a download this client gives
+    /// up on), is not joined: a new one replaces it.
+    pub fn join(
+        &self,
+        store: &BlobStore,
+        digest: &Digest,
+        registry: &str,
+        keep: bool,
+        abandon: Option<&Arc<Download>>,
+    ) -> Joined {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = running.get(digest)
+            && !abandon.is_some_and(|a| Arc::ptr_eq(a, d))
+            && !d.failed()
+            && let Some(interest) = d.enter(keep)
+        {
+            return Joined {
+                download: d.clone(),
+                interest,
+                started: false,
+            };
+        }
+        let d = Arc::new(Download::new(store, digest, registry));
+        let interest = d.enter(keep).unwrap_or_else(|| Interest(d.clone()));
         running.insert(digest.clone(), d.clone());
-        (d, true)
+        Joined {
+            download: d,
+            interest,
+            started: true,
+        }
     }
 
     /// Number of downloads running now.
@@ -209,23 +369,26 @@ impl Downloads {
         self.len() == 0
     }
 
-    fn unregister(&self, digest: &Digest) {
+    /// Removes `d` from the running set, unless another download of its digest replaced it.
+    fn unregister(&self, d: &Arc<Download>) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.remove(digest);
+        if running.get(&d.digest).is_some_and(|r| Arc::ptr_eq(r, d)) {
+            running.remove(&d.digest);
+        }
     }
 
     /// Marks a registered download as failed before any byte arrived (the upstream refused)
     /// and unregisters it.
-    pub fn fail(&self, d: &Download, err: RegistryError) {
+    pub fn fail(&self, d: &Arc<Download>, err: RegistryError) {
         d.publish(Progress::Failed(err));
-        self.unregister(&d.digest);
+        self.unregister(d);
     }
 
     /// Completes a registered download whose blob turned out to be stored already (it was
     /// committed between the caller's cache lookup and its registration).
-    pub fn complete_stored(&self, d: &Download, total: u64) {
+    pub fn complete_stored(&self, d: &Arc<Download>, total: u64) {
         d.publish(Progress::Complete { total });
-        self.unregister(&d.digest);
+        self.unregister(d);
     }
 
     /// Runs a registered download to the end: writes `body` to the temp file while
@@ -245,7 +408,7 @@ impl Downloads {
                 let _ = tokio::fs::remove_file(&d.temp_path).await;
             }
         }
-        self.unregister(&d.digest);
+        self.unregister(d);
         result
     }
 }
@@ -261,6 +424,7 @@ async fn write_verified(
         mut resume,
         idle_timeout,
         upstream,
+        max_size,
     } = src;
     let disk = |e: io::Error| RegistryError::internal(format!("cache write failed: {e}"));
     let temp = d.temp_path.clone();
@@ -275,7 +439,16 @@ async fn write_verified(
     let mut written = 0u64;
     let mut resumes = 0u32;
     let received = crate::metrics::global().registry(&upstream);
+    // Unknown length: the free space is checked again each time this much arrived.
+    let mut next_space_check = if total.is_none() {
+        SPACE_CHECK_EVERY
+    } else {
+        u64::MAX
+    };
     loop {
+        if d.is_cancelled() {
+            return Err(cancelled(&d.digest));
+        }
         // Batch writes while the upstream keeps data coming; when it has nothing ready, hand
         // readers what there is first, so that a slow upstream is still streamed promptly.
         let next = match body.next().now_or_never() {
@@ -286,7 +459,11 @@ async fn write_verified(
                         .await
                         .map_err(disk)?;
                 }
-                tokio::time::timeout(idle_timeout, body.next()).await
+                tokio::select! {
+                    biased;
+                    () = d.cancelled() => return Err(cancelled(&d.digest)),
+                    next = tokio::time::timeout(idle_timeout, body.next()) => next,
+                }
             }
         };
         let broke_off = match &next {
@@ -325,6 +502,19 @@ async fn write_verified(
         let ended = chunk.is_none();
         if let Some(chunk) = chunk {
             received.upstream_bytes.inc_by(chunk.len() as u64);
+            let so_far = written + (buf.len() + chunk.len()) as u64;
+            if so_far > max_size {
+                tracing::warn!(registry = %upstream, digest = %d.digest, max_blob_size = max_size,
+                    "blob larger than maxBlobSize; download cut, nothing stored");
+                return Err(RegistryError::bad_gateway(format!(
+                    "upstream {upstream} sent more than maxBlobSize ({max_size} bytes) for {}; nothing stored",
+                    d.digest
+                )));
+            }
+            if so_far >= next_space_check {
+                store.ensure_space(SPACE_CHECK_EVERY)?;
+                next_space_check = so_far + SPACE_CHECK_EVERY;
+            }
             if let Some(t) = total
                 && written + (buf.len() + chunk.len()) as u64 > t
             {
@@ -382,6 +572,14 @@ async fn write_verified(
         .await
         .map_err(disk)?;
     Ok(written)
+}
+
+fn cancelled(digest: &Digest) -> RegistryError {
+    RegistryError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        crate::oci::error::ErrorCode::Unavailable,
+        format!("download of {digest} cancelled: every client left"),
+    )
 }
 
 /// Hashes a download's chunks and writes them to its temp file on a thread of its own, up to
@@ -495,7 +693,23 @@ enum Source {
         idle_timeout: Duration,
         /// The blob's size, once the download was verified.
         verified: Option<u64>,
+        /// This reader's hold on the download.
+        interest: Option<Interest>,
     },
+}
+
+/// Gives a reader of a download started for another registry a download from its own
+/// upstream (joined or started), when that one fails or stalls; `None` when it cannot.
+pub type Fallback = Box<dyn FnOnce(&Arc<Download>) -> Option<(Arc<Download>, Interest)> + Send>;
+
+/// A reader's way out of a foreign download.
+struct Switch {
+    fallback: Option<Fallback>,
+    /// sha256 of every byte sent so far, when the reader sends the whole blob: what lets it
+    /// carry on from another download after sending bytes, and still never finish a transfer
+    /// whose bytes do not hash to the digest. (Only readers of a foreign download hash.)
+    hasher: Option<sha2::Sha256>,
+    start: u64,
 }
 
 /// One reader's state between chunks.
@@ -504,6 +718,7 @@ struct Reader {
     file: Option<Arc<std::fs::File>>,
     pos: u64,
     end: Option<u64>,
+    switch: Option<Box<Switch>>,
 }
 
 /// Streams bytes `[start, end)` of a stored blob.
@@ -517,6 +732,7 @@ pub fn read_stored(
         file: Some(Arc::new(file)),
         pos: start,
         end: Some(end),
+        switch: None,
     })
 }
 
@@ -530,17 +746,42 @@ pub fn read_following(
     end: Option<u64>,
     idle_timeout: Duration,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    follow(download, None, start, end, idle_timeout, None)
+}
+
+/// [`read_following`] for a client holding `interest` in the download (released when the
+/// stream is dropped). With `fallback` (the download was started for another registry), a
+/// failure or stall of the download switches the reader to the download `fallback` gives,
+/// from where it got to: at once when it has sent nothing yet, and for a whole-blob reader
+/// at any point (it then checks the sha256 of everything it sent before the last byte).
+pub fn follow(
+    download: Arc<Download>,
+    interest: Option<Interest>,
+    start: u64,
+    end: Option<u64>,
+    idle_timeout: Duration,
+    fallback: Option<Fallback>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
     let progress = download.subscribe();
+    let switch = fallback.map(|f| {
+        Box::new(Switch {
+            fallback: Some(f),
+            hasher: (start == 0).then(sha2::Sha256::new),
+            start,
+        })
+    });
     reader(Reader {
         source: Source::Following {
             download,
             progress,
             idle_timeout,
             verified: None,
+            interest,
         },
         file: None,
         pos: start,
         end,
+        switch,
     })
 }
 
@@ -592,6 +833,61 @@ impl Reader {
 
     fn finished(&self) -> bool {
         self.end.is_some_and(|e| self.pos >= e)
+    }
+
+    /// After the download failed or stalled: moves to the fallback download, if this reader
+    /// has one and may use it. `true` when it did.
+    fn switch_over(&mut self) -> bool {
+        let Some(sw) = self.switch.as_mut() else {
+            return false;
+        };
+        if sw.hasher.is_none() && self.pos != sw.start {
+            return false;
+        }
+        let Some(fallback) = sw.fallback.take() else {
+            return false;
+        };
+        let Source::Following {
+            download,
+            progress,
+            verified,
+            interest,
+            ..
+        } = &mut self.source
+        else {
+            return false;
+        };
+        let Some((d, i)) = fallback(download) else {
+            return false;
+        };
+        tracing::info!(digest = %d.digest, from = %download.registry, to = %d.registry, offset = self.pos,
+            "download for another registry failed or stalled; continuing from the client's own upstream");
+        *progress = d.subscribe();
+        *download = d;
+        *interest = Some(i);
+        *verified = None;
+        self.file = None;
+        true
+    }
+
+    /// Hashes `chunk` (about to be sent) when this reader hashes; an error when it ends the
+    /// blob and what was sent does not hash to the digest.
+    fn account(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let Some(h) = self.switch.as_mut().and_then(|s| s.hasher.as_mut()) else {
+            return Ok(());
+        };
+        h.update(chunk);
+        let last = self.end == Some(self.pos + chunk.len() as u64);
+        if last && let Source::Following { download, .. } = &self.source {
+            let got = Digest::from_sha256_hex(hex::encode(h.clone().finalize()));
+            if got != download.digest {
+                return Err(io::Error::other(format!(
+                    "bytes sent for {} do not hash to it; transfer aborted",
+                    download.digest
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the download publishes more progress.
@@ -704,11 +1000,21 @@ fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
             if r.finished() {
                 return Ok(None);
             }
-            let Some(limit) = r.readable_until()? else {
+            let limit = match r.readable_until() {
+                Ok(l) => l,
+                Err(_) if r.switch_over() => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(limit) = limit else {
                 if r.finished() {
                     return Ok(None);
                 }
-                r.wait().await?;
+                if let Err(e) = r.wait().await {
+                    if r.switch_over() {
+                        continue;
+                    }
+                    return Err(e);
+                }
                 continue;
             };
             let chunk_size = match r.source {
@@ -723,10 +1029,98 @@ fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
                     read_chunk(file, r.pos, want as usize).await?
                 }
             };
+            r.account(&chunk)?;
             r.pos += chunk.len() as u64;
             return Ok(Some((chunk, r)));
         }
     })
+}
+
+/// Bounds concurrent upstream blob downloads, in all (`maxUpstreamFetches`) and per
+/// registry (`maxUpstreamFetchesPerRegistry`); a download waits at most `upstreamFetchWait`
+/// for its slots. Joining a running download takes no slot.
+#[derive(Debug)]
+pub struct FetchSlots {
+    global: Arc<Semaphore>,
+    per_registry: Mutex<HashMap<String, Arc<Semaphore>>>,
+    limits: crate::config::FetchLimits,
+}
+
+/// Registries whose semaphores are kept even when idle; past it, idle ones are dropped.
+const MAX_IDLE_REGISTRY_SLOTS: usize = 256;
+
+impl Default for FetchSlots {
+    fn default() -> Self {
+        FetchSlots::new(&crate::config::FetchLimits::default())
+    }
+}
+
+/// The slots a running download holds; given back (and counted) when dropped.
+#[derive(Debug)]
+pub struct FetchPermit {
+    _global: OwnedSemaphorePermit,
+    _registry: OwnedSemaphorePermit,
+}
+
+impl Drop for FetchPermit {
+    fn drop(&mut self) {
+        crate::metrics::global().upstream_fetches.dec();
+    }
+}
+
+impl FetchSlots {
+    /// Slots for `limits`.
+    pub fn new(limits: &crate::config::FetchLimits) -> Self {
+        FetchSlots {
+            global: Arc::new(Semaphore::new(limits.max_fetches)),
+            per_registry: Mutex::default(),
+            limits: *limits,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &crate::config::FetchLimits {
+        &self.limits
+    }
+
+    fn registry(&self, registry: &str) -> Arc<Semaphore> {
+        let mut m = self.per_registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = m.get(registry) {
+            return s.clone();
+        }
+        if m.len() >= MAX_IDLE_REGISTRY_SLOTS {
+            let limit = self.limits.max_fetches_per_registry;
+            m.retain(|_, s| s.available_permits() < limit || Arc::strong_count(s) > 1);
+        }
+        let s = Arc::new(Semaphore::new(self.limits.max_fetches_per_registry));
+        m.insert(registry.to_owned(), s.clone());
+        s
+    }
+
+    /// Waits up to `upstreamFetchWait` for a slot for a download from `registry`; `None`
+    /// when none came free in time (counted as a refusal).
+    pub async fn acquire(&self, registry: &str) -> Option<FetchPermit> {
+        let per = self.registry(registry);
+        let global = self.global.clone();
+        let both = async move {
+            let r = per.acquire_owned().await.ok()?;
+            let g = global.acquire_owned().await.ok()?;
+            Some((g, r))
+        };
+        match tokio::time::timeout(self.limits.wait, both).await {
+            Ok(Some((g, r))) => {
+                crate::metrics::global().upstream_fetches.inc();
+                Some(FetchPermit {
+                    _global: g,
+                    _registry: r,
+                })
+            }
+            _ => {
+                crate::metrics::global().upstream_fetch_refusals.inc();
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -746,7 +1140,225 @@ mod tests {
             resume,
             idle_timeout: Duration::from_secs(5),
             upstream: "up".into(),
+            max_size: u64::MAX,
         }
+    }
+
+    /// A body that never ends: 64 KiB chunks for ever.
+    fn endless() -> ByteStream {
+        Box::pin(futures_util::stream::repeat_with(|| {
+            Ok(Bytes::from(vec![1u8; 64 * 1024]))
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_body_past_max_blob_size_is_cut_and_nothing_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"whatever");
+        let downloads = Downloads::default();
+        let (d, _) = downloads.join_or_register(&store, &digest);
+        let reader = read_following(d.clone(), 0, None, Duration::from_secs(5));
+        let mut src = source(None, endless(), None);
+        src.max_size = 1024 * 1024;
+        let err = downloads.fill(&store, &d, src).await.unwrap_err();
+        assert!(err.message.contains("maxBlobSize"), "{}", err.message);
+        let got: Result<Vec<Bytes>, _> = reader.try_collect().await;
+        assert!(got.is_err(), "the reader's transfer is aborted");
+        assert!(!store.blob_path(&digest).exists());
+        assert_eq!(
+            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
+            0
+        );
+        assert!(downloads.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_download_nobody_keeps_stops_when_its_last_client_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"whatever");
+        let downloads = Arc::new(Downloads::default());
+        let j = downloads.join(&store, &digest, "adhoc.example", false, None);
+        assert!(j.started);
+        let second = downloads.join(&store, &digest, "adhoc.example", false, None);
+        assert!(!second.started && Arc::ptr_eq(&j.download, &second.download));
+        let d = j.download.clone();
+        let (dl, st) = (downloads.clone(), Arc::new(store));
+        let st2 = st.clone();
+        let running =
+            tokio::spawn(async move { dl.fill(&st2, &d, source(None, endless(), None)).await });
+        // Bytes flow; one client leaving changes nothing.
+        let mut p = j.download.subscribe();
+        p.wait_for(|p| matches!(p, Progress::Receiving { written, .. } if *written > 0))
+            .await
+            .unwrap();
+        drop(second.interest);
+        assert!(!j.download.is_cancelled());
+        drop(j.interest);
+        let err = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("cancelled promptly")
+            .unwrap()
+            .unwrap_err();
+        assert!(err.message.contains("every client left"), "{}", err.message);
+        assert_eq!(
+            crate::cache::blob_store::tests::tmp_file_count(st.root()),
+            0
+        );
+        // A newcomer starts afresh instead of joining the cancelled download.
+        let again = downloads.join(&st, &digest, "adhoc.example", false, None);
+        assert!(again.started);
+    }
+
+    #[tokio::test]
+    async fn a_kept_download_runs_on_without_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = vec![3u8; 300_000];
+        let digest = Digest::of(&data);
+        let downloads = Downloads::default();
+        let j = downloads.join(&store, &digest, "configured.example", true, None);
+        drop(j.interest);
+        let body: ByteStream = Box::pin(futures_util::stream::iter(chunks(&data, 50_000)));
+        assert_eq!(
+            downloads
+                .fill(&store, &j.download, source(Some(300_000), body, None))
+                .await
+                .unwrap(),
+            300_000
+        );
+        assert!(store.blob_path(&digest).is_file());
+    }
+
+    #[tokio::test]
+    async fn a_reader_of_a_failed_foreign_download_carries_on_from_its_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 239) as u8).collect();
+        let digest = Digest::of(&data);
+        let downloads = Arc::new(Downloads::default());
+        let x = downloads.join(&store, &digest, "x.example", false, None);
+        // X sends 200 000 good bytes, then breaks off.
+        let mut first = chunks(&data[..200_000], 100_000);
+        first.push(Err("reset".into()));
+        let (dl, st, dx) = (downloads.clone(), store.clone(), x.download.clone());
+        let fallback: Fallback = Box::new(move |abandon| {
+            let y = dl.join(&st, &dx.digest, "y.example", false, Some(abandon));
+            assert!(y.started, "the failed download is not joined again");
+            Some((y.download, y.interest))
+        });
+        let reader = tokio::spawn(collect(follow(
+            x.download.clone(),
+            None,
+            0,
+            Some(600_000),
+            Duration::from_secs(5),
+            Some(fallback),
+        )));
+        let body: ByteStream = Box::pin(futures_util::stream::iter(first));
+        assert!(
+            downloads
+                .fill(&store, &x.download, source(Some(600_000), body, None))
+                .await
+                .is_err()
+        );
+        // Y's download (registered by the fallback) runs to the end.
+        let y = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(d) = downloads.running.lock().unwrap().get(&digest).cloned()
+                    && d.registry == "y.example"
+                {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let body: ByteStream = Box::pin(futures_util::stream::iter(chunks(&data, 64_000)));
+        downloads
+            .fill(&store, &y, source(Some(600_000), body, None))
+            .await
+            .unwrap();
+        assert_eq!(reader.await.unwrap().unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_switched_never_finishes_wrong_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i % 233) as u8).collect();
+        let digest = Digest::of(&data);
+        let downloads = Arc::new(Downloads::default());
+        let x = downloads.join(&store, &digest, "x.example", false, None);
+        let (dl, st) = (downloads.clone(), store.clone());
+        let fallback: Fallback = Box::new(move |abandon| {
+            let y = dl.join(&st, &abandon.digest, "y.example", false, Some(abandon));
+            Some((y.download, y.interest))
+        });
+        let mut reader = Box::pin(follow(
+            x.download.clone(),
+            None,
+            0,
+            Some(400_000),
+            Duration::from_secs(5),
+            Some(fallback),
+        ));
+        // X sends 100 000 WRONG bytes, which the reader passes on, then breaks off.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(1);
+        let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|x| (x, rx))
+        }));
+        let (dl, st, dx) = (downloads.clone(), store.clone(), x.download.clone());
+        let x_run =
+            tokio::spawn(async move { dl.fill(&st, &dx, source(Some(400_000), body, None)).await });
+        tx.send(Ok(Bytes::from(vec![0u8; 100_000]))).await.unwrap();
+        let first = reader.next().await.unwrap().unwrap();
+        assert!(first.iter().all(|b| *b == 0));
+        tx.send(Err("reset".into())).await.unwrap();
+        assert!(x_run.await.unwrap().is_err());
+        let rest = tokio::spawn(async move {
+            let r: Result<Vec<Bytes>, _> = reader.try_collect().await;
+            r
+        });
+        let y = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(d) = downloads.running.lock().unwrap().get(&digest).cloned()
+                    && d.registry == "y.example"
+                {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let body: ByteStream = Box::pin(futures_util::stream::iter(chunks(&data, 64_000)));
+        downloads
+            .fill(&store, &y, source(Some(400_000), body, None))
+            .await
+            .unwrap();
+        let err = rest.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("do not hash"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_slots_bound_downloads_and_refuse_after_the_wait() {
+        let limits = crate::config::FetchLimits {
+            max_blob_size: u64::MAX,
+            max_fetches: 2,
+            max_fetches_per_registry: 1,
+            wait: Duration::from_millis(100),
+        };
+        let slots = FetchSlots::new(&limits);
+        let a = slots.acquire("a.example").await.expect("a first slot");
+        assert!(slots.acquire("a.example").await.is_none(), "per registry");
+        let b = slots.acquire("b.example").await.expect("another registry");
+        assert!(slots.acquire("c.example").await.is_none(), "global");
+        drop(a);
+        assert!(slots.acquire("a.example").await.is_some(), "freed");
+        drop(b);
     }
 
     fn chunks(data: &[u8], size: usize) -> Vec<Result<Bytes, String>> {
@@ -832,7 +1444,7 @@ mod tests {
         assert!(got.is_err());
         assert!(!store.blob_path(&digest).exists());
         assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
             0
         );
     }

@@ -10,7 +10,8 @@
 //! manifests/sha256/<hex>.type                their media type
 //! manifests/sha256/<hex>.access              last pull by digest (see crate::inventory::access)
 //! tags/<registry>/<repository>/@tags/<tag>.json   tag -> digest records
-//! tmp/                                       downloads in progress; emptied at start
+//! tmp/<pid>.<random>/                        one process's temp files (downloads in progress),
+//!                                            under its flock; removed at start once unlocked
 //! ```
 //!
 //! A file appears under `blobs/` or `manifests/` only after its sha256 matched, through a

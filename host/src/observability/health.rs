@@ -183,7 +183,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
         cache_writable(dir.path()).await.unwrap();
         assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
             0
         );
     }

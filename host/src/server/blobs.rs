@@ -39,36 +39,61 @@ pub(super) async fn blob(
     if head {
         return head_upstream_blob(&upstream, repo, &digest).await;
     }
-    let download = join_download(app, &upstream, repo, &digest);
-    let mut progress = download.subscribe();
-    let state = progress
-        .wait_for(|p| !matches!(p, Progress::Starting))
-        .await
-        .map(|p| p.clone())
-        .map_err(|_| RegistryError::internal("download ended unexpectedly"))?;
+    let idle = upstream.timeout();
+    let mut joined = join_download(app, &upstream, repo, &digest, None);
+    // Until the headers are sent, a download started for another registry that fails or
+    // stalls is given up for one from this client's own upstream (at most once).
+    let mut may_switch = true;
+    let state = loop {
+        let foreign = joined.download.registry != upstream.name;
+        match first_state(&joined.download, foreign.then_some(idle)).await {
+            Ok(s) => break s,
+            Err(e) if foreign && may_switch => {
+                tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e.message,
+                    "download for another registry failed or stalled; fetching from the client's own upstream");
+                may_switch = false;
+                joined = join_download(app, &upstream, repo, &digest, Some(&joined.download));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let total = match state {
         Progress::Failed(e) => return Err(e),
         Progress::Receiving { total, .. } => total,
         Progress::Verified { total } | Progress::Complete { total } => Some(total),
         Progress::Starting => None,
     };
-    let idle = upstream.timeout();
+    let inflight::Joined {
+        download, interest, ..
+    } = joined;
+    let fallback = (download.registry != upstream.name).then(|| {
+        let (app, upstream, repo, digest) =
+            (app.clone(), upstream.clone(), repo.clone(), digest.clone());
+        Box::new(move |abandon: &Arc<inflight::Download>| {
+            let j = join_download(&app, &upstream, &repo, &digest, Some(abandon));
+            Some((j.download, j.interest))
+        }) as inflight::Fallback
+    });
     match total {
         Some(total) => blob_response(&digest, total, range_header, false, |start, end| {
-            response::stream(inflight::read_following(
-                download.clone(),
+            response::stream(inflight::follow(
+                download,
+                Some(interest),
                 start,
                 Some(end),
                 idle,
+                fallback,
             ))
         }),
         // Size unknown until the upstream finishes: stream it all, chunked.
         None => {
-            let mut resp = Response::new(response::stream(inflight::read_following(
-                download.clone(),
+            let mut resp = Response::new(response::stream(inflight::follow(
+                download,
+                Some(interest),
                 0,
                 None,
                 idle,
+                fallback,
             )));
             blob_headers(resp.headers_mut(), &digest);
             Ok(resp)
@@ -76,10 +101,38 @@ pub(super) async fn blob(
     }
 }
 
+/// The download's first state past `Starting`; a failure as an error, and so is no answer
+/// within `stall` (when given).
+async fn first_state(
+    download: &inflight::Download,
+    stall: Option<std::time::Duration>,
+) -> Result<Progress, RegistryError> {
+    let mut progress = download.subscribe();
+    let wait = progress.wait_for(|p| !matches!(p, Progress::Starting));
+    let state = match stall {
+        Some(t) => tokio::time::timeout(t, wait).await.map_err(|_| {
+            RegistryError::bad_gateway(format!(
+                "download of {} stalled: no answer within {}s",
+                download.digest,
+                t.as_secs()
+            ))
+        })?,
+        None => wait.await,
+    }
+    .map(|p| p.clone())
+    .map_err(|_| RegistryError::internal("download ended unexpectedly"))?;
+    match state {
+        Progress::Failed(e) => Err(e),
+        s => Ok(s),
+    }
+}
+
 /// Makes sure blob `digest` is in the cache: returns its size at once when it is stored,
 /// else starts or joins the single download of it (the one client requests share) and
 /// waits for it to be verified and stored, calling `on_progress` with the bytes received so
 /// far whenever the download moves on. For callers inside the process (the preloader).
+/// A download started for another registry that fails is followed by one from this
+/// registry's own upstream.
 pub async fn ensure_blob_watching(
     app: &Arc<App>,
     registry: &str,
@@ -92,7 +145,37 @@ pub async fn ensure_blob_watching(
     }
     refuse_if_air_gapped(app, digest)?;
     let upstream = app.upstreams.resolve(registry)?;
-    let download = join_download(app, &upstream, repo, digest);
+    let mut joined = join_download(app, &upstream, repo, digest, None);
+    let mut may_switch = true;
+    let mut slot_waits = 0u32;
+    loop {
+        match watch_download(&joined.download, on_progress).await {
+            Err(e) if may_switch && joined.download.registry != upstream.name => {
+                tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e.message,
+                    "download for another registry failed; fetching from this registry's own upstream");
+                may_switch = false;
+                joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
+            }
+            // No download slot came free in time: a batch job waits on, up to a point.
+            Err(e) if e.message.starts_with(NO_SLOT) && slot_waits < PRELOAD_SLOT_WAITS => {
+                slot_waits += 1;
+                tracing::debug!(registry = %upstream.name, %digest, "no download slot yet; preloader waits again");
+                joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How many times the preloader waits `upstreamFetchWait` again for a download slot.
+const PRELOAD_SLOT_WAITS: u32 = 60;
+/// How the refusal for want of a download slot begins.
+const NO_SLOT: &str = "too many upstream downloads running";
+
+async fn watch_download(
+    download: &inflight::Download,
+    on_progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<u64, RegistryError> {
     let mut progress = download.subscribe();
     loop {
         let state = progress.borrow_and_update().clone();
@@ -126,23 +209,29 @@ fn refuse_if_air_gapped(app: &App, digest: &Digest) -> Result<(), RegistryError>
     Ok(())
 }
 
-/// Joins the running download of `digest`, or registers one and starts fetching it.
+/// Joins the running download of `digest`, or registers one and starts fetching it
+/// (`abandon`: a download the caller gives up on, never joined again). Downloads of
+/// configured registries (and `defaultNs`) run on when their clients leave; others stop.
 fn join_download(
     app: &Arc<App>,
     upstream: &Arc<Upstream>,
     repo: &RepoName,
     digest: &Digest,
-) -> Arc<inflight::Download> {
-    let (download, started) = app.downloads.join_or_register(&app.store, digest);
-    if started {
+    abandon: Option<&Arc<inflight::Download>>,
+) -> inflight::Joined {
+    let keep = upstream.is_configured() || upstream.name == app.settings.default_ns;
+    let joined = app
+        .downloads
+        .join(&app.store, digest, &upstream.name, keep, abandon);
+    if joined.started {
         tokio::spawn(run_download(
             app.clone(),
             upstream.clone(),
             repo.clone(),
-            download.clone(),
+            joined.download.clone(),
         ));
     }
-    download
+    joined
 }
 
 fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
@@ -233,10 +322,46 @@ async fn run_download(
         app.downloads.complete_stored(&download, total);
         return;
     }
-    let resp = match upstream
-        .request(Method::GET, &repo, &format!("blobs/{digest}"), None)
-        .await
-    {
+    let slot = tokio::select! {
+        biased;
+        () = download.cancelled() => None,
+        slot = app.downloads.slots.acquire(&upstream.name) => Some(slot),
+    };
+    let _slot = match slot {
+        None => {
+            app.downloads.fail(&download, left(&digest));
+            return;
+        }
+        Some(None) => {
+            let l = app.downloads.slots.limits();
+            let mut e = RegistryError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                format!(
+                    "{NO_SLOT} (maxUpstreamFetches {}, maxUpstreamFetchesPerRegistry {}); none came free within {}s, retry later",
+                    l.max_fetches,
+                    l.max_fetches_per_registry,
+                    l.wait.as_secs_f32()
+                ),
+            );
+            e.retry_after = Some(l.wait.as_secs().max(1).to_string());
+            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, "blob fetch refused: no download slot came free in time");
+            app.downloads.fail(&download, e);
+            return;
+        }
+        Some(Some(slot)) => slot,
+    };
+    let path = format!("blobs/{digest}");
+    let request = tokio::select! {
+        biased;
+        () = download.cancelled() => None,
+        r = upstream.request(Method::GET, &repo, &path, None) => Some(r),
+    };
+    let Some(request) = request else {
+        app.downloads.fail(&download, left(&digest));
+        return;
+    };
+    let resp = match request {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed");
@@ -256,8 +381,25 @@ async fn run_download(
         return;
     }
     let total = resp.content_length();
+    let max_size = app.downloads.slots.limits().max_blob_size;
     if let Some(total) = total
-        && let Err(e) = app.store.ensure_space(total)
+        && total > max_size
+    {
+        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, size = total, max_blob_size = max_size,
+            "blob larger than maxBlobSize; not downloaded");
+        app.downloads.fail(
+            &download,
+            RegistryError::bad_gateway(format!(
+                "blob {digest} from upstream {} is {total} bytes, more than maxBlobSize ({max_size} bytes); not downloaded",
+                upstream.name
+            )),
+        );
+        return;
+    }
+    // Unknown length: its free space is checked again as the bytes arrive.
+    if let Err(e) = app
+        .store
+        .ensure_space(total.unwrap_or(inflight::SPACE_CHECK_EVERY))
     {
         tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "not caching: disk full");
         app.downloads.fail(&download, e);
@@ -280,6 +422,7 @@ async fn run_download(
                 resume: Some(resume),
                 idle_timeout: upstream.timeout(),
                 upstream: upstream.name.clone(),
+                max_size,
             },
         )
         .await;
@@ -291,10 +434,22 @@ async fn run_download(
             );
             app.inventory.blob_stored();
         }
+        Err(_) if download.is_cancelled() => {
+            tracing::info!(registry = %upstream.name, repo = %repo, %digest, "every client left; download cancelled, nothing stored")
+        }
         Err(e) => {
             tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed; nothing stored")
         }
     }
+}
+
+/// A download stopped because every client left.
+fn left(digest: &Digest) -> RegistryError {
+    RegistryError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        format!("download of {digest} cancelled: every client left"),
+    )
 }
 
 /// Asks the upstream for the rest of a blob from an offset; only a `206` whose

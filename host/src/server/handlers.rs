@@ -55,11 +55,12 @@ pub struct App {
 impl App {
     /// Assembles the app.
     pub fn new(settings: Settings, store: BlobStore, upstreams: Upstreams) -> Self {
+        let downloads = Downloads::new(&settings.fetch_limits);
         App {
             settings,
             store,
             upstreams,
-            downloads: Downloads::default(),
+            downloads,
             stats: Stats::default(),
             hot: HotCache::default(),
             inventory: crate::inventory::Inventory::default(),

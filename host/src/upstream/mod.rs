@@ -100,6 +100,8 @@ pub struct Upstream {
     redirect_hosts: Vec<HostPattern>,
     /// `auth.realms` of its registries entry.
     realms: Vec<HostPattern>,
+    /// Listed under `registries` (not an ad hoc name from a request).
+    configured: bool,
 }
 
 impl Upstream {
@@ -359,6 +361,11 @@ impl Upstream {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+
+    /// Whether this registry is listed under `registries` (not an ad hoc name).
+    pub fn is_configured(&self) -> bool {
+        self.configured
+    }
 }
 
 /// A transport error in one line, with its root cause and, for TLS trouble, the config key
@@ -480,6 +487,7 @@ impl Upstreams {
                 Arc::new(Upstream {
                     redirect_hosts: r.redirect_hosts.clone(),
                     realms: r.realms.clone(),
+                    configured: true,
                     ..u
                 }),
             );
@@ -552,6 +560,7 @@ fn upstream(
         policy,
         redirect_hosts: Vec::new(),
         realms: Vec::new(),
+        configured: false,
     })
 }
 
