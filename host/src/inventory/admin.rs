@@ -14,14 +14,11 @@
 //! Errors use the OCI error body: `{"errors":[{"code":"UNAUTHORIZED","message":...}]}`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use ociregistry_plugin_api::Secret;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -37,7 +34,12 @@ use crate::server::response::{self, Body};
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Serves the admin API on `listener` until the process ends; over TLS with `tls`.
+/// Largest request head accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Serves the admin API on `listener` until the process ends; over TLS with `tls`. The
+/// connections get the pull port's limits (`headerTimeout`, `idleTimeout`, `maxConnections`,
+/// `maxConnectionsPerClient`) through the server's one listener.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -55,54 +57,40 @@ pub async fn serve(
             }
         );
     }
-    let token = Arc::new(token);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (app, token, tls) = (app.clone(), token.clone(), tls.clone());
-        tokio::spawn(async move {
-            match tls {
-                None => serve_connection(stream, peer, app, token).await,
-                Some(acceptor) => match crate::server::tls::handshake(&acceptor, stream).await {
-                    Ok(stream) => serve_connection(stream, peer, app, token).await,
-                    Err(e) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
-                },
-            }
-        });
-    }
+    let limits = crate::server::listener::Limits::from_settings(&app.settings, MAX_HEADER_BYTES);
+    let handler = Arc::new(AdminApi { app, token });
+    // It ends with the process: during the pull port's drain it still answers.
+    crate::server::listener::serve(
+        listener,
+        "admin",
+        tls,
+        limits,
+        handler,
+        std::future::pending(),
+    )
+    .await;
 }
 
-/// Answers the requests of one admin connection until it closes.
-async fn serve_connection<I>(
-    io: I,
-    peer: std::net::SocketAddr,
+/// The admin API as a listener handler.
+#[derive(Debug)]
+struct AdminApi {
     app: Arc<App>,
-    token: Arc<Option<Secret>>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let app = app.clone();
-        let token = token.clone();
-        async move {
-            let method = req.method().clone();
-            let path = req.uri().path().to_owned();
-            let resp = handle(&app, token.as_ref().as_ref(), req).await;
-            tracing::info!(%peer, %method, path, status = resp.status().as_u16(), "admin request");
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
-    let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
-        .await;
-    if let Err(e) = conn {
-        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+    token: Option<Secret>,
+}
+
+impl crate::server::listener::Handler for AdminApi {
+    type Body = Body;
+
+    async fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let resp = handle(&self.app, self.token.as_ref(), req).await;
+        tracing::info!(%peer, %method, path, status = resp.status().as_u16(), "admin request");
+        resp
     }
 }
 
@@ -127,6 +115,89 @@ fn authorized(token: Option<&Secret>, headers: &http::HeaderMap) -> bool {
         return false;
     };
     constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+}
+
+/// Without a token the admin API trusts loopback, so a web page open in a browser on this
+/// machine must not be able to use it: every request needs a loopback `Host` (a page whose
+/// name was rebound to 127.0.0.1 sends its own name), and every request that changes
+/// something needs `Content-Type: application/json`, which a page can send across origins
+/// only after a CORS preflight that this API never answers. The refusal, when refused.
+fn not_from_a_browser(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Option<Response<Body>> {
+    let host = headers.get(header::HOST).map(|v| v.to_str().unwrap_or(""));
+    let authority = uri.authority().map(http::uri::Authority::as_str);
+    if host.is_none() && authority.is_none() {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "the admin API without a token needs a Host header naming a loopback address \
+             (127.0.0.1, [::1] or localhost)",
+        ));
+    }
+    if let Some(bad) = [host, authority]
+        .into_iter()
+        .flatten()
+        .find(|h| !is_loopback_host(h))
+    {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            format!(
+                "the admin API without a token answers only requests addressed to a loopback \
+                 host (127.0.0.1, [::1] or localhost), not {:?}",
+                bad.chars().take(100).collect::<String>()
+            ),
+        ));
+    }
+    let changes_state = !matches!(*method, Method::GET | Method::HEAD);
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    if changes_state && !json {
+        return Some(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED",
+            format!(
+                "{method} on the admin API needs `Content-Type: application/json` \
+                 (the admin API without a token refuses what a web page could send)"
+            ),
+        ));
+    }
+    None
+}
+
+/// `127.0.0.1[:port]` (any loopback address), `[::1][:port]`, `localhost[:port]`.
+fn is_loopback_host(host: &str) -> bool {
+    let port_ok = |p: &str| {
+        p.is_empty()
+            || p.strip_prefix(':')
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, after)) if port_ok(after) => {
+                return ip
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok_and(|ip| std::net::IpAddr::V6(ip).to_canonical().is_loopback());
+            }
+            _ => return false,
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) if port_ok(&format!(":{port}")) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
@@ -215,6 +286,11 @@ async fn handle(
             "UNAUTHORIZED",
             "the admin API needs `Authorization: Bearer <admin token>`",
         );
+    }
+    if token.is_none() {
+        if let Some(refused) = not_from_a_browser(req.method(), req.uri(), req.headers()) {
+            return refused;
+        }
     }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/');
@@ -333,6 +409,83 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9090",
+            "127.1.2.3:1",
+            "localhost",
+            "LOCALHOST:8089",
+            "[::1]",
+            "[::1]:8089",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:8089",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:80",
+            "[::2]:80",
+            "::1",
+            "127.0.0.1:",
+            "127.0.0.1:80x",
+            "[::1]x",
+            "127.0.0.1:80:80",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn browser_requests_are_refused_without_a_token() {
+        let req = |method: Method, host: Option<&str>, ct: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            if let Some(v) = host {
+                h.insert(header::HOST, HeaderValue::from_str(v).unwrap());
+            }
+            if let Some(v) = ct {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            }
+            let uri: http::Uri = "/admin/v1/stop".parse().unwrap();
+            not_from_a_browser(&method, &uri, &h).map(|r| r.status())
+        };
+        let json = Some("application/json; charset=utf-8");
+        assert_eq!(req(Method::POST, Some("127.0.0.1:1"), json), None);
+        assert_eq!(req(Method::GET, Some("localhost:1"), None), None);
+        assert_eq!(
+            req(Method::POST, Some("127.0.0.1:1"), Some("text/plain")),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            req(Method::DELETE, Some("127.0.0.1:1"), None),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            req(Method::POST, Some("evil.example"), json),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            req(Method::GET, Some("evil.example:1"), None),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(req(Method::POST, None, json), Some(StatusCode::FORBIDDEN));
+        // HTTP/2 carries the authority in the URI.
+        let uri: http::Uri = "http://evil.example/admin/v1/stop".parse().unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert!(not_from_a_browser(&Method::POST, &uri, &h).is_some());
+        let uri: http::Uri = "http://[::1]:9/admin/v1/stop".parse().unwrap();
+        assert!(not_from_a_browser(&Method::POST, &uri, &h).is_none());
+    }
 
     #[test]
     fn bearer_tokens() {
