@@ -9,6 +9,7 @@
 //! instance, every wait bounded by a deadline, every child process killed on drop.
 
 pub mod cache;
+pub mod conns;
 pub mod fault_proxy;
 pub mod fixture_plugins;
 pub mod http;

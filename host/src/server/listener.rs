@@ -374,15 +374,18 @@ enum Ended {
 /// Resolves when the connection must go: no first request by the header deadline, or
 /// nothing in flight for the idle timeout.
 async fn expiry(t: &Timers<'_>) -> Expired {
-    tokio::time::sleep_until(t.deadline).await;
-    if !t.state.seen.load(Ordering::Acquire) {
-        return Expired::HeaderTimeout;
-    }
     loop {
-        if t.state.active.load(Ordering::Acquire) == 0 {
+        let now = Instant::now();
+        if !t.state.seen.load(Ordering::Acquire) {
+            if now >= t.deadline {
+                return Expired::HeaderTimeout;
+            }
+            // Again at the deadline, or sooner for the idle timer once a request came.
+            tokio::time::sleep_until(t.deadline.min(now + t.idle)).await;
+        } else if t.state.active.load(Ordering::Acquire) == 0 {
             let last = Duration::from_millis(t.state.last_done_ms.load(Ordering::Acquire));
             let due = t.started + last + t.idle;
-            if Instant::now() >= due {
+            if now >= due {
                 return Expired::Idle;
             }
             tokio::time::sleep_until(due).await;
