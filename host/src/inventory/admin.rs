@@ -1,7 +1,11 @@
 //! The admin API: its own listener (never the pull port), JSON in and out, a bearer token
 //! when configured (compared in constant time). When the pull port speaks TLS
 //! (`serverTlsConfig`) so does the admin API, with the same certificate and the same
-//! client-certificate rule, so that its token never crosses the network in clear.
+//! client-certificate rule, so that its token never crosses the network in clear. Without a
+//! token (loopback only) it refuses what a web page in a browser could send
+//! ([`crate::server::local_only`]): a `Host` that is not loopback (403), a request other than
+//! GET/HEAD without `Content-Type: application/json` (415). Its connections go through the
+//! server's one listener ([`crate::server::listener`]), with the pull port's limits.
 //!
 //! ```text
 //! GET  /admin/v1/images?pattern=REGEX   the images, as `list --output json`
@@ -117,87 +121,16 @@ fn authorized(token: Option<&Secret>, headers: &http::HeaderMap) -> bool {
     constant_time_eq(given.as_bytes(), token.expose().as_bytes())
 }
 
-/// Without a token the admin API trusts loopback, so a web page open in a browser on this
-/// machine must not be able to use it: every request needs a loopback `Host` (a page whose
-/// name was rebound to 127.0.0.1 sends its own name), and every request that changes
-/// something needs `Content-Type: application/json`, which a page can send across origins
-/// only after a CORS preflight that this API never answers. The refusal, when refused.
+/// The token-less admin API's refusal of a request a web page could have sent
+/// ([`crate::server::local_only`]), as an admin error answer.
 fn not_from_a_browser(
     method: &Method,
     uri: &http::Uri,
     headers: &http::HeaderMap,
 ) -> Option<Response<Body>> {
-    let host = headers.get(header::HOST).map(|v| v.to_str().unwrap_or(""));
-    let authority = uri.authority().map(http::uri::Authority::as_str);
-    if host.is_none() && authority.is_none() {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "DENIED",
-            "the admin API without a token needs a Host header naming a loopback address \
-             (127.0.0.1, [::1] or localhost)",
-        ));
-    }
-    if let Some(bad) = [host, authority]
-        .into_iter()
-        .flatten()
-        .find(|h| !is_loopback_host(h))
-    {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "DENIED",
-            format!(
-                "the admin API without a token answers only requests addressed to a loopback \
-                 host (127.0.0.1, [::1] or localhost), not {:?}",
-                bad.chars().take(100).collect::<String>()
-            ),
-        ));
-    }
-    let changes_state = !matches!(*method, Method::GET | Method::HEAD);
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
-    if changes_state && !json {
-        return Some(error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED",
-            format!(
-                "{method} on the admin API needs `Content-Type: application/json` \
-                 (the admin API without a token refuses what a web page could send)"
-            ),
-        ));
-    }
-    None
-}
-
-/// `127.0.0.1[:port]` (any loopback address), `[::1][:port]`, `localhost[:port]`.
-fn is_loopback_host(host: &str) -> bool {
-    let port_ok = |p: &str| {
-        p.is_empty()
-            || p.strip_prefix(':')
-                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((ip, after)) if port_ok(after) => {
-                return ip
-                    .parse::<std::net::Ipv6Addr>()
-                    .is_ok_and(|ip| std::net::IpAddr::V6(ip).to_canonical().is_loopback());
-            }
-            _ => return false,
-        }
-    } else {
-        match host.split_once(':') {
-            Some((name, port)) if port_ok(&format!(":{port}")) => name,
-            Some(_) => return false,
-            None => host,
-        }
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    crate::server::local_only::check(method, uri, headers, "the admin API")
+        .err()
+        .map(|r| error(r.status, r.code, r.message))
 }
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
@@ -409,38 +342,6 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_hosts() {
-        for ok in [
-            "127.0.0.1",
-            "127.0.0.1:9090",
-            "127.1.2.3:1",
-            "localhost",
-            "LOCALHOST:8089",
-            "[::1]",
-            "[::1]:8089",
-            "[::ffff:127.0.0.1]:80",
-        ] {
-            assert!(is_loopback_host(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "evil.example",
-            "evil.example:8089",
-            "localhost.evil.example",
-            "127.0.0.1.nip.io",
-            "10.0.0.1:80",
-            "[::2]:80",
-            "::1",
-            "127.0.0.1:",
-            "127.0.0.1:80x",
-            "[::1]x",
-            "127.0.0.1:80:80",
-        ] {
-            assert!(!is_loopback_host(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn browser_requests_are_refused_without_a_token() {

@@ -10,6 +10,7 @@
 pub mod blobs;
 pub mod handlers;
 pub mod listener;
+pub mod local_only;
 pub mod manifests;
 pub mod passthrough;
 pub mod range;
