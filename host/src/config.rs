@@ -50,6 +50,11 @@ pub const DEFAULT_MAX_UPSTREAM_FETCHES: usize = 64;
 pub const DEFAULT_MAX_UPSTREAM_FETCHES_PER_REGISTRY: usize = 16;
 /// Default longest wait for a download slot (`upstreamFetchWait`).
 pub const DEFAULT_UPSTREAM_FETCH_WAIT: Duration = Duration::from_secs(10);
+/// Default time from accept to the first request, and for each HTTP/1 request head
+/// (`headerTimeout`).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a connection may sit with no request in flight (`idleTimeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A configuration problem, with the file, key and line where known.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +240,11 @@ pub struct FileConfig {
     pub max_upstream_fetches_per_registry: Option<usize>,
     /// How long a request waits for a download slot before a 503 (default 10s).
     pub upstream_fetch_wait: Option<ConfigDuration>,
+    /// Time from accept to the first request (TLS handshake, protocol detection, request
+    /// head), and for each later HTTP/1 request head, on every listener (default 30s).
+    pub header_timeout: Option<ConfigDuration>,
+    /// A connection with no request in flight this long is closed (default 5m).
+    pub idle_timeout: Option<ConfigDuration>,
 }
 
 /// `upstreams`: the upstream policy as written.
@@ -663,6 +673,10 @@ pub struct Settings {
     pub upstream_policy: UpstreamPolicy,
     /// Downloads from upstreams: size cap and concurrency limits.
     pub fetch_limits: FetchLimits,
+    /// Accept to first request, and each HTTP/1 request head, on every listener.
+    pub header_timeout: Duration,
+    /// Longest time a connection may sit with no request in flight.
+    pub idle_timeout: Duration,
 }
 
 /// `maxBlobSize`, `maxUpstreamFetches`, `maxUpstreamFetchesPerRegistry`, `upstreamFetchWait`.
@@ -1017,6 +1031,17 @@ pub fn resolve(
             .upstream_fetch_wait
             .map_or(DEFAULT_UPSTREAM_FETCH_WAIT, |d| d.0),
     };
+    let positive = |key: &str, d: Option<ConfigDuration>, default: Duration| match d {
+        None => Ok(default),
+        Some(d) if d.0.is_zero() => Err(invalid(
+            key.into(),
+            line_of_key(&text, key),
+            "must be more than zero".into(),
+        )),
+        Some(d) => Ok(d.0),
+    };
+    let header_timeout = positive("headerTimeout", cfg.header_timeout, DEFAULT_HEADER_TIMEOUT)?;
+    let idle_timeout = positive("idleTimeout", cfg.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
     Ok(Settings {
         preload,
         inventory,
@@ -1059,6 +1084,8 @@ pub fn resolve(
             .filter(|p| !p.as_os_str().is_empty()),
         upstream_policy,
         fetch_limits,
+        header_timeout,
+        idle_timeout,
     })
 }
 
@@ -1147,6 +1174,13 @@ fn line_of_nested_key(text: &str, parent: &str, key: &str) -> Option<usize> {
         .position(|l| l.trim_start().starts_with(&format!("{key}:")))
         .map(|i| start + 1 + i + 1);
     nested.or(Some(start + 1))
+}
+
+/// The 1-based line of the top-level `key:`, for messages about values checked after parsing.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.starts_with(&format!("{key}:")))
+        .map(|i| i + 1)
 }
 
 /// The 1-based line of the `name: <registry>` key of a registries entry, for messages about
@@ -1539,6 +1573,41 @@ mod tests {
         let e = resolve_text("shutdownGrace: soon\n").unwrap_err();
         assert!(
             e.contains("key `shutdownGrace`") && e.contains("line 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn header_and_idle_timeouts() {
+        let s = resolve_text("").unwrap();
+        assert_eq!(
+            (s.header_timeout, s.idle_timeout),
+            (DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT)
+        );
+        let s = resolve_text(
+            "headerTimeout: 2s
+idleTimeout: 1m
+",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.header_timeout, s.idle_timeout),
+            (Duration::from_secs(2), Duration::from_secs(60))
+        );
+        let e = resolve_text(
+            "port: 1
+idleTimeout: 0s
+",
+        )
+        .unwrap_err();
+        assert!(e.contains("idleTimeout") && e.contains("line 2"), "{e}");
+        let e = resolve_text(
+            "headerTimeout: later
+",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("key `headerTimeout`") && e.contains("line 1"),
             "{e}"
         );
     }

@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod endless;
+pub mod conns;
 pub mod fault_proxy;
 pub mod fixture_plugins;
 pub mod http;

@@ -1,7 +1,11 @@
 //! The admin API: its own listener (never the pull port), JSON in and out, a bearer token
 //! when configured (compared in constant time). When the pull port speaks TLS
 //! (`serverTlsConfig`) so does the admin API, with the same certificate and the same
-//! client-certificate rule, so that its token never crosses the network in clear.
+//! client-certificate rule, so that its token never crosses the network in clear. Without a
+//! token (loopback only) it refuses what a web page in a browser could send
+//! ([`crate::server::local_only`]): a `Host` that is not loopback (403), a request other than
+//! GET/HEAD without `Content-Type: application/json` (415). Its connections go through the
+//! server's one listener ([`crate::server::listener`]), with the pull port's limits.
 //!
 //! ```text
 //! GET  /admin/v1/images?pattern=REGEX   the images, as `list --output json`
@@ -14,14 +18,11 @@
 //! Errors use the OCI error body: `{"errors":[{"code":"UNAUTHORIZED","message":...}]}`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use ociregistry_plugin_api::Secret;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -37,7 +38,12 @@ use crate::server::response::{self, Body};
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Serves the admin API on `listener` until the process ends; over TLS with `tls`.
+/// Largest request head accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Serves the admin API on `listener` until the process ends; over TLS with `tls`. The
+/// connections get the pull port's limits (`headerTimeout`, `idleTimeout`, `maxConnections`,
+/// `maxConnectionsPerClient`) through the server's one listener.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -55,54 +61,40 @@ pub async fn serve(
             }
         );
     }
-    let token = Arc::new(token);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (app, token, tls) = (app.clone(), token.clone(), tls.clone());
-        tokio::spawn(async move {
-            match tls {
-                None => serve_connection(stream, peer, app, token).await,
-                Some(acceptor) => match crate::server::tls::handshake(&acceptor, stream).await {
-                    Ok(stream) => serve_connection(stream, peer, app, token).await,
-                    Err(e) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
-                },
-            }
-        });
-    }
+    let limits = crate::server::listener::Limits::from_settings(&app.settings, MAX_HEADER_BYTES);
+    let handler = Arc::new(AdminApi { app, token });
+    // It ends with the process: during the pull port's drain it still answers.
+    crate::server::listener::serve(
+        listener,
+        "admin",
+        tls,
+        limits,
+        handler,
+        std::future::pending(),
+    )
+    .await;
 }
 
-/// Answers the requests of one admin connection until it closes.
-async fn serve_connection<I>(
-    io: I,
-    peer: std::net::SocketAddr,
+/// The admin API as a listener handler.
+#[derive(Debug)]
+struct AdminApi {
     app: Arc<App>,
-    token: Arc<Option<Secret>>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let app = app.clone();
-        let token = token.clone();
-        async move {
-            let method = req.method().clone();
-            let path = req.uri().path().to_owned();
-            let resp = handle(&app, token.as_ref().as_ref(), req).await;
-            tracing::info!(%peer, %method, path, status = resp.status().as_u16(), "admin request");
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
-    let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
-        .await;
-    if let Err(e) = conn {
-        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+    token: Option<Secret>,
+}
+
+impl crate::server::listener::Handler for AdminApi {
+    type Body = Body;
+
+    async fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let resp = handle(&self.app, self.token.as_ref(), req).await;
+        tracing::info!(%peer, %method, path, status = resp.status().as_u16(), "admin request");
+        resp
     }
 }
 
@@ -127,6 +119,18 @@ fn authorized(token: Option<&Secret>, headers: &http::HeaderMap) -> bool {
         return false;
     };
     constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+}
+
+/// The token-less admin API's refusal of a request a web page could have sent
+/// ([`crate::server::local_only`]), as an admin error answer.
+fn not_from_a_browser(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Option<Response<Body>> {
+    crate::server::local_only::check(method, uri, headers, "the admin API")
+        .err()
+        .map(|r| error(r.status, r.code, r.message))
 }
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
@@ -215,6 +219,11 @@ async fn handle(
             "UNAUTHORIZED",
             "the admin API needs `Authorization: Bearer <admin token>`",
         );
+    }
+    if token.is_none() {
+        if let Some(refused) = not_from_a_browser(req.method(), req.uri(), req.headers()) {
+            return refused;
+        }
     }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/');
@@ -333,6 +342,51 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn browser_requests_are_refused_without_a_token() {
+        let req = |method: Method, host: Option<&str>, ct: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            if let Some(v) = host {
+                h.insert(header::HOST, HeaderValue::from_str(v).unwrap());
+            }
+            if let Some(v) = ct {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            }
+            let uri: http::Uri = "/admin/v1/stop".parse().unwrap();
+            not_from_a_browser(&method, &uri, &h).map(|r| r.status())
+        };
+        let json = Some("application/json; charset=utf-8");
+        assert_eq!(req(Method::POST, Some("127.0.0.1:1"), json), None);
+        assert_eq!(req(Method::GET, Some("localhost:1"), None), None);
+        assert_eq!(
+            req(Method::POST, Some("127.0.0.1:1"), Some("text/plain")),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            req(Method::DELETE, Some("127.0.0.1:1"), None),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            req(Method::POST, Some("evil.example"), json),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            req(Method::GET, Some("evil.example:1"), None),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(req(Method::POST, None, json), Some(StatusCode::FORBIDDEN));
+        // HTTP/2 carries the authority in the URI.
+        let uri: http::Uri = "http://evil.example/admin/v1/stop".parse().unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert!(not_from_a_browser(&Method::POST, &uri, &h).is_some());
+        let uri: http::Uri = "http://[::1]:9/admin/v1/stop".parse().unwrap();
+        assert!(not_from_a_browser(&Method::POST, &uri, &h).is_none());
+    }
 
     #[test]
     fn bearer_tokens() {

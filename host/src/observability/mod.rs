@@ -11,35 +11,27 @@
 pub mod disk;
 pub mod health;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use crate::server::App;
 use health::RegistryCredential;
 
 /// Content type of the exposition.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Connections served at once per listener.
-const MAX_CONNECTIONS: usize = 64;
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// What the metrics and health endpoints look at.
 #[derive(Debug)]
@@ -240,7 +232,23 @@ pub async fn start(
         if endpoints.health {
             tracing::info!("health endpoints at http://{local}/healthz and http://{local}/readyz");
         }
-        tokio::spawn(accept_loop(listener, shared.clone(), endpoints));
+        let limits = crate::server::listener::Limits::from_settings(
+            &observed.app.settings,
+            MAX_HEADER_BYTES,
+        );
+        let handler = Arc::new(Endpoint {
+            shared: shared.clone(),
+            endpoints,
+        });
+        // They end with the process: during the pull port's drain `/readyz` answers 503.
+        tokio::spawn(crate::server::listener::serve(
+            listener,
+            what(endpoints),
+            None,
+            limits,
+            handler,
+            std::future::pending(),
+        ));
     }
     if metrics.is_some() {
         let root = observed.app.store.root().to_owned();
@@ -257,42 +265,21 @@ fn what(e: Endpoints) -> &'static str {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, endpoints: Endpoints) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(16 * 1024);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics/health accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let shared = shared.clone();
-            async move {
-                Ok::<_, Infallible>(
-                    answer(&shared, endpoints, req.method(), req.uri().path()).await,
-                )
-            }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
+/// One metrics/health listener as a listener handler.
+struct Endpoint {
+    shared: Arc<Shared>,
+    endpoints: Endpoints,
+}
+
+impl crate::server::listener::Handler for Endpoint {
+    type Body = Full<Bytes>;
+
+    async fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        _peer: std::net::SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        answer(&self.shared, self.endpoints, req.method(), req.uri().path()).await
     }
 }
 

@@ -1,28 +1,24 @@
 //! TLS on the pull port (`serverTlsConfig`): loads the server certificate chain and key
 //! (PEM), optionally the CAs that client certificates must chain to (`clientAuth: verify`),
-//! and builds the acceptor that [`super::serve`] runs every accepted connection through.
+//! and builds the acceptor that [`super::listener`] runs every accepted connection through
+//! (the pull port, and the admin API when the pull port speaks TLS); the handshake counts
+//! against the listener's header timeout.
 //!
 //! rustls with the aws-lc-rs provider (the one reqwest already uses for upstreams), TLS 1.2
-//! and 1.3, ALPN `h2` and `http/1.1` so that hyper-util's auto builder serves either. A file
+//! and 1.3, ALPN `h2` and `http/1.1` (the listener then reads the HTTP/2 preface, or not). A file
 //! that cannot be read or holds no usable PEM is a [`TlsSetupError`] naming the config key and
 //! the file; a handshake that fails is one client's problem and never the server's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::config::{ClientAuth, ServerTls};
-
-/// How long a client may take to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the TLS acceptor could not be built; `key` is the `serverTlsConfig` key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -119,22 +115,6 @@ pub fn acceptor(cfg: &ServerTls) -> Result<TlsAcceptor, TlsSetupError> {
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Runs the handshake of one accepted connection, bounded by [`HANDSHAKE_TIMEOUT`]; the error
-/// is for a debug log line (a scanner, a plain-HTTP client, an unknown client certificate).
-pub async fn handshake(
-    acceptor: &TlsAcceptor,
-    stream: TcpStream,
-) -> Result<TlsStream<TcpStream>, String> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no complete handshake within {}s",
-            HANDSHAKE_TIMEOUT.as_secs()
-        )),
-    }
 }
 
 fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
