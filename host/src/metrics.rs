@@ -194,6 +194,9 @@ pub struct Metrics {
     /// Images removed from the cache by pruning or size-bounded eviction: call
     /// `metrics::global().evictions.inc_by(n)` after removing `n`.
     pub evictions: Counter,
+    /// Shared manifest fetches that clients are waiting for (the in-flight manifest map's
+    /// size; 0 when idle).
+    pub inflight_manifest_fetches: Gauge,
     registries: RwLock<RegistryTable>,
 }
 
@@ -235,6 +238,7 @@ impl Metrics {
             disk_blobs,
             disk_manifests,
             evictions: Counter::default(),
+            inflight_manifest_fetches: Gauge::default(),
             registries: RwLock::new(RegistryTable::default()),
         }
     }
@@ -391,6 +395,11 @@ impl Metrics {
             "Images removed from the cache by pruning or size-bounded eviction",
             self.evictions.clone(),
         );
+        registry.register(
+            "inflight_manifest_fetches",
+            "Shared upstream manifest fetches that clients are waiting for",
+            self.inflight_manifest_fetches.clone(),
+        );
     }
 }
 
@@ -436,6 +445,7 @@ mod tests {
             r#"ociregistry_disk_items{kind="blob"} 1"#,
             r#"ociregistry_disk_items{kind="manifest"} 0"#,
             "ociregistry_evictions_total 3",
+            "ociregistry_inflight_manifest_fetches 0",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line} in\n{t}");
         }

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::{Digest, RepoName};
-use crate::server::handlers::{App, disk_error, read_limited, upstream_status};
+use crate::server::handlers::{App, ManifestFlight, disk_error, read_limited, upstream_status};
 use crate::server::response::{self, Body};
 use crate::upstream::Upstream;
 
@@ -144,7 +144,8 @@ async fn manifest_by_tag(
         None => {}
     }
     let accept_header = accept.upstream_header();
-    let key = format!("{registry}/{repo}:{tag}|{accept_header}");
+    // The key carries the canonical set of acceptable types, never the client's raw header.
+    let key = format!("{registry}/{repo}:{tag}|{}", accept.canonical_key());
     let upstream = app.upstreams.resolve(registry);
     let app2 = app.clone();
     let repo = repo.clone();
@@ -307,32 +308,67 @@ async fn single_flight<F>(app: &App, key: String, fetch: F) -> Result<Manifest, 
 where
     F: std::future::Future<Output = Result<Manifest, RegistryError>> + Send + 'static,
 {
-    let cell = {
+    let guard = {
         let mut flights = app
             .manifest_flights
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        flights.entry(key.clone()).or_default().clone()
+        let cell = flights.entry(key.clone()).or_default().clone();
+        crate::metrics::global()
+            .inflight_manifest_fetches
+            .set(i64::try_from(flights.len()).unwrap_or(i64::MAX));
+        FlightGuard {
+            app,
+            key,
+            cell: Some(cell),
+        }
+    };
+    let Some(cell) = guard.cell.as_ref() else {
+        return Err(RegistryError::internal("manifest fetch: no flight"));
     };
     // Run the fetch on its own task: a client that goes away does not cancel it for others.
-    let result = cell
-        .get_or_init(|| async move {
-            tokio::spawn(fetch).await.unwrap_or_else(|e| {
-                Err(RegistryError::internal(format!(
-                    "manifest fetch failed: {e}"
-                )))
-            })
+    cell.get_or_init(|| async move {
+        tokio::spawn(fetch).await.unwrap_or_else(|e| {
+            Err(RegistryError::internal(format!(
+                "manifest fetch failed: {e}"
+            )))
         })
-        .await
-        .clone();
-    let mut flights = app
-        .manifest_flights
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if flights.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-        flights.remove(&key);
+    })
+    .await
+    .clone()
+    // `guard` drops here, or earlier when the client goes away.
+}
+
+/// One waiter of a shared manifest fetch. When the last waiter leaves (answered, or the
+/// client went away), the entry leaves the map, so the map only holds fetches someone waits
+/// for and never keeps an old answer.
+struct FlightGuard<'a> {
+    app: &'a App,
+    key: String,
+    cell: Option<ManifestFlight>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .app
+            .manifest_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(cell) = self.cell.take() else { return };
+        // Our clone and the map's are the last two: nobody else waits. Clones are made and
+        // dropped only under the lock, so the count is exact.
+        if flights
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &cell) && Arc::strong_count(&cell) == 2)
+        {
+            flights.remove(&self.key);
+        }
+        drop(cell);
+        crate::metrics::global()
+            .inflight_manifest_fetches
+            .set(i64::try_from(flights.len()).unwrap_or(i64::MAX));
     }
-    result
 }
 
 async fn fetch_manifest(
@@ -362,7 +398,13 @@ async fn fetch_manifest(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     let announced = resp
         .headers()
         .get("docker-content-digest")
@@ -382,13 +424,19 @@ async fn fetch_manifest(
             upstream.name
         )));
     }
-    let media_type = match content_type {
-        Some(t)
-            if media::ALL_MANIFESTS.contains(&t.as_str()) || t.starts_with("application/vnd.") =>
-        {
-            t
+    let media_type = match media::decide(&bytes, content_type.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(RegistryError::bad_gateway(format!(
+                "upstream {} sent an unusable manifest for {repo}:{reference}: {e}; not stored",
+                upstream.name
+            )));
         }
-        _ => media::sniff(&bytes),
+    };
+    // The first verified copy's type stands: same bytes, same type, whoever asks.
+    let media_type = match stored_manifest(app, &digest).await {
+        Ok(Some(stored)) => stored.media_type,
+        _ => media_type,
     };
     let m = Manifest {
         digest,
