@@ -148,11 +148,9 @@ impl From<crate::oci::reference::ReferenceError> for RegistryError {
         use crate::oci::reference::ReferenceError as R;
         match e {
             R::Digest(..) => RegistryError::digest_invalid(e.to_string()),
-            R::Tag(..) => RegistryError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::TagInvalid,
-                e.to_string(),
-            ),
+            // No manifest can have a tag outside the grammar: the distribution-spec
+            // conformance suite (and distribution itself) answer 404 MANIFEST_UNKNOWN.
+            R::Tag(..) => RegistryError::not_found(ErrorCode::ManifestUnknown, e.to_string()),
             R::Name(..) | R::Host(..) => RegistryError::name_invalid(e.to_string()),
         }
     }
