@@ -168,4 +168,19 @@ mod tests {
         assert_eq!(v["errors"][0]["message"], "bad \"name\"");
         assert_eq!(e.status, 400);
     }
+
+    #[test]
+    fn invalid_tags_are_unknown_manifests_and_invalid_digests_stay_400() {
+        use crate::oci::reference::Reference;
+        for tag in ["-bad", "a+b", ".hidden", &"a".repeat(129)] {
+            let e = RegistryError::from(Reference::parse(tag).unwrap_err());
+            assert_eq!(e.status, 404, "{tag}");
+            let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN");
+        }
+        let e = RegistryError::from(Reference::parse("sha256:xyz").unwrap_err());
+        assert_eq!(e.status, 400);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
+    }
 }

@@ -92,7 +92,7 @@ async fn manifest_by_digest(
     let upstream = app.upstreams.resolve(registry);
     let app2 = app.clone();
     let repo2 = repo.clone();
-    single_flight(app, key, async move {
+    single_flight(&app.manifest_flights, key, async move {
         fetch_manifest(
             &app2,
             &upstream,
@@ -150,7 +150,7 @@ async fn manifest_by_tag(
     let app2 = app.clone();
     let repo = repo.clone();
     let tag = tag.to_owned();
-    single_flight(app, key, async move {
+    single_flight(&app.manifest_flights, key, async move {
         let app = app2;
         let cached = cached.map(|(m, _)| m);
         if let Some(m) = &cached {
@@ -304,21 +304,18 @@ async fn cached_tag(
 }
 
 /// Runs `fetch` once per key however many requests ask at the same time.
-async fn single_flight<F>(app: &App, key: String, fetch: F) -> Result<Manifest, RegistryError>
+async fn single_flight<F>(map: &Flights, key: String, fetch: F) -> Result<Manifest, RegistryError>
 where
     F: std::future::Future<Output = Result<Manifest, RegistryError>> + Send + 'static,
 {
     let guard = {
-        let mut flights = app
-            .manifest_flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut flights = map.lock().unwrap_or_else(|p| p.into_inner());
         let cell = flights.entry(key.clone()).or_default().clone();
         crate::metrics::global()
             .inflight_manifest_fetches
             .set(i64::try_from(flights.len()).unwrap_or(i64::MAX));
         FlightGuard {
-            app,
+            map,
             key,
             cell: Some(cell),
         }
@@ -339,22 +336,21 @@ where
     // `guard` drops here, or earlier when the client goes away.
 }
 
+/// The in-flight manifest map: one shared fetch per key.
+type Flights = std::sync::Mutex<std::collections::HashMap<String, ManifestFlight>>;
+
 /// One waiter of a shared manifest fetch. When the last waiter leaves (answered, or the
 /// client went away), the entry leaves the map, so the map only holds fetches someone waits
 /// for and never keeps an old answer.
 struct FlightGuard<'a> {
-    app: &'a App,
+    map: &'a Flights,
     key: String,
     cell: Option<ManifestFlight>,
 }
 
 impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
-        let mut flights = self
-            .app
-            .manifest_flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut flights = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let Some(cell) = self.cell.take() else { return };
         // Our clone and the map's are the last two: nobody else waits. Clones are made and
         // dropped only under the lock, so the count is exact.
@@ -446,4 +442,78 @@ async fn fetch_manifest(
     app.store.put_manifest(&m).await.map_err(disk_error)?;
     tracing::info!(registry = %upstream.name, repo = %repo, reference = %reference, digest = %m.digest, "cached manifest");
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn manifest() -> Manifest {
+        let bytes = bytes::Bytes::from_static(b"{}");
+        Manifest {
+            digest: Digest::of(&bytes),
+            media_type: media::OCI_MANIFEST.to_owned(),
+            bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_share_one_fetch_and_the_entry_goes_with_the_last() {
+        let map = Arc::new(Flights::default());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let waiters: Vec<_> = (0..20)
+            .map(|_| {
+                let (map, fetches, mut rx) = (map.clone(), fetches.clone(), rx.clone());
+                tokio::spawn(async move {
+                    single_flight(&map, "k".into(), async move {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        let _ = rx.wait_for(|go| *go).await;
+                        Ok(manifest())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        while map.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        tx.send_replace(true);
+        for w in waiters {
+            assert_eq!(w.await.unwrap().unwrap().digest, manifest().digest);
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(
+            map.lock().unwrap().is_empty(),
+            "no entry left after the answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiters_leave_no_entry() {
+        let map = Arc::new(Flights::default());
+        let mut waiters = Vec::new();
+        for i in 0..50 {
+            let map = map.clone();
+            waiters.push(tokio::spawn(async move {
+                single_flight(&map, format!("k{}", i % 5), std::future::pending())
+                    .await
+                    .map(|m| m.digest)
+            }));
+        }
+        while map.lock().unwrap().len() < 5 {
+            tokio::task::yield_now().await;
+        }
+        for w in &waiters {
+            w.abort();
+        }
+        for w in waiters {
+            assert!(w.await.unwrap_err().is_cancelled());
+        }
+        assert!(
+            map.lock().unwrap().is_empty(),
+            "entries left after every client left"
+        );
+    }
 }
