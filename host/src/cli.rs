@@ -320,7 +320,9 @@ async fn load(settings: Settings, parallel: usize) -> Result<ExitCode, FatalErro
             settings.image_path.display()
         ))
     })?;
-    let managed = providers::start(&settings).map_err(|e| FatalError::Startup(e.to_string()))?;
+    let managed = providers::start(&settings)
+        .await
+        .map_err(|e| FatalError::Startup(e.to_string()))?;
     let upstreams =
         Upstreams::new(&settings, managed).map_err(|e| FatalError::Startup(e.to_string()))?;
     let mut opts = preload::Options::new(&settings.preload.platforms);
@@ -356,7 +358,9 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
         ),
         None => None,
     };
-    let managed = providers::start(&settings).map_err(|e| FatalError::Startup(e.to_string()))?;
+    let managed = providers::start(&settings)
+        .await
+        .map_err(|e| FatalError::Startup(e.to_string()))?;
     let registry_credentials = observability::health::credentials(&settings, &managed);
     let upstreams =
         Upstreams::new(&settings, managed).map_err(|e| FatalError::Startup(e.to_string()))?;

@@ -24,7 +24,7 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 /// How long an upstream may take to answer (headers, or the next chunk of a body).
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default limit on one provider call (`auth.token.timeout`).
+/// Default limit on one provider call, `create` or `fetch` (`auth.token.timeout`).
 pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound on one tag revalidation (`revalidateTimeout`).
 pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);

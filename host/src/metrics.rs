@@ -196,6 +196,9 @@ pub struct Metrics {
     /// Images removed from the cache by pruning or size-bounded eviction: call
     /// `metrics::global().evictions.inc_by(n)` after removing `n`.
     pub evictions: Counter,
+    /// Shared manifest fetches that clients are waiting for (the in-flight manifest map's
+    /// size; 0 when idle).
+    pub inflight_manifest_fetches: Gauge,
     registries: RwLock<RegistryTable>,
     /// Upstream blob downloads holding a slot now.
     pub upstream_fetches: Gauge,
@@ -241,6 +244,7 @@ impl Metrics {
             disk_blobs,
             disk_manifests,
             evictions: Counter::default(),
+            inflight_manifest_fetches: Gauge::default(),
             registries: RwLock::new(RegistryTable::default()),
             upstream_fetches: Gauge::default(),
             upstream_fetch_refusals: Counter::default(),
@@ -409,6 +413,11 @@ impl Metrics {
             "Blob requests answered 503 because no upstream download slot came free in time",
             self.upstream_fetch_refusals.clone(),
         );
+        registry.register(
+            "inflight_manifest_fetches",
+            "Shared upstream manifest fetches that clients are waiting for",
+            self.inflight_manifest_fetches.clone(),
+        );
     }
 }
 
@@ -454,6 +463,7 @@ mod tests {
             r#"ociregistry_disk_items{kind="blob"} 1"#,
             r#"ociregistry_disk_items{kind="manifest"} 0"#,
             "ociregistry_evictions_total 3",
+            "ociregistry_inflight_manifest_fetches 0",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line} in\n{t}");
         }

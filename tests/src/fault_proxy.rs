@@ -7,8 +7,9 @@
 //!
 //! Rules ([`FaultProxy::add_rule`]) match a request by method (empty: any) and a substring of
 //! its target, and apply a [`Fault`]: break the body off (reset or clean close) after N bytes,
-//! flip a byte, stall, answer a status of our own instead of forwarding, or send an oversized
-//! manifest. Each rule fires a bounded or unbounded number of times and counts its hits.
+//! flip a byte, stall, answer a status of our own instead of forwarding, send an oversized
+//! manifest, or rewrite a response header. Each rule fires a bounded or unbounded number of
+//! times and counts its hits.
 //! [`FaultProxy::refuse`] stops listening altogether (connection refused). Every request seen
 //! is logged ([`FaultProxy::requests`]) so tests can count what reached "the upstream".
 
@@ -46,6 +47,9 @@ pub enum Fault {
         media_type: String,
         content_length: bool,
     },
+    /// Forward normally, but set this response header (replacing the upstream's value):
+    /// e.g. a `Content-Type` that lies about the body.
+    SetResponseHeader { name: String, value: String },
 }
 
 impl Fault {
@@ -77,6 +81,8 @@ pub struct SeenRequest {
     pub target: String,
     /// Its `Range` header, if any.
     pub range: Option<String>,
+    /// Its `Accept` header, if any.
+    pub accept: Option<String>,
     /// The rule that handled it, if one did.
     pub rule: Option<usize>,
 }
@@ -105,7 +111,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn take_fault(&self, method: &str, target: &str, range: Option<String>) -> Option<Fault> {
+    fn take_fault(
+        &self,
+        method: &str,
+        target: &str,
+        range: Option<String>,
+        accept: Option<String>,
+    ) -> Option<Fault> {
         let mut st = self.state.lock().expect("fault proxy lock");
         let mut picked = None;
         for (i, r) in st.rules.iter_mut().enumerate() {
@@ -127,6 +139,7 @@ impl Shared {
             method: method.to_owned(),
             target: target.to_owned(),
             range,
+            accept,
             rule: picked.as_ref().map(|(i, _)| *i),
         });
         self.changed.notify_all();
@@ -355,6 +368,22 @@ fn rewrite_head(head: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The head with header `name` set to `value` (replaced if present, else added).
+fn set_header(head: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::new();
+    for (i, l) in text.split("\r\n").filter(|l| !l.is_empty()).enumerate() {
+        let key = l.split(':').next().unwrap_or("").trim();
+        if i > 0 && key.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!("{name}: {value}\r\n\r\n"));
+    out.into_bytes()
+}
+
 fn header_of(head: &str, name: &str) -> Option<String> {
     head.split("\r\n").skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -372,7 +401,12 @@ async fn handle(mut client: TcpStream, target: SocketAddr, sh: Arc<Shared>) -> s
     let mut first = text.split("\r\n").next().unwrap_or("").split(' ');
     let method = first.next().unwrap_or("").to_owned();
     let req_target = first.next().unwrap_or("").to_owned();
-    let fault = sh.take_fault(&method, &req_target, header_of(&text, "range"));
+    let fault = sh.take_fault(
+        &method,
+        &req_target,
+        header_of(&text, "range"),
+        header_of(&text, "accept"),
+    );
     let is_head = method == "HEAD";
     let fault = match fault {
         Some(Fault::Delayed(d, inner)) => {
@@ -438,6 +472,10 @@ async fn handle(mut client: TcpStream, target: SocketAddr, sh: Arc<Shared>) -> s
     up.write_all(&rewrite_head(&head)).await?;
     let Some((resp_head, first_body)) = read_head(&mut up).await? else {
         return Ok(());
+    };
+    let resp_head = match &fault {
+        Some(Fault::SetResponseHeader { name, value }) => set_header(&resp_head, name, value),
+        _ => resp_head,
     };
     client.write_all(&rewrite_head(&resp_head)).await?;
     let mut off = 0u64;

@@ -126,10 +126,16 @@ fn traversal_and_invalid_names_get_400_name_invalid() {
         format!("/v2/{repo}/manifests/..?ns={ns}"),
         format!("/v2/{repo}/manifests/%2e%2e?ns={ns}"),
         format!("/v2/{repo}/manifests/..%2f..%2fsecret.txt?ns={ns}"),
-        format!("/v2/{repo}/manifests/.hidden?ns={ns}"),
     ] {
         check_400(&s, "GET", &t, None);
     }
+    // A tag outside the grammar names no manifest: 404 MANIFEST_UNKNOWN (OCI conformance),
+    // still without touching the disk or the upstream.
+    let r = s
+        .proxy
+        .get(&format!("/v2/{repo}/manifests/.hidden?ns={ns}"), &[]);
+    assert_eq!(r.status, 404, ".hidden: {}", r.body_str());
+    assert_oci_error(&r.body, "MANIFEST_UNKNOWN", ".hidden");
     assert_eq!(
         s.up.total_requests(),
         before,

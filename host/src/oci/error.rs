@@ -148,11 +148,9 @@ impl From<crate::oci::reference::ReferenceError> for RegistryError {
         use crate::oci::reference::ReferenceError as R;
         match e {
             R::Digest(..) => RegistryError::digest_invalid(e.to_string()),
-            R::Tag(..) => RegistryError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::TagInvalid,
-                e.to_string(),
-            ),
+            // No manifest can have a tag outside the grammar: the distribution-spec
+            // conformance suite (and distribution itself) answer 404 MANIFEST_UNKNOWN.
+            R::Tag(..) => RegistryError::not_found(ErrorCode::ManifestUnknown, e.to_string()),
             R::Name(..) | R::Host(..) => RegistryError::name_invalid(e.to_string()),
         }
     }
@@ -169,5 +167,20 @@ mod tests {
         assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
         assert_eq!(v["errors"][0]["message"], "bad \"name\"");
         assert_eq!(e.status, 400);
+    }
+
+    #[test]
+    fn invalid_tags_are_unknown_manifests_and_invalid_digests_stay_400() {
+        use crate::oci::reference::Reference;
+        for tag in ["-bad", "a+b", ".hidden", &"a".repeat(129)] {
+            let e = RegistryError::from(Reference::parse(tag).unwrap_err());
+            assert_eq!(e.status, 404, "{tag}");
+            let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN");
+        }
+        let e = RegistryError::from(Reference::parse("sha256:xyz").unwrap_err());
+        assert_eq!(e.status, 400);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
     }
 }

@@ -135,7 +135,10 @@ async fn run_check(
                     &r.name,
                     provider,
                     opts,
-                ) {
+                    *timeout,
+                )
+                .await
+                {
                     Err(e) => (source, Err(e.to_string())),
                     Ok(fetcher) => (
                         source,

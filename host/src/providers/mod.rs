@@ -90,23 +90,51 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ProviderSetupError> {
     })
 }
 
-/// A provider instance as the scheduler's fetcher.
-struct PluginFetcher(ProviderHandle);
+/// What a provider's `create` gave, once it returned.
+type Created = Arc<std::sync::OnceLock<Result<ProviderHandle, String>>>;
+
+/// A provider instance as the scheduler's fetcher. Its `create` runs on its own thread; when
+/// it did not return within the provider timeout, every fetch fails with a clear reason
+/// until it does (then the provider is used as normal).
+struct PluginFetcher {
+    provider: String,
+    timeout: std::time::Duration,
+    created: Created,
+}
 
 impl CredentialFetcher for PluginFetcher {
     fn fetch(&self) -> Result<Credential, String> {
-        self.0.fetch().map_err(|e| e.to_string())
+        match self.created.get() {
+            Some(Ok(handle)) => handle.fetch().map_err(|e| e.to_string()),
+            Some(Err(message)) => Err(message.clone()),
+            None => Err(format!(
+                "provider \"{}\": create did not return within {} (still running)",
+                self.provider,
+                crate::duration::format(self.timeout)
+            )),
+        }
     }
 }
 
-/// Creates the provider of one registry entry (plugin found, `providerOpts` accepted).
-pub fn create_fetcher(
+/// A provider's `create` started on its own thread ([`begin_create`]).
+#[derive(Debug)]
+pub struct PendingCreate {
+    registry: String,
+    provider: String,
+    created: Created,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Finds the provider of one registry entry and starts its `create(providerOpts)` on a
+/// thread of its own (a plugin may block there, or hang); [`PendingCreate::finish`] waits
+/// for it with a timeout.
+pub fn begin_create(
     loaded: &Loaded,
     dir: &Path,
     registry: &str,
     provider: &str,
     opts: &str,
-) -> Result<Arc<dyn CredentialFetcher>, ProviderSetupError> {
+) -> Result<PendingCreate, ProviderSetupError> {
     let Some(plugin) = loaded.by_name.get(provider) else {
         let looks_like_it = loaded.failures.iter().find(|(path, _)| {
             path.file_name()
@@ -138,19 +166,87 @@ pub fn create_fetcher(
             failures,
         });
     };
-    let handle = plugin
-        .create(opts)
+    let created: Created = Arc::default();
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let (plugin, opts, slot) = (plugin.clone(), opts.to_owned(), Arc::clone(&created));
+    // A plain thread, not the blocking pool: a create that never returns must not hold up
+    // the runtime's shutdown.
+    std::thread::Builder::new()
+        .name(format!("create-{provider}"))
+        .spawn(move || {
+            let _ = slot.set(plugin.create(&opts).map_err(|e| e.to_string()));
+            let _ = tx.send(());
+        })
         .map_err(|e| ProviderSetupError::Create {
             registry: registry.to_owned(),
             provider: provider.to_owned(),
-            message: e.to_string(),
+            message: format!("cannot start a thread for create: {e}"),
         })?;
-    Ok(Arc::new(PluginFetcher(handle)))
+    Ok(PendingCreate {
+        registry: registry.to_owned(),
+        provider: provider.to_owned(),
+        created,
+        done,
+    })
+}
+
+impl PendingCreate {
+    /// Waits for `create` until `deadline`. Its error (options refused) is returned; a
+    /// create still running at the deadline gives a fetcher that fails, naming the
+    /// provider, until create returns.
+    pub async fn finish(
+        self,
+        deadline: tokio::time::Instant,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<dyn CredentialFetcher>, ProviderSetupError> {
+        let error = |message: String| ProviderSetupError::Create {
+            registry: self.registry.clone(),
+            provider: self.provider.clone(),
+            message,
+        };
+        match tokio::time::timeout_at(deadline, self.done).await {
+            Ok(Ok(())) => {
+                if let Some(Err(message)) = self.created.get() {
+                    return Err(error(message.clone()));
+                }
+            }
+            Ok(Err(_closed)) => return Err(error("create panicked".to_owned())),
+            Err(_elapsed) => {
+                tracing::warn!(
+                    registry = %self.registry,
+                    provider = %self.provider,
+                    timeout = %crate::duration::format(timeout),
+                    "provider create did not return in time; this registry's credential fails until it does"
+                );
+            }
+        }
+        Ok(Arc::new(PluginFetcher {
+            provider: self.provider,
+            timeout,
+            created: self.created,
+        }))
+    }
+}
+
+/// Creates the provider of one registry entry (plugin found, `providerOpts` accepted),
+/// waiting at most `timeout` for its `create`.
+pub async fn create_fetcher(
+    loaded: &Loaded,
+    dir: &Path,
+    registry: &str,
+    provider: &str,
+    opts: &str,
+    timeout: std::time::Duration,
+) -> Result<Arc<dyn CredentialFetcher>, ProviderSetupError> {
+    begin_create(loaded, dir, registry, provider, opts)?
+        .finish(tokio::time::Instant::now() + timeout, timeout)
+        .await
 }
 
 /// Starts a refreshed credential for every registry entry that names a provider. Must run
-/// inside the tokio runtime. Plugins are loaded only when some entry needs one.
-pub fn start(
+/// inside the tokio runtime. Plugins are loaded only when some entry needs one. The
+/// providers' `create` calls run at the same time, each bounded by its entry's timeout.
+pub async fn start(
     settings: &Settings,
 ) -> Result<HashMap<String, ManagedCredential>, ProviderSetupError> {
     let mut out = HashMap::new();
@@ -171,14 +267,20 @@ pub fn start(
         return Ok(out);
     }
     let loaded = load_dir(&settings.plugin_dir)?;
+    let began = tokio::time::Instant::now();
+    let mut pending = Vec::with_capacity(wanted.len());
     for (registry, provider, opts, every, timeout) in wanted {
-        let fetcher = create_fetcher(
+        let create = begin_create(
             &loaded,
             &settings.plugin_dir,
             &registry.name,
             provider,
             opts,
         )?;
+        pending.push((registry, provider, every, timeout, create));
+    }
+    for (registry, provider, every, timeout, create) in pending {
+        let fetcher = create.finish(began + timeout, timeout).await?;
         let schedule = Schedule {
             every,
             fetch_timeout: timeout,

@@ -111,6 +111,17 @@ pub enum CredentialUnavailable {
         /// The failure reason.
         reason: String,
     },
+    /// An upstream rejected the credential, but the provider was asked too recently (after a
+    /// failure, or after earlier rejections): no provider call until the backoff step ends.
+    #[error(
+        "the upstream rejected the credential for registry {registry}; the provider is asked again in {retry_in:?} at the earliest (backoff)"
+    )]
+    BackingOff {
+        /// The registry entry.
+        registry: String,
+        /// Time until the provider may be asked again.
+        retry_in: Duration,
+    },
     /// [`ManagedCredential::shutdown`] was called.
     #[error("credential refresh for registry {registry} has been shut down")]
     Stopped {
@@ -125,7 +136,9 @@ impl CredentialUnavailable {
         match self {
             CredentialUnavailable::Unavailable { reason, .. }
             | CredentialUnavailable::RefreshFailed { reason, .. } => Some(reason),
-            CredentialUnavailable::Stopped { .. } => None,
+            CredentialUnavailable::BackingOff { .. } | CredentialUnavailable::Stopped { .. } => {
+                None
+            }
         }
     }
 }
@@ -250,9 +263,30 @@ struct State {
     consecutive_failures: u32,
     warned_stale_expiry: bool,
     stopped: bool,
+    /// 401-triggered refreshes in a row (reset after a quiet `backoff_max`).
+    unauthorized_streak: u32,
+    /// When the last 401-triggered refresh was started.
+    last_unauthorized_refresh: Option<Instant>,
+    /// No 401-triggered refresh before this.
+    unauthorized_not_before: Option<Instant>,
 }
 
 impl State {
+    /// How long a 401-triggered refresh must still wait: while a failed fetch's retry is
+    /// pending (the failure backoff), and until the backoff step after the previous
+    /// 401-triggered refresh has passed. None: it may run now.
+    fn unauthorized_backoff(&self, now: Instant) -> Option<Duration> {
+        let failure_retry = self
+            .next_refresh
+            .filter(|_| self.consecutive_failures > 0 && !self.last_ok);
+        [failure_retry, self.unauthorized_not_before]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .max()
+            .map(|t| t - now)
+    }
+
     fn usable(&self, now: Instant) -> Option<&Credential> {
         let valid = self.valid_until.is_none_or(|until| now < until);
         self.credential.as_ref().filter(|_| valid)
@@ -349,12 +383,18 @@ impl ManagedCredential {
     /// already differs from `rejected`, returns the current one; otherwise one immediate
     /// refresh is triggered (shared by all concurrent callers; a fetch already running is
     /// joined instead) and its result returned. The regular schedule continues from it.
+    ///
+    /// Bounded by the failure backoff: while a failed fetch waits for its retry, or within
+    /// the backoff step after the previous 401-triggered refresh (the same doubling, capped,
+    /// jittered delays; the streak resets after a quiet `backoff_max`), no provider call is
+    /// made and [`CredentialUnavailable::BackingOff`] is returned at once.
     pub async fn refresh_after_unauthorized(
         &self,
         rejected: &Credential,
     ) -> Result<Credential, CredentialUnavailable> {
         let shared = &self.inner.shared;
         let registry = &shared.registry;
+        let schedule = &shared.schedule;
         let mut rx = shared.state.subscribe();
         let now = Instant::now();
         let mut decided: Option<Result<Credential, CredentialUnavailable>> = None;
@@ -367,7 +407,31 @@ impl ManagedCredential {
                 decided = Some(Ok(c.clone()));
             } else if st.in_flight {
                 target = st.started;
+            } else if st.refresh_requested {
+                // Requested by another rejection, not started yet: join it.
+                target = st.started + 1;
+            } else if let Some(retry_in) = st.unauthorized_backoff(now) {
+                decided = Some(Err(CredentialUnavailable::BackingOff {
+                    registry: registry.clone(),
+                    retry_in,
+                }));
             } else {
+                // One provider call per backoff step, however many requests are rejected.
+                let quiet = st
+                    .last_unauthorized_refresh
+                    .is_none_or(|t| now.saturating_duration_since(t) > schedule.backoff_max);
+                if quiet {
+                    st.unauthorized_streak = 0;
+                }
+                st.unauthorized_streak = st.unauthorized_streak.saturating_add(1);
+                st.last_unauthorized_refresh = Some(now);
+                st.unauthorized_not_before = Some(
+                    now + backoff_delay(
+                        schedule,
+                        st.unauthorized_streak,
+                        &mut fastrand::Rng::new(),
+                    ),
+                );
                 st.refresh_requested = true;
                 target = st.started + 1;
                 wake = true;
@@ -375,6 +439,9 @@ impl ManagedCredential {
             false
         });
         if let Some(result) = decided {
+            if let Err(CredentialUnavailable::BackingOff { retry_in, .. }) = &result {
+                tracing::debug!(registry = %registry, retry_in = ?retry_in, "upstream rejected the credential; not asking the provider again before the backoff step ends");
+            }
             return result;
         }
         if wake {
@@ -1388,6 +1455,8 @@ mod tests {
         let (fake, _gate) = Fake::new(|_| Step::Ok);
         let mc = start(&fake, sched(H));
         for round in 0..3 {
+            // Rejections far apart (past the backoff) each get their fetch.
+            tokio::time::sleep(10 * M).await;
             let rejected = mc.current().await.unwrap();
             let callers: Vec<_> = (0..20)
                 .map(|_| {
@@ -1402,6 +1471,118 @@ mod tests {
             assert_eq!(fake.calls(), round + 2);
         }
         assert_eq!(mc.status().refreshes, 4);
+    }
+
+    /// Lower bounds of the start times of 401-triggered refreshes number 1, 2, ... when
+    /// rejections never stop: each waits at least half its (doubling) backoff step.
+    fn earliest_unauthorized_refreshes(s: &Schedule, within: Duration) -> usize {
+        let mut at = Duration::ZERO;
+        let mut n = 0;
+        while at <= within {
+            n += 1;
+            let step = s
+                .backoff_initial
+                .saturating_mul(1 << (n - 1).min(20))
+                .min(s.backoff_max);
+            at += step / 2;
+        }
+        n
+    }
+
+    /// Rejections arriving every 10ms for `storm` from many callers, each presenting the
+    /// credential it currently holds (the upstream rejects them all).
+    async fn rejection_storm(
+        mc: &ManagedCredential,
+        storm: Duration,
+    ) -> Vec<Result<Credential, CredentialUnavailable>> {
+        let end = Instant::now() + storm;
+        let mut callers = Vec::new();
+        while Instant::now() < end {
+            for _ in 0..5 {
+                let mc = mc.clone();
+                callers.push(tokio::spawn(async move {
+                    let Ok(held) = mc.current().await else {
+                        return Err(CredentialUnavailable::Stopped {
+                            registry: String::new(),
+                        });
+                    };
+                    mc.refresh_after_unauthorized(&held).await
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut out = Vec::new();
+        for c in callers {
+            out.push(c.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_401_storm_makes_one_provider_call_per_backoff_step() {
+        // The provider always answers; the upstream rejects every credential.
+        let (fake, _gate) = Fake::new(|_| Step::Ok);
+        let schedule = sched(H);
+        let mc = start(&fake, schedule.clone());
+        mc.current().await.unwrap();
+        let storm = 60 * S;
+        let results = rejection_storm(&mc, storm).await;
+        assert!(results.len() > 20_000, "{} rejections", results.len());
+        let refreshes = fake.calls() - 1;
+        let bound = earliest_unauthorized_refreshes(&schedule.normalized(), storm);
+        assert!(
+            (3..=bound).contains(&refreshes),
+            "{refreshes} provider calls for {} rejections in {storm:?}; the backoff allows {bound}",
+            results.len()
+        );
+        // Consecutive 401 refreshes are at least half a doubling step apart.
+        for (i, gap) in fake.gaps().iter().skip(1).enumerate() {
+            let step = schedule.backoff_initial * (1 << i);
+            assert!(
+                *gap >= step.min(schedule.backoff_max) / 2,
+                "gap {i}: {gap:?}"
+            );
+        }
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(CredentialUnavailable::BackingOff { .. })))
+        );
+        // After a quiet spell longer than backoff_max, a rejection is refreshed at once.
+        tokio::time::sleep(schedule.backoff_max + M).await;
+        let before = fake.calls();
+        let held = mc.current().await.unwrap();
+        mc.refresh_after_unauthorized(&held).await.unwrap();
+        assert_eq!(fake.calls(), before + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_401_storm_while_the_provider_fails_waits_for_the_failure_backoff() {
+        // The first credential works for a while; then the provider fails every call and
+        // the upstream rejects the credential held.
+        let (fake, _gate) = Fake::new(|n| if n == 0 { Step::Ok } else { Step::Fail });
+        let schedule = sched(H);
+        let mc = start(&fake, schedule.clone());
+        mc.current().await.unwrap();
+        let storm = 60 * S;
+        let results = rejection_storm(&mc, storm).await;
+        // The first rejection calls the provider (it fails); after that only the scheduled
+        // retries of the failure backoff do, whatever the rejections.
+        let calls_after_first = fake.calls() - 1;
+        let bound = earliest_unauthorized_refreshes(&schedule.normalized(), storm);
+        assert!(
+            (2..=bound).contains(&calls_after_first),
+            "{calls_after_first} provider calls for {} rejections in {storm:?}; the backoff allows {bound}",
+            results.len()
+        );
+        for (i, gap) in fake.gaps().iter().skip(1).enumerate() {
+            let step = schedule.backoff_initial * (1 << i);
+            assert!(
+                *gap >= step.min(schedule.backoff_max) / 2,
+                "gap {i}: {gap:?}"
+            );
+        }
+        assert!(results.iter().all(Result::is_err));
     }
 
     #[tokio::test(start_paused = true)]

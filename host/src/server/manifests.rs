@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::{Digest, RepoName};
-use crate::server::handlers::{App, disk_error, read_limited, upstream_status};
+use crate::server::handlers::{App, ManifestFlight, disk_error, read_limited, upstream_status};
 use crate::server::response::{self, Body};
 use crate::upstream::Upstream;
 
@@ -92,7 +92,7 @@ async fn manifest_by_digest(
     let upstream = app.upstreams.resolve(registry)?;
     let app2 = app.clone();
     let repo2 = repo.clone();
-    single_flight(app, key, async move {
+    single_flight(&app.manifest_flights, key, async move {
         fetch_manifest(
             &app2,
             &upstream,
@@ -144,12 +144,13 @@ async fn manifest_by_tag(
         None => {}
     }
     let accept_header = accept.upstream_header();
-    let key = format!("{registry}/{repo}:{tag}|{accept_header}");
+    // The key carries the canonical set of acceptable types, never the client's raw header.
+    let key = format!("{registry}/{repo}:{tag}|{}", accept.canonical_key());
     let upstream = app.upstreams.resolve(registry)?;
     let app2 = app.clone();
     let repo = repo.clone();
     let tag = tag.to_owned();
-    single_flight(app, key, async move {
+    single_flight(&app.manifest_flights, key, async move {
         let app = app2;
         let cached = cached.map(|(m, _)| m);
         if let Some(m) = &cached {
@@ -303,36 +304,67 @@ async fn cached_tag(
 }
 
 /// Runs `fetch` once per key however many requests ask at the same time.
-async fn single_flight<F>(app: &App, key: String, fetch: F) -> Result<Manifest, RegistryError>
+async fn single_flight<F>(map: &Flights, key: String, fetch: F) -> Result<Manifest, RegistryError>
 where
     F: std::future::Future<Output = Result<Manifest, RegistryError>> + Send + 'static,
 {
-    let cell = {
-        let mut flights = app
-            .manifest_flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        flights.entry(key.clone()).or_default().clone()
+    let guard = {
+        let mut flights = map.lock().unwrap_or_else(|p| p.into_inner());
+        let cell = flights.entry(key.clone()).or_default().clone();
+        crate::metrics::global()
+            .inflight_manifest_fetches
+            .set(i64::try_from(flights.len()).unwrap_or(i64::MAX));
+        FlightGuard {
+            map,
+            key,
+            cell: Some(cell),
+        }
+    };
+    let Some(cell) = guard.cell.as_ref() else {
+        return Err(RegistryError::internal("manifest fetch: no flight"));
     };
     // Run the fetch on its own task: a client that goes away does not cancel it for others.
-    let result = cell
-        .get_or_init(|| async move {
-            tokio::spawn(fetch).await.unwrap_or_else(|e| {
-                Err(RegistryError::internal(format!(
-                    "manifest fetch failed: {e}"
-                )))
-            })
+    cell.get_or_init(|| async move {
+        tokio::spawn(fetch).await.unwrap_or_else(|e| {
+            Err(RegistryError::internal(format!(
+                "manifest fetch failed: {e}"
+            )))
         })
-        .await
-        .clone();
-    let mut flights = app
-        .manifest_flights
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if flights.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-        flights.remove(&key);
+    })
+    .await
+    .clone()
+    // `guard` drops here, or earlier when the client goes away.
+}
+
+/// The in-flight manifest map: one shared fetch per key.
+type Flights = std::sync::Mutex<std::collections::HashMap<String, ManifestFlight>>;
+
+/// One waiter of a shared manifest fetch. When the last waiter leaves (answered, or the
+/// client went away), the entry leaves the map, so the map only holds fetches someone waits
+/// for and never keeps an old answer.
+struct FlightGuard<'a> {
+    map: &'a Flights,
+    key: String,
+    cell: Option<ManifestFlight>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cell) = self.cell.take() else { return };
+        // Our clone and the map's are the last two: nobody else waits. Clones are made and
+        // dropped only under the lock, so the count is exact.
+        if flights
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &cell) && Arc::strong_count(&cell) == 2)
+        {
+            flights.remove(&self.key);
+        }
+        drop(cell);
+        crate::metrics::global()
+            .inflight_manifest_fetches
+            .set(i64::try_from(flights.len()).unwrap_or(i64::MAX));
     }
-    result
 }
 
 async fn fetch_manifest(
@@ -362,7 +394,13 @@ async fn fetch_manifest(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     let announced = resp
         .headers()
         .get("docker-content-digest")
@@ -382,13 +420,19 @@ async fn fetch_manifest(
             upstream.name
         )));
     }
-    let media_type = match content_type {
-        Some(t)
-            if media::ALL_MANIFESTS.contains(&t.as_str()) || t.starts_with("application/vnd.") =>
-        {
-            t
+    let media_type = match media::decide(&bytes, content_type.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(RegistryError::bad_gateway(format!(
+                "upstream {} sent an unusable manifest for {repo}:{reference}: {e}; not stored",
+                upstream.name
+            )));
         }
-        _ => media::sniff(&bytes),
+    };
+    // The first verified copy's type stands: same bytes, same type, whoever asks.
+    let media_type = match stored_manifest(app, &digest).await {
+        Ok(Some(stored)) => stored.media_type,
+        _ => media_type,
     };
     let m = Manifest {
         digest,
@@ -398,4 +442,78 @@ async fn fetch_manifest(
     app.store.put_manifest(&m).await.map_err(disk_error)?;
     tracing::info!(registry = %upstream.name, repo = %repo, reference = %reference, digest = %m.digest, "cached manifest");
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn manifest() -> Manifest {
+        let bytes = bytes::Bytes::from_static(b"{}");
+        Manifest {
+            digest: Digest::of(&bytes),
+            media_type: media::OCI_MANIFEST.to_owned(),
+            bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_share_one_fetch_and_the_entry_goes_with_the_last() {
+        let map = Arc::new(Flights::default());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let waiters: Vec<_> = (0..20)
+            .map(|_| {
+                let (map, fetches, mut rx) = (map.clone(), fetches.clone(), rx.clone());
+                tokio::spawn(async move {
+                    single_flight(&map, "k".into(), async move {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        let _ = rx.wait_for(|go| *go).await;
+                        Ok(manifest())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        while map.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        tx.send_replace(true);
+        for w in waiters {
+            assert_eq!(w.await.unwrap().unwrap().digest, manifest().digest);
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(
+            map.lock().unwrap().is_empty(),
+            "no entry left after the answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiters_leave_no_entry() {
+        let map = Arc::new(Flights::default());
+        let mut waiters = Vec::new();
+        for i in 0..50 {
+            let map = map.clone();
+            waiters.push(tokio::spawn(async move {
+                single_flight(&map, format!("k{}", i % 5), std::future::pending())
+                    .await
+                    .map(|m| m.digest)
+            }));
+        }
+        while map.lock().unwrap().len() < 5 {
+            tokio::task::yield_now().await;
+        }
+        for w in &waiters {
+            w.abort();
+        }
+        for w in waiters {
+            assert!(w.await.unwrap_err().is_cancelled());
+        }
+        assert!(
+            map.lock().unwrap().is_empty(),
+            "entries left after every client left"
+        );
+    }
 }
