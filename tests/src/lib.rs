@@ -9,8 +9,8 @@
 //! instance, every wait bounded by a deadline, every child process killed on drop.
 
 pub mod cache;
-pub mod endless;
 pub mod conns;
+pub mod endless;
 pub mod fault_proxy;
 pub mod fixture_plugins;
 pub mod http;
