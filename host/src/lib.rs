@@ -4,12 +4,15 @@
 //!
 //! - [`cli`] parses the command line and starts the server; [`config`] reads Ociregistry's
 //!   `config.yaml` strictly and merges it with flags ([`duration`] reads `6h`-style values).
-//! - [`server`] accepts connections; [`server::router`] turns a path into a route and picks
-//!   the upstream (`?ns=`, in-path host, `defaultNs`); [`server::handlers`] answers it.
+//! - [`server`] accepts connections through one [`server::listener`] (pull port, admin API,
+//!   metrics and health: the same timeouts and caps); [`server::router`] turns a path into a
+//!   route and picks the upstream (`?ns=`, in-path host, `defaultNs`); [`server::handlers`]
+//!   answers it.
 //! - [`cache`] holds verified content by digest, tag records, and the single-flight
 //!   downloads that clients read while they run.
 //! - [`upstream`] talks to upstream registries with the right TLS and credentials, answering
-//!   Basic and Bearer-token challenges.
+//!   Basic and Bearer-token challenges and following redirects itself;
+//!   [`upstream::policy`] decides which hosts and addresses may be contacted at all.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
 //! - [`metrics`] counts what happens on those paths; [`observability`] serves it
