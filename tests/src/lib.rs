@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod raw;
 pub mod skopeo;
 pub mod throttle;
+pub mod tmpfs;
 pub mod token_server;
 pub mod upstream;
 

@@ -7,12 +7,13 @@
 //! leaves the first server's downloads alone.
 
 use ociregistry_e2e::cache::{blob_file, tmp_files, verify_cache};
-use ociregistry_e2e::endless::{self, FakeBlobs, FakeBody, Tmpfs};
+use ociregistry_e2e::endless::{self, FakeBlobs, FakeBody};
 use ociregistry_e2e::fault_proxy::{Fault, FaultProxy};
 use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::pki::TestPki;
 use ociregistry_e2e::proxy::{Route, ociregistry_bin};
 use ociregistry_e2e::throttle::{StreamingGet, Throttle};
+use ociregistry_e2e::tmpfs::Tmpfs;
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{
     Proxy, RegistryEntry, SECS, assert_oci_error, raw, require_upstream_tools, sha256_digest,

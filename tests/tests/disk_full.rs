@@ -12,85 +12,15 @@ use ociregistry_e2e::cache::{tmp_files, verify_cache};
 use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::proxy::Route;
 use ociregistry_e2e::throttle::{StreamingGet, Throttle};
+use ociregistry_e2e::tmpfs::Tmpfs;
 use ociregistry_e2e::upstream::Upstream;
-use ociregistry_e2e::{Proxy, RegistryEntry, in_ci, require_upstream_tools, wait_for};
-use std::path::{Path, PathBuf};
+use ociregistry_e2e::{Proxy, RegistryEntry, require_upstream_tools, wait_for};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use ociregistry_e2e::SECS;
 const MIB: u64 = 1 << 20;
-
-/// A tmpfs mounted on a temp dir, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size_mib: u64) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
-            other => {
-                let msg = format!("cannot mount a tmpfs (needs root): {other:?}");
-                if in_ci() {
-                    panic!("{msg} (CI=true: the test fails)");
-                }
-                eprintln!("\n!!!!!!!!!! SKIPPING TEST: {msg} !!!!!!!!!!\n");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn free(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(self.path())
-            .output()
-            .expect("df");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df avail")
-    }
-
-    /// Writes a filler file leaving about `leave` bytes free; returns its path.
-    fn fill_leaving(&self, name: &str, leave: u64) -> PathBuf {
-        let p = self.path().join(name);
-        let size = self.free().saturating_sub(leave);
-        let f = std::fs::File::create(&p).expect("filler");
-        // tmpfs allocates on write: write real bytes (set_len would be sparse).
-        use std::io::Write;
-        let mut w = std::io::BufWriter::new(f);
-        let chunk = vec![0x5au8; 1 << 20];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            w.write_all(&chunk[..n]).expect("write filler");
-            left -= n as u64;
-        }
-        w.flush().expect("flush filler");
-        p
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 fn no_partial_files(image_path: &Path, hex: &str, ctx: &str) {
     wait_for(
