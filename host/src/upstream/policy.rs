@@ -102,6 +102,11 @@ impl Policy {
         for (name, scheme) in named {
             let name = super::canonical_name(name);
             p.configured.insert(name.to_owned());
+            // docker.io is `defaultNs` unless the operator says otherwise: being the default
+            // is no consent to private addresses for Docker Hub's names.
+            if name == super::DOCKER_HUB && !p.listed.contains(name) {
+                continue;
+            }
             let Some((host, port)) = url_host(&super::api_host(name), scheme) else {
                 continue;
             };
@@ -461,6 +466,20 @@ mod tests {
         assert!(e.to_string().contains("127.0.0.1 (loopback)"), "{e}");
         let mixed = vec!["127.0.0.1:0".parse().unwrap(), "8.8.8.8:0".parse().unwrap()];
         assert_eq!(p.filter("x.example", mixed).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn docker_hub_as_default_namespace_gets_no_private_consent() {
+        let private = || vec!["10.0.0.5:0".parse().unwrap()];
+        let p = policy("");
+        assert!(p.check_named("docker.io", Scheme::Https).is_ok());
+        let e = p.filter("registry-1.docker.io", private()).unwrap_err();
+        assert!(e.to_string().contains("10.0.0.5 (private address)"), "{e}");
+        // An explicit defaultNs elsewhere, or a registries entry, is the operator's consent.
+        let p = policy("defaultNs: registry.corp.example\n");
+        assert!(p.filter("registry.corp.example", private()).is_ok());
+        let p = policy("registries:\n- name: docker.io\n");
+        assert!(p.filter("registry-1.docker.io", private()).is_ok());
     }
 
     #[test]
