@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -153,23 +153,14 @@ impl FakeBlobs {
         timeout: Duration,
         pred: impl Fn(&FakeStats) -> bool,
     ) -> FakeStats {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.shared.stats.lock().expect("stats lock");
-        loop {
-            if pred(&s) {
-                return s.clone();
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                panic!("fake upstream: timed out after {timeout:?} waiting for {what}; {s:?}");
-            }
-            s = self
-                .shared
-                .changed
-                .wait_timeout(s, deadline - now)
-                .expect("stats lock")
-                .0;
-        }
+        crate::wait_for_stats(
+            "fake upstream",
+            &self.shared.stats,
+            &self.shared.changed,
+            what,
+            timeout,
+            pred,
+        )
     }
 }
 

@@ -145,6 +145,33 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }
+/// Waits on `changed` until `pred` holds for the value behind `stats`, and returns a copy of
+/// it; panics naming `who`, `what` and the last value after `timeout`. The shared wait of the
+/// rig's in-process servers (throttle, fake upstreams), whose counters notify `changed`.
+pub fn wait_for_stats<T: Clone + std::fmt::Debug>(
+    who: &str,
+    stats: &std::sync::Mutex<T>,
+    changed: &std::sync::Condvar,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut s = stats.lock().expect("stats lock");
+    loop {
+        if pred(&s) {
+            return s.clone();
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            panic!("{who}: timed out after {timeout:?} waiting for {what}; stats {s:?}");
+        }
+        s = changed
+            .wait_timeout(s, deadline - now)
+            .expect("stats lock")
+            .0;
+    }
+}
 
 /// Polls `f` every `every` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(

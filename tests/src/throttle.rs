@@ -143,23 +143,14 @@ impl Throttle {
         timeout: Duration,
         pred: impl Fn(&ThrottleStats) -> bool,
     ) -> ThrottleStats {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.shared.stats.lock().expect("stats lock");
-        loop {
-            if pred(&s) {
-                return s.clone();
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                panic!("throttle: timed out after {timeout:?} waiting for {what}; stats {s:?}");
-            }
-            s = self
-                .shared
-                .changed
-                .wait_timeout(s, deadline - now)
-                .expect("stats lock")
-                .0;
-        }
+        crate::wait_for_stats(
+            "throttle",
+            &self.shared.stats,
+            &self.shared.changed,
+            what,
+            timeout,
+            pred,
+        )
     }
 }
 
