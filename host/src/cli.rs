@@ -401,7 +401,7 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
     });
     observability::start(observed.clone(), &host, metrics_port, health_port)
         .await
-        .map_err(FatalError::Startup)?;
+        .map_err(|e| FatalError::Startup(e.to_string()))?;
     // Readiness turns 503 as soon as a stop is asked for, before open pulls drain.
     let stop = {
         let requested = crate::inventory::stop_requested(server::stop_signal(), app.clone());

@@ -498,6 +498,64 @@ fn failing_provider_shows_in_metrics_and_readiness() {
     }
 }
 
+/// A failing provider's error kind reaches `/readyz` (`lastErrorKind`) and the metrics
+/// (`ociregistry_provider_errors_total{registry,provider,kind}`): a plain failure is
+/// `failed`, a panic caught in the plugin is `panicked`.
+#[test]
+fn provider_error_kinds_show_in_readiness_and_metrics() {
+    let plugins = fixtures(&["fixture_flaky", "fixture_panic"]);
+    let failing = "failing.registry.example:5000";
+    let panicking = "panicking.registry.example:5000";
+    let proxy = with_ports(Proxy::builder().plugin_dir(plugins.path()))
+        .registry(RegistryEntry::with_token_auth(
+            failing,
+            "provider: flaky, providerOpts: \"failures=1000\"",
+        ))
+        .registry(RegistryEntry::with_token_auth(panicking, "provider: panic"))
+        .start();
+    let metrics = proxy.logged_port("metrics endpoint at ");
+    let health = proxy.logged_port("health endpoints at ");
+    let entry = |v: &serde_json::Value, name: &str| -> serde_json::Value {
+        v["registries"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} not in readiness: {v}"))
+    };
+    let ready = wait_for(
+        "readiness to show both providers failing",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let (_, v) = readyz(health);
+            (entry(&v, failing)["failures"].as_u64()? >= 1
+                && entry(&v, panicking)["failures"].as_u64()? >= 1)
+                .then_some(v)
+        },
+    );
+    assert_eq!(entry(&ready, failing)["lastErrorKind"], "failed", "{ready}");
+    assert_eq!(
+        entry(&ready, panicking)["lastErrorKind"],
+        "panicked",
+        "{ready}"
+    );
+
+    let s = Scrape::take(metrics);
+    let series = |registry, provider, kind| {
+        s.must(
+            "ociregistry_provider_errors_total",
+            &[
+                ("registry", registry),
+                ("provider", provider),
+                ("kind", kind),
+            ],
+        )
+    };
+    assert!(series(failing, "flaky", "failed") >= 1.0, "{}", s.text);
+    assert_eq!(series(failing, "flaky", "panicked"), 0.0, "{}", s.text);
+    assert!(series(panicking, "panic", "panicked") >= 1.0, "{}", s.text);
+    assert_eq!(series(panicking, "panic", "invalid_options"), 0.0);
+}
+
 /// `--log-format json`: every line the server writes is one JSON object, request lines and
 /// the plugin's own log lines included.
 #[test]

@@ -6,7 +6,8 @@
 //! provider credential is failing (or stopped) does not make the mirror unready: it still
 //! serves everything cached, and taking it out of rotation would not fix the provider.
 //! Instead the answer stays 200 with `"status": "degraded"`, `"degraded": true` and the
-//! registry's state and last error (never a secret) in `registries`.
+//! registry's state, last error (never a secret) and its kind (`lastErrorKind`:
+//! `invalid_options`, `failed`, `panicked`, `timed_out` or `hung`) in `registries`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +23,20 @@ use crate::providers::scheduler::CredentialState;
 const MAX_ERROR_CHARS: usize = 500;
 /// Longest wait for the cache-writable probe.
 const WRITE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the cache directory failed the readiness write probe.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheProbeError {
+    /// The probe file could not be written.
+    #[error("cannot write to the cache directory: {0}")]
+    Write(#[source] std::io::Error),
+    /// The probe's blocking task failed.
+    #[error("cache write probe failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// The probe did not finish in time.
+    #[error("cache write probe did not finish within {}s", .0.as_secs())]
+    TimedOut(Duration),
+}
 
 /// A configured registry and where its credential comes from.
 #[derive(Debug, Clone)]
@@ -64,7 +79,7 @@ pub fn credentials(
 /// The readiness answer: status code and JSON body.
 pub fn readiness(
     serving: bool,
-    cache: &Result<(), String>,
+    cache: &Result<(), CacheProbeError>,
     registries: &[RegistryCredential],
 ) -> (u16, Value) {
     let mut degraded = false;
@@ -91,6 +106,9 @@ pub fn readiness(
                 if let Some(e) = &st.last_error {
                     v["lastError"] = json!(e.chars().take(MAX_ERROR_CHARS).collect::<String>());
                 }
+                if let Some(kind) = st.last_error_kind {
+                    v["lastErrorKind"] = json!(kind.as_str());
+                }
                 if let Some(at) = st.expires_at.filter(|_| !st.expiry_ignored) {
                     v["expiresAt"] = json!(crate::timefmt::format_system_time(at));
                     v["expiresInSeconds"] = json!(seconds_until(at));
@@ -110,7 +128,7 @@ pub fn readiness(
     };
     let mut checks = json!({ "pullListener": serving, "cacheWritable": cache_ok });
     if let Err(e) = cache {
-        checks["cacheError"] = json!(e);
+        checks["cacheError"] = json!(e.to_string());
     }
     let body = json!({
         "status": status,
@@ -131,7 +149,7 @@ pub fn seconds_until(at: SystemTime) -> i64 {
 }
 
 /// Whether a file can be created, written and removed in the cache's `tmp/` (bounded).
-pub async fn cache_writable(root: &Path) -> Result<(), String> {
+pub async fn cache_writable(root: &Path) -> Result<(), CacheProbeError> {
     let path = crate::cache::blob_store::temp_path_in(root, "readyz");
     let probe = tokio::task::spawn_blocking(move || {
         let result = std::fs::write(&path, b"ok");
@@ -140,12 +158,9 @@ pub async fn cache_writable(root: &Path) -> Result<(), String> {
     });
     match tokio::time::timeout(WRITE_PROBE_TIMEOUT, probe).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(format!("cannot write to the cache directory: {e}")),
-        Ok(Err(e)) => Err(format!("cache write probe failed: {e}")),
-        Err(_) => Err(format!(
-            "cache write probe did not finish within {}s",
-            WRITE_PROBE_TIMEOUT.as_secs()
-        )),
+        Ok(Ok(Err(e))) => Err(CacheProbeError::Write(e)),
+        Ok(Err(e)) => Err(CacheProbeError::Task(e)),
+        Err(_) => Err(CacheProbeError::TimedOut(WRITE_PROBE_TIMEOUT)),
     }
 }
 
@@ -171,9 +186,50 @@ mod tests {
         assert_eq!(body["registries"][1]["credential"], "basic");
         let (code, body) = readiness(false, &Ok(()), &regs);
         assert_eq!((code, body["ready"].as_bool()), (503, Some(false)));
-        let (code, body) = readiness(true, &Err("read-only".into()), &regs);
+        let read_only = CacheProbeError::Write(std::io::Error::other("read-only"));
+        let (code, body) = readiness(true, &Err(read_only), &regs);
         assert_eq!(code, 503);
-        assert_eq!(body["checks"]["cacheError"], "read-only");
+        assert_eq!(
+            body["checks"]["cacheError"],
+            "cannot write to the cache directory: read-only"
+        );
+    }
+
+    struct Refused;
+
+    impl crate::providers::CredentialFetcher for Refused {
+        fn fetch(
+            &self,
+        ) -> Result<ociregistry_plugin_api::Credential, crate::providers::ProviderError> {
+            Err(crate::providers::ProviderError::new(
+                "fixture",
+                crate::providers::ProviderErrorKind::InvalidOptions,
+                "region is not set",
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_provider_is_shown_with_its_error_kind() {
+        let managed = ManagedCredential::spawn(
+            "prov.example".into(),
+            std::sync::Arc::new(Refused),
+            crate::providers::Schedule::default(),
+        );
+        assert!(managed.current().await.is_err());
+        let regs = [RegistryCredential {
+            name: "prov.example".into(),
+            kind: "provider",
+            provider: Some("fixture".into()),
+            managed: Some(managed.clone()),
+        }];
+        let (code, body) = readiness(true, &Ok(()), &regs);
+        assert_eq!((code, &body["status"]), (200, &json!("degraded")));
+        let entry = &body["registries"][0];
+        assert_eq!(entry["state"], "failing");
+        assert_eq!(entry["lastError"], "region is not set");
+        assert_eq!(entry["lastErrorKind"], "invalid_options");
+        managed.shutdown();
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@
 //! served by one listener.
 //!
 //! This module owns the listeners, the series read at scrape time ([`ScrapeCollector`]:
-//! in-flight fetches, tag revalidations, stale serves, per-provider token state) and the
+//! in-flight fetches, tag revalidations, stale serves, per-provider token state and
+//! failures by kind) and the
 //! disk counting ([`disk`]); the counters updated on the serving paths live in
 //! [`crate::metrics`]; readiness in [`health`].
 
@@ -25,6 +26,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::providers::ProviderErrorKind;
+use crate::providers::scheduler::CredentialStatus;
 use crate::server::App;
 use health::RegistryCredential;
 
@@ -93,12 +96,17 @@ impl Collector for ScrapeCollector {
             .observed
             .registries
             .iter()
-            .filter_map(|r| r.managed.as_ref().map(|m| (r.name.as_str(), m.status())))
+            .filter_map(|r| {
+                let provider = r.provider.as_deref().unwrap_or_default();
+                r.managed
+                    .as_ref()
+                    .map(|m| (r.name.as_str(), provider, m.status()))
+            })
             .collect();
         if providers.is_empty() {
             return Ok(());
         }
-        type Value = fn(&crate::providers::scheduler::CredentialStatus) -> Option<f64>;
+        type Value = fn(&CredentialStatus) -> Option<f64>;
         let series: [(&str, &str, MetricType, Value); 4] = [
             (
                 "token_refreshes",
@@ -132,7 +140,7 @@ impl Collector for ScrapeCollector {
         for (name, help, kind, value) in series {
             let values: Vec<(&str, f64)> = providers
                 .iter()
-                .filter_map(|(r, s)| value(s).map(|v| (*r, v)))
+                .filter_map(|(r, _, s)| value(s).map(|v| (*r, v)))
                 .collect();
             if values.is_empty() {
                 continue;
@@ -147,8 +155,34 @@ impl Collector for ScrapeCollector {
                 }
             }
         }
-        Ok(())
+        provider_errors(&mut enc, &providers)
     }
+}
+
+/// `provider_errors_total{registry,provider,kind}`: `token_failures` split by provider and
+/// kind; every kind is listed for every provider registry (0 until seen).
+fn provider_errors(
+    enc: &mut DescriptorEncoder,
+    providers: &[(&str, &str, CredentialStatus)],
+) -> std::fmt::Result {
+    let mut me = enc.encode_descriptor(
+        "provider_errors",
+        "Failed credential fetches from the registry's provider, by provider and kind.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (registry, provider, s) in providers {
+        for kind in ProviderErrorKind::ALL {
+            let labels = [
+                ("registry", *registry),
+                ("provider", *provider),
+                ("kind", kind.as_str()),
+            ];
+            let n = s.failures_by_kind.get(&kind).copied().unwrap_or(0);
+            ConstCounter::new(n).encode(me.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The full exposition registry: the process's counters plus the scrape-time series.
@@ -171,6 +205,26 @@ struct Shared {
     registry: Registry,
 }
 
+/// Why a metrics or health listener could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The port could not be bound.
+    #[error("cannot listen on {host}:{port} for {what}: {source}")]
+    Bind {
+        /// The configured host.
+        host: String,
+        /// The configured port.
+        port: u16,
+        /// `metrics`, `health` or `metrics and health`.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bound listener has no local address.
+    #[error("metrics/health listener: {0}")]
+    LocalAddr(#[source] std::io::Error),
+}
+
 /// Binds the metrics and health listeners that are configured and serves them in the
 /// background. Binding errors stop the start-up (a port that is taken should be noticed).
 pub async fn start(
@@ -178,7 +232,7 @@ pub async fn start(
     host: &str,
     metrics: Option<u16>,
     health: Option<u16>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     if metrics.is_none() && health.is_none() {
         return Ok(());
     }
@@ -217,15 +271,16 @@ pub async fn start(
         }
     }
     for (port, endpoints) in plan {
-        let listener = crate::server::bind(host, port).await.map_err(|e| {
-            format!(
-                "cannot listen on {host}:{port} for {}: {e}",
-                what(endpoints)
-            )
-        })?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| format!("metrics/health listener: {e}"))?;
+        let listener =
+            crate::server::bind(host, port)
+                .await
+                .map_err(|source| StartError::Bind {
+                    host: host.to_owned(),
+                    port,
+                    what: what(endpoints),
+                    source,
+                })?;
+        let local = listener.local_addr().map_err(StartError::LocalAddr)?;
         if endpoints.metrics {
             tracing::info!("metrics endpoint at http://{local}/metrics");
         }
@@ -353,5 +408,65 @@ async fn answer(
             )
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n", head),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::scheduler::CredentialState;
+
+    #[derive(Debug)]
+    struct Providers(Vec<(&'static str, &'static str, CredentialStatus)>);
+
+    impl Collector for Providers {
+        fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+            provider_errors(&mut enc, &self.0)
+        }
+    }
+
+    #[test]
+    fn provider_errors_are_counted_by_provider_and_kind() {
+        let status = CredentialStatus {
+            registry: "reg.example".into(),
+            state: CredentialState::Failing,
+            usable: false,
+            expires_at: None,
+            expiry_ignored: false,
+            last_error: Some("denied".into()),
+            last_error_kind: Some(ProviderErrorKind::TimedOut),
+            next_refresh: None,
+            next_refresh_in: None,
+            refreshes: 0,
+            failures: 3,
+            failures_by_kind: [
+                (ProviderErrorKind::Failed, 2),
+                (ProviderErrorKind::TimedOut, 1),
+            ]
+            .into_iter()
+            .collect(),
+            consecutive_failures: 3,
+            fetch_in_progress: false,
+            hung_fetches: 0,
+        };
+        let mut r = Registry::with_prefix("ociregistry");
+        r.register_collector(Box::new(Providers(vec![("reg.example", "ecr", status)])));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        let series = |kind: &str, n: u64| {
+            format!(
+                "ociregistry_provider_errors_total{{registry=\"reg.example\",provider=\"ecr\",kind=\"{kind}\"}} {n}\n"
+            )
+        };
+        for (kind, n) in [
+            ("failed", 2),
+            ("timed_out", 1),
+            ("invalid_options", 0),
+            ("panicked", 0),
+            ("hung", 0),
+        ] {
+            assert!(text.contains(&series(kind, n)), "{kind} {n} in:\n{text}");
+        }
+        assert!(!text.contains("denied"), "no message in the metrics");
     }
 }

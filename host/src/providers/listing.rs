@@ -142,7 +142,10 @@ async fn run_check(
                     Err(e) => (source, Err(e.to_string())),
                     Ok(fetcher) => (
                         source,
-                        scheduler::fetch_once(fetcher, *timeout).await.map(Some),
+                        scheduler::fetch_once(fetcher, *timeout)
+                            .await
+                            .map(Some)
+                            .map_err(|e| e.to_string()),
                     ),
                 }
             }

@@ -1,7 +1,9 @@
 //! Auth provider plugins on the host side: loading each configured provider by name from
 //! the plugin directory and keeping one credential per registry entry fresh
-//! ([`scheduler`]); `ociregistry providers` ([`listing`]).
+//! ([`scheduler`]); `ociregistry providers` ([`listing`]); the typed error of a provider
+//! call ([`error`]).
 
+pub mod error;
 pub mod listing;
 pub mod scheduler;
 
@@ -13,6 +15,7 @@ use ociregistry_plugin_api::Credential;
 use ociregistry_plugin_api::host::{self, Plugin, ProviderHandle};
 
 use crate::config::{CredentialConfig, Settings};
+pub use error::{ProviderError, ProviderErrorKind};
 pub use scheduler::{CredentialFetcher, ManagedCredential, Schedule};
 
 /// Why the configured providers could not be set up; the server does not start.
@@ -91,7 +94,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ProviderSetupError> {
 }
 
 /// What a provider's `create` gave, once it returned.
-type Created = Arc<std::sync::OnceLock<Result<ProviderHandle, String>>>;
+type Created = Arc<std::sync::OnceLock<Result<ProviderHandle, ProviderError>>>;
 
 /// A provider instance as the scheduler's fetcher. Its `create` runs on its own thread; when
 /// it did not return within the provider timeout, every fetch fails with a clear reason
@@ -103,14 +106,20 @@ struct PluginFetcher {
 }
 
 impl CredentialFetcher for PluginFetcher {
-    fn fetch(&self) -> Result<Credential, String> {
+    fn fetch(&self) -> Result<Credential, ProviderError> {
         match self.created.get() {
-            Some(Ok(handle)) => handle.fetch().map_err(|e| e.to_string()),
-            Some(Err(message)) => Err(message.clone()),
-            None => Err(format!(
-                "provider \"{}\": create did not return within {} (still running)",
-                self.provider,
-                crate::duration::format(self.timeout)
+            Some(Ok(handle)) => handle
+                .fetch()
+                .map_err(|e| ProviderError::from_plugin(&self.provider, &e)),
+            Some(Err(error)) => Err(error.clone()),
+            None => Err(ProviderError::new(
+                &self.provider,
+                ProviderErrorKind::TimedOut,
+                format!(
+                    "provider \"{}\": create did not return within {} (still running)",
+                    self.provider,
+                    crate::duration::format(self.timeout)
+                ),
             )),
         }
     }
@@ -169,12 +178,16 @@ pub fn begin_create(
     let created: Created = Arc::default();
     let (tx, done) = tokio::sync::oneshot::channel();
     let (plugin, opts, slot) = (plugin.clone(), opts.to_owned(), Arc::clone(&created));
+    let name = provider.to_owned();
     // A plain thread, not the blocking pool: a create that never returns must not hold up
     // the runtime's shutdown.
     std::thread::Builder::new()
         .name(format!("create-{provider}"))
         .spawn(move || {
-            let _ = slot.set(plugin.create(&opts).map_err(|e| e.to_string()));
+            let created = plugin
+                .create(&opts)
+                .map_err(|e| ProviderError::from_plugin(name, &e));
+            let _ = slot.set(created);
             let _ = tx.send(());
         })
         .map_err(|e| ProviderSetupError::Create {
@@ -206,8 +219,8 @@ impl PendingCreate {
         };
         match tokio::time::timeout_at(deadline, self.done).await {
             Ok(Ok(())) => {
-                if let Some(Err(message)) = self.created.get() {
-                    return Err(error(message.clone()));
+                if let Some(Err(refused)) = self.created.get() {
+                    return Err(error(refused.to_string()));
                 }
             }
             Ok(Err(_closed)) => return Err(error("create panicked".to_owned())),

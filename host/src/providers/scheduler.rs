@@ -10,8 +10,9 @@
 //! - failures: the last good credential is kept while it is still valid, retries use capped
 //!   exponential backoff with jitter, reset on success;
 //! - the single-flight refresh after an upstream `401` ([`ManagedCredential::refresh_after_unauthorized`]);
-//! - status and counters ([`ManagedCredential::status`]) and the log lines, which carry the field
-//!   `registry` and never a secret.
+//! - status and counters ([`ManagedCredential::status`]), failures counted by
+//!   [`ProviderErrorKind`], and the log lines, which carry the field `registry` (and `kind` on
+//!   a failure) and never a secret.
 //!
 //! It does not own loading plugins, building `Authorization` headers or talking to upstreams.
 //!
@@ -19,6 +20,7 @@
 //! provider's `expires_at` (wall clock) is turned into a remaining lifetime once, when the
 //! fetch returns.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -29,10 +31,12 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::error::{ProviderError, ProviderErrorKind};
+
 /// What actually fetches a credential; blocking (plugins are called on blocking threads).
 pub trait CredentialFetcher: Send + Sync + 'static {
     /// Fetches a fresh credential. The error message is safe to log (never a secret).
-    fn fetch(&self) -> Result<Credential, String>;
+    fn fetch(&self) -> Result<Credential, ProviderError>;
 }
 
 /// When to fetch. Values are normalised by [`ManagedCredential::spawn`] so that no setting
@@ -147,8 +151,8 @@ impl CredentialUnavailable {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
     /// The provider returned an error.
-    #[error("{0}")]
-    Provider(String),
+    #[error(transparent)]
+    Provider(ProviderError),
     /// The provider did not return in time; its thread was abandoned.
     #[error("the provider did not answer within {0:?}")]
     TimedOut(Duration),
@@ -158,6 +162,19 @@ pub enum FetchError {
     /// Too many earlier calls are still hung; no new one was started.
     #[error("{0} earlier provider calls are still hung; not starting another")]
     TooManyHung(usize),
+}
+
+impl FetchError {
+    /// What kind of failure it was: the provider's own, or the host's for a timeout, a
+    /// panic on the host's thread and too many hung calls.
+    pub fn kind(&self) -> ProviderErrorKind {
+        match self {
+            FetchError::Provider(e) => e.kind(),
+            FetchError::TimedOut(_) => ProviderErrorKind::TimedOut,
+            FetchError::Panicked => ProviderErrorKind::Panicked,
+            FetchError::TooManyHung(_) => ProviderErrorKind::Hung,
+        }
+    }
 }
 
 /// Coarse state for status output.
@@ -199,6 +216,8 @@ pub struct CredentialStatus {
     pub expiry_ignored: bool,
     /// The last failure reason, kept until the next success.
     pub last_error: Option<String>,
+    /// The kind of the last failure, kept with `last_error`.
+    pub last_error_kind: Option<ProviderErrorKind>,
     /// When the next fetch is due (None while one is running or after shutdown).
     pub next_refresh: Option<Instant>,
     /// Time from this snapshot to `next_refresh`.
@@ -207,6 +226,8 @@ pub struct CredentialStatus {
     pub refreshes: u64,
     /// Failed fetches (errors, timeouts, panics).
     pub failures: u64,
+    /// `failures` by kind (kinds seen at least once).
+    pub failures_by_kind: BTreeMap<ProviderErrorKind, u64>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
     /// A fetch is running now.
@@ -257,9 +278,11 @@ struct State {
     refresh_requested: bool,
     last_ok: bool,
     last_error: Option<String>,
+    last_error_kind: Option<ProviderErrorKind>,
     next_refresh: Option<Instant>,
     refreshes: u64,
     failures: u64,
+    failures_by_kind: BTreeMap<ProviderErrorKind, u64>,
     consecutive_failures: u32,
     warned_stale_expiry: bool,
     stopped: bool,
@@ -501,10 +524,12 @@ impl ManagedCredential {
             expires_at: st.credential.as_ref().and_then(|c| c.expires_at),
             expiry_ignored: st.expiry_ignored,
             last_error: st.last_error.clone(),
+            last_error_kind: st.last_error_kind,
             next_refresh: st.next_refresh,
             next_refresh_in: st.next_refresh.map(|t| t.saturating_duration_since(now)),
             refreshes: st.refreshes,
             failures: st.failures,
+            failures_by_kind: st.failures_by_kind.clone(),
             consecutive_failures: st.consecutive_failures,
             fetch_in_progress: st.in_flight,
             hung_fetches: shared.hung.load(Ordering::SeqCst),
@@ -534,10 +559,8 @@ impl ManagedCredential {
 pub async fn fetch_once(
     fetcher: Arc<dyn CredentialFetcher>,
     timeout: Duration,
-) -> Result<Credential, String> {
-    fetch_with_timeout(fetcher, timeout, &Arc::new(AtomicUsize::new(0)), "(check)")
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<Credential, FetchError> {
+    fetch_with_timeout(fetcher, timeout, &Arc::new(AtomicUsize::new(0)), "(check)").await
 }
 
 const CALL_RUNNING: u8 = 0;
@@ -587,7 +610,7 @@ async fn fetch_with_timeout(
     });
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(Ok(credential))) => Ok(credential),
-        Ok(Ok(Err(message))) => Err(FetchError::Provider(message)),
+        Ok(Ok(Err(error))) => Err(FetchError::Provider(error)),
         Ok(Err(_join)) => Err(FetchError::Panicked),
         Err(_elapsed) => {
             hung.fetch_add(1, Ordering::SeqCst);
@@ -723,6 +746,7 @@ async fn run(shared: Arc<Shared>) {
                     st.in_flight = false;
                     st.last_ok = true;
                     st.last_error = None;
+                    st.last_error_kind = None;
                     st.next_refresh = Some(next);
                     st.refreshes += 1;
                     st.consecutive_failures = 0;
@@ -755,6 +779,7 @@ async fn run(shared: Arc<Shared>) {
             }
             Err(error) => {
                 let message = error.to_string();
+                let kind = error.kind();
                 let Some((delay, keeping)) = update(&shared, |st| {
                     st.consecutive_failures = st.consecutive_failures.saturating_add(1);
                     let delay = backoff_delay(s, st.consecutive_failures, &mut rng);
@@ -762,14 +787,17 @@ async fn run(shared: Arc<Shared>) {
                     st.in_flight = false;
                     st.last_ok = false;
                     st.last_error = Some(message.clone());
+                    st.last_error_kind = Some(kind);
                     st.next_refresh = Some(now + delay);
                     st.failures += 1;
+                    *st.failures_by_kind.entry(kind).or_default() += 1;
                     (delay, st.usable(now).is_some())
                 }) else {
                     return;
                 };
                 tracing::warn!(
                     registry = %registry,
+                    kind = %kind,
                     error = %message,
                     retry_in = ?delay,
                     keeping_previous_credential = keeping,
@@ -916,7 +944,7 @@ mod tests {
     }
 
     impl CredentialFetcher for Fake {
-        fn fetch(&self) -> Result<Credential, String> {
+        fn fetch(&self) -> Result<Credential, ProviderError> {
             let n = {
                 let mut calls = lock(&self.calls);
                 calls.push(Instant::now());
@@ -934,7 +962,11 @@ mod tests {
                     };
                     Ok(cred(n).expiring_at(at))
                 }
-                Step::Fail => Err(format!("provider says no (call {n})")),
+                Step::Fail => Err(ProviderError::new(
+                    "fake",
+                    ProviderErrorKind::Failed,
+                    format!("provider says no (call {n})"),
+                )),
                 Step::Hang => {
                     self.gate.wait();
                     Ok(cred(n))
@@ -1687,18 +1719,52 @@ mod tests {
         let f = || Arc::clone(&fake) as Arc<dyn CredentialFetcher>;
         assert_eq!(token(&fetch_once(f(), 5 * S).await.unwrap()), secret(0));
         assert_eq!(
-            fetch_once(f(), 5 * S).await.unwrap_err(),
+            fetch_once(f(), 5 * S).await.unwrap_err().to_string(),
             "provider says no (call 1)"
         );
         assert_eq!(
-            fetch_once(f(), 5 * S).await.unwrap_err(),
+            fetch_once(f(), 5 * S).await.unwrap_err().to_string(),
             "the provider panicked"
         );
         let hung = tokio::spawn(fetch_once(f(), 5 * S));
         fake.wait_calls(4).await;
         tokio::time::advance(5 * S).await;
-        let err = hung.await.unwrap().unwrap_err();
+        let err = hung.await.unwrap().unwrap_err().to_string();
         assert!(err.contains("did not answer within 5s"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_kinds_reach_the_status_and_the_log_line() {
+        let capture = Capture::default();
+        let _log = tracing::subscriber::set_default(capture.clone());
+        let (fake, _gate) = Fake::new(|n| match n {
+            0 => Step::Fail,
+            1 => Step::Panic,
+            _ => Step::Ok,
+        });
+        let mc = start(&fake, sched(H));
+        let st = wait_status(&mc, |s| s.failures == 1 && !s.fetch_in_progress).await;
+        assert_eq!(st.last_error_kind, Some(ProviderErrorKind::Failed));
+        let st = wait_status(&mc, |s| s.failures == 2 && !s.fetch_in_progress).await;
+        assert_eq!(st.last_error_kind, Some(ProviderErrorKind::Panicked));
+        assert_eq!(
+            st.failures_by_kind.into_iter().collect::<Vec<_>>(),
+            [
+                (ProviderErrorKind::Failed, 1),
+                (ProviderErrorKind::Panicked, 1)
+            ]
+        );
+        let st = wait_status(&mc, |s| s.refreshes == 1).await;
+        assert_eq!((st.last_error, st.last_error_kind), (None, None));
+        assert_eq!(st.failures_by_kind.values().sum::<u64>(), 2, "kept");
+        assert_eq!(capture.count(tracing::Level::WARN, "kind=failed"), 1);
+        assert_eq!(capture.count(tracing::Level::WARN, "kind=panicked"), 1);
+        assert_eq!(
+            FetchError::TimedOut(S).kind(),
+            ProviderErrorKind::TimedOut,
+            "the host's own failures have kinds too"
+        );
+        assert_eq!(FetchError::TooManyHung(4).kind(), ProviderErrorKind::Hung);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,137 @@
+//! The typed error of one credential provider call on the host side: the provider's name,
+//! the kind of failure (kept from the plugin's `PluginErrorKind`, or decided by the host
+//! for timeouts and panics) and the one-line message. It does not own the plugin-side
+//! error ([`ociregistry_plugin_api::PluginError`]) nor how failures are scheduled.
+//!
+//! The message is the plugin's own, which the plugin API requires to be free of secrets;
+//! the host adds nothing secret to it.
+
+use std::fmt;
+
+use ociregistry_plugin_api::{PluginError, PluginErrorKind};
+
+/// What kind of failure a provider call had; the label `kind` in logs, metrics and
+/// `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProviderErrorKind {
+    /// The provider refused its `providerOpts` (a configuration error; retrying will not help).
+    InvalidOptions,
+    /// The call failed (I/O, network, the credential service said no, ...). Also a plugin
+    /// error kind this host does not know yet.
+    Failed,
+    /// The provider panicked (caught in the plugin, or on the host's thread).
+    Panicked,
+    /// The provider did not answer in time (its `create` or its `fetch`).
+    TimedOut,
+    /// Too many earlier calls are still hung; no new call was started.
+    Hung,
+}
+
+impl ProviderErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [ProviderErrorKind; 5] = [
+        ProviderErrorKind::InvalidOptions,
+        ProviderErrorKind::Failed,
+        ProviderErrorKind::Panicked,
+        ProviderErrorKind::TimedOut,
+        ProviderErrorKind::Hung,
+    ];
+
+    /// The label: `invalid_options`, `failed`, `panicked`, `timed_out` or `hung`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderErrorKind::InvalidOptions => "invalid_options",
+            ProviderErrorKind::Failed => "failed",
+            ProviderErrorKind::Panicked => "panicked",
+            ProviderErrorKind::TimedOut => "timed_out",
+            ProviderErrorKind::Hung => "hung",
+        }
+    }
+}
+
+impl fmt::Display for ProviderErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<PluginErrorKind> for ProviderErrorKind {
+    fn from(kind: PluginErrorKind) -> Self {
+        match kind {
+            PluginErrorKind::InvalidOptions => ProviderErrorKind::InvalidOptions,
+            PluginErrorKind::Panicked => ProviderErrorKind::Panicked,
+            // `PluginErrorKind` is non-exhaustive: a kind added later counts as a failure.
+            _ => ProviderErrorKind::Failed,
+        }
+    }
+}
+
+/// Why a provider call failed: which provider, what kind, and its message (never a secret).
+/// Displays as the message alone, as the provider wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    provider: String,
+    kind: ProviderErrorKind,
+    message: String,
+}
+
+impl ProviderError {
+    /// An error of `kind` from `provider`.
+    pub fn new(
+        provider: impl Into<String>,
+        kind: ProviderErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        ProviderError {
+            provider: provider.into(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The plugin's error, keeping its kind and message.
+    pub fn from_plugin(provider: impl Into<String>, error: &PluginError) -> Self {
+        Self::new(provider, error.kind().into(), error.message())
+    }
+
+    /// The provider's name.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// What kind of failure it was.
+    pub fn kind(&self) -> ProviderErrorKind {
+        self.kind
+    }
+
+    /// The message alone.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plugins_kind_and_message_are_kept() {
+        let e = ProviderError::from_plugin("ecr", &PluginError::invalid_options("bad region"));
+        assert_eq!(e.kind(), ProviderErrorKind::InvalidOptions);
+        assert_eq!(e.provider(), "ecr");
+        assert_eq!(e.to_string(), "bad region");
+        let e = ProviderError::from_plugin("ecr", &PluginError::new("denied"));
+        assert_eq!(e.kind().as_str(), "failed");
+        let e = ProviderError::from_plugin(
+            "ecr",
+            &PluginError::with_kind(PluginErrorKind::Panicked, "boom"),
+        );
+        assert_eq!(e.kind().to_string(), "panicked");
+        let labels: Vec<_> = ProviderErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["invalid_options", "failed", "panicked", "timed_out", "hung"]
+        );
+    }
+}
