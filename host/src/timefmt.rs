@@ -1,7 +1,12 @@
 //! Timestamps: Unix seconds on disk, RFC 3339 (UTC) for people and JSON, and the cut-off
-//! arguments of `prune` (`30d` ago, or an RFC 3339 time).
+//! arguments of `prune` (`30d` ago, or an RFC 3339 time). The calendar (valid dates, days
+//! since the epoch) is `jiff`'s; this module owns only which forms are read and written.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use jiff::Timestamp;
+use jiff::civil::{Date, Time};
+use jiff::tz::Offset;
 
 /// Now, in Unix seconds.
 pub fn now() -> u64 {
@@ -18,20 +23,18 @@ pub fn format_system_time(t: SystemTime) -> String {
     format_rfc3339(unix_secs(t))
 }
 
-/// `2024-05-01T12:00:00Z`.
+/// `2024-05-01T12:00:00Z` (a time past `jiff`'s range, late in the year 9999, as its
+/// end, 9999-12-30T22:00:00Z).
 pub fn format_rfc3339(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| Timestamp::from_second(s).ok())
+        .unwrap_or(Timestamp::MAX);
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// Reads `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` (a space may stand for `T`).
+/// Reads `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` (a space may stand for `T`);
+/// a date that does not exist (2024-02-31) or before 1970 is `None`.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let s = s.trim();
     let num = |t: &str| -> Option<i64> {
@@ -49,10 +52,19 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
         num(parts.next()?)?,
         num(parts.next()?)?,
     );
-    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+    if parts.next().is_some() || y < 1970 {
         return None;
     }
-    let mut secs = days_from_civil(y, m as u32, d as u32) * 86400;
+    let date = Date::new(
+        i16::try_from(y).ok()?,
+        i8::try_from(m).ok()?,
+        i8::try_from(d).ok()?,
+    )
+    .ok()?;
+    let mut secs = Offset::UTC
+        .to_timestamp(date.to_datetime(Time::midnight()))
+        .ok()?
+        .as_second();
     if let Some(t) = time {
         let (clock, offset) = if let Some(c) = t.strip_suffix(['Z', 'z']) {
             (c, 0i64)
@@ -76,42 +88,24 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 
 /// A `prune` cut-off: a duration (`30d`, `12h`) meaning that long before `now`, or an
 /// RFC 3339 time.
-pub fn parse_cutoff(s: &str, now: u64) -> Result<u64, String> {
+pub fn parse_cutoff(s: &str, now: u64) -> Result<u64, CutoffError> {
     if let Some(t) = parse_rfc3339(s) {
         return Ok(t);
     }
     match crate::duration::parse(s) {
         Ok(d) => Ok(now.saturating_sub(d.as_secs())),
-        Err(_) => Err(cutoff_error(s)),
+        Err(_) => Err(CutoffError(s.to_owned())),
     }
 }
 
+/// A `prune` cut-off that is neither a duration nor a timestamp; the message names both.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)")]
+pub struct CutoffError(pub String);
+
 /// The error for a `prune` cut-off that is neither form, naming both.
 pub fn cutoff_error(s: &str) -> String {
-    format!("{s:?} is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)")
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    CutoffError(s.to_owned()).to_string()
 }
 
 #[cfg(test)]
@@ -163,5 +157,30 @@ mod tests {
         assert_eq!(parse_cutoff("1d", 100_000), Ok(100_000 - 86_400));
         assert_eq!(parse_cutoff("2023-11-14", 5), Ok(1_699_920_000));
         assert!(parse_cutoff("soon", 5).is_err());
+    }
+
+    #[test]
+    fn dates_that_do_not_exist_are_rejected() {
+        for bad in [
+            "2024-02-31",
+            "2024-02-30T00:00:00Z",
+            "2023-02-29",
+            "2024-04-31",
+            "2024-00-10",
+            "2024-01-00",
+            "1969-12-31",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert_eq!(parse_rfc3339("2024-02-29"), Some(1_709_164_800), "leap day");
+        assert_eq!(
+            parse_cutoff("2024-02-31", 5).unwrap_err().to_string(),
+            "\"2024-02-31\" is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)"
+        );
+        assert_eq!(
+            format_rfc3339(u64::MAX),
+            "9999-12-30T22:00:00Z",
+            "past the calendar's range"
+        );
     }
 }
