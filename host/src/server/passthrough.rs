@@ -39,15 +39,11 @@ pub(super) async fn passthrough(
     } else {
         &["n", "last"]
     };
-    let forwarded: Vec<&str> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| allowed.iter().any(|k| p.split('=').next() == Some(*k)))
-        .collect();
+    let forwarded = forwarded_query(query, allowed);
     let full_path = if forwarded.is_empty() {
         path.to_owned()
     } else {
-        format!("{path}?{}", forwarded.join("&"))
+        format!("{path}?{forwarded}")
     };
     let resp = upstream
         .request(Method::GET, repo, &full_path, None)
@@ -113,9 +109,38 @@ fn rewrite_link(link: &str, registry: &str, via: &Via) -> String {
     }
 }
 
+/// The client's query parameters whose key is `allowed`, in their order, decoded and
+/// encoded again (`application/x-www-form-urlencoded`); empty when there are none.
+fn forwarded_query(query: Option<&str>, allowed: &[&str]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .filter(|(k, _)| allowed.contains(&k.as_ref())),
+        )
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_allowed_query_parameters_are_forwarded() {
+        let tags = &["n", "last"];
+        assert_eq!(forwarded_query(None, tags), "");
+        assert_eq!(forwarded_query(Some("ns=docker.io"), tags), "");
+        assert_eq!(
+            forwarded_query(Some("ns=docker.io&n=10&x=1&last=v1.0"), tags),
+            "n=10&last=v1.0"
+        );
+        assert_eq!(
+            forwarded_query(
+                Some("artifactType=application%2Fvnd.example%2Bjson"),
+                &["artifactType"]
+            ),
+            "artifactType=application%2Fvnd.example%2Bjson"
+        );
+    }
 
     #[test]
     fn links_are_rewritten() {

@@ -127,15 +127,15 @@ fn not_found() -> RegistryError {
     RegistryError::not_found(ErrorCode::NameUnknown, "no such API endpoint")
 }
 
-/// One query parameter, percent-decoded; `ns` values are validated as hosts.
+/// One query parameter (`application/x-www-form-urlencoded`: `+` is a space, then
+/// percent-decoding; the first one wins); `ns` values are validated as hosts. Bytes that
+/// are not UTF-8 decode to U+FFFD, which no host contains: that is the UTF-8 error.
 fn query_param(query: &str, key: &str) -> Option<Result<String, RegistryError>> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    form_urlencoded::parse(query.as_bytes()).find_map(|(k, v)| {
         (k == key).then(|| {
-            let v = percent_decode_str(&v.replace('+', " "))
-                .decode_utf8()
-                .map_err(|_| RegistryError::name_invalid("ns is not valid UTF-8"))?
-                .into_owned();
+            if v.contains(char::REPLACEMENT_CHARACTER) {
+                return Err(RegistryError::name_invalid("ns is not valid UTF-8"));
+            }
             Ok(reference::parse_host(&v)?)
         })
     })
@@ -147,6 +147,21 @@ mod tests {
 
     fn p(path: &str, q: Option<&str>) -> Result<Target, RegistryError> {
         parse(path, q, "docker.io")
+    }
+
+    #[test]
+    fn ns_query_is_form_decoded_first_wins_and_utf8() {
+        let ns = |q: &str| query_param(q, "ns").map(|r| r.map_err(|e| e.to_string()));
+        assert_eq!(
+            ns("a=1&ns=127.0.0.1%3A5000&ns=x.example"),
+            Some(Ok("127.0.0.1:5000".into()))
+        );
+        assert_eq!(ns("nsx=a.example&n=b"), None);
+        assert!(ns("ns=%FF.example").is_some_and(|r| r.unwrap_err().contains("not valid UTF-8")));
+        assert!(
+            ns("ns=a+b").is_some_and(|r| r.is_err()),
+            "+ is a space, no host has one"
+        );
     }
 
     #[test]
