@@ -98,12 +98,10 @@ impl crate::server::listener::Handler for AdminApi {
     }
 }
 
-/// Equal in time whatever the contents (lengths may differ in time: they are not secret).
+/// Equal in time whatever the contents (lengths may differ in time: they are not secret);
+/// `subtle`'s comparison.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 fn authorized(token: Option<&Secret>, headers: &http::HeaderMap) -> bool {
@@ -335,6 +333,15 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"s3cr3t", b"s3cr3t"));
+        assert!(!constant_time_eq(b"s3cr3t", b"s3cr3T"));
+        assert!(!constant_time_eq(b"s3cr3t", b"s3cr3"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
 
     #[test]
     fn browser_requests_are_refused_without_a_token() {
