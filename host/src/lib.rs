@@ -23,6 +23,8 @@
 //!   and serves the admin API.
 //! - [`timefmt`] is the one clock and calendar: Unix seconds on disk, RFC 3339 for people.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod cli;
 pub mod config;

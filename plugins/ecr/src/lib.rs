@@ -17,6 +17,8 @@
 //! The token decodes to `AWS:<password>`; the provider returns the Basic credential
 //! `AWS` / `<password>` with the token's expiry (12 hours after issue on AWS).
 
+#![forbid(unsafe_code)]
+
 use std::time::SystemTime;
 
 use aws_config::BehaviorVersion;

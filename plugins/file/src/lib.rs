@@ -34,6 +34,8 @@
 //!       expiry: 10m
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use ociregistry_plugin_api::{
