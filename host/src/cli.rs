@@ -271,7 +271,7 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         cli.log_format,
         settings.log_file.as_deref(),
     )
-    .map_err(FatalError::Startup)?;
+    .map_err(|e| FatalError::Startup(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ociregistry")

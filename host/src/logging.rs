@@ -18,10 +18,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The log file could not be opened for appending.
+    #[error("cannot open the log file {} (logFile / --log-file): {source}", path.display())]
+    OpenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Installs the global subscriber. `level` is a level name or a full filter directive;
 /// `file`, when given, receives the lines instead of stderr (appended; an error names it
 /// when it cannot be opened).
-pub fn init(level: Option<&str>, format: LogFormat, file: Option<&Path>) -> Result<(), String> {
+pub fn init(level: Option<&str>, format: LogFormat, file: Option<&Path>) -> Result<(), LogError> {
     let filter = match level {
         Some(l) => EnvFilter::try_new(directive(l)).unwrap_or_else(|_| EnvFilter::new("info")),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -51,16 +64,14 @@ pub fn init(level: Option<&str>, format: LogFormat, file: Option<&Path>) -> Resu
 
 /// Opens (creating it if needed) the log file for appending: every line goes to the end, so
 /// another writer or logrotate's `copytruncate` never interleaves with a stale offset.
-fn open_log_file(path: &Path) -> Result<File, String> {
+fn open_log_file(path: &Path) -> Result<File, LogError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| {
-            format!(
-                "cannot open the log file {} (logFile / --log-file): {e}",
-                path.display()
-            )
+        .map_err(|source| LogError::OpenFile {
+            path: path.to_owned(),
+            source,
         })
 }
 
@@ -71,5 +82,21 @@ fn directive(level: &str) -> String {
     match l.as_str() {
         "error" | "warn" | "info" | "debug" => format!("warn,ociregistry={l},plugin={l}"),
         _ => l,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_file_that_cannot_be_opened_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open_log_file(dir.path()).unwrap_err().to_string();
+        let want = format!(
+            "cannot open the log file {} (logFile / --log-file): ",
+            dir.path().display()
+        );
+        assert!(e.starts_with(&want), "{e}");
     }
 }

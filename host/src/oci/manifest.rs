@@ -8,7 +8,29 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::oci::media;
-use crate::oci::reference::Digest;
+use crate::oci::reference::{Digest, ReferenceError};
+
+/// Why a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The bytes are not the JSON of a manifest.
+    #[error("manifest of type {media_type} is not valid JSON: {source}")]
+    Json {
+        /// The media type it was stored or served as.
+        media_type: String,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// A digest in it is malformed.
+    #[error("manifest refers to {0}")]
+    Digest(#[source] ReferenceError),
+    /// Neither an index nor an image manifest.
+    #[error("manifest of type {media_type} has neither manifests, config nor fsLayers")]
+    Empty {
+        /// The media type it was stored or served as.
+        media_type: String,
+    },
+}
 
 /// What an index entry says about its platform.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,14 +117,16 @@ struct RawFsLayer {
     blob_sum: String,
 }
 
-fn digest(d: &str) -> Result<Digest, String> {
-    Digest::parse(d).map_err(|e| format!("manifest refers to {e}"))
+fn digest(d: &str) -> Result<Digest, ManifestError> {
+    Digest::parse(d).map_err(ManifestError::Digest)
 }
 
 /// Reads a manifest of `media_type` (as cached).
-pub fn parse(media_type: &str, bytes: &[u8]) -> Result<Contents, String> {
-    let raw: Raw = serde_json::from_slice(bytes)
-        .map_err(|e| format!("manifest of type {media_type} is not valid JSON: {e}"))?;
+pub fn parse(media_type: &str, bytes: &[u8]) -> Result<Contents, ManifestError> {
+    let raw: Raw = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json {
+        media_type: media_type.to_owned(),
+        source,
+    })?;
     let is_index = media_type == media::OCI_INDEX
         || media_type == media::DOCKER_LIST
         || raw
@@ -125,7 +149,7 @@ pub fn parse(media_type: &str, bytes: &[u8]) -> Result<Contents, String> {
                     }),
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ManifestError>>()?;
         return Ok(Contents::Index(entries));
     }
     let mut blobs: Vec<Blob> = Vec::new();
@@ -141,9 +165,9 @@ pub fn parse(media_type: &str, bytes: &[u8]) -> Result<Contents, String> {
         return Ok(Contents::Image(blobs));
     }
     let Some(config) = raw.config else {
-        return Err(format!(
-            "manifest of type {media_type} has neither manifests, config nor fsLayers"
-        ));
+        return Err(ManifestError::Empty {
+            media_type: media_type.to_owned(),
+        });
     };
     add(digest(&config.digest)?, config.size);
     for l in raw.layers.unwrap_or_default() {
@@ -157,6 +181,25 @@ pub fn parse(media_type: &str, bytes: &[u8]) -> Result<Contents, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_messages() {
+        let e = parse("application/x", b"{").unwrap_err().to_string();
+        assert!(
+            e.starts_with("manifest of type application/x is not valid JSON: "),
+            "{e}"
+        );
+        let e = parse("application/x", br#"{"schemaVersion":2}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest of type application/x has neither manifests, config nor fsLayers"
+        );
+        let m = r#"{"config":{"digest":"sha256:nothex","size":1}}"#;
+        let e = parse(media::OCI_MANIFEST, m.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("manifest refers to invalid digest"), "{e}");
+    }
 
     fn d(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))

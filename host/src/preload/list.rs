@@ -49,6 +49,17 @@ pub struct BadLine {
     pub reason: String,
 }
 
+/// Why a line is not an image reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadReference {
+    /// The line has spaces in it (two references on one line?).
+    #[error("a reference contains no spaces (one reference per line)")]
+    Whitespace,
+    /// Its registry, repository, tag or digest is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ReferenceError),
+}
+
 /// A parsed list.
 #[derive(Debug, Clone, Default)]
 pub struct ImageList {
@@ -107,7 +118,7 @@ pub fn parse(text: &str, default_ns: &str) -> ImageList {
             Err(reason) => list.bad.push(BadLine {
                 line,
                 text: content.chars().take(120).collect(),
-                reason,
+                reason: reason.to_string(),
             }),
         }
     }
@@ -115,12 +126,15 @@ pub fn parse(text: &str, default_ns: &str) -> ImageList {
 }
 
 /// `[REGISTRY/]REPOSITORY[:TAG][@DIGEST]` -> (registry, repository, tag or digest).
-pub fn parse_reference(s: &str, default_ns: &str) -> Result<(String, RepoName, Reference), String> {
+pub fn parse_reference(
+    s: &str,
+    default_ns: &str,
+) -> Result<(String, RepoName, Reference), BadReference> {
     if s.chars().any(char::is_whitespace) {
-        return Err("a reference contains no spaces (one reference per line)".into());
+        return Err(BadReference::Whitespace);
     }
     let (name_and_tag, digest) = match s.split_once('@') {
-        Some((n, d)) => (n, Some(Digest::parse(d).map_err(msg)?)),
+        Some((n, d)) => (n, Some(Digest::parse(d)?)),
         None => (s, None),
     };
     // The tag is after the last `:` that follows the last `/` (a registry port is not a tag).
@@ -133,16 +147,16 @@ pub fn parse_reference(s: &str, default_ns: &str) -> Result<(String, RepoName, R
         None => (name_and_tag, None),
     };
     if let Some(t) = tag {
-        reference::validate_tag(t).map_err(msg)?;
+        reference::validate_tag(t)?;
     }
     let (registry, repo) = match name.split_once('/') {
         Some((first, rest)) if reference::looks_like_host(first) => {
-            (reference::parse_host(first).map_err(msg)?, rest)
+            (reference::parse_host(first)?, rest)
         }
         _ => (default_ns.to_owned(), name),
     };
     let registry = canonical_name(&registry).to_owned();
-    let mut repo = RepoName::parse(repo).map_err(msg)?;
+    let mut repo = RepoName::parse(repo)?;
     if registry == DOCKER_HUB {
         repo = repo.with_library_prefix();
     }
@@ -154,13 +168,27 @@ pub fn parse_reference(s: &str, default_ns: &str) -> Result<(String, RepoName, R
     Ok((registry, repo, reference))
 }
 
-fn msg(e: ReferenceError) -> String {
-    e.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_reference_messages() {
+        assert_eq!(
+            parse_reference("alpine busybox", "docker.io")
+                .unwrap_err()
+                .to_string(),
+            "a reference contains no spaces (one reference per line)"
+        );
+        let e = parse_reference("alpine:t!", "docker.io").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            crate::oci::reference::validate_tag("t!")
+                .unwrap_err()
+                .to_string(),
+            "the reference's own message"
+        );
+    }
 
     fn one(s: &str) -> (String, String, String) {
         let (r, n, t) = parse_reference(s, "docker.io").unwrap();

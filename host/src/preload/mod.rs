@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use crate::oci::manifest::{self, Blob, Contents};
+use crate::oci::error::RegistryError;
+use crate::oci::manifest::{self, Blob, Contents, ManifestError};
 use crate::oci::media::Accept;
 use crate::oci::reference::Reference;
 use crate::server::App;
@@ -158,6 +159,43 @@ impl Summary {
     }
 }
 
+/// Why one image (or one of its blobs) could not be preloaded; the summary's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum PreloadError {
+    /// The mirror could not provide a manifest or a blob (its message).
+    #[error("{}", .0.message)]
+    Fetch(RegistryError),
+    /// A manifest could not be read.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Indexes inside indexes, too deep.
+    #[error("index {index} nests indexes deeper than {MAX_DEPTH} levels")]
+    TooDeep {
+        /// The index's digest.
+        index: String,
+    },
+    /// No entry of an index is for a wanted platform.
+    #[error("index {index} has no manifest for {missing} (it has: {has})")]
+    NoPlatform {
+        /// The index's digest.
+        index: String,
+        /// The wanted platforms, comma-separated.
+        missing: String,
+        /// The index's platforms, comma-separated (or `no platforms`).
+        has: String,
+    },
+    /// Several blobs failed; the first one's reason.
+    #[error("{failed} of {total} blobs failed; first: {first}")]
+    Blobs {
+        /// How many failed.
+        failed: usize,
+        /// How many the image has.
+        total: usize,
+        /// The first failure.
+        first: Box<PreloadError>,
+    },
+}
+
 /// Preloads every image of `list`; never stops at a failure.
 pub async fn run(app: &Arc<App>, list: &ImageList, opts: &Options, rep: &Reporter) -> Summary {
     let started = Instant::now();
@@ -173,13 +211,13 @@ pub async fn run(app: &Arc<App>, list: &ImageList, opts: &Options, rep: &Reporte
         })
         .collect();
     // Owned items: a stream of borrowed ones trips up the `Send` check of `tokio::spawn`.
-    let results: Vec<(ImageRef, Result<Counts, String>)> =
+    let results: Vec<(ImageRef, Result<Counts, PreloadError>)> =
         futures_util::stream::iter(list.images.clone())
             .map(|img| async move {
                 rep.image_started(&img);
                 let result = preload_image(app, &img, opts, rep).await;
-                let shown = result.as_ref().map(describe).map_err(String::as_str);
-                rep.image_finished(&img, shown.as_deref().map_err(|e| *e));
+                let shown = result.as_ref().map(describe).map_err(ToString::to_string);
+                rep.image_finished(&img, shown.as_deref().map_err(String::as_str));
                 (img, result)
             })
             .buffer_unordered(opts.images_at_once.max(1))
@@ -198,7 +236,7 @@ pub async fn run(app: &Arc<App>, list: &ImageList, opts: &Options, rep: &Reporte
                 img.line,
                 Failure {
                     what: format!("{} (line {})", img.written, img.line),
-                    reason,
+                    reason: reason.to_string(),
                 },
             )),
         }
@@ -232,12 +270,12 @@ async fn preload_image(
     img: &ImageRef,
     opts: &Options,
     rep: &Reporter,
-) -> Result<Counts, String> {
+) -> Result<Counts, PreloadError> {
     let accept = Accept::default();
     let mut counts = Counts::default();
     let top = ensure_manifest(app, &img.registry, &img.repo, &img.reference, &accept)
         .await
-        .map_err(|e| e.message)?;
+        .map_err(PreloadError::Fetch)?;
     counts.manifests += 1;
     let mut blobs: Vec<Blob> = Vec::new();
     let mut queue = vec![(top, 0usize)];
@@ -251,10 +289,9 @@ async fn preload_image(
                 }
             }
             Contents::Index(_) if depth >= MAX_DEPTH => {
-                return Err(format!(
-                    "index {} nests indexes deeper than {MAX_DEPTH} levels",
-                    m.digest
-                ));
+                return Err(PreloadError::TooDeep {
+                    index: m.digest.to_string(),
+                });
             }
             Contents::Index(entries) => {
                 for digest in choose(&entries, &opts.platforms, img, &m.digest.to_string())? {
@@ -266,7 +303,7 @@ async fn preload_image(
                         &accept,
                     )
                     .await
-                    .map_err(|e| e.message)?;
+                    .map_err(PreloadError::Fetch)?;
                     counts.manifests += 1;
                     queue.push((child, depth + 1));
                 }
@@ -274,7 +311,7 @@ async fn preload_image(
         }
     }
     rep.bytes_expected(blobs.iter().map(|b| b.size).sum());
-    let fetched: Vec<Result<BlobOutcome, String>> = futures_util::stream::iter(blobs.clone())
+    let fetched: Vec<Result<BlobOutcome, PreloadError>> = futures_util::stream::iter(blobs.clone())
         .map(|b| async move { fetch_blob(app, img, &b, rep).await })
         .buffer_unordered(opts.blobs_at_once.max(1))
         .collect()
@@ -296,11 +333,11 @@ async fn preload_image(
     match errors.len() {
         0 => Ok(counts),
         1 => Err(errors.swap_remove(0)),
-        n => Err(format!(
-            "{n} of {} blobs failed; first: {}",
-            blobs.len(),
-            errors.swap_remove(0)
-        )),
+        n => Err(PreloadError::Blobs {
+            failed: n,
+            total: blobs.len(),
+            first: Box::new(errors.swap_remove(0)),
+        }),
     }
 }
 
@@ -311,7 +348,7 @@ fn choose(
     platforms: &[Platform],
     img: &ImageRef,
     index: &str,
-) -> Result<Vec<crate::oci::reference::Digest>, String> {
+) -> Result<Vec<crate::oci::reference::Digest>, PreloadError> {
     let mut chosen = Vec::new();
     let mut missing = Vec::new();
     for p in platforms {
@@ -329,15 +366,15 @@ fn choose(
             .iter()
             .filter_map(|e| e.platform.as_ref().map(ToString::to_string))
             .collect();
-        return Err(format!(
-            "index {index} has no manifest for {} (it has: {})",
-            missing.join(", "),
-            if has.is_empty() {
+        return Err(PreloadError::NoPlatform {
+            index: index.to_owned(),
+            missing: missing.join(", "),
+            has: if has.is_empty() {
                 "no platforms".to_owned()
             } else {
                 has.join(", ")
-            }
-        ));
+            },
+        });
     }
     if !missing.is_empty() {
         tracing::warn!(image = %img, index, missing = %missing.join(", "), "index has no manifest for some of the wanted platforms; caching the others");
@@ -357,7 +394,7 @@ async fn fetch_blob(
     img: &ImageRef,
     b: &Blob,
     rep: &Reporter,
-) -> Result<BlobOutcome, String> {
+) -> Result<BlobOutcome, PreloadError> {
     if let Ok(Some(size)) = app.store.stat_blob(&b.digest).await {
         rep.bytes_done(b.size.max(size));
         if size > b.size {
@@ -384,7 +421,7 @@ async fn fetch_blob(
             }
             Ok(BlobOutcome::Fetched(total))
         }
-        Err(e) => Err(e.message),
+        Err(e) => Err(PreloadError::Fetch(e)),
     }
 }
 
@@ -456,7 +493,9 @@ mod tests {
             got,
             vec![entries[1].digest.clone(), entries[0].digest.clone()]
         );
-        let e = choose(&entries, &[p("linux/s390x")], &img(), "idx").unwrap_err();
+        let e = choose(&entries, &[p("linux/s390x")], &img(), "idx")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("linux/s390x") && e.contains("linux/amd64, linux/arm64/v8, unknown/unknown"),
             "{e}"

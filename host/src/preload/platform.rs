@@ -6,6 +6,17 @@ use std::str::FromStr;
 
 pub use crate::oci::manifest::EntryPlatform;
 
+/// Why a platform (or one part of it) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// A part is empty, too long, or has characters other than letters, digits, `.`, `_`, `-`.
+    #[error("{0:?} is not a platform part (letters, digits, '.', '_', '-')")]
+    Part(String),
+    /// Not `os/arch` or `os/arch/variant`.
+    #[error("{0:?}: a platform is os/arch or os/arch/variant, e.g. linux/amd64 or linux/arm/v7")]
+    Shape(String),
+}
+
 /// A platform chosen from a multi-platform image.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Platform {
@@ -54,16 +65,16 @@ impl Platform {
         }
         let host = Platform::host();
         let os = match os {
-            Some(o) => part(o).map_err(|m| ("os", m))?,
+            Some(o) => part(o).map_err(|e| ("os", e.to_string()))?,
             None => host.os,
         };
         let (arch, variant) = match arch {
             Some(a) => {
                 let (a, v) = match a.split_once('/') {
-                    Some((a, v)) => (a, Some(part(v).map_err(|m| ("arch", m))?)),
+                    Some((a, v)) => (a, Some(part(v).map_err(|e| ("arch", e.to_string()))?)),
                     None => (a, None),
                 };
-                (part(a).map_err(|m| ("arch", m))?, v)
+                (part(a).map_err(|e| ("arch", e.to_string()))?, v)
             }
             None => (host.arch, None),
         };
@@ -86,7 +97,7 @@ impl Platform {
 }
 
 /// One `/`-separated part: lowercase letters, digits, `.`, `_` and `-`.
-fn part(s: &str) -> Result<String, String> {
+fn part(s: &str) -> Result<String, PlatformError> {
     let s = s.trim();
     let ok = !s.is_empty()
         && s.len() <= 32
@@ -95,14 +106,12 @@ fn part(s: &str) -> Result<String, String> {
     if ok {
         Ok(s.to_ascii_lowercase())
     } else {
-        Err(format!(
-            "{s:?} is not a platform part (letters, digits, '.', '_', '-')"
-        ))
+        Err(PlatformError::Part(s.to_owned()))
     }
 }
 
 impl FromStr for Platform {
-    type Err = String;
+    type Err = PlatformError;
 
     /// `os/arch` or `os/arch/variant`, e.g. `linux/arm64` or `linux/arm/v7`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -111,9 +120,7 @@ impl FromStr for Platform {
             [os, arch] => (*os, *arch, None),
             [os, arch, variant] => (*os, *arch, Some(*variant)),
             _ => {
-                return Err(format!(
-                    "{s:?}: a platform is os/arch or os/arch/variant, e.g. linux/amd64 or linux/arm/v7"
-                ));
+                return Err(PlatformError::Shape(s.to_owned()));
             }
         };
         Ok(Platform {
