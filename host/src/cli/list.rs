@@ -9,9 +9,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::criteria::{Criteria, CriteriaSpec, Cutoff};
-use super::prune::{self, PrunePlan};
-use super::scan::{self, Image, ImageType};
+use crate::inventory::criteria::{Criteria, CriteriaSpec, Cutoff};
+use crate::inventory::prune::{self, PrunePlan};
+use crate::inventory::scan::{self, Image, ImageType};
 use crate::cache::tags;
 use crate::cli::Output;
 use crate::config::Settings;
@@ -133,14 +133,14 @@ fn no_cache(root: &Path) -> Option<String> {
 
 /// The inventory lock for a verb that changes the cache, saying so if a server on the same
 /// cache makes it wait.
-fn inventory_lock(root: &Path) -> Result<super::lock::InventoryLock, String> {
-    super::lock::InventoryLock::acquire(root, || {
+fn inventory_lock(root: &Path) -> Result<crate::inventory::lock::InventoryLock, String> {
+    crate::inventory::lock::InventoryLock::acquire(root, || {
         eprintln!("waiting for the inventory lock (a server on this cache is writing it)")
     })
     .map_err(|e| {
         format!(
             "cannot take the inventory lock {}: {e}",
-            root.join(super::lock::LOCK_FILE).display()
+            root.join(crate::inventory::lock::LOCK_FILE).display()
         )
     })
 }

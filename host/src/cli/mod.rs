@@ -1,6 +1,8 @@
 //! The command line: `serve`, `providers` and `load`, global flags shared by them, and turning
 //! flags plus config file into [`Settings`].
 
+pub mod list;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -60,11 +62,11 @@ pub enum Command {
     /// when every line was valid and every image is cached. Safe beside a running server.
     Load(LoadArgs),
     /// List the cached images: repository, tag or digest, type, created, last pulled, size.
-    List(crate::inventory::commands::ListArgs),
+    List(list::ListArgs),
     /// Remove cached images by pattern or age, then the blobs nothing references any more.
-    Prune(crate::inventory::commands::PruneArgs),
+    Prune(list::PruneArgs),
     /// Forget one cached tag so that its next pull fetches it from the upstream again.
-    Invalidate(crate::inventory::commands::InvalidateArgs),
+    Invalidate(list::InvalidateArgs),
 }
 
 /// `load` flags.
@@ -293,13 +295,13 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         }
         Command::Load(args) => runtime.block_on(load(settings, usize::from(args.parallel))),
         Command::List(args) => {
-            crate::inventory::commands::list(&settings, &args).map_err(FatalError::Startup)
+            list::list(&settings, &args).map_err(FatalError::Startup)
         }
         Command::Prune(args) => {
-            crate::inventory::commands::prune_cmd(&settings, &args).map_err(FatalError::Startup)
+            list::prune_cmd(&settings, &args).map_err(FatalError::Startup)
         }
         Command::Invalidate(args) => {
-            crate::inventory::commands::invalidate(&settings, &args).map_err(FatalError::Startup)
+            list::invalidate(&settings, &args).map_err(FatalError::Startup)
         }
     }
 }

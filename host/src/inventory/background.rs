@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
-use super::{admin, evict, prune};
+use super::{evict, prune};
+use crate::server::admin;
 use crate::server::App;
 
 /// Starts the background tasks and, when configured, the admin API (a bind failure is an

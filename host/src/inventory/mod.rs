@@ -12,8 +12,9 @@
 //! - [`lock`] is the file lock that keeps record writers in different processes apart (the
 //!   server's flush and prunes, the `prune` and `invalidate` verbs).
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
-//!   [`admin`] is the optional admin API; [`commands`] are the `list`, `prune` and
-//!   `invalidate` verbs; [`config`] holds their settings (timestamps: [`crate::timefmt`]).
+//!   [`config`] holds their settings (timestamps: [`crate::timefmt`]). The admin API's
+//!   routes live in [`crate::server::admin`], the `list`, `prune` and `invalidate` verbs in
+//!   [`crate::cli`].
 //!
 //! # Pulls in progress are never broken
 //!
@@ -28,9 +29,7 @@
 //!   reported as kept and go in a later run once nothing references them.
 
 pub mod access;
-pub mod admin;
 pub mod background;
-pub mod commands;
 pub mod config;
 pub mod criteria;
 pub mod evict;

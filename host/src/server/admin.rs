@@ -28,9 +28,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::commands::{self, tag_reference};
-use super::criteria::{CriteriaSpec, Cutoff};
-use super::prune;
+use crate::cli::list::{self as commands, tag_reference};
+use crate::inventory::criteria::{CriteriaSpec, Cutoff};
+use crate::inventory::prune;
 use crate::cache::tags;
 use crate::server::App;
 use crate::server::response::{self, Body};
@@ -286,7 +286,7 @@ async fn handle(
                 Ok(x) => x,
                 Err(e) => return bad_request(e),
             };
-            let _lock = match super::lock::InventoryLock::acquire_async(app.store.root().to_owned())
+            let _lock = match crate::inventory::lock::InventoryLock::acquire_async(app.store.root().to_owned())
                 .await
             {
                 Ok(l) => l,
