@@ -1,23 +1,39 @@
-//! The command line: `serve`, `providers` and `load`, global flags shared by them, and turning
-//! flags plus config file into [`Settings`].
+//! The command line: the global flags, the verbs (one file each: [`serve`], [`load`],
+//! [`providers`], [`list`], [`prune`], [`invalidate`]), turning flags plus config file into
+//! [`crate::config::Settings`], and every line printed for people or scripts ([`output`]).
+//! What the verbs do is the other modules' job; a failure is one [`FatalError`] line.
 
+pub mod invalidate;
 pub mod list;
+pub mod load;
+pub mod output;
+pub mod providers;
+pub mod prune;
+pub mod serve;
 
-use std::path::PathBuf;
+pub use output::{Output, print_table};
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use crate::cache::BlobStore;
-use crate::config::{self, ConfigError, Overrides, Settings};
+use crate::config::{self, ConfigError, Overrides};
+use crate::inventory::images::ListError;
+use crate::inventory::invalidate::{RemoveError, TagReferenceError};
+use crate::inventory::lock::{InventoryLock, LOCK_FILE};
 use crate::logging::{self, LogFormat};
-use crate::observability;
-use crate::preload::{self, platform::Platform};
-use crate::providers;
-use crate::server::{self, App};
-use crate::upstream::Upstreams;
+use crate::preload::list::ListError as ImageListError;
+use crate::providers::ProviderSetupError;
+use crate::server::admin::StartError as AdminStartError;
+use crate::upstream::SetupError as UpstreamSetupError;
+use invalidate::InvalidateArgs;
+use list::ListArgs;
+use load::LoadArgs;
+use providers::ProvidersArgs;
+use prune::PruneArgs;
+use serve::ServeArgs;
 
 /// A pull-through caching OCI registry: one endpoint for every upstream registry, images
 /// cached on local disk and served even when the upstream is down.
@@ -62,130 +78,15 @@ pub enum Command {
     /// when every line was valid and every image is cached. Safe beside a running server.
     Load(LoadArgs),
     /// List the cached images: repository, tag or digest, type, created, last pulled, size.
-    List(list::ListArgs),
+    List(ListArgs),
     /// Remove cached images by pattern or age, then the blobs nothing references any more.
-    Prune(list::PruneArgs),
+    Prune(PruneArgs),
     /// Forget one cached tag so that its next pull fetches it from the upstream again.
-    Invalidate(list::InvalidateArgs),
-}
-
-/// `load` flags.
-#[derive(Debug, Args)]
-pub struct LoadArgs {
-    /// Image list: one reference per line (`quay.io/org/img:tag`, `alpine:3.20`,
-    /// `127.0.0.1:5000/app@sha256:...`), `#` comments and blank lines ignored
-    /// [config: imageFile].
-    #[arg(long, value_name = "FILE")]
-    pub image_file: Option<PathBuf>,
-    /// Platform taken from multi-platform images, os/arch[/variant]; repeatable
-    /// [config: os, arch] [default: linux/<this machine's architecture>].
-    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
-    pub platforms: Vec<Platform>,
-    /// Registry for references that name none [config: defaultNs] [default: docker.io].
-    #[arg(long, value_name = "REGISTRY")]
-    pub default_ns: Option<String>,
-    /// Images pulled at the same time.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
-    pub parallel: u16,
-}
-
-/// `serve` flags.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Pull port; 0 picks a free one [config: port] [default: 8080].
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Listen address [config: host] [default: 0.0.0.0].
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Upstream for requests that name none [config: defaultNs] [default: docker.io].
-    #[arg(long, value_name = "REGISTRY")]
-    pub default_ns: Option<String>,
-    /// Never contact an upstream; serve only what is cached [config: airGapped].
-    #[arg(long)]
-    pub air_gapped: bool,
-    /// Re-check `:latest` tags upstream on every pull [config: alwaysPullLatest].
-    #[arg(long)]
-    pub always_pull_latest: bool,
-    /// How long an upstream may take to answer, e.g. 30s [config: pullTimeout] [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub pull_timeout: Option<Duration>,
-    /// Image list to pull into the cache in the background once listening (same format as
-    /// `load --image-file`) [config: preloadImages].
-    #[arg(long, value_name = "FILE")]
-    pub preload_images: Option<PathBuf>,
-    /// Platform the preload takes from multi-platform images, os/arch[/variant]; repeatable
-    /// [config: os, arch] [default: linux/<this machine's architecture>].
-    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
-    pub platforms: Vec<Platform>,
-    /// Serve the admin API on this IP:PORT (loopback unless admin.token is set) [config: admin.address].
-    #[arg(long, value_name = "IP:PORT")]
-    pub admin_address: Option<String>,
-    /// After SIGTERM/SIGINT, how long open pulls and upstream fetches may take to finish
-    /// before they are cut, e.g. 10s [config: shutdownGrace] [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub shutdown_grace: Option<Duration>,
-    /// Serve Prometheus metrics at /metrics on this port (own listener at --host; 0 picks a free one) [config: metrics].
-    #[arg(long, value_name = "PORT")]
-    pub metrics: Option<u16>,
-    /// Serve /healthz (liveness) and /readyz (readiness, credential states) on this port [config: health].
-    #[arg(long, value_name = "PORT")]
-    pub health: Option<u16>,
-}
-
-/// `providers` flags.
-#[derive(Debug, Args)]
-pub struct ProvidersArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    pub output: Output,
-    /// Fetch each configured registry's credential once and report the result (never the secret).
-    #[arg(long)]
-    pub check: bool,
+    Invalidate(InvalidateArgs),
 }
 
 /// Threads for blocking work (file reads and writes, plugin calls).
 const BLOCKING_THREADS: usize = 64;
-
-/// Reads a `--*-timeout`/`--*-grace` flag (`30s`, `5m`, milliseconds).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::duration::parse(s).map_err(|e| e.to_string())
-}
-
-/// Output format of the verbs that list things (`providers`, `list`, `prune`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Aligned columns for people.
-    Table,
-    /// JSON for scripts.
-    Json,
-}
-
-/// Prints `rows` as aligned columns: every cell but a row's last is padded to its column's
-/// width, two spaces apart.
-pub fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
-            }
-        }
-        println!("{}", line.trim_end());
-    }
-}
 
 /// Runs the command line; the process exit code.
 pub fn run() -> ExitCode {
@@ -199,15 +100,115 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// A failure that stops the program, reported as one line.
+/// A failure that stops the program, reported as one line (`ociregistry: <message>`, exit
+/// code 1).
 #[derive(Debug, thiserror::Error)]
 pub enum FatalError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Something at start-up.
+    /// Logging could not be set up ([`logging::init`]'s message).
     #[error("{0}")]
-    Startup(String),
+    Logging(String),
+    /// The tokio runtime could not be built.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// `load` without an image list.
+    #[error("no image list: give --image-file FILE or imageFile in the config file")]
+    NoImageList,
+    /// The image list could not be read.
+    #[error(transparent)]
+    ImageList(#[from] ImageListError),
+    /// The cache directory cannot be used.
+    #[error("cannot use image path {}: {source}", path.display())]
+    ImagePath {
+        /// `imagePath`.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A provider plugin could not be loaded or set up.
+    #[error(transparent)]
+    Providers(#[from] ProviderSetupError),
+    /// A configured upstream could not be set up.
+    #[error(transparent)]
+    Upstreams(#[from] UpstreamSetupError),
+    /// The pull port could not be bound.
+    #[error("cannot listen on {host}:{port}: {source}")]
+    Listen {
+        /// `host`.
+        host: String,
+        /// `port`.
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin API could not start.
+    #[error(transparent)]
+    Admin(#[from] AdminStartError),
+    /// The metrics or health listener could not start ([`crate::observability::start`]'s
+    /// message).
+    #[error("{0}")]
+    Observability(String),
+    /// The pull port's server failed.
+    #[error(transparent)]
+    Serve(std::io::Error),
+    /// `list`, `prune` or `invalidate` on a directory that holds no cache.
+    #[error("no cache at {} (set --image-path or imagePath)", .0.display())]
+    NoCache(PathBuf),
+    /// The images could not be listed.
+    #[error(transparent)]
+    List(#[from] ListError),
+    /// `prune` without a criterion.
+    #[error(
+        "prune needs at least one of --pattern, --accessed-before, --created-before \
+         (--pattern . selects every image)"
+    )]
+    NoCriteria,
+    /// The inventory lock could not be taken.
+    #[error("cannot take the inventory lock {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The prune failed ([`crate::inventory::prune::run_blocking`]'s message).
+    #[error("{0}")]
+    Prune(String),
+    /// JSON output could not be written.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// `invalidate` was given something other than a tag reference.
+    #[error(transparent)]
+    Reference(#[from] TagReferenceError),
+    /// A tag record could not be removed.
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
+    /// `invalidate` of a tag that is not cached.
+    #[error("{0} is not cached")]
+    NotCached(String),
+}
+
+/// Stops a cache verb when `root` holds no cache.
+fn require_cache(root: &Path) -> Result<(), FatalError> {
+    if crate::inventory::images::is_cache(root) {
+        Ok(())
+    } else {
+        Err(FatalError::NoCache(root.to_owned()))
+    }
+}
+
+/// The inventory lock for a verb that changes the cache, saying so if a server on the same
+/// cache makes it wait.
+fn inventory_lock(root: &Path) -> Result<InventoryLock, FatalError> {
+    InventoryLock::acquire(root, || {
+        eprintln!("waiting for the inventory lock (a server on this cache is writing it)")
+    })
+    .map_err(|source| FatalError::Lock {
+        path: root.join(LOCK_FILE),
+        source,
+    })
 }
 
 fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
@@ -273,7 +274,7 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         cli.log_format,
         settings.log_file.as_deref(),
     )
-    .map_err(FatalError::Startup)?;
+    .map_err(FatalError::Logging)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ociregistry")
@@ -281,140 +282,23 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         // thread costs a stack and a malloc arena) when hundreds of clients read at once.
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
-        .map_err(|e| FatalError::Startup(format!("cannot start the runtime: {e}")))?;
+        .map_err(FatalError::Runtime)?;
     match cli.command {
         Command::Serve(_) => {
-            let served = runtime.block_on(serve(settings));
+            let served = runtime.block_on(serve::serve(settings));
             // What the grace period cut (connection tasks, a stuck provider call on a
             // blocking thread) must not hold the exit.
             runtime.shutdown_timeout(Duration::from_secs(1));
             served.map(|()| ExitCode::SUCCESS)
         }
-        Command::Providers(args) => {
-            runtime.block_on(providers::listing::run(&settings, args.output, args.check))
-        }
-        Command::Load(args) => runtime.block_on(load(settings, usize::from(args.parallel))),
-        Command::List(args) => {
-            list::list(&settings, &args).map_err(FatalError::Startup)
-        }
-        Command::Prune(args) => {
-            list::prune_cmd(&settings, &args).map_err(FatalError::Startup)
-        }
-        Command::Invalidate(args) => {
-            list::invalidate(&settings, &args).map_err(FatalError::Startup)
-        }
+        Command::Providers(args) => runtime.block_on(crate::providers::listing::run(
+            &settings,
+            args.output,
+            args.check,
+        )),
+        Command::Load(args) => runtime.block_on(load::load(settings, usize::from(args.parallel))),
+        Command::List(args) => list::list(&settings, &args),
+        Command::Prune(args) => prune::prune(&settings, &args),
+        Command::Invalidate(args) => invalidate::invalidate(&settings, &args),
     }
-}
-
-/// `ociregistry load`: preloads the image list into the cache; exit code 1 if anything failed.
-async fn load(settings: Settings, parallel: usize) -> Result<ExitCode, FatalError> {
-    let path = settings.preload.image_file.clone().ok_or_else(|| {
-        FatalError::Startup(
-            "no image list: give --image-file FILE or imageFile in the config file".into(),
-        )
-    })?;
-    let list = preload::read_list(&path, &settings.default_ns)
-        .map_err(|e| FatalError::Startup(e.to_string()))?;
-    // A server may be using the same cache: leave its downloads in progress alone.
-    let store = BlobStore::open_alongside(&settings.image_path).map_err(|e| {
-        FatalError::Startup(format!(
-            "cannot use image path {}: {e}",
-            settings.image_path.display()
-        ))
-    })?;
-    let managed = providers::start(&settings)
-        .await
-        .map_err(|e| FatalError::Startup(e.to_string()))?;
-    let upstreams =
-        Upstreams::new(&settings, managed).map_err(|e| FatalError::Startup(e.to_string()))?;
-    let mut opts = preload::Options::new(&settings.preload.platforms);
-    opts.images_at_once = parallel;
-    tracing::info!(list = %path.display(), images = list.images.len(), invalid_lines = list.bad.len(),
-        platforms = %opts.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-        "preloading");
-    let app = Arc::new(App::new(settings, store, upstreams));
-    let reporter = preload::report::Reporter::for_stderr(list.images.len());
-    let summary = preload::run(&app, &list, &opts, &reporter).await;
-    for f in &summary.failures {
-        println!("FAILED {}: {}", f.what, f.reason);
-    }
-    println!("{}", summary.line());
-    Ok(if summary.all_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-async fn serve(settings: Settings) -> Result<(), FatalError> {
-    let store = BlobStore::open(&settings.image_path).map_err(|e| {
-        FatalError::Startup(format!(
-            "cannot use image path {}: {e}",
-            settings.image_path.display()
-        ))
-    })?;
-    let preload_list = match &settings.preload.preload_images {
-        Some(path) => Some(
-            preload::read_list(path, &settings.default_ns)
-                .map_err(|e| FatalError::Startup(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let managed = providers::start(&settings)
-        .await
-        .map_err(|e| FatalError::Startup(e.to_string()))?;
-    let registry_credentials = observability::health::credentials(&settings, &managed);
-    let upstreams =
-        Upstreams::new(&settings, managed).map_err(|e| FatalError::Startup(e.to_string()))?;
-    let listener = server::bind(&settings.host, settings.port)
-        .await
-        .map_err(|e| {
-            FatalError::Startup(format!(
-                "cannot listen on {}:{}: {e}",
-                settings.host, settings.port
-            ))
-        })?;
-    let image_path =
-        std::fs::canonicalize(&settings.image_path).unwrap_or_else(|_| settings.image_path.clone());
-    tracing::info!(
-        image_path = %image_path.display(),
-        default_ns = %settings.default_ns,
-        air_gapped = settings.air_gapped,
-        registries = settings.registries.len(),
-        "starting"
-    );
-    let (metrics_port, health_port, host) = (
-        settings.metrics_port,
-        settings.health_port,
-        settings.host.clone(),
-    );
-    let app = Arc::new(App::new(settings, store, upstreams));
-    if let Some(list) = preload_list {
-        let opts = preload::Options::new(&app.settings.preload.platforms);
-        preload::spawn_in_background(app.clone(), list, opts);
-    }
-    crate::inventory::background::start(&app)
-        .await
-        .map_err(FatalError::Startup)?;
-    let observed = Arc::new(observability::Observed {
-        app: app.clone(),
-        registries: registry_credentials,
-        serving: true.into(),
-    });
-    observability::start(observed.clone(), &host, metrics_port, health_port)
-        .await
-        .map_err(FatalError::Startup)?;
-    // Readiness turns 503 as soon as a stop is asked for, before open pulls drain.
-    let stop = {
-        let requested = crate::inventory::stop_requested(server::stop_signal(), app.clone());
-        let observed = observed.clone();
-        async move {
-            requested.await;
-            observed.set_serving(false);
-        }
-    };
-    let served = server::serve(listener, app.clone(), stop).await;
-    observed.set_serving(false);
-    app.inventory.access.flush(&app.store).await;
-    served.map_err(|e| FatalError::Startup(e.to_string()))
 }

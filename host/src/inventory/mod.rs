@@ -9,6 +9,7 @@
 //! - [`prune`] selects images ([`criteria`]), plans what goes (tag records, manifests, and
 //!   the blobs no remaining manifest references) and carries the plan out; [`evict`] picks
 //!   least-recently-pulled images until the cache fits `maxSize`.
+//! - [`images`] lists the cached images as people see them; [`invalidate`] forgets a tag.
 //! - [`lock`] is the file lock that keeps record writers in different processes apart (the
 //!   server's flush and prunes, the `prune` and `invalidate` verbs).
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
@@ -33,6 +34,8 @@ pub mod background;
 pub mod config;
 pub mod criteria;
 pub mod evict;
+pub mod images;
+pub mod invalidate;
 pub mod lock;
 pub mod prune;
 pub mod scan;

@@ -15,8 +15,7 @@ use crate::timefmt::format_system_time;
 
 /// Runs the command.
 pub async fn run(settings: &Settings, output: Output, check: bool) -> Result<ExitCode, FatalError> {
-    let loaded = providers::load_dir(&settings.plugin_dir)
-        .map_err(|e| FatalError::Startup(e.to_string()))?;
+    let loaded = providers::load_dir(&settings.plugin_dir).map_err(FatalError::Providers)?;
     if check {
         return run_check(settings, &loaded, output).await;
     }
