@@ -11,8 +11,6 @@ pub mod providers;
 pub mod prune;
 pub mod serve;
 
-pub use output::{Output, print_table};
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -291,11 +289,7 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             runtime.shutdown_timeout(Duration::from_secs(1));
             served.map(|()| ExitCode::SUCCESS)
         }
-        Command::Providers(args) => runtime.block_on(crate::providers::listing::run(
-            &settings,
-            args.output,
-            args.check,
-        )),
+        Command::Providers(args) => runtime.block_on(providers::run(&settings, &args)),
         Command::Load(args) => runtime.block_on(load::load(settings, usize::from(args.parallel))),
         Command::List(args) => list::list(&settings, &args),
         Command::Prune(args) => prune::prune(&settings, &args),

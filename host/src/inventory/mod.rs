@@ -15,7 +15,7 @@
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
 //!   [`config`] holds their settings (timestamps: [`crate::timefmt`]). The admin API's
 //!   routes live in [`crate::server::admin`], the `list`, `prune` and `invalidate` verbs in
-//!   [`crate::cli`].
+//!   the CLI (`cli/`).
 //!
 //! # Pulls in progress are never broken
 //!
