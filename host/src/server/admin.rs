@@ -276,20 +276,19 @@ async fn handle(
             let pattern = query_param(parts.uri.query(), "pattern").filter(|p| !p.is_empty());
             let root = app.store.root().to_owned();
             app.inventory.access.flush(&app.store).await;
-            let listed = tokio::task::spawn_blocking(move || {
-                images::list_images(&root, pattern.as_deref()).map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            let listed =
+                tokio::task::spawn_blocking(move || images::list_images(&root, pattern.as_deref()))
+                    .await;
             match listed {
-                Ok(images) => {
+                Ok(Ok(images)) => {
                     let total: u64 = images.iter().map(|i| i.size).sum();
                     json(
                         StatusCode::OK,
                         &serde_json::json!({"images": images, "totalBytes": total}),
                     )
                 }
-                Err(e) => bad_request(e),
+                Ok(Err(e)) => bad_request(e.to_string()),
+                Err(e) => bad_request(e.to_string()),
             }
         }
         (&Method::POST, "/admin/v1/prune") => {
