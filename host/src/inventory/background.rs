@@ -1,28 +1,16 @@
 //! What the inventory runs inside `serve`: the periodic flush of last-pull times,
-//! `pruneConfig` runs, the `maxSize` check (periodically and after each stored blob), and
-//! the admin API listener.
+//! `pruneConfig` runs, and the `maxSize` check (periodically and after each stored blob).
+//! The admin API's listener is [`crate::server::admin`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
-use super::{admin, evict, prune};
+use super::{evict, prune};
 use crate::server::App;
 
-/// Starts the background tasks and, when configured, the admin API (a bind failure is an
-/// error: the operator asked for it).
-pub async fn start(app: &Arc<App>) -> Result<(), String> {
-    if let Some(a) = &app.settings.inventory.admin {
-        // The admin API speaks TLS whenever the pull port does.
-        let tls = match &app.settings.server_tls {
-            Some(t) => Some(crate::server::tls::acceptor_of(t).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        let listener = tokio::net::TcpListener::bind(a.address)
-            .await
-            .map_err(|e| format!("cannot listen for the admin API on {}: {e}", a.address))?;
-        tokio::spawn(admin::serve(listener, app.clone(), a.token.clone(), tls));
-    }
+/// Starts the background tasks.
+pub fn start(app: &Arc<App>) {
     let a = app.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ACCESS_FLUSH_EVERY);
@@ -70,5 +58,4 @@ pub async fn start(app: &Arc<App>) -> Result<(), String> {
             }
         });
     }
-    Ok(())
 }

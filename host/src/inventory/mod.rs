@@ -9,11 +9,13 @@
 //! - [`prune`] selects images ([`criteria`]), plans what goes (tag records, manifests, and
 //!   the blobs no remaining manifest references) and carries the plan out; [`evict`] picks
 //!   least-recently-pulled images until the cache fits `maxSize`.
+//! - [`images`] lists the cached images as people see them; [`invalidate`] forgets a tag.
 //! - [`lock`] is the file lock that keeps record writers in different processes apart (the
 //!   server's flush and prunes, the `prune` and `invalidate` verbs).
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
-//!   [`admin`] is the optional admin API; [`commands`] are the `list`, `prune` and
-//!   `invalidate` verbs; [`config`] holds their settings (timestamps: [`crate::timefmt`]).
+//!   [`config`] holds their settings (timestamps: [`crate::timefmt`]). The admin API's
+//!   routes live in [`crate::server::admin`], the `list`, `prune` and `invalidate` verbs in
+//!   the CLI (`cli/`).
 //!
 //! # Pulls in progress are never broken
 //!
@@ -28,12 +30,12 @@
 //!   reported as kept and go in a later run once nothing references them.
 
 pub mod access;
-pub mod admin;
 pub mod background;
-pub mod commands;
 pub mod config;
 pub mod criteria;
 pub mod evict;
+pub mod images;
+pub mod invalidate;
 pub mod lock;
 pub mod prune;
 pub mod scan;

@@ -7,6 +7,7 @@
 //! and [`passthrough`]; [`range`] reads `Range` headers; [`response`] builds bodies and OCI
 //! error answers.
 
+pub mod admin;
 pub mod blobs;
 pub mod handlers;
 pub mod listener;

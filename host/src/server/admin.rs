@@ -28,10 +28,11 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::commands::{self, tag_reference};
-use super::criteria::{CriteriaSpec, Cutoff};
-use super::prune;
 use crate::cache::tags;
+use crate::inventory::criteria::{CriteriaSpec, Cutoff};
+use crate::inventory::images;
+use crate::inventory::invalidate::tag_reference;
+use crate::inventory::prune;
 use crate::server::App;
 use crate::server::response::{self, Body};
 
@@ -40,6 +41,43 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Largest request head accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Why the admin API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The pull port's TLS setup (which the admin API shares) failed.
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsSetupError),
+    /// The admin address could not be bound.
+    #[error("cannot listen for the admin API on {address}: {source}")]
+    Listen {
+        /// `admin.address`.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Starts the admin API in the background when it is configured (a bind failure is an
+/// error: the operator asked for it).
+pub async fn start(app: &Arc<App>) -> Result<(), StartError> {
+    let Some(a) = &app.settings.inventory.admin else {
+        return Ok(());
+    };
+    // The admin API speaks TLS whenever the pull port does.
+    let tls = match &app.settings.server_tls {
+        Some(t) => Some(crate::server::tls::acceptor_of(t)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(a.address)
+        .await
+        .map_err(|source| StartError::Listen {
+            address: a.address,
+            source,
+        })?;
+    tokio::spawn(serve(listener, app.clone(), a.token.clone(), tls));
+    Ok(())
+}
 
 /// Serves the admin API on `listener` until the process ends; over TLS with `tls`. The
 /// connections get the pull port's limits (`headerTimeout`, `idleTimeout`, `maxConnections`,
@@ -229,20 +267,19 @@ async fn handle(
             let pattern = query_param(parts.uri.query(), "pattern").filter(|p| !p.is_empty());
             let root = app.store.root().to_owned();
             app.inventory.access.flush(&app.store).await;
-            let listed = tokio::task::spawn_blocking(move || {
-                commands::list_images(&root, pattern.as_deref())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            let listed =
+                tokio::task::spawn_blocking(move || images::list_images(&root, pattern.as_deref()))
+                    .await;
             match listed {
-                Ok(images) => {
+                Ok(Ok(images)) => {
                     let total: u64 = images.iter().map(|i| i.size).sum();
                     json(
                         StatusCode::OK,
                         &serde_json::json!({"images": images, "totalBytes": total}),
                     )
                 }
-                Err(e) => bad_request(e),
+                Ok(Err(e)) => bad_request(e.to_string()),
+                Err(e) => bad_request(e.to_string()),
             }
         }
         (&Method::POST, "/admin/v1/prune") => {
@@ -275,10 +312,12 @@ async fn handle(
             };
             let refs = match tag_reference(&r.reference) {
                 Ok(x) => x,
-                Err(e) => return bad_request(e),
+                Err(e) => return bad_request(e.to_string()),
             };
-            let _lock = match super::lock::InventoryLock::acquire_async(app.store.root().to_owned())
-                .await
+            let _lock = match crate::inventory::lock::InventoryLock::acquire_async(
+                app.store.root().to_owned(),
+            )
+            .await
             {
                 Ok(l) => l,
                 Err(e) => {

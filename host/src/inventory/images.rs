@@ -1,0 +1,80 @@
+//! The cached images as people and scripts see them ([`ImageView`]: what `list --output json`
+//! and the admin API's `GET /admin/v1/images` answer), filtered by a pattern. It reads only;
+//! printing them is the CLI's job.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::criteria::Criteria;
+use super::scan::{self, Image, ImageType};
+use crate::timefmt;
+
+/// One image as `list` prints it in JSON.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    /// Full reference.
+    pub reference: String,
+    /// Registry ("" for untracked manifests).
+    pub registry: String,
+    /// Repository.
+    pub repository: String,
+    /// Tag, when known by tag.
+    pub tag: Option<String>,
+    /// Top manifest digest.
+    pub digest: String,
+    /// image, index or unknown.
+    #[serde(rename = "type")]
+    pub kind: ImageType,
+    /// First fetched (RFC 3339).
+    pub created: String,
+    /// Last pulled (RFC 3339), if known.
+    pub last_pulled: Option<String>,
+    /// Bytes on disk.
+    pub size: u64,
+}
+
+impl From<&Image> for ImageView {
+    fn from(i: &Image) -> Self {
+        ImageView {
+            reference: i.reference(),
+            registry: i.registry.clone(),
+            repository: i.repository.clone(),
+            tag: i.tag.clone(),
+            digest: i.digest.clone(),
+            kind: i.kind,
+            created: timefmt::format_rfc3339(i.created),
+            last_pulled: i.last_pulled.map(timefmt::format_rfc3339),
+            size: i.size,
+        }
+    }
+}
+
+/// Why the images could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The pattern is not a regular expression ([`Criteria::pattern`]'s message).
+    #[error("{0}")]
+    Pattern(String),
+    /// The cache directory could not be read.
+    #[error(transparent)]
+    Scan(#[from] std::io::Error),
+}
+
+/// Whether `root` looks like a cache directory (it has manifests or tag records).
+pub fn is_cache(root: &Path) -> bool {
+    root.join("manifests").is_dir() || root.join("tags").is_dir()
+}
+
+/// The images under `root` matching `pattern`.
+pub fn list_images(root: &Path, pattern: Option<&str>) -> Result<Vec<ImageView>, ListError> {
+    let criteria = Criteria::pattern(pattern).map_err(ListError::Pattern)?;
+    let cache = scan::scan(root)?;
+    Ok(cache
+        .images
+        .iter()
+        .filter(|i| criteria.matches(i))
+        .map(ImageView::from)
+        .collect())
+}

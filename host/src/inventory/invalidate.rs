@@ -1,0 +1,124 @@
+//! Forgetting a cached tag so that its next pull asks the upstream: the `REGISTRY/REPO:TAG`
+//! a person types, as the cache names it ([`tag_reference`]), and removing its tag records
+//! from the cache directory. The `invalidate` verb and the admin API call it; neither the
+//! lock nor what is printed is decided here.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::cache::tags;
+use crate::oci::reference::{self, ReferenceError, RepoName};
+use crate::upstream::canonical_name;
+
+/// A reference that does not name a cached tag.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid reference {reference:?}: {problem} (expected REGISTRY/REPOSITORY:TAG)")]
+pub struct TagReferenceError {
+    /// What was given.
+    pub reference: String,
+    /// What is wrong with it.
+    pub problem: TagProblem,
+}
+
+/// What is wrong with a reference given to `invalidate`.
+#[derive(Debug, thiserror::Error)]
+pub enum TagProblem {
+    /// No `/`: no registry named.
+    #[error("no registry")]
+    NoRegistry,
+    /// A digest: there is nothing to invalidate.
+    #[error("digests never change; only a tag can be invalidated")]
+    Digest,
+    /// No `:tag`.
+    #[error("no tag")]
+    NoTag,
+    /// The registry, repository or tag is malformed.
+    #[error(transparent)]
+    Name(#[from] ReferenceError),
+}
+
+/// A tag record that could not be removed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot remove {}: {source}", path.display())]
+pub struct RemoveError {
+    /// The tag record.
+    pub path: PathBuf,
+    /// Why.
+    pub source: io::Error,
+}
+
+/// `registry/repo:tag` as the cache names it: the registry canonical, and for docker.io a
+/// one-component name also under `library/`.
+pub fn tag_reference(s: &str) -> Result<Vec<(String, RepoName, String)>, TagReferenceError> {
+    let bad = |problem: TagProblem| TagReferenceError {
+        reference: s.to_owned(),
+        problem,
+    };
+    let (registry, rest) = s
+        .split_once('/')
+        .ok_or_else(|| bad(TagProblem::NoRegistry))?;
+    let host = reference::parse_host(registry).map_err(|e| bad(e.into()))?;
+    let registry = canonical_name(&host).to_owned();
+    if rest.contains('@') {
+        return Err(bad(TagProblem::Digest));
+    }
+    let (repo, tag) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| bad(TagProblem::NoTag))?;
+    let repo = RepoName::parse(repo).map_err(|e| bad(e.into()))?;
+    reference::validate_tag(tag).map_err(|e| bad(e.into()))?;
+    let mut out = vec![(registry.clone(), repo.clone(), tag.to_owned())];
+    let prefixed = repo.with_library_prefix();
+    if registry == crate::upstream::DOCKER_HUB && prefixed != repo {
+        out.push((registry, prefixed, tag.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Removes the tag records `refs` under `root` (blocking; the caller holds the inventory
+/// lock); the references removed, `registry/repo:tag` (none when none was cached).
+pub fn remove_blocking(
+    root: &Path,
+    refs: Vec<(String, RepoName, String)>,
+) -> Result<Vec<String>, RemoveError> {
+    let mut removed = Vec::new();
+    for (registry, repo, tag) in refs {
+        let path = tags::record_path_in(root, &registry, &repo, &tag);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(format!("{registry}/{repo}:{tag}")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(RemoveError { path, source }),
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_references() {
+        let r = tag_reference("docker.io/alpine:3.20").unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].1.as_str(), "library/alpine");
+        let r = tag_reference("127.0.0.1:5000/org/app:v1").unwrap();
+        assert_eq!(
+            r,
+            vec![(
+                "127.0.0.1:5000".into(),
+                RepoName::parse("org/app").unwrap(),
+                "v1".into()
+            )]
+        );
+        for bad in [
+            "alpine",
+            "quay.io/app",
+            "quay.io/app@sha256:00",
+            "quay.io/../x:1",
+            "quay.io/app:bad tag",
+        ] {
+            assert!(tag_reference(bad).is_err(), "{bad}");
+        }
+    }
+}
