@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cache::BlobStore;
+use crate::store::BlobStore;
 use crate::config::{self, ConfigError, Overrides, Settings};
 use crate::logging::{self, LogFormat};
 use crate::observability;

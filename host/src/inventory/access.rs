@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{BlobStore, tags};
+use crate::store::{BlobStore, tags};
 use crate::oci::reference::{Digest, RepoName};
 
 /// A manifest's access record.
@@ -48,8 +48,8 @@ pub fn read_record(root: &Path, hex: &str) -> Option<AccessRecord> {
 /// Writes an access record through a temp file and rename (blocking).
 pub fn write_record(root: &Path, hex: &str, rec: &AccessRecord) -> io::Result<()> {
     let bytes = serde_json::to_vec(rec).map_err(io::Error::other)?;
-    crate::cache::blob_store::write_atomically_blocking(
-        &crate::cache::blob_store::temp_path_in(root, "access"),
+    crate::store::blob_store::write_atomically_blocking(
+        &crate::store::blob_store::temp_path_in(root, "access"),
         &record_path(root, hex),
         &bytes,
     )
@@ -179,7 +179,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let bytes = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
-        let m = crate::cache::Manifest {
+        let m = crate::store::Manifest {
             digest: Digest::of(&bytes),
             media_type: crate::oci::media::OCI_MANIFEST.into(),
             bytes,

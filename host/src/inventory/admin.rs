@@ -31,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use super::commands::{self, tag_reference};
 use super::criteria::{CriteriaSpec, Cutoff};
 use super::prune;
-use crate::cache::tags;
+use crate::store::tags;
 use crate::server::App;
 use crate::server::response::{self, Body};
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::criteria::{Criteria, CriteriaSpec, Cutoff};
 use super::prune::{self, PrunePlan};
 use super::scan::{self, Image, ImageType};
-use crate::cache::tags;
+use crate::store::tags;
 use crate::cli::Output;
 use crate::config::Settings;
 use crate::oci::reference::{self, RepoName};

@@ -105,7 +105,7 @@ pub async fn run_in_server(
 mod tests {
     use super::super::scan::tests::{blob, image, tag};
     use super::*;
-    use crate::cache::{BlobStore, tags};
+    use crate::store::{BlobStore, tags};
     use crate::oci::media;
     use crate::oci::reference::RepoName;
 

@@ -326,7 +326,7 @@ pub fn log_plan(plan: &PrunePlan, what: &str) {
 mod tests {
     use super::super::scan::tests::{blob, image, tag};
     use super::*;
-    use crate::cache::BlobStore;
+    use crate::store::BlobStore;
     use crate::oci::media;
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::oci::manifest::{self, Contents};
 
 use super::access::{self, AccessRecord};
-use crate::cache::tags::TagRecord;
+use crate::store::tags::TagRecord;
 use crate::oci::media;
 
 /// What a manifest holds, as far as the inventory cares.
@@ -494,7 +494,7 @@ fn build_images(cache: &mut Cache, tag_files: Vec<TagFile>) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cache::{BlobStore, Manifest, tags};
+    use crate::store::{BlobStore, Manifest, tags};
     use crate::oci::reference::{Digest, RepoName};
     use bytes::Bytes;
 

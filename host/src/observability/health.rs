@@ -132,7 +132,7 @@ pub fn seconds_until(at: SystemTime) -> i64 {
 
 /// Whether a file can be created, written and removed in the cache's `tmp/` (bounded).
 pub async fn cache_writable(root: &Path) -> Result<(), String> {
-    let path = crate::cache::blob_store::temp_path_in(root, "readyz");
+    let path = crate::store::blob_store::temp_path_in(root, "readyz");
     let probe = tokio::task::spawn_blocking(move || {
         let result = std::fs::write(&path, b"ok");
         let _ = std::fs::remove_file(&path);
@@ -183,7 +183,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
         cache_writable(dir.path()).await.unwrap();
         assert_eq!(
-            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
+            crate::store::blob_store::tests::tmp_file_count(dir.path()),
             0
         );
     }

@@ -1,8 +1,8 @@
 //! Warming the cache: `ociregistry load --image-file F` and `serve --preload-images F`.
 //!
 //! Each image of a list ([`list`]) is pulled into the cache through the same single-flight
-//! fetches that client requests use ([`crate::server::manifests::ensure_manifest`],
-//! [`crate::server::blobs::ensure_blob_watching`]), so a preload and clients pulling the
+//! fetches that client requests use ([`crate::mirror::manifests::ensure_manifest`],
+//! [`crate::mirror::blobs::ensure_blob_watching`]), so a preload and clients pulling the
 //! same image at the same time share one upstream fetch per manifest and blob. For an index
 //! the index itself is stored plus, for each wanted [`platform::Platform`], the matching
 //! child manifest with its config and layers ([`manifest`]). A few images run at once, and
@@ -22,8 +22,8 @@ use crate::oci::manifest::{self, Blob, Contents};
 use crate::oci::media::Accept;
 use crate::oci::reference::Reference;
 use crate::server::App;
-use crate::server::blobs::ensure_blob_watching;
-use crate::server::manifests::ensure_manifest;
+use crate::mirror::blobs::ensure_blob_watching;
+use crate::mirror::manifests::ensure_manifest;
 use list::{ImageList, ImageRef};
 use platform::Platform;
 use report::Reporter;

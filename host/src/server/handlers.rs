@@ -10,9 +10,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use tokio::sync::OnceCell;
 
-use crate::cache::hot::HotCache;
-use crate::cache::inflight::Downloads;
-use crate::cache::{BlobStore, Manifest};
+use crate::mirror::hot::HotCache;
+use crate::mirror::downloads::Downloads;
+use crate::store::{BlobStore, Manifest};
 use crate::config::Settings;
 use crate::metrics::RouteKind;
 use crate::oci::error::{ErrorCode, RegistryError};
@@ -30,7 +30,7 @@ pub struct Stats {
     pub stale_served: AtomicU64,
 }
 
-pub(super) type ManifestFlight = Arc<OnceCell<Result<Manifest, RegistryError>>>;
+pub(crate) type ManifestFlight = Arc<OnceCell<Result<Manifest, RegistryError>>>;
 
 /// Everything a request needs: settings, the cache, the upstreams, the running fetches.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ pub struct App {
     pub hot: HotCache,
     /// Last-pull times, the stop request of the admin API, the `maxSize` trigger.
     pub inventory: crate::inventory::Inventory,
-    pub(super) manifest_flights: Mutex<HashMap<String, ManifestFlight>>,
+    pub(crate) manifest_flights: Mutex<HashMap<String, ManifestFlight>>,
 }
 
 impl App {
@@ -124,10 +124,10 @@ async fn route(
             "uploads are not supported: this registry is a pull-only mirror",
         )),
         Route::Manifest(reference) => {
-            super::manifests::manifest(app, registry, &repo, reference, headers, head).await
+            crate::mirror::manifests::manifest(app, registry, &repo, reference, headers, head).await
         }
         Route::Blob(digest) => {
-            super::blobs::blob(app, registry, &repo, digest, headers, head).await
+            crate::mirror::blobs::blob(app, registry, &repo, digest, headers, head).await
         }
         Route::Tags => {
             super::passthrough::passthrough(
@@ -156,7 +156,7 @@ async fn route(
     }
 }
 
-pub(super) fn json_ok(body: &'static [u8], head: bool) -> Response<Body> {
+pub(crate) fn json_ok(body: &'static [u8], head: bool) -> Response<Body> {
     let mut resp = response::bytes(body, head);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -165,7 +165,7 @@ pub(super) fn json_ok(body: &'static [u8], head: bool) -> Response<Body> {
     resp
 }
 
-pub(super) async fn read_limited(
+pub(crate) async fn read_limited(
     upstream: &Upstream,
     mut resp: reqwest::Response,
     limit: usize,
@@ -200,7 +200,7 @@ pub(super) async fn read_limited(
     Ok(Bytes::from(buf))
 }
 
-pub(super) fn too_large(upstream: &Upstream, limit: usize) -> RegistryError {
+pub(crate) fn too_large(upstream: &Upstream, limit: usize) -> RegistryError {
     RegistryError::bad_gateway(format!(
         "upstream {} sent a manifest larger than {} MiB; refused",
         upstream.name,
@@ -209,7 +209,7 @@ pub(super) fn too_large(upstream: &Upstream, limit: usize) -> RegistryError {
 }
 
 /// Turns an upstream's non-success answer into our error, keeping its meaning.
-pub(super) fn upstream_status(
+pub(crate) fn upstream_status(
     upstream: &Upstream,
     resp: reqwest::Response,
     not_found: ErrorCode,
@@ -270,6 +270,6 @@ impl From<crate::upstream::policy::PolicyError> for RegistryError {
     }
 }
 
-pub(super) fn disk_error(e: std::io::Error) -> RegistryError {
+pub(crate) fn disk_error(e: std::io::Error) -> RegistryError {
     RegistryError::internal(format!("cache error: {e}"))
 }

@@ -7,11 +7,9 @@
 //! and [`passthrough`]; [`range`] reads `Range` headers; [`response`] builds bodies and OCI
 //! error answers.
 
-pub mod blobs;
 pub mod handlers;
 pub mod listener;
 pub mod local_only;
-pub mod manifests;
 pub mod passthrough;
 pub mod range;
 pub mod response;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::cache::Manifest;
-use crate::cache::tags::TagRecord;
+use crate::store::Manifest;
+use crate::store::tags::TagRecord;
 use crate::oci::reference::Digest;
 
 /// Most manifest bytes kept in memory.

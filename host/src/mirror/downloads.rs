@@ -34,7 +34,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use sha2::Digest as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::cache::BlobStore;
+use crate::store::BlobStore;
 use crate::oci::error::RegistryError;
 use crate::oci::reference::Digest;
 
@@ -1167,7 +1167,7 @@ mod tests {
         assert!(got.is_err(), "the reader's transfer is aborted");
         assert!(!store.blob_path(&digest).exists());
         assert_eq!(
-            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
+            crate::store::blob_store::tests::tmp_file_count(dir.path()),
             0
         );
         assert!(downloads.is_empty());
@@ -1203,7 +1203,7 @@ mod tests {
             .unwrap_err();
         assert!(err.message.contains("every client left"), "{}", err.message);
         assert_eq!(
-            crate::cache::blob_store::tests::tmp_file_count(st.root()),
+            crate::store::blob_store::tests::tmp_file_count(st.root()),
             0
         );
         // A newcomer starts afresh instead of joining the cancelled download.
@@ -1444,7 +1444,7 @@ mod tests {
         assert!(got.is_err());
         assert!(!store.blob_path(&digest).exists());
         assert_eq!(
-            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
+            crate::store::blob_store::tests::tmp_file_count(dir.path()),
             0
         );
     }

@@ -14,12 +14,12 @@ use crate::server::handlers::{App, ManifestFlight, disk_error, read_limited, ups
 use crate::server::response::{self, Body};
 use crate::upstream::Upstream;
 
-use crate::cache::{Manifest, tags};
+use crate::store::{Manifest, tags};
 use crate::metrics::ContentKind;
 use crate::oci::media::{self, Accept};
 use crate::oci::reference::Reference;
 
-pub(super) async fn manifest(
+pub(crate) async fn manifest(
     app: &Arc<App>,
     registry: &str,
     repo: &RepoName,

@@ -18,8 +18,6 @@
 //! temp file, fsync and rename; nothing there is ever rewritten.
 
 pub mod blob_store;
-pub mod hot;
-pub mod inflight;
 pub mod tags;
 
 pub use blob_store::{BlobStore, Manifest, StoredBlob};

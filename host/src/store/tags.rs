@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::BlobStore;
-use crate::cache::blob_store::write_atomically;
+use crate::store::BlobStore;
+use crate::store::blob_store::write_atomically;
 use crate::oci::reference::{Digest, RepoName};
 
 /// One tag's record.

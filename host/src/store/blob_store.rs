@@ -55,7 +55,7 @@ impl StoredBlob {
         start: u64,
         end: u64,
     ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
-        crate::cache::inflight::read_stored(self.file, start, end)
+        crate::mirror::downloads::read_stored(self.file, start, end)
     }
 }
 

@@ -14,10 +14,10 @@ use crate::upstream::Upstream;
 
 use futures_util::TryStreamExt;
 
-use crate::cache::inflight::{self, ByteStream, Progress, Resume, UpstreamBody};
+use crate::mirror::downloads::{self, ByteStream, Progress, Resume, UpstreamBody};
 use crate::server::range::{self, RangeAnswer};
 
-pub(super) async fn blob(
+pub(crate) async fn blob(
     app: &Arc<App>,
     registry: &str,
     repo: &RepoName,
@@ -63,20 +63,20 @@ pub(super) async fn blob(
         Progress::Verified { total } | Progress::Complete { total } => Some(total),
         Progress::Starting => None,
     };
-    let inflight::Joined {
+    let downloads::Joined {
         download, interest, ..
     } = joined;
     let fallback = (download.registry != upstream.name).then(|| {
         let (app, upstream, repo, digest) =
             (app.clone(), upstream.clone(), repo.clone(), digest.clone());
-        Box::new(move |abandon: &Arc<inflight::Download>| {
+        Box::new(move |abandon: &Arc<downloads::Download>| {
             let j = join_download(&app, &upstream, &repo, &digest, Some(abandon));
             Some((j.download, j.interest))
-        }) as inflight::Fallback
+        }) as downloads::Fallback
     });
     match total {
         Some(total) => blob_response(&digest, total, range_header, false, |start, end| {
-            response::stream(inflight::follow(
+            response::stream(downloads::follow(
                 download,
                 Some(interest),
                 start,
@@ -87,7 +87,7 @@ pub(super) async fn blob(
         }),
         // Size unknown until the upstream finishes: stream it all, chunked.
         None => {
-            let mut resp = Response::new(response::stream(inflight::follow(
+            let mut resp = Response::new(response::stream(downloads::follow(
                 download,
                 Some(interest),
                 0,
@@ -104,7 +104,7 @@ pub(super) async fn blob(
 /// The download's first state past `Starting`; a failure as an error, and so is no answer
 /// within `stall` (when given).
 async fn first_state(
-    download: &inflight::Download,
+    download: &downloads::Download,
     stall: Option<std::time::Duration>,
 ) -> Result<Progress, RegistryError> {
     let mut progress = download.subscribe();
@@ -173,7 +173,7 @@ const PRELOAD_SLOT_WAITS: u32 = 60;
 const NO_SLOT: &str = "too many upstream downloads running";
 
 async fn watch_download(
-    download: &inflight::Download,
+    download: &downloads::Download,
     on_progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<u64, RegistryError> {
     let mut progress = download.subscribe();
@@ -217,8 +217,8 @@ fn join_download(
     upstream: &Arc<Upstream>,
     repo: &RepoName,
     digest: &Digest,
-    abandon: Option<&Arc<inflight::Download>>,
-) -> inflight::Joined {
+    abandon: Option<&Arc<downloads::Download>>,
+) -> downloads::Joined {
     let keep = upstream.is_configured() || upstream.name == app.settings.default_ns;
     let joined = app
         .downloads
@@ -314,7 +314,7 @@ async fn run_download(
     app: Arc<App>,
     upstream: Arc<Upstream>,
     repo: RepoName,
-    download: Arc<inflight::Download>,
+    download: Arc<downloads::Download>,
 ) {
     let digest = download.digest.clone();
     // It may have been stored between the cache lookup and registering this download.
@@ -399,7 +399,7 @@ async fn run_download(
     // Unknown length: its free space is checked again as the bytes arrive.
     if let Err(e) = app
         .store
-        .ensure_space(total.unwrap_or(inflight::SPACE_CHECK_EVERY))
+        .ensure_space(total.unwrap_or(downloads::SPACE_CHECK_EVERY))
     {
         tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "not caching: disk full");
         app.downloads.fail(&download, e);
