@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::BlobStore;
 use crate::config::{self, ConfigError, Overrides, Settings};
 use crate::logging::{self, LogFormat};
 use crate::observability;
 use crate::preload::{self, platform::Platform};
 use crate::providers;
 use crate::server::{self, App};
+use crate::store::BlobStore;
 use crate::upstream::Upstreams;
 
 /// A pull-through caching OCI registry: one endpoint for every upstream registry, images
@@ -413,6 +413,6 @@ async fn serve(settings: Settings) -> Result<(), FatalError> {
     };
     let served = server::serve(listener, app.clone(), stop).await;
     observed.set_serving(false);
-    app.inventory.access.flush(&app.store).await;
+    crate::inventory::access::flush(&app.inventory.access, &app.store).await;
     served.map_err(|e| FatalError::Startup(e.to_string()))
 }

@@ -15,12 +15,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::mirror::pulls::AccessTracker;
+use crate::oci::reference::RepoName;
 use crate::store::{BlobStore, tags};
-use crate::oci::reference::{Digest, RepoName};
 
 /// A manifest's access record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,88 +55,41 @@ pub fn write_record(root: &Path, hex: &str, rec: &AccessRecord) -> io::Result<()
     )
 }
 
-#[derive(Debug, Default)]
-struct Pending {
-    /// (registry, repository, tag) -> last served.
-    tags: HashMap<(String, String, String), u64>,
-    /// (registry, repository, manifest hex) -> last served.
-    digests: HashMap<(String, String, String), u64>,
-}
-
-/// Access times not yet on disk.
-#[derive(Debug, Default)]
-pub struct AccessTracker {
-    pending: Mutex<Pending>,
-}
-
-impl AccessTracker {
-    /// A manifest was served for `registry/repo:tag`.
-    pub fn touch_tag(&self, registry: &str, repo: &RepoName, tag: &str) {
-        let now = crate::timefmt::now();
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.tags.insert(
-            (
-                registry.to_owned(),
-                repo.as_str().to_owned(),
-                tag.to_owned(),
-            ),
-            now,
-        );
-    }
-
-    /// A manifest was served for `registry/repo@digest`.
-    pub fn touch_digest(&self, registry: &str, repo: &RepoName, digest: &Digest) {
-        let now = crate::timefmt::now();
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.digests.insert(
-            (
-                registry.to_owned(),
-                repo.as_str().to_owned(),
-                digest.hex().to_owned(),
-            ),
-            now,
-        );
-    }
-
-    /// Writes every pending time to disk; returns how many records were updated. A write
-    /// that fails is logged and dropped (access times are advisory).
-    pub async fn flush(&self, store: &BlobStore) -> usize {
-        // Held for the whole flush: a prune in another process cannot remove a record
-        // between our read and our write-back.
-        let _lock = match super::lock::InventoryLock::acquire_async(store.root().to_owned()).await {
-            Ok(l) => Some(l),
+/// Writes every time `tracker` holds to disk; returns how many records were updated. A
+/// write that fails is logged and dropped (access times are advisory).
+pub async fn flush(tracker: &AccessTracker, store: &BlobStore) -> usize {
+    // Held for the whole flush: a prune in another process cannot remove a record
+    // between our read and our write-back.
+    let _lock = match super::lock::InventoryLock::acquire_async(store.root().to_owned()).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::debug!(error = %e, "no inventory lock for the access flush");
+            None
+        }
+    };
+    let pending = tracker.take();
+    let mut written = 0;
+    for ((registry, repo, tag), at) in pending.tags {
+        let Ok(repo) = RepoName::parse(&repo) else {
+            continue;
+        };
+        match tags::set_accessed(store, &registry, &repo, &tag, at).await {
+            Ok(true) => written += 1,
+            Ok(false) => {}
             Err(e) => {
-                tracing::debug!(error = %e, "no inventory lock for the access flush");
-                None
-            }
-        };
-        let pending = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut *p)
-        };
-        let mut written = 0;
-        for ((registry, repo, tag), at) in pending.tags {
-            let Ok(repo) = RepoName::parse(&repo) else {
-                continue;
-            };
-            match tags::set_accessed(store, &registry, &repo, &tag, at).await {
-                Ok(true) => written += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record the last pull time")
-                }
+                tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record the last pull time")
             }
         }
-        if !pending.digests.is_empty() {
-            let root = store.root().to_owned();
-            let digests = pending.digests;
-            let n = tokio::task::spawn_blocking(move || flush_digests(&root, digests))
-                .await
-                .unwrap_or(0);
-            written += n;
-        }
-        written
     }
+    if !pending.digests.is_empty() {
+        let root = store.root().to_owned();
+        let digests = pending.digests;
+        let n = tokio::task::spawn_blocking(move || flush_digests(&root, digests))
+            .await
+            .unwrap_or(0);
+        written += n;
+    }
+    written
 }
 
 fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -> usize {
@@ -172,6 +125,7 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::reference::Digest;
     use bytes::Bytes;
 
     #[tokio::test]
@@ -194,7 +148,7 @@ mod tests {
         t.touch_tag("r.io", &repo, "gone");
         t.touch_digest("r.io", &repo, &m.digest);
         t.touch_digest("r.io", &repo, &Digest::of(b"not cached"));
-        assert_eq!(t.flush(&store).await, 2);
+        assert_eq!(flush(&t, &store).await, 2);
         let rec = tags::read(&tags::record_path(&store, "r.io", &repo, "v1"))
             .await
             .unwrap();
@@ -209,6 +163,6 @@ mod tests {
         assert_eq!(acc.repositories, vec!["r.io/org/app".to_owned()]);
         assert!(!record_path(dir.path(), Digest::of(b"not cached").hex()).exists());
         // A second flush with nothing pending writes nothing.
-        assert_eq!(t.flush(&store).await, 0);
+        assert_eq!(flush(&t, &store).await, 0);
     }
 }

@@ -31,9 +31,9 @@ use tokio_rustls::TlsAcceptor;
 use super::commands::{self, tag_reference};
 use super::criteria::{CriteriaSpec, Cutoff};
 use super::prune;
-use crate::store::tags;
 use crate::server::App;
 use crate::server::response::{self, Body};
+use crate::store::tags;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -237,7 +237,7 @@ async fn handle(
         (&Method::GET, "/admin/v1/images") => {
             let pattern = query_param(parts.uri.query(), "pattern").filter(|p| !p.is_empty());
             let root = app.store.root().to_owned();
-            app.inventory.access.flush(&app.store).await;
+            crate::inventory::access::flush(&app.inventory.access, &app.store).await;
             let listed = tokio::task::spawn_blocking(move || {
                 commands::list_images(&root, pattern.as_deref())
             })

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use super::config::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
 use super::{admin, evict, prune};
-use crate::server::App;
+use crate::mirror::Mirror;
 
 /// Starts the background tasks and, when configured, the admin API (a bind failure is an
 /// error: the operator asked for it).
-pub async fn start(app: &Arc<App>) -> Result<(), String> {
+pub async fn start(app: &Arc<Mirror>) -> Result<(), String> {
     if let Some(a) = &app.settings.inventory.admin {
         // The admin API speaks TLS whenever the pull port does.
         let tls = match &app.settings.server_tls {
@@ -29,7 +29,7 @@ pub async fn start(app: &Arc<App>) -> Result<(), String> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            a.inventory.access.flush(&a.store).await;
+            super::access::flush(&a.inventory.access, &a.store).await;
         }
     });
     if let Some(schedule) = app.settings.inventory.prune.clone() {

@@ -12,10 +12,10 @@ use serde::Serialize;
 use super::criteria::{Criteria, CriteriaSpec, Cutoff};
 use super::prune::{self, PrunePlan};
 use super::scan::{self, Image, ImageType};
-use crate::store::tags;
 use crate::cli::Output;
 use crate::config::Settings;
 use crate::oci::reference::{self, RepoName};
+use crate::store::tags;
 use crate::timefmt;
 use crate::upstream::canonical_name;
 

@@ -67,7 +67,7 @@ pub fn select(cache: &Cache, max: u64) -> Vec<usize> {
 
 /// Evicts until the cache fits `max`; `None` when it already fits.
 pub async fn run_in_server(
-    app: &Arc<crate::server::App>,
+    app: &Arc<crate::mirror::Mirror>,
     max: u64,
 ) -> Result<Option<PrunePlan>, String> {
     // Most checks find the cache within bounds: a directory count settles that without the
@@ -105,9 +105,9 @@ pub async fn run_in_server(
 mod tests {
     use super::super::scan::tests::{blob, image, tag};
     use super::*;
-    use crate::store::{BlobStore, tags};
     use crate::oci::media;
     use crate::oci::reference::RepoName;
+    use crate::store::{BlobStore, tags};
 
     #[tokio::test]
     async fn least_recently_pulled_goes_first_and_shared_bytes_count_once() {

@@ -253,7 +253,7 @@ pub fn finish(
 
 /// A prune inside the server (see [`run_locked`]).
 pub async fn run_in_server(
-    app: &Arc<crate::server::App>,
+    app: &Arc<crate::mirror::Mirror>,
     spec: CriteriaSpec,
     count: Option<usize>,
     grace: Duration,
@@ -273,12 +273,12 @@ pub async fn run_in_server(
 /// under the inventory lock. Manifests it removed leave the in-memory cache as well, so that
 /// they are not served from there afterwards.
 pub async fn run_locked(
-    app: &Arc<crate::server::App>,
+    app: &Arc<crate::mirror::Mirror>,
     what: &'static str,
     work: impl FnOnce(&Path) -> Result<Option<PrunePlan>, String> + Send + 'static,
 ) -> Result<Option<PrunePlan>, String> {
     let _one = app.inventory.prune_lock.lock().await;
-    app.inventory.access.flush(&app.store).await;
+    crate::inventory::access::flush(&app.inventory.access, &app.store).await;
     let root = app.store.root().to_owned();
     let plan = tokio::task::spawn_blocking(move || {
         let _lock = super::lock::InventoryLock::acquire(&root, || {})
@@ -326,8 +326,8 @@ pub fn log_plan(plan: &PrunePlan, what: &str) {
 mod tests {
     use super::super::scan::tests::{blob, image, tag};
     use super::*;
-    use crate::store::BlobStore;
     use crate::oci::media;
+    use crate::store::BlobStore;
 
     #[tokio::test]
     async fn shared_blobs_stay_while_referenced() {

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::oci::manifest::{self, Contents};
 
 use super::access::{self, AccessRecord};
-use crate::store::tags::TagRecord;
 use crate::oci::media;
+use crate::store::tags::TagRecord;
 
 /// What a manifest holds, as far as the inventory cares.
 #[derive(Debug, Clone, Default)]
@@ -494,8 +494,8 @@ fn build_images(cache: &mut Cache, tag_files: Vec<TagFile>) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::store::{BlobStore, Manifest, tags};
     use crate::oci::reference::{Digest, RepoName};
+    use crate::store::{BlobStore, Manifest, tags};
     use bytes::Bytes;
 
     /// Writes a blob of `content`; returns its hex.

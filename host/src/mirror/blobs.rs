@@ -1,46 +1,101 @@
-//! Blobs: from the cache with ranges, else join or start the single download of the digest
-//! and stream along while it runs.
+//! Blobs: from the store, else join or start the single download of the digest (and read
+//! along while it runs); [`ensure_blob_watching`] for callers inside the process.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{Method, StatusCode, header};
 
 use crate::metrics::ContentKind;
+use crate::mirror::downloads::{self, ByteStream, Progress, Resume, UpstreamBody};
+use crate::mirror::{Mirror, disk_error};
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::{Digest, RepoName};
-use crate::server::handlers::{App, disk_error, upstream_status};
-use crate::server::response::{self, Body};
+use crate::store::StoredBlob;
 use crate::upstream::Upstream;
+use crate::upstream::answer::upstream_status;
 
-use futures_util::TryStreamExt;
+/// Where a requested blob's bytes come from.
+#[derive(Debug)]
+pub enum BlobAnswer {
+    /// Stored: read by range.
+    Stored(StoredBlob),
+    /// Being downloaded: read along while it runs.
+    Downloading(Following),
+    /// Not cached, and only its headers were asked for: what the upstream said of its size.
+    AtUpstream {
+        /// The upstream's `Content-Length`, when it sent one.
+        size: Option<u64>,
+    },
+}
 
-use crate::mirror::downloads::{self, ByteStream, Progress, Resume, UpstreamBody};
-use crate::server::range::{self, RangeAnswer};
+/// A client's place in a running download.
+pub struct Following {
+    total: Option<u64>,
+    download: Arc<downloads::Download>,
+    interest: downloads::Interest,
+    idle: Duration,
+    fallback: Option<downloads::Fallback>,
+}
 
-pub(crate) async fn blob(
-    app: &Arc<App>,
+impl std::fmt::Debug for Following {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Following")
+            .field("total", &self.total)
+            .field("digest", &self.download.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Following {
+    /// The blob's size, when the upstream announced it.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// Streams bytes `[start, end)` (to the end when `None`) while the download runs; the
+    /// stream ends with an error if the download fails.
+    pub fn read(
+        self,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+        downloads::follow(
+            self.download,
+            Some(self.interest),
+            start,
+            end,
+            self.idle,
+            self.fallback,
+        )
+    }
+}
+
+/// Blob `digest` of `registry/repo`: stored, or joined (or started) as a download; with
+/// `head`, an uncached blob is only asked about at the upstream, never downloaded.
+pub async fn blob(
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
-    digest: Digest,
-    headers: &HeaderMap,
+    digest: &Digest,
     head: bool,
-) -> Result<Response<Body>, RegistryError> {
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+) -> Result<BlobAnswer, RegistryError> {
     let counters = crate::metrics::global().registry(registry);
-    if let Some(stored) = app.store.open_blob(&digest).await.map_err(disk_error)? {
+    if let Some(stored) = app.store.open_blob(digest).await.map_err(disk_error)? {
         counters.cache(ContentKind::Blob, true);
-        return blob_response(&digest, stored.size(), range_header, head, |start, end| {
-            response::stream(stored.read(start, end))
-        });
+        return Ok(BlobAnswer::Stored(stored));
     }
     counters.cache(ContentKind::Blob, false);
-    refuse_if_air_gapped(app, &digest)?;
+    refuse_if_air_gapped(app, digest)?;
     let upstream = app.upstreams.resolve(registry)?;
     if head {
-        return head_upstream_blob(&upstream, repo, &digest).await;
+        let size = head_upstream_blob(&upstream, repo, digest).await?;
+        return Ok(BlobAnswer::AtUpstream { size });
     }
     let idle = upstream.timeout();
-    let mut joined = join_download(app, &upstream, repo, &digest, None);
+    let mut joined = join_download(app, &upstream, repo, digest, None);
     // Until the headers are sent, a download started for another registry that fails or
     // stalls is given up for one from this client's own upstream (at most once).
     let mut may_switch = true;
@@ -52,7 +107,7 @@ pub(crate) async fn blob(
                 tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e.message,
                     "download for another registry failed or stalled; fetching from the client's own upstream");
                 may_switch = false;
-                joined = join_download(app, &upstream, repo, &digest, Some(&joined.download));
+                joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
             }
             Err(e) => return Err(e),
         }
@@ -74,31 +129,37 @@ pub(crate) async fn blob(
             Some((j.download, j.interest))
         }) as downloads::Fallback
     });
-    match total {
-        Some(total) => blob_response(&digest, total, range_header, false, |start, end| {
-            response::stream(downloads::follow(
-                download,
-                Some(interest),
-                start,
-                Some(end),
-                idle,
-                fallback,
-            ))
-        }),
-        // Size unknown until the upstream finishes: stream it all, chunked.
-        None => {
-            let mut resp = Response::new(response::stream(downloads::follow(
-                download,
-                Some(interest),
-                0,
-                None,
-                idle,
-                fallback,
-            )));
-            blob_headers(resp.headers_mut(), &digest);
-            Ok(resp)
-        }
+    Ok(BlobAnswer::Downloading(Following {
+        total,
+        download,
+        interest,
+        idle,
+        fallback,
+    }))
+}
+
+/// What the upstream says of blob `digest` when asked with `HEAD`: its size, if it said.
+async fn head_upstream_blob(
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<Option<u64>, RegistryError> {
+    let resp = upstream
+        .request(Method::HEAD, repo, &format!("blobs/{digest}"), None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(upstream_status(
+            upstream,
+            resp,
+            ErrorCode::BlobUnknown,
+            &format!("blob {digest}"),
+        ));
     }
+    Ok(resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok()))
 }
 
 /// The download's first state past `Starting`; a failure as an error, and so is no answer
@@ -134,7 +195,7 @@ async fn first_state(
 /// A download started for another registry that fails is followed by one from this
 /// registry's own upstream.
 pub async fn ensure_blob_watching(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
     digest: &Digest,
@@ -199,7 +260,7 @@ async fn watch_download(
 }
 
 /// An uncached blob in air-gapped mode: never fetched.
-fn refuse_if_air_gapped(app: &App, digest: &Digest) -> Result<(), RegistryError> {
+fn refuse_if_air_gapped(app: &Mirror, digest: &Digest) -> Result<(), RegistryError> {
     if app.settings.air_gapped {
         return Err(RegistryError::not_found(
             ErrorCode::BlobUnknown,
@@ -213,7 +274,7 @@ fn refuse_if_air_gapped(app: &App, digest: &Digest) -> Result<(), RegistryError>
 /// (`abandon`: a download the caller gives up on, never joined again). Downloads of
 /// configured registries (and `defaultNs`) run on when their clients leave; others stop.
 fn join_download(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     upstream: &Arc<Upstream>,
     repo: &RepoName,
     digest: &Digest,
@@ -234,84 +295,9 @@ fn join_download(
     joined
 }
 
-fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    response::digest_headers(h, digest);
-}
-
-fn blob_response(
-    digest: &Digest,
-    total: u64,
-    range_header: Option<&str>,
-    head: bool,
-    body: impl FnOnce(u64, u64) -> Body,
-) -> Result<Response<Body>, RegistryError> {
-    let (status, start, end) = match range::answer(range_header, total) {
-        RangeAnswer::Full => (StatusCode::OK, 0, total),
-        RangeAnswer::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
-        RangeAnswer::Unsatisfiable => {
-            let mut e = response::error(
-                &RegistryError::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    ErrorCode::RangeInvalid,
-                    format!("range not satisfiable for a blob of {total} bytes"),
-                ),
-                head,
-            );
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
-                e.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(e);
-        }
-    };
-    let mut resp = Response::new(if head {
-        response::empty()
-    } else {
-        body(start, end)
-    });
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    blob_headers(h, digest);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-    if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1))
-    {
-        h.insert(header::CONTENT_RANGE, v);
-    }
-    Ok(resp)
-}
-
-async fn head_upstream_blob(
-    upstream: &Upstream,
-    repo: &RepoName,
-    digest: &Digest,
-) -> Result<Response<Body>, RegistryError> {
-    let resp = upstream
-        .request(Method::HEAD, repo, &format!("blobs/{digest}"), None)
-        .await?;
-    if !resp.status().is_success() {
-        return Err(upstream_status(
-            upstream,
-            resp,
-            ErrorCode::BlobUnknown,
-            &format!("blob {digest}"),
-        ));
-    }
-    let mut out = Response::new(response::empty());
-    blob_headers(out.headers_mut(), digest);
-    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH).cloned() {
-        out.headers_mut().insert(header::CONTENT_LENGTH, len);
-    }
-    Ok(out)
-}
-
 /// Fetches a blob from the upstream into the cache, feeding every reader of `download`.
 async fn run_download(
-    app: Arc<App>,
+    app: Arc<Mirror>,
     upstream: Arc<Upstream>,
     repo: RepoName,
     download: Arc<downloads::Download>,

@@ -34,9 +34,9 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use sha2::Digest as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::store::BlobStore;
 use crate::oci::error::RegistryError;
 use crate::oci::reference::Digest;
+use crate::store::BlobStore;
 
 /// Bytes read from disk per chunk sent to a client of a stored blob (one client reading
 /// fast: large reads cost fewer round trips).

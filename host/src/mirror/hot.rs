@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::oci::reference::Digest;
 use crate::store::Manifest;
 use crate::store::tags::TagRecord;
-use crate::oci::reference::Digest;
 
 /// Most manifest bytes kept in memory.
 const MAX_MANIFEST_BYTES: usize = 32 * 1024 * 1024;

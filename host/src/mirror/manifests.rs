@@ -1,4 +1,4 @@
-//! Manifests: by digest from the cache, else one verified upstream fetch; by tag from the
+//! Manifests: by digest from the store, else one verified upstream fetch; by tag from the
 //! tag record, else (or for `:latest` under `alwaysPullLatest`) the upstream, falling back to
 //! the cached manifest when the upstream fails. Concurrent requests share one fetch.
 
@@ -6,49 +6,50 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http::{Method, StatusCode, header};
 
+use crate::mirror::{ManifestFlight, Mirror, disk_error};
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::{Digest, RepoName};
-use crate::server::handlers::{App, ManifestFlight, disk_error, read_limited, upstream_status};
-use crate::server::response::{self, Body};
 use crate::upstream::Upstream;
+use crate::upstream::answer::{read_limited, upstream_status};
 
-use crate::store::{Manifest, tags};
 use crate::metrics::ContentKind;
 use crate::oci::media::{self, Accept};
 use crate::oci::reference::Reference;
+use crate::store::{Manifest, tags};
 
-pub(crate) async fn manifest(
-    app: &Arc<App>,
+/// Manifest `digest` for a client of `registry/repo`, its pull recorded for the inventory.
+pub async fn by_digest(
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
-    reference: Reference,
-    headers: &HeaderMap,
-    head: bool,
-) -> Result<Response<Body>, RegistryError> {
-    let m = match reference {
-        Reference::Digest(digest) => {
-            let m = manifest_by_digest(app, registry, repo, digest).await?;
-            app.inventory.access.touch_digest(registry, repo, &m.digest);
-            m
-        }
-        Reference::Tag(tag) => {
-            // Only a tag's answer depends on what the client accepts.
-            let accept = Accept::from_headers(headers);
-            let m = manifest_by_tag(app, registry, repo, &tag, &accept).await?;
-            app.inventory.access.touch_tag(registry, repo, &tag);
-            m
-        }
-    };
-    Ok(manifest_response(&m, head))
+    digest: Digest,
+) -> Result<Manifest, RegistryError> {
+    let m = manifest_by_digest(app, registry, repo, digest).await?;
+    app.inventory.access.touch_digest(registry, repo, &m.digest);
+    Ok(m)
+}
+
+/// The manifest `tag` points to for a client of `registry/repo` that accepts `accept` (only
+/// a tag's answer depends on it), its pull recorded for the inventory.
+pub async fn by_tag(
+    app: &Arc<Mirror>,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+    accept: &Accept,
+) -> Result<Manifest, RegistryError> {
+    let m = manifest_by_tag(app, registry, repo, tag, accept).await?;
+    app.inventory.access.touch_tag(registry, repo, tag);
+    Ok(m)
 }
 
 /// The manifest `reference` names, from the cache or fetched into it through the same
 /// single-flight fetch that client requests use (a tag with its freshness rules, a digest
 /// verified). For callers inside the process, such as the preloader.
 pub async fn ensure_manifest(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
     reference: &Reference,
@@ -60,18 +61,8 @@ pub async fn ensure_manifest(
     }
 }
 
-fn manifest_response(m: &Manifest, head: bool) -> Response<Body> {
-    let mut resp = response::bytes(m.bytes.clone(), head);
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&m.media_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    response::digest_headers(h, &m.digest);
-    resp
-}
-
 async fn manifest_by_digest(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
     digest: Digest,
@@ -106,7 +97,7 @@ async fn manifest_by_digest(
 }
 
 async fn manifest_by_tag(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
     tag: &str,
@@ -185,7 +176,7 @@ async fn manifest_by_tag(
     .await
 }
 
-async fn record_tag(app: &App, registry: &str, repo: &RepoName, tag: &str, m: &Manifest) {
+async fn record_tag(app: &Mirror, registry: &str, repo: &RepoName, tag: &str, m: &Manifest) {
     app.hot
         .forget_tag(&tags::record_path(&app.store, registry, repo, tag));
     if let Err(e) = tags::put(&app.store, registry, repo, tag, &m.media_type, &m.digest).await {
@@ -194,7 +185,7 @@ async fn record_tag(app: &App, registry: &str, repo: &RepoName, tag: &str, m: &M
 }
 
 /// A cached manifest, from memory or disk.
-async fn stored_manifest(app: &App, digest: &Digest) -> std::io::Result<Option<Manifest>> {
+async fn stored_manifest(app: &Mirror, digest: &Digest) -> std::io::Result<Option<Manifest>> {
     if let Some(m) = app.hot.manifest(digest) {
         if app.store.has_manifest(digest) {
             return Ok(Some(m));
@@ -223,7 +214,7 @@ enum Revalidation {
 
 /// A cheap upstream `HEAD` on the tag, bounded by `revalidateTimeout`.
 async fn revalidate(
-    app: &App,
+    app: &Mirror,
     upstream: &Upstream,
     repo: &RepoName,
     tag: &str,
@@ -272,7 +263,7 @@ fn age(fetched_at: u64) -> Duration {
 /// The cached manifest a tag points to, for a media type the client accepts, and when the
 /// tag was last confirmed upstream.
 async fn cached_tag(
-    app: &App,
+    app: &Mirror,
     registry: &str,
     repo: &RepoName,
     tag: &str,
@@ -368,7 +359,7 @@ impl Drop for FlightGuard<'_> {
 }
 
 async fn fetch_manifest(
-    app: &App,
+    app: &Mirror,
     upstream: &Upstream,
     repo: &RepoName,
     reference: &Reference,

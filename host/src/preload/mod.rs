@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use crate::mirror::Mirror;
+use crate::mirror::blobs::ensure_blob_watching;
+use crate::mirror::manifests::ensure_manifest;
 use crate::oci::manifest::{self, Blob, Contents};
 use crate::oci::media::Accept;
 use crate::oci::reference::Reference;
-use crate::server::App;
-use crate::mirror::blobs::ensure_blob_watching;
-use crate::mirror::manifests::ensure_manifest;
 use list::{ImageList, ImageRef};
 use platform::Platform;
 use report::Reporter;
@@ -159,7 +159,7 @@ impl Summary {
 }
 
 /// Preloads every image of `list`; never stops at a failure.
-pub async fn run(app: &Arc<App>, list: &ImageList, opts: &Options, rep: &Reporter) -> Summary {
+pub async fn run(app: &Arc<Mirror>, list: &ImageList, opts: &Options, rep: &Reporter) -> Summary {
     let started = Instant::now();
     let mut failures: Vec<Failure> = list
         .bad
@@ -228,7 +228,7 @@ fn describe(c: &Counts) -> String {
 
 /// One image: its manifest(s), then its blobs; the first failure is the image's reason.
 async fn preload_image(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     img: &ImageRef,
     opts: &Options,
     rep: &Reporter,
@@ -353,7 +353,7 @@ enum BlobOutcome {
 }
 
 async fn fetch_blob(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     img: &ImageRef,
     b: &Blob,
     rep: &Reporter,
@@ -390,7 +390,7 @@ async fn fetch_blob(
 
 /// Preloads `list` on its own task (for `serve`, which keeps serving meanwhile) and logs
 /// the summary when done.
-pub fn spawn_in_background(app: Arc<App>, list: ImageList, opts: Options) {
+pub fn spawn_in_background(app: Arc<Mirror>, list: ImageList, opts: Options) {
     tokio::spawn(async move {
         tracing::info!(list = %list.path.display(), images = list.images.len(),
             platforms = %opts.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),

@@ -6,16 +6,17 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
+use crate::mirror::Mirror;
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::media;
 use crate::oci::reference::RepoName;
 use crate::server::handlers::json_ok;
-use crate::server::handlers::{App, read_limited, upstream_status};
 use crate::server::response::{self, Body};
 use crate::server::router::Via;
+use crate::upstream::answer::{read_limited, upstream_status};
 
 pub(super) async fn passthrough(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
     path: &str,

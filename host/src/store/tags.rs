@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::oci::reference::{Digest, RepoName};
 use crate::store::BlobStore;
 use crate::store::blob_store::write_atomically;
-use crate::oci::reference::{Digest, RepoName};
 
 /// One tag's record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

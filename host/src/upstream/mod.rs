@@ -7,6 +7,7 @@
 //! http unless the registry is `scheme: http`, and without `Authorization` once a hop leaves
 //! the original origin (scheme, host and port).
 
+pub mod answer;
 pub mod auth;
 pub mod challenge;
 pub mod policy;
