@@ -1,11 +1,6 @@
 //! Last-pulled times, kept in memory on the pull path and flushed to disk now and then:
 //! into the tag record (`accessedAt`) for pulls by tag, and into a per-manifest access
-//! record for pulls by digest:
-//!
-//! ```text
-//! manifests/sha256/<hex>.access   {"accessedAt": 1714557600,
-//!                                  "repositories": ["quay.io/org/app"]}
-//! ```
+//! record for pulls by digest ([`crate::store::access`]).
 //!
 //! The access record is what lets `list` name the repository of a manifest pulled by
 //! digest (the manifest store itself is content-addressed and knows no names). Nothing is
@@ -13,47 +8,12 @@
 //! gone.
 
 use std::collections::HashMap;
-use std::io;
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 pub use crate::mirror::pulls::AccessTracker;
 use crate::oci::reference::RepoName;
-use crate::store::{BlobStore, tags};
-
-/// A manifest's access record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AccessRecord {
-    /// Last pull by digest, Unix seconds.
-    #[serde(default)]
-    pub accessed_at: u64,
-    /// `registry/repository` names it was pulled through by digest.
-    #[serde(default)]
-    pub repositories: Vec<String>,
-}
-
-/// Where the access record of manifest `hex` lives.
-pub fn record_path(root: &Path, hex: &str) -> PathBuf {
-    root.join("manifests/sha256").join(format!("{hex}.access"))
-}
-
-/// Reads an access record; missing or unreadable is `None`.
-pub fn read_record(root: &Path, hex: &str) -> Option<AccessRecord> {
-    let bytes = std::fs::read(record_path(root, hex)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// Writes an access record through a temp file and rename (blocking).
-pub fn write_record(root: &Path, hex: &str, rec: &AccessRecord) -> io::Result<()> {
-    let bytes = serde_json::to_vec(rec).map_err(io::Error::other)?;
-    crate::store::blob_store::write_atomically_blocking(
-        &crate::store::blob_store::temp_path_in(root, "access"),
-        &record_path(root, hex),
-        &bytes,
-    )
-}
+pub use crate::store::access::AccessRecord;
+use crate::store::{self, BlobStore, tags};
 
 /// Writes every time `tracker` holds to disk; returns how many records were updated. A
 /// write that fails is logged and dropped (access times are advisory).
@@ -101,10 +61,10 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
     }
     let mut written = 0;
     for (hex, (at, repos)) in by_hex {
-        if !root.join("manifests/sha256").join(&hex).is_file() {
+        if !store::listing::has_manifest(root, &hex) {
             continue;
         }
-        let mut rec = read_record(root, &hex).unwrap_or_default();
+        let mut rec = store::access::read(root, &hex).unwrap_or_default();
         rec.accessed_at = rec.accessed_at.max(at);
         for r in repos {
             if !rec.repositories.contains(&r) {
@@ -112,7 +72,7 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
             }
         }
         rec.repositories.sort();
-        match write_record(root, &hex, &rec) {
+        match store::access::write(root, &hex, &rec) {
             Ok(()) => written += 1,
             Err(e) => {
                 tracing::warn!(digest = %hex, error = %e, "could not record the last pull time")
@@ -149,19 +109,16 @@ mod tests {
         t.touch_digest("r.io", &repo, &m.digest);
         t.touch_digest("r.io", &repo, &Digest::of(b"not cached"));
         assert_eq!(flush(&t, &store).await, 2);
-        let rec = tags::read(&tags::record_path(&store, "r.io", &repo, "v1"))
-            .await
-            .unwrap();
+        let rec = tags::get(&store, "r.io", &repo, "v1").await.unwrap();
         assert!(rec.accessed_at.is_some());
         assert_eq!(rec.entries.len(), 1);
-        assert!(
-            tags::read(&tags::record_path(&store, "r.io", &repo, "gone"))
-                .await
-                .is_none()
-        );
-        let acc = read_record(dir.path(), m.digest.hex()).unwrap();
+        assert!(tags::get(&store, "r.io", &repo, "gone").await.is_none());
+        let acc = store::access::read(dir.path(), m.digest.hex()).unwrap();
         assert_eq!(acc.repositories, vec!["r.io/org/app".to_owned()]);
-        assert!(!record_path(dir.path(), Digest::of(b"not cached").hex()).exists());
+        assert!(!store::access::exists(
+            dir.path(),
+            Digest::of(b"not cached").hex()
+        ));
         // A second flush with nothing pending writes nothing.
         assert_eq!(flush(&t, &store).await, 0);
     }

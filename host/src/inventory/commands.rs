@@ -123,7 +123,7 @@ pub fn list_images(root: &Path, pattern: Option<&str>) -> Result<Vec<ImageView>,
 }
 
 fn no_cache(root: &Path) -> Option<String> {
-    (!root.join("manifests").is_dir() && !root.join("tags").is_dir()).then(|| {
+    (!crate::store::is_cache(root)).then(|| {
         format!(
             "no cache at {} (set --image-path or imagePath)",
             root.display()
@@ -323,11 +323,10 @@ pub fn invalidate(settings: &Settings, args: &InvalidateArgs) -> Result<ExitCode
     let _lock = inventory_lock(root)?;
     let mut removed = Vec::new();
     for (registry, repo, tag) in refs {
-        let path = tags::record_path_in(root, &registry, &repo, &tag);
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(format!("{registry}/{repo}:{tag}")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot remove {}: {e}", path.display())),
+        match tags::remove_in(root, &registry, &repo, &tag) {
+            Ok(true) => removed.push(format!("{registry}/{repo}:{tag}")),
+            Ok(false) => {}
+            Err(e) => return Err(e.to_string()),
         }
     }
     if removed.is_empty() {

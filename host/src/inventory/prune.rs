@@ -7,18 +7,16 @@
 //! within it. Those are reported under `keptBlobs` and go in a later run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::access;
 use super::criteria::{Criteria, CriteriaSpec};
 use super::scan::{self, Cache, Image, ImageType, Origin};
-use crate::metrics::ContentKind;
 use crate::oci::reference::Digest;
+use crate::store;
 use crate::timefmt;
 
 /// One image in a plan.
@@ -143,13 +141,6 @@ pub fn plan(cache: &Cache, selected: &[usize], grace: Duration, now: u64) -> Pru
     out
 }
 
-fn remove(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// Carries a plan out: tag records and access-record names first (so no new pull finds the
 /// image), then manifests, then blobs. Failures are collected in `plan.errors`.
 pub fn execute(root: &Path, plan: &mut PrunePlan) {
@@ -157,18 +148,18 @@ pub fn execute(root: &Path, plan: &mut PrunePlan) {
     let mut errors = Vec::new();
     for origin in &plan.origins {
         match origin {
-            Origin::Tag(path) => {
-                if let Err(e) = remove(path) {
-                    errors.push(format!("{}: {e}", path.display()));
+            Origin::Tag(file) => {
+                if let Err(e) = file.remove() {
+                    errors.push(format!("{file}: {e}"));
                 }
             }
             Origin::Digest { hex, repository } => {
-                if let Some(mut rec) = access::read_record(root, hex) {
+                if let Some(mut rec) = store::access::read(root, hex) {
                     rec.repositories.retain(|r| r != repository);
                     let result = if rec.repositories.is_empty() {
-                        remove(&access::record_path(root, hex))
+                        store::access::remove(root, hex)
                     } else {
-                        access::write_record(root, hex, &rec)
+                        store::access::write(root, hex, &rec)
                     };
                     if let Err(e) = result {
                         errors.push(format!("access record of sha256:{hex}: {e}"));
@@ -178,37 +169,16 @@ pub fn execute(root: &Path, plan: &mut PrunePlan) {
             Origin::Untracked(_) => {}
         }
     }
-    let mdir = root.join("manifests/sha256");
     for d in &plan.manifests {
-        let hex = d.trim_start_matches("sha256:");
-        // The manifest first: whoever still sees it also finds its media type.
-        remove_counted(&mdir.join(hex), Some(ContentKind::Manifest), &mut errors);
-        remove_counted(&mdir.join(format!("{hex}.type")), None, &mut errors);
-        remove_counted(&access::record_path(root, hex), None, &mut errors);
+        store::listing::remove_manifest(root, d.trim_start_matches("sha256:"), &mut errors);
     }
-    let bdir = root.join("blobs/sha256");
     for d in &plan.blobs {
-        let p = bdir.join(d.trim_start_matches("sha256:"));
-        remove_counted(&p, Some(ContentKind::Blob), &mut errors);
+        store::listing::remove_blob(root, d.trim_start_matches("sha256:"), &mut errors);
     }
     crate::metrics::global()
         .evictions
         .inc_by(plan.images.len() as u64);
     plan.errors = errors;
-}
-
-/// Removes `p` (gone already is fine), taking its bytes off the `kind` disk gauge; a failure
-/// is added to `errors`.
-fn remove_counted(p: &Path, kind: Option<ContentKind>, errors: &mut Vec<String>) {
-    let size = kind.and(std::fs::metadata(p).ok()).map(|m| m.len());
-    match remove(p) {
-        Err(e) => errors.push(format!("{}: {e}", p.display())),
-        Ok(()) => {
-            if let (Some(kind), Some(size)) = (kind, size) {
-                crate::metrics::global().disk_removed(kind, size);
-            }
-        }
-    }
 }
 
 /// Scans, selects, plans and (unless `dry_run`) prunes the cache under `root`. Blocking.

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,13 +35,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::oci::error::RegistryError;
 use crate::oci::reference::Digest;
-use crate::store::BlobStore;
+use crate::store::blob_store::read_chunk;
+use crate::store::{BlobStore, Staged};
 
-/// Bytes read from disk per chunk sent to a client of a stored blob (one client reading
-/// fast: large reads cost fewer round trips).
-const READ_CHUNK: usize = 256 * 1024;
-/// The same for a client of a running download, many of which may read at once (each holds
-/// one chunk: small reads keep memory bounded).
+/// Bytes read from disk per chunk sent to a client of a running download, many of which
+/// may read at once (each holds one chunk: small reads keep memory bounded).
 const FOLLOW_READ_CHUNK: usize = 64 * 1024;
 /// How many of the latest written bytes a download keeps in memory for its readers.
 const RECENT_BYTES: usize = 2 * 1024 * 1024;
@@ -119,10 +116,8 @@ pub enum Progress {
 pub struct Download {
     /// The blob being fetched.
     pub digest: Digest,
-    /// Where its bytes are being written.
-    pub temp_path: PathBuf,
-    /// Where they will be once verified.
-    pub final_path: PathBuf,
+    /// Where its bytes are being written, and committed from once verified.
+    pub staged: Staged,
     progress: watch::Sender<Progress>,
     /// The most recently written bytes, by offset: readers keeping up with the download
     /// take them from here (shared, no copy) instead of reading the temp file back.
@@ -276,8 +271,7 @@ impl Download {
         let (tx, _) = watch::channel(Progress::Starting);
         Download {
             digest: digest.clone(),
-            temp_path: store.temp_path(digest.hex()),
-            final_path: store.blob_path(digest),
+            staged: store.stage(digest),
             progress: tx,
             recent: Mutex::new(Recent::default()),
             registry: registry.to_owned(),
@@ -405,7 +399,7 @@ impl Downloads {
             Ok(total) => d.publish(Progress::Complete { total: *total }),
             Err(e) => {
                 d.publish(Progress::Failed(e.clone()));
-                let _ = tokio::fs::remove_file(&d.temp_path).await;
+                d.staged.discard().await;
             }
         }
         self.unregister(d);
@@ -427,8 +421,8 @@ async fn write_verified(
         max_size,
     } = src;
     let disk = |e: io::Error| RegistryError::internal(format!("cache write failed: {e}"));
-    let temp = d.temp_path.clone();
-    let file = tokio::task::spawn_blocking(move || std::fs::File::create(temp))
+    let staged = d.staged.clone();
+    let file = tokio::task::spawn_blocking(move || staged.create())
         .await
         .map_err(io::Error::other)
         .and_then(|r| r)
@@ -568,7 +562,7 @@ async fn write_verified(
         .and_then(|r| r)
         .map_err(disk)?;
     store
-        .commit_blob(&d.temp_path, &d.digest, written)
+        .commit_blob(&d.staged, &d.digest, written)
         .await
         .map_err(disk)?;
     Ok(written)
@@ -682,20 +676,15 @@ async fn hand_over(
     Ok(written)
 }
 
-/// Where a reader gets its bytes from.
-enum Source {
-    /// A stored blob: everything up to `end` is there.
-    Stored,
-    /// A running download: read up to the published length, wait for more.
-    Following {
-        download: Arc<Download>,
-        progress: watch::Receiver<Progress>,
-        idle_timeout: Duration,
-        /// The blob's size, once the download was verified.
-        verified: Option<u64>,
-        /// This reader's hold on the download.
-        interest: Option<Interest>,
-    },
+/// The running download a reader reads: up to the published length, waiting for more.
+struct Source {
+    download: Arc<Download>,
+    progress: watch::Receiver<Progress>,
+    idle_timeout: Duration,
+    /// The blob's size, once the download was verified.
+    verified: Option<u64>,
+    /// This reader's hold on the download.
+    interest: Option<Interest>,
 }
 
 /// Gives a reader of a download started for another registry a download from its own
@@ -719,21 +708,6 @@ struct Reader {
     pos: u64,
     end: Option<u64>,
     switch: Option<Box<Switch>>,
-}
-
-/// Streams bytes `[start, end)` of a stored blob.
-pub fn read_stored(
-    file: std::fs::File,
-    start: u64,
-    end: u64,
-) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    reader(Reader {
-        source: Source::Stored,
-        file: Some(Arc::new(file)),
-        pos: start,
-        end: Some(end),
-        switch: None,
-    })
 }
 
 /// Streams bytes `[start, end)` (to the end when `None`) of a blob while it downloads.
@@ -771,7 +745,7 @@ pub fn follow(
         })
     });
     reader(Reader {
-        source: Source::Following {
+        source: Source {
             download,
             progress,
             idle_timeout,
@@ -789,12 +763,9 @@ impl Reader {
     /// How far this reader may read now; `None` means it must wait for more.
     fn readable_until(&mut self) -> io::Result<Option<u64>> {
         let end = self.end.unwrap_or(u64::MAX);
-        let Source::Following {
+        let Source {
             progress, verified, ..
-        } = &mut self.source
-        else {
-            return Ok(Some(end));
-        };
+        } = &mut self.source;
         if let Some(total) = *verified {
             // Every byte is verified; whatever happens to the download now (a failed fsync
             // or rename), the open file still holds them.
@@ -824,9 +795,7 @@ impl Reader {
 
     /// The next bytes from the download's window of recent chunks, when they are there.
     fn recent(&self, max: u64) -> Option<Bytes> {
-        let Source::Following { download, .. } = &self.source else {
-            return None;
-        };
+        let Source { download, .. } = &self.source;
         let recent = download.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.get(self.pos, max)
     }
@@ -847,16 +816,13 @@ impl Reader {
         let Some(fallback) = sw.fallback.take() else {
             return false;
         };
-        let Source::Following {
+        let Source {
             download,
             progress,
             verified,
             interest,
             ..
-        } = &mut self.source
-        else {
-            return false;
-        };
+        } = &mut self.source;
         let Some((d, i)) = fallback(download) else {
             return false;
         };
@@ -878,7 +844,8 @@ impl Reader {
         };
         h.update(chunk);
         let last = self.end == Some(self.pos + chunk.len() as u64);
-        if last && let Source::Following { download, .. } = &self.source {
+        if last {
+            let download = &self.source.download;
             let got = Digest::from_sha256_hex(hex::encode(h.clone().finalize()));
             if got != download.digest {
                 return Err(io::Error::other(format!(
@@ -892,15 +859,12 @@ impl Reader {
 
     /// Waits until the download publishes more progress.
     async fn wait(&mut self) -> io::Result<()> {
-        let Source::Following {
+        let Source {
             progress,
             idle_timeout,
             download,
             ..
-        } = &mut self.source
-        else {
-            return Err(io::Error::other("stored blob shorter than expected"));
-        };
+        } = &mut self.source;
         match tokio::time::timeout(*idle_timeout, progress.changed()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(io::Error::other(format!(
@@ -920,78 +884,15 @@ impl Reader {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        let Source::Following { download, .. } = &self.source else {
-            return Err(io::Error::other("blob file vanished"));
-        };
-        let (temp, stored) = (download.temp_path.clone(), download.final_path.clone());
-        let f = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&temp).or_else(|_| std::fs::File::open(&stored))
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let Source { download, .. } = &self.source;
+        let staged = download.staged.clone();
+        let f = tokio::task::spawn_blocking(move || staged.open())
+            .await
+            .map_err(io::Error::other)??;
         let f = Arc::new(f);
         self.file = Some(f.clone());
         Ok(f)
     }
-}
-
-/// Reads `len` bytes at `offset`: straight from the page cache when they are there (the
-/// usual case: a blob being followed was just written, a warm one was just read), else on a
-/// blocking thread. One copy either way; the page-cache path saves the hop to the blocking
-/// pool and back, which costs more than the copy itself.
-async fn read_chunk(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
-    if let Some(chunk) = read_cached(&file, offset, len) {
-        return Ok(chunk);
-    }
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "blob file shorter than expected",
-            ));
-        }
-        buf.truncate(filled);
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(io::Error::other)?
-}
-
-/// Up to `len` bytes at `offset` if the kernel can hand them over without waiting for the
-/// disk (`preadv2` with `RWF_NOWAIT`, safe to call on an async thread); `None` when any of
-/// them would need disk I/O, at the end of the file, or where the call is not supported:
-/// the caller then reads on a blocking thread.
-#[cfg(target_os = "linux")]
-fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> Option<Bytes> {
-    use rustix::io::{ReadWriteFlags, preadv2};
-    let mut buf = vec![0u8; len];
-    match preadv2(
-        file,
-        &mut [io::IoSliceMut::new(&mut buf)],
-        offset,
-        ReadWriteFlags::NOWAIT,
-    ) {
-        Ok(n) if n > 0 => {
-            buf.truncate(n);
-            Some(Bytes::from(buf))
-        }
-        _ => None,
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read_cached(_file: &std::fs::File, _offset: u64, _len: usize) -> Option<Bytes> {
-    None
 }
 
 fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
@@ -1017,11 +918,7 @@ fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
                 }
                 continue;
             };
-            let chunk_size = match r.source {
-                Source::Stored => READ_CHUNK,
-                Source::Following { .. } => FOLLOW_READ_CHUNK,
-            };
-            let want = (limit - r.pos).min(chunk_size as u64);
+            let want = (limit - r.pos).min(FOLLOW_READ_CHUNK as u64);
             let chunk = match r.recent(want) {
                 Some(c) => c,
                 None => {
@@ -1504,7 +1401,7 @@ mod tests {
     fn written_download(store: &BlobStore, data: &[u8], state: Progress) -> Arc<Download> {
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(store, &Digest::of(data));
-        std::fs::write(&d.temp_path, data).unwrap();
+        std::fs::write(d.staged.temp_path(), data).unwrap();
         d.publish(state);
         d
     }
@@ -1535,33 +1432,8 @@ mod tests {
         d.publish(Progress::Failed(RegistryError::internal(
             "cache write failed",
         )));
-        std::fs::remove_file(&d.temp_path).unwrap();
+        std::fs::remove_file(d.staged.temp_path()).unwrap();
         let rest: Vec<Bytes> = reader.try_collect().await.unwrap();
         assert_eq!([&[first][..], &rest[..]].concat().concat(), data);
-    }
-
-    #[tokio::test]
-    async fn page_cached_reads_skip_the_blocking_pool() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        std::fs::write(&p, vec![5u8; 100_000]).unwrap();
-        let f = std::fs::File::open(&p).unwrap();
-        // Just written, so in the page cache: served on the calling thread.
-        #[cfg(target_os = "linux")]
-        assert_eq!(read_cached(&f, 10, 1000).map(|b| b.len()), Some(1000));
-        assert_eq!(read_cached(&f, 100_000, 10), None, "nothing past the end");
-        let f = Arc::new(f);
-        assert_eq!(read_chunk(f.clone(), 99_990, 100).await.unwrap().len(), 10);
-        assert!(read_chunk(f, 100_000, 10).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn stored_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        std::fs::write(&p, b"0123456789").unwrap();
-        let f = std::fs::File::open(&p).unwrap();
-        let got = collect(read_stored(f, 3, 7)).await.unwrap();
-        assert_eq!(&got[..], b"3456");
     }
 }

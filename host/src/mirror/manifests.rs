@@ -177,8 +177,7 @@ async fn manifest_by_tag(
 }
 
 async fn record_tag(app: &Mirror, registry: &str, repo: &RepoName, tag: &str, m: &Manifest) {
-    app.hot
-        .forget_tag(&tags::record_path(&app.store, registry, repo, tag));
+    app.hot.forget_tag(&tag_key(registry, repo, tag));
     if let Err(e) = tags::put(&app.store, registry, repo, tag, &m.media_type, &m.digest).await {
         tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record tag");
     }
@@ -270,13 +269,13 @@ async fn cached_tag(
     accept: &Accept,
 ) -> Option<(Manifest, u64)> {
     // One `stat` (cheap, so done in place) tells whether the record in memory is current.
-    let path = tags::record_path(&app.store, registry, repo, tag);
-    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-    let record = match app.hot.tag(&path, modified) {
+    let modified = tags::modified(&app.store, registry, repo, tag)?;
+    let key = tag_key(registry, repo, tag);
+    let record = match app.hot.tag(&key, modified) {
         Some(r) => r,
         None => {
-            let r = std::sync::Arc::new(tags::read(&path).await?);
-            app.hot.put_tag(&path, modified, r.clone());
+            let r = std::sync::Arc::new(tags::get(&app.store, registry, repo, tag).await?);
+            app.hot.put_tag(&key, modified, r.clone());
             r
         }
     };
@@ -292,6 +291,11 @@ async fn cached_tag(
         }
     }
     None
+}
+
+/// How the in-memory copies know a tag.
+fn tag_key(registry: &str, repo: &RepoName, tag: &str) -> String {
+    format!("{registry}/{repo}:{tag}")
 }
 
 /// Runs `fetch` once per key however many requests ask at the same time.

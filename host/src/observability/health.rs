@@ -132,12 +132,8 @@ pub fn seconds_until(at: SystemTime) -> i64 {
 
 /// Whether a file can be created, written and removed in the cache's `tmp/` (bounded).
 pub async fn cache_writable(root: &Path) -> Result<(), String> {
-    let path = crate::store::blob_store::temp_path_in(root, "readyz");
-    let probe = tokio::task::spawn_blocking(move || {
-        let result = std::fs::write(&path, b"ok");
-        let _ = std::fs::remove_file(&path);
-        result
-    });
+    let root = root.to_owned();
+    let probe = tokio::task::spawn_blocking(move || crate::store::probe_write(&root));
     match tokio::time::timeout(WRITE_PROBE_TIMEOUT, probe).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(format!("cannot write to the cache directory: {e}")),

@@ -1,23 +1,22 @@
-//! The on-disk cache: verified content by digest ([`blob_store`]), tag records
-//! ([`tags`]) and the single-flight blob downloads that fill it while clients read along
-//! ([`inflight`]).
+//! The storage seam: verified content by digest ([`blob_store`]: blobs read by range,
+//! blobs staged while they download, manifests), tag records ([`tags`]), access records
+//! ([`access`]) and the listing and removal the inventory works with ([`listing`]). It is
+//! the local-disk implementation; the serving code ([`crate::mirror`]) calls these functions
+//! and never sees a path, so another backend can stand behind the same calls. It knows
+//! nothing of HTTP, upstreams or the mirror.
 //!
-//! Layout under the image path:
-//!
-//! ```text
-//! blobs/sha256/<hex>                         verified blob bytes
-//! manifests/sha256/<hex>                     manifest bytes exactly as the upstream sent them
-//! manifests/sha256/<hex>.type                their media type
-//! manifests/sha256/<hex>.access              last pull by digest (see crate::inventory::access)
-//! tags/<registry>/<repository>/@tags/<tag>.json   tag -> digest records
-//! tmp/<pid>.<random>/                        one process's temp files (downloads in progress),
-//!                                            under its flock; removed at start once unlocked
-//! ```
+//! Every path of the layout under the image path is built in [`layout`]; nothing outside
+//! the store sees one.
 //!
 //! A file appears under `blobs/` or `manifests/` only after its sha256 matched, through a
 //! temp file, fsync and rename; nothing there is ever rewritten.
 
+pub mod access;
 pub mod blob_store;
+pub mod layout;
+pub mod listing;
 pub mod tags;
 
-pub use blob_store::{BlobStore, Manifest, StoredBlob};
+pub use access::AccessRecord;
+pub use blob_store::{BlobStore, Manifest, Staged, StoredBlob, probe_write};
+pub use layout::is_cache;

@@ -3,12 +3,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::oci::reference::{Digest, RepoName};
 use crate::store::BlobStore;
 use crate::store::blob_store::write_atomically;
+use crate::store::layout;
 
 /// One tag's record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -49,22 +51,36 @@ impl TagEntry {
 }
 
 /// Where a tag's record lives.
-pub fn record_path(store: &BlobStore, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
-    record_path_in(store.root(), registry, repo, tag)
+fn record_path(store: &BlobStore, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
+    layout::tag_record(store.root(), registry, repo.as_str(), tag)
 }
 
-/// Where the record of `registry/repo:tag` lives under the image path `root`.
-pub fn record_path_in(root: &Path, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
-    // registry, repo and tag are validated: no component can be empty, `.` or `..`.
-    root.join("tags")
-        .join(registry)
-        .join(repo.as_str())
-        .join("@tags")
-        .join(format!("{tag}.json"))
+/// When the record of `registry/repo:tag` was last written; `None` when there is none.
+/// One `stat`, cheap enough to do in place on the serving path, so that a record another
+/// process changed or removed is seen at once.
+pub fn modified(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> Option<SystemTime> {
+    std::fs::metadata(record_path(store, registry, repo, tag))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
-/// Reads the tag record at `path` (from [`record_path`]); missing or unreadable is `None`.
-pub async fn read(path: &Path) -> Option<TagRecord> {
+/// The record of `registry/repo:tag`; missing or unreadable is `None`.
+pub async fn get(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> Option<TagRecord> {
+    read(&record_path(store, registry, repo, tag)).await
+}
+
+/// Reads the tag record at `path`; missing or unreadable is `None`.
+async fn read(path: &Path) -> Option<TagRecord> {
     let bytes = tokio::fs::read(path).await.ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -136,5 +152,132 @@ pub async fn remove(
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// A tag record file found by [`list`]: shown (in messages) as its path, removed by
+/// [`TagFile::remove`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagFile(PathBuf);
+
+impl std::fmt::Display for TagFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+impl TagFile {
+    /// Removes the record (gone already is fine; blocking).
+    pub fn remove(&self) -> io::Result<()> {
+        match std::fs::remove_file(&self.0) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A tag record read by [`list`].
+#[derive(Debug)]
+pub struct Listed {
+    /// Registry (canonical name).
+    pub registry: String,
+    /// Repository.
+    pub repository: String,
+    /// Tag.
+    pub tag: String,
+    /// The record's file.
+    pub file: TagFile,
+    /// The record.
+    pub record: TagRecord,
+    /// When the record was last written (Unix seconds).
+    pub mtime: u64,
+}
+
+/// Every tag record under the image path `root` (blocking; reading only). Unreadable
+/// records are skipped (and logged); past a million directory entries the listing stops.
+pub fn list(root: &Path) -> Vec<Listed> {
+    let base = layout::tags_dir(root);
+    let mut out = Vec::new();
+    let mut stack = vec![base.clone()];
+    let mut budget = 1_000_000usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                tracing::warn!("tags/ holds more than a million entries; listing stopped there");
+                return out;
+            }
+            let Ok(ft) = e.file_type() else { continue };
+            if !ft.is_dir() {
+                continue;
+            }
+            if e.file_name() != layout::TAG_DIR {
+                stack.push(e.path());
+                continue;
+            }
+            let Ok(rel) = dir.strip_prefix(&base) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            let Some((registry, repository)) = rel.split_once('/') else {
+                continue;
+            };
+            let Ok(files) = std::fs::read_dir(e.path()) else {
+                continue;
+            };
+            for f in files.filter_map(Result::ok) {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                let Some(tag) = fname.strip_suffix(layout::TAG_SUFFIX) else {
+                    continue;
+                };
+                let Ok(bytes) = std::fs::read(f.path()) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<TagRecord>(&bytes) else {
+                    tracing::warn!(path = %f.path().display(), "unreadable tag record; skipped");
+                    continue;
+                };
+                out.push(Listed {
+                    registry: registry.to_owned(),
+                    repository: repository.to_owned(),
+                    tag: tag.to_owned(),
+                    file: TagFile(f.path()),
+                    mtime: f
+                        .metadata()
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        .map_or(0, crate::timefmt::unix_secs),
+                    record,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A tag record that could not be removed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot remove {}: {source}", path.display())]
+pub struct RemoveError {
+    path: PathBuf,
+    source: io::Error,
+}
+
+/// Removes the record of `registry/repo:tag` under the image path `root` (blocking; the
+/// caller holds the inventory lock); `Ok(false)` when there was none.
+pub fn remove_in(
+    root: &Path,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> Result<bool, RemoveError> {
+    let path = layout::tag_record(root, registry, repo.as_str(), tag);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(RemoveError { path, source }),
     }
 }
