@@ -10,12 +10,11 @@ use http::{Method, StatusCode, header};
 
 use crate::metrics::ContentKind;
 use crate::mirror::downloads::{self, ByteStream, Progress, Resume, UpstreamBody};
-use crate::mirror::{Mirror, disk_error};
-use crate::oci::error::{ErrorCode, RegistryError};
+use crate::mirror::{Mirror, MirrorError, disk_error};
 use crate::oci::reference::{Digest, RepoName};
 use crate::store::StoredBlob;
-use crate::upstream::Upstream;
 use crate::upstream::answer::upstream_status;
+use crate::upstream::{BodyError, Subject, Upstream, UpstreamError};
 
 /// Where a requested blob's bytes come from.
 #[derive(Debug)]
@@ -81,7 +80,7 @@ pub async fn blob(
     repo: &RepoName,
     digest: &Digest,
     head: bool,
-) -> Result<BlobAnswer, RegistryError> {
+) -> Result<BlobAnswer, MirrorError> {
     let counters = crate::metrics::global().registry(registry);
     if let Some(stored) = app.store.open_blob(digest).await.map_err(disk_error)? {
         counters.cache(ContentKind::Blob, true);
@@ -104,7 +103,7 @@ pub async fn blob(
         match first_state(&joined.download, foreign.then_some(idle)).await {
             Ok(s) => break s,
             Err(e) if foreign && may_switch => {
-                tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e.message,
+                tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e,
                     "download for another registry failed or stalled; fetching from the client's own upstream");
                 may_switch = false;
                 joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
@@ -143,7 +142,7 @@ async fn head_upstream_blob(
     upstream: &Upstream,
     repo: &RepoName,
     digest: &Digest,
-) -> Result<Option<u64>, RegistryError> {
+) -> Result<Option<u64>, UpstreamError> {
     let resp = upstream
         .request(Method::HEAD, repo, &format!("blobs/{digest}"), None)
         .await?;
@@ -151,7 +150,7 @@ async fn head_upstream_blob(
         return Err(upstream_status(
             upstream,
             resp,
-            ErrorCode::BlobUnknown,
+            Subject::Blob,
             &format!("blob {digest}"),
         ));
     }
@@ -167,12 +166,12 @@ async fn head_upstream_blob(
 async fn first_state(
     download: &downloads::Download,
     stall: Option<std::time::Duration>,
-) -> Result<Progress, RegistryError> {
+) -> Result<Progress, MirrorError> {
     let mut progress = download.subscribe();
     let wait = progress.wait_for(|p| !matches!(p, Progress::Starting));
     let state = match stall {
         Some(t) => tokio::time::timeout(t, wait).await.map_err(|_| {
-            RegistryError::bad_gateway(format!(
+            MirrorError::BadUpstream(format!(
                 "download of {} stalled: no answer within {}s",
                 download.digest,
                 t.as_secs()
@@ -181,7 +180,7 @@ async fn first_state(
         None => wait.await,
     }
     .map(|p| p.clone())
-    .map_err(|_| RegistryError::internal("download ended unexpectedly"))?;
+    .map_err(|_| MirrorError::Internal("download ended unexpectedly".into()))?;
     match state {
         Progress::Failed(e) => Err(e),
         s => Ok(s),
@@ -200,7 +199,7 @@ pub async fn ensure_blob_watching(
     repo: &RepoName,
     digest: &Digest,
     on_progress: &mut (dyn FnMut(u64) + Send),
-) -> Result<u64, RegistryError> {
+) -> Result<u64, MirrorError> {
     if let Some(size) = app.store.stat_blob(digest).await.map_err(disk_error)? {
         return Ok(size);
     }
@@ -212,13 +211,13 @@ pub async fn ensure_blob_watching(
     loop {
         match watch_download(&joined.download, on_progress).await {
             Err(e) if may_switch && joined.download.registry != upstream.name => {
-                tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e.message,
+                tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e,
                     "download for another registry failed; fetching from this registry's own upstream");
                 may_switch = false;
                 joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
             }
             // No download slot came free in time: a batch job waits on, up to a point.
-            Err(e) if e.message.starts_with(NO_SLOT) && slot_waits < PRELOAD_SLOT_WAITS => {
+            Err(MirrorError::NoSlot { .. }) if slot_waits < PRELOAD_SLOT_WAITS => {
                 slot_waits += 1;
                 tracing::debug!(registry = %upstream.name, %digest, "no download slot yet; preloader waits again");
                 joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
@@ -230,13 +229,11 @@ pub async fn ensure_blob_watching(
 
 /// How many times the preloader waits `upstreamFetchWait` again for a download slot.
 const PRELOAD_SLOT_WAITS: u32 = 60;
-/// How the refusal for want of a download slot begins.
-const NO_SLOT: &str = "too many upstream downloads running";
 
 async fn watch_download(
     download: &downloads::Download,
     on_progress: &mut (dyn FnMut(u64) + Send),
-) -> Result<u64, RegistryError> {
+) -> Result<u64, MirrorError> {
     let mut progress = download.subscribe();
     loop {
         let state = progress.borrow_and_update().clone();
@@ -253,19 +250,16 @@ async fn watch_download(
             return match &*progress.borrow() {
                 Progress::Complete { total } => Ok(*total),
                 Progress::Failed(e) => Err(e.clone()),
-                _ => Err(RegistryError::internal("download ended unexpectedly")),
+                _ => Err(MirrorError::Internal("download ended unexpectedly".into())),
             };
         }
     }
 }
 
 /// An uncached blob in air-gapped mode: never fetched.
-fn refuse_if_air_gapped(app: &Mirror, digest: &Digest) -> Result<(), RegistryError> {
+fn refuse_if_air_gapped(app: &Mirror, digest: &Digest) -> Result<(), MirrorError> {
     if app.settings.air_gapped {
-        return Err(RegistryError::not_found(
-            ErrorCode::BlobUnknown,
-            format!("blob {digest} is not cached (air-gapped: upstreams are never contacted)"),
-        ));
+        return Err(MirrorError::BlobNotCached(digest.clone()));
     }
     Ok(())
 }
@@ -320,17 +314,11 @@ async fn run_download(
         }
         Some(None) => {
             let l = app.downloads.slots.limits();
-            let mut e = RegistryError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                format!(
-                    "{NO_SLOT} (maxUpstreamFetches {}, maxUpstreamFetchesPerRegistry {}); none came free within {}s, retry later",
-                    l.max_fetches,
-                    l.max_fetches_per_registry,
-                    l.wait.as_secs_f32()
-                ),
-            );
-            e.retry_after = Some(l.wait.as_secs().max(1).to_string());
+            let e = MirrorError::NoSlot {
+                max_fetches: l.max_fetches,
+                max_per_registry: l.max_fetches_per_registry,
+                wait: l.wait,
+            };
             tracing::warn!(registry = %upstream.name, repo = %repo, %digest, "blob fetch refused: no download slot came free in time");
             app.downloads.fail(&download, e);
             return;
@@ -350,20 +338,15 @@ async fn run_download(
     let resp = match request {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed");
-            app.downloads.fail(&download, e);
+            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch failed");
+            app.downloads.fail(&download, e.into());
             return;
         }
     };
     if !resp.status().is_success() {
-        let e = upstream_status(
-            &upstream,
-            resp,
-            ErrorCode::BlobUnknown,
-            &format!("blob {digest}"),
-        );
-        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch refused");
-        app.downloads.fail(&download, e);
+        let e = upstream_status(&upstream, resp, Subject::Blob, &format!("blob {digest}"));
+        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch refused");
+        app.downloads.fail(&download, e.into());
         return;
     }
     let total = resp.content_length();
@@ -375,10 +358,12 @@ async fn run_download(
             "blob larger than maxBlobSize; not downloaded");
         app.downloads.fail(
             &download,
-            RegistryError::bad_gateway(format!(
-                "blob {digest} from upstream {} is {total} bytes, more than maxBlobSize ({max_size} bytes); not downloaded",
-                upstream.name
-            )),
+            MirrorError::BlobTooLarge {
+                digest: digest.clone(),
+                upstream: upstream.name.clone(),
+                size: total,
+                max_size,
+            },
         );
         return;
     }
@@ -387,15 +372,12 @@ async fn run_download(
         .store
         .ensure_space(total.unwrap_or(downloads::SPACE_CHECK_EVERY))
     {
-        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "not caching: disk full");
-        app.downloads.fail(&download, e);
+        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "not caching: disk full");
+        app.downloads.fail(&download, MirrorError::Store(e));
         return;
     }
     let started = std::time::Instant::now();
-    let body: ByteStream = Box::pin(
-        resp.bytes_stream()
-            .map_err(|e| crate::upstream::describe(&e)),
-    );
+    let body: ByteStream = Box::pin(resp.bytes_stream().map_err(BodyError::from));
     let resume = resumer(upstream.clone(), repo.clone(), digest.clone(), total);
     let result = app
         .downloads
@@ -424,18 +406,14 @@ async fn run_download(
             tracing::info!(registry = %upstream.name, repo = %repo, %digest, "every client left; download cancelled, nothing stored")
         }
         Err(e) => {
-            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed; nothing stored")
+            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch failed; nothing stored")
         }
     }
 }
 
 /// A download stopped because every client left.
-fn left(digest: &Digest) -> RegistryError {
-    RegistryError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Unavailable,
-        format!("download of {digest} cancelled: every client left"),
-    )
+fn left(digest: &Digest) -> MirrorError {
+    MirrorError::Cancelled(digest.clone())
 }
 
 /// Asks the upstream for the rest of a blob from an offset; only a `206` whose
@@ -457,10 +435,7 @@ fn resumer(upstream: Arc<Upstream>, repo: RepoName, digest: Digest, total: Optio
             if start != from || total.is_some_and(|t| size != Some(t)) {
                 return None;
             }
-            let body: ByteStream = Box::pin(
-                resp.bytes_stream()
-                    .map_err(|e| crate::upstream::describe(&e)),
-            );
+            let body: ByteStream = Box::pin(resp.bytes_stream().map_err(BodyError::from));
             Some(body)
         })
     })

@@ -33,10 +33,12 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use sha2::Digest as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::oci::error::RegistryError;
+use crate::mirror::MirrorError;
 use crate::oci::reference::Digest;
+use crate::store::StoreError;
 use crate::store::blob_store::read_chunk;
 use crate::store::{BlobStore, Staged};
+use crate::upstream::BodyError;
 
 /// Bytes read from disk per chunk sent to a client of a running download, many of which
 /// may read at once (each holds one chunk: small reads keep memory bounded).
@@ -47,7 +49,7 @@ const RECENT_BYTES: usize = 2 * 1024 * 1024;
 const WRITE_CHUNK: usize = 256 * 1024;
 
 /// The upstream's body, chunk by chunk.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
 
 /// Re-requests the rest of a blob from a byte offset after the upstream broke off; `None`
 /// when the upstream cannot resume (no ranges).
@@ -108,7 +110,7 @@ pub enum Progress {
         total: u64,
     },
     /// Failed; nothing was stored.
-    Failed(RegistryError),
+    Failed(MirrorError),
 }
 
 /// One running download.
@@ -373,7 +375,7 @@ impl Downloads {
 
     /// Marks a registered download as failed before any byte arrived (the upstream refused)
     /// and unregisters it.
-    pub fn fail(&self, d: &Arc<Download>, err: RegistryError) {
+    pub fn fail(&self, d: &Arc<Download>, err: MirrorError) {
         d.publish(Progress::Failed(err));
         self.unregister(d);
     }
@@ -393,7 +395,7 @@ impl Downloads {
         store: &BlobStore,
         d: &Arc<Download>,
         src: UpstreamBody,
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<u64, MirrorError> {
         let result = write_verified(store, d, src).await;
         match &result {
             Ok(total) => d.publish(Progress::Complete { total: *total }),
@@ -411,7 +413,7 @@ async fn write_verified(
     store: &BlobStore,
     d: &Arc<Download>,
     src: UpstreamBody,
-) -> Result<u64, RegistryError> {
+) -> Result<u64, MirrorError> {
     let UpstreamBody {
         total,
         mut body,
@@ -420,7 +422,7 @@ async fn write_verified(
         upstream,
         max_size,
     } = src;
-    let disk = |e: io::Error| RegistryError::internal(format!("cache write failed: {e}"));
+    let disk = |e: io::Error| MirrorError::CacheWrite(StoreError::from(e));
     let staged = d.staged.clone();
     let file = tokio::task::spawn_blocking(move || staged.create())
         .await
@@ -482,7 +484,7 @@ async fn write_verified(
                     continue;
                 }
                 None => {
-                    return Err(RegistryError::bad_gateway(format!(
+                    return Err(MirrorError::BadUpstream(format!(
                         "upstream {upstream} {why} while sending {} ({offset} bytes received); nothing stored",
                         d.digest
                     )));
@@ -500,19 +502,21 @@ async fn write_verified(
             if so_far > max_size {
                 tracing::warn!(registry = %upstream, digest = %d.digest, max_blob_size = max_size,
                     "blob larger than maxBlobSize; download cut, nothing stored");
-                return Err(RegistryError::bad_gateway(format!(
+                return Err(MirrorError::BadUpstream(format!(
                     "upstream {upstream} sent more than maxBlobSize ({max_size} bytes) for {}; nothing stored",
                     d.digest
                 )));
             }
             if so_far >= next_space_check {
-                store.ensure_space(SPACE_CHECK_EVERY)?;
+                store
+                    .ensure_space(SPACE_CHECK_EVERY)
+                    .map_err(MirrorError::Store)?;
                 next_space_check = so_far + SPACE_CHECK_EVERY;
             }
             if let Some(t) = total
                 && written + (buf.len() + chunk.len()) as u64 > t
             {
-                return Err(RegistryError::bad_gateway(format!(
+                return Err(MirrorError::BadUpstream(format!(
                     "upstream {upstream} sent more than the announced {t} bytes for {}",
                     d.digest
                 )));
@@ -542,14 +546,14 @@ async fn write_verified(
     if let Some(t) = total
         && written != t
     {
-        return Err(RegistryError::bad_gateway(format!(
+        return Err(MirrorError::BadUpstream(format!(
             "upstream {upstream} sent {written} of {t} bytes for {}",
             d.digest
         )));
     }
     let (file, got) = file.finish().await.map_err(disk)?;
     if got != d.digest {
-        return Err(RegistryError::bad_gateway(format!(
+        return Err(MirrorError::BadUpstream(format!(
             "upstream {upstream} sent content with digest {got} for {}; not stored",
             d.digest
         )));
@@ -564,16 +568,12 @@ async fn write_verified(
     store
         .commit_blob(&d.staged, &d.digest, written)
         .await
-        .map_err(disk)?;
+        .map_err(MirrorError::CacheWrite)?;
     Ok(written)
 }
 
-fn cancelled(digest: &Digest) -> RegistryError {
-    RegistryError::new(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        crate::oci::error::ErrorCode::Unavailable,
-        format!("download of {digest} cancelled: every client left"),
-    )
+fn cancelled(digest: &Digest) -> MirrorError {
+    MirrorError::Cancelled(digest.clone())
 }
 
 /// Hashes a download's chunks and writes them to its temp file on a thread of its own, up to
@@ -787,7 +787,7 @@ impl Reader {
                 }
                 *total
             }
-            Progress::Failed(e) => return Err(io::Error::other(e.message.clone())),
+            Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
         };
         let limit = limit.min(self.end.unwrap_or(u64::MAX));
         Ok((limit > self.pos).then_some(limit))
@@ -1059,7 +1059,7 @@ mod tests {
         let mut src = source(None, endless(), None);
         src.max_size = 1024 * 1024;
         let err = downloads.fill(&store, &d, src).await.unwrap_err();
-        assert!(err.message.contains("maxBlobSize"), "{}", err.message);
+        assert!(err.to_string().contains("maxBlobSize"), "{err}");
         let got: Result<Vec<Bytes>, _> = reader.try_collect().await;
         assert!(got.is_err(), "the reader's transfer is aborted");
         assert!(!store.blob_path(&digest).exists());
@@ -1098,7 +1098,7 @@ mod tests {
             .expect("cancelled promptly")
             .unwrap()
             .unwrap_err();
-        assert!(err.message.contains("every client left"), "{}", err.message);
+        assert!(err.to_string().contains("every client left"), "{err}");
         assert_eq!(
             crate::store::blob_store::tests::tmp_file_count(st.root()),
             0
@@ -1203,7 +1203,7 @@ mod tests {
             Some(fallback),
         ));
         // X sends 100 000 WRONG bytes, which the reader passes on, then breaks off.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BodyError>>(1);
         let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|x| (x, rx))
         }));
@@ -1258,7 +1258,7 @@ mod tests {
         drop(b);
     }
 
-    fn chunks(data: &[u8], size: usize) -> Vec<Result<Bytes, String>> {
+    fn chunks(data: &[u8], size: usize) -> Vec<Result<Bytes, BodyError>> {
         data.chunks(size)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect()
@@ -1276,7 +1276,7 @@ mod tests {
         let (d2, new2) = downloads.join_or_register(&store, &digest);
         assert!(!new2 && Arc::ptr_eq(&d, &d2));
 
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BodyError>>(1);
         let reader = tokio::spawn(collect(read_following(
             d.clone(),
             10,
@@ -1336,7 +1336,7 @@ mod tests {
             .fill(&store, &d, source(None, body, None))
             .await
             .unwrap_err();
-        assert!(err.message.contains("not stored"), "{}", err.message);
+        assert!(err.to_string().contains("not stored"), "{err}");
         let got: Result<Vec<Bytes>, _> = reader.try_collect().await;
         assert!(got.is_err());
         assert!(!store.blob_path(&digest).exists());
@@ -1358,7 +1358,7 @@ mod tests {
             .fill(&store, &d, source(Some(6), body, None))
             .await
             .unwrap_err();
-        assert!(err.message.contains("early"), "{}", err.message);
+        assert!(err.to_string().contains("early"), "{err}");
         assert!(!store.blob_path(&digest).exists());
     }
 
@@ -1371,7 +1371,7 @@ mod tests {
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
         // The first answer breaks off after 300 000 bytes.
-        let mut first: Vec<Result<Bytes, String>> = chunks(&data[..300_000], 100_000);
+        let mut first: Vec<Result<Bytes, BodyError>> = chunks(&data[..300_000], 100_000);
         first.push(Err("connection reset".into()));
         let body: ByteStream = Box::pin(futures_util::stream::iter(first));
         let offsets = Arc::new(Mutex::new(Vec::new()));
@@ -1429,8 +1429,8 @@ mod tests {
         let first = reader.next().await.unwrap().unwrap();
         assert!(first.len() < data.len(), "read in several chunks");
         // The fsync failed: the download fails and its temp file goes.
-        d.publish(Progress::Failed(RegistryError::internal(
-            "cache write failed",
+        d.publish(Progress::Failed(MirrorError::Internal(
+            "cache write failed".into(),
         )));
         std::fs::remove_file(d.staged.temp_path()).unwrap();
         let rest: Vec<Bytes> = reader.try_collect().await.unwrap();

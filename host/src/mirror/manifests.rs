@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use http::{Method, StatusCode, header};
 
-use crate::mirror::{ManifestFlight, Mirror, disk_error};
-use crate::oci::error::{ErrorCode, RegistryError};
+use crate::mirror::{ManifestFlight, Mirror, MirrorError, disk_error};
 use crate::oci::reference::{Digest, RepoName};
-use crate::upstream::Upstream;
+use crate::store::StoreError;
 use crate::upstream::answer::{read_limited, upstream_status};
+use crate::upstream::{Subject, Upstream, UpstreamError};
 
 use crate::metrics::ContentKind;
 use crate::oci::media::{self, Accept};
@@ -25,7 +25,7 @@ pub async fn by_digest(
     registry: &str,
     repo: &RepoName,
     digest: Digest,
-) -> Result<Manifest, RegistryError> {
+) -> Result<Manifest, MirrorError> {
     let m = manifest_by_digest(app, registry, repo, digest).await?;
     app.inventory.access.touch_digest(registry, repo, &m.digest);
     Ok(m)
@@ -39,7 +39,7 @@ pub async fn by_tag(
     repo: &RepoName,
     tag: &str,
     accept: &Accept,
-) -> Result<Manifest, RegistryError> {
+) -> Result<Manifest, MirrorError> {
     let m = manifest_by_tag(app, registry, repo, tag, accept).await?;
     app.inventory.access.touch_tag(registry, repo, tag);
     Ok(m)
@@ -54,7 +54,7 @@ pub async fn ensure_manifest(
     repo: &RepoName,
     reference: &Reference,
     accept: &Accept,
-) -> Result<Manifest, RegistryError> {
+) -> Result<Manifest, MirrorError> {
     match reference {
         Reference::Digest(digest) => manifest_by_digest(app, registry, repo, digest.clone()).await,
         Reference::Tag(tag) => manifest_by_tag(app, registry, repo, tag, accept).await,
@@ -66,7 +66,7 @@ async fn manifest_by_digest(
     registry: &str,
     repo: &RepoName,
     digest: Digest,
-) -> Result<Manifest, RegistryError> {
+) -> Result<Manifest, MirrorError> {
     let counters = crate::metrics::global().registry(registry);
     if let Some(m) = stored_manifest(app, &digest).await.map_err(disk_error)? {
         counters.cache(ContentKind::Manifest, true);
@@ -74,10 +74,7 @@ async fn manifest_by_digest(
     }
     counters.cache(ContentKind::Manifest, false);
     if app.settings.air_gapped {
-        return Err(RegistryError::not_found(
-            ErrorCode::ManifestUnknown,
-            format!("manifest {digest} is not cached (air-gapped: upstreams are never contacted)"),
-        ));
+        return Err(MirrorError::ManifestNotCached(format!("manifest {digest}")));
     }
     let key = format!("{registry}/{repo}@{digest}");
     let upstream = app.upstreams.resolve(registry)?;
@@ -102,7 +99,7 @@ async fn manifest_by_tag(
     repo: &RepoName,
     tag: &str,
     accept: &Accept,
-) -> Result<Manifest, RegistryError> {
+) -> Result<Manifest, MirrorError> {
     let cached = cached_tag(app, registry, repo, tag, accept).await;
     let ttl = if app.settings.always_pull_latest && tag == "latest" {
         Some(Duration::ZERO)
@@ -125,12 +122,9 @@ async fn manifest_by_tag(
     match &cached {
         Some(_) => {}
         None if app.settings.air_gapped => {
-            return Err(RegistryError::not_found(
-                ErrorCode::ManifestUnknown,
-                format!(
-                    "{registry}/{repo}:{tag} is not cached (air-gapped: upstreams are never contacted)"
-                ),
-            ));
+            return Err(MirrorError::ManifestNotCached(format!(
+                "{registry}/{repo}:{tag}"
+            )));
         }
         None => {}
     }
@@ -151,7 +145,7 @@ async fn manifest_by_tag(
                     return Ok(m.clone());
                 }
                 Revalidation::Changed => {}
-                Revalidation::Gone(e) => return Err(e),
+                Revalidation::Gone(e) => return Err(e.into()),
                 Revalidation::Failed(reason) => {
                     app.stats.stale_served.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(registry = %upstream.name, repo = %repo, tag, %reason, "tag revalidation failed; serving the cached manifest");
@@ -165,9 +159,9 @@ async fn manifest_by_tag(
                 Ok(m)
             }
             // The upstream answered HEAD but then failed the GET: still serve what we have.
-            Err(e) if cached.is_some() && (e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS) => {
+            Err(e) if cached.is_some() && e.is_upstream_trouble() => {
                 app.stats.stale_served.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(registry = %upstream.name, repo = %repo, tag, error = %e.message, "tag refresh failed; serving the cached manifest");
+                tracing::warn!(registry = %upstream.name, repo = %repo, tag, error = %e, "tag refresh failed; serving the cached manifest");
                 cached.ok_or(e)
             }
             Err(e) => Err(e),
@@ -184,7 +178,7 @@ async fn record_tag(app: &Mirror, registry: &str, repo: &RepoName, tag: &str, m:
 }
 
 /// A cached manifest, from memory or disk.
-async fn stored_manifest(app: &Mirror, digest: &Digest) -> std::io::Result<Option<Manifest>> {
+async fn stored_manifest(app: &Mirror, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
     if let Some(m) = app.hot.manifest(digest) {
         if app.store.has_manifest(digest) {
             return Ok(Some(m));
@@ -206,7 +200,7 @@ enum Revalidation {
     /// It moved (or the upstream did not say): fetch it.
     Changed,
     /// The upstream says the tag no longer exists.
-    Gone(RegistryError),
+    Gone(UpstreamError),
     /// No answer worth trusting (down, slow, rate-limited, refusing): keep the cached one.
     Failed(String),
 }
@@ -228,7 +222,7 @@ async fn revalidate(
         Err(_) => {
             return Revalidation::Failed(format!("no answer within {}s", timeout.as_secs_f32()));
         }
-        Ok(Err(e)) => return Revalidation::Failed(e.message),
+        Ok(Err(e)) => return Revalidation::Failed(e.to_string()),
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status();
@@ -245,12 +239,7 @@ async fn revalidate(
     }
     if status == StatusCode::NOT_FOUND {
         let what = format!("manifest {repo}:{tag}");
-        return Revalidation::Gone(upstream_status(
-            upstream,
-            resp,
-            ErrorCode::ManifestUnknown,
-            &what,
-        ));
+        return Revalidation::Gone(upstream_status(upstream, resp, Subject::Manifest, &what));
     }
     Revalidation::Failed(format!("upstream answered {status}"))
 }
@@ -299,9 +288,9 @@ fn tag_key(registry: &str, repo: &RepoName, tag: &str) -> String {
 }
 
 /// Runs `fetch` once per key however many requests ask at the same time.
-async fn single_flight<F>(map: &Flights, key: String, fetch: F) -> Result<Manifest, RegistryError>
+async fn single_flight<F>(map: &Flights, key: String, fetch: F) -> Result<Manifest, MirrorError>
 where
-    F: std::future::Future<Output = Result<Manifest, RegistryError>> + Send + 'static,
+    F: std::future::Future<Output = Result<Manifest, MirrorError>> + Send + 'static,
 {
     let guard = {
         let mut flights = map.lock().unwrap_or_else(|p| p.into_inner());
@@ -316,15 +305,13 @@ where
         }
     };
     let Some(cell) = guard.cell.as_ref() else {
-        return Err(RegistryError::internal("manifest fetch: no flight"));
+        return Err(MirrorError::Internal("manifest fetch: no flight".into()));
     };
     // Run the fetch on its own task: a client that goes away does not cancel it for others.
     cell.get_or_init(|| async move {
-        tokio::spawn(fetch).await.unwrap_or_else(|e| {
-            Err(RegistryError::internal(format!(
-                "manifest fetch failed: {e}"
-            )))
-        })
+        tokio::spawn(fetch)
+            .await
+            .unwrap_or_else(|e| Err(MirrorError::Internal(format!("manifest fetch failed: {e}"))))
     })
     .await
     .clone()
@@ -368,7 +355,7 @@ async fn fetch_manifest(
     repo: &RepoName,
     reference: &Reference,
     accept: &str,
-) -> Result<Manifest, RegistryError> {
+) -> Result<Manifest, MirrorError> {
     let resp = upstream
         .request(
             Method::GET,
@@ -381,9 +368,10 @@ async fn fetch_manifest(
         return Err(upstream_status(
             upstream,
             resp,
-            ErrorCode::ManifestUnknown,
+            Subject::Manifest,
             &format!("manifest {repo}:{reference}"),
-        ));
+        )
+        .into());
     }
     let content_type = resp
         .headers()
@@ -410,7 +398,7 @@ async fn fetch_manifest(
     if let Some(expected) = expected
         && *expected != digest
     {
-        return Err(RegistryError::bad_gateway(format!(
+        return Err(MirrorError::BadUpstream(format!(
             "upstream {} sent a manifest with digest {digest} for {repo}@{expected}; not stored",
             upstream.name
         )));
@@ -418,10 +406,11 @@ async fn fetch_manifest(
     let media_type = match media::decide(&bytes, content_type.as_deref()) {
         Ok(t) => t,
         Err(e) => {
-            return Err(RegistryError::bad_gateway(format!(
-                "upstream {} sent an unusable manifest for {repo}:{reference}: {e}; not stored",
-                upstream.name
-            )));
+            return Err(MirrorError::InvalidManifest {
+                upstream: upstream.name.clone(),
+                what: format!("{repo}:{reference}"),
+                reason: e.to_string(),
+            });
         }
     };
     // The first verified copy's type stands: same bytes, same type, whoever asks.

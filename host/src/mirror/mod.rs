@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod downloads;
+pub mod error;
 pub mod hot;
 pub mod manifests;
 pub mod pulls;
@@ -18,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use crate::config::Settings;
-use crate::oci::error::RegistryError;
 use crate::store::{BlobStore, Manifest};
 use crate::upstream::Upstreams;
 use downloads::Downloads;
+pub use error::MirrorError;
 use hot::HotCache;
 
 /// Counters of notable events, logged as they happen and exported at each metrics scrape
@@ -35,7 +36,7 @@ pub struct Stats {
 }
 
 /// One shared manifest fetch: every waiter gets its answer.
-pub(crate) type ManifestFlight = Arc<OnceCell<Result<Manifest, RegistryError>>>;
+pub(crate) type ManifestFlight = Arc<OnceCell<Result<Manifest, MirrorError>>>;
 
 /// Everything a request needs: settings, the store, the upstreams, the running fetches.
 #[derive(Debug)]
@@ -74,7 +75,7 @@ impl Mirror {
     }
 }
 
-/// A disk error on the serving path.
-pub(crate) fn disk_error(e: std::io::Error) -> RegistryError {
-    RegistryError::internal(format!("cache error: {e}"))
+/// A store error on the serving path.
+pub(crate) fn disk_error(e: crate::store::StoreError) -> MirrorError {
+    MirrorError::Cache(e)
 }

@@ -237,7 +237,7 @@ async fn preload_image(
     let mut counts = Counts::default();
     let top = ensure_manifest(app, &img.registry, &img.repo, &img.reference, &accept)
         .await
-        .map_err(|e| e.message)?;
+        .map_err(|e| e.to_string())?;
     counts.manifests += 1;
     let mut blobs: Vec<Blob> = Vec::new();
     let mut queue = vec![(top, 0usize)];
@@ -266,7 +266,7 @@ async fn preload_image(
                         &accept,
                     )
                     .await
-                    .map_err(|e| e.message)?;
+                    .map_err(|e| e.to_string())?;
                     counts.manifests += 1;
                     queue.push((child, depth + 1));
                 }
@@ -384,7 +384,7 @@ async fn fetch_blob(
             }
             Ok(BlobOutcome::Fetched(total))
         }
-        Err(e) => Err(e.message),
+        Err(e) => Err(e.to_string()),
     }
 }
 

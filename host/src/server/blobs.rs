@@ -7,8 +7,9 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use crate::mirror::Mirror;
 use crate::mirror::blobs::BlobAnswer;
-use crate::oci::error::{ErrorCode, RegistryError};
+use crate::oci::error::ErrorCode;
 use crate::oci::reference::{Digest, RepoName};
+use crate::server::error::RegistryError;
 use crate::server::range::{self, RangeAnswer};
 use crate::server::response::{self, Body};
 

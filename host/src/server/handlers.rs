@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, header};
 
 use crate::metrics::RouteKind;
 use crate::mirror::Mirror;
-use crate::oci::error::RegistryError;
+use crate::server::error::RegistryError;
 use crate::server::response::{self, Body};
 use crate::server::router::{self, Route, Target};
 use crate::upstream::canonical_name;

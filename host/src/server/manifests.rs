@@ -6,9 +6,9 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Response, header};
 
 use crate::mirror::Mirror;
-use crate::oci::error::RegistryError;
 use crate::oci::media::Accept;
 use crate::oci::reference::{Reference, RepoName};
+use crate::server::error::RegistryError;
 use crate::server::response::{self, Body};
 use crate::store::Manifest;
 

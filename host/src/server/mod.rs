@@ -8,6 +8,7 @@
 //! error answers.
 
 pub mod blobs;
+pub mod error;
 pub mod handlers;
 pub mod listener;
 pub mod local_only;

@@ -19,8 +19,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use bytes::Bytes;
 
 use crate::metrics::ContentKind;
-use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::Digest;
+use crate::store::StoreError;
 use crate::store::layout;
 
 /// Space kept free on the cache disk beyond the blob being written (at most 5% of it).
@@ -184,9 +184,10 @@ impl BlobStore {
         }
     }
 
-    /// Refuses (507) when the disk holding the cache has less room than `size` plus a
-    /// reserve, so a full disk gives the client a clear error before anything is written.
-    pub fn ensure_space(&self, size: u64) -> Result<(), RegistryError> {
+    /// Refuses ([`StoreError::DiskFull`]) when the disk holding the cache has less room than
+    /// `size` plus a reserve, so a full disk gives the client a clear error before anything
+    /// is written.
+    pub fn ensure_space(&self, size: u64) -> Result<(), StoreError> {
         let Ok(st) = rustix::fs::statvfs(&self.root) else {
             return Ok(());
         };
@@ -194,30 +195,25 @@ impl BlobStore {
         let disk = st.f_blocks.saturating_mul(st.f_frsize);
         let reserve = SPACE_RESERVE.min(disk / 20);
         if free < size.saturating_add(reserve) {
-            return Err(RegistryError::new(
-                http::StatusCode::INSUFFICIENT_STORAGE,
-                ErrorCode::Unavailable,
-                format!(
-                    "cache disk full: {} MiB free, {} MiB needed; cached content is still served",
-                    free / (1024 * 1024),
-                    (size + reserve) / (1024 * 1024)
-                ),
-            ));
+            return Err(StoreError::DiskFull {
+                free_mib: free / (1024 * 1024),
+                needed_mib: (size + reserve) / (1024 * 1024),
+            });
         }
         Ok(())
     }
 
     /// The cached blob's size, if present.
-    pub async fn stat_blob(&self, digest: &Digest) -> io::Result<Option<u64>> {
+    pub async fn stat_blob(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
         match tokio::fs::metadata(self.blob_file(digest)).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Opens a cached blob for reading; `None` when it is not stored.
-    pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<StoredBlob>> {
+    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<StoredBlob>, StoreError> {
         let path = self.blob_file(digest);
         let opened = match open_from_caches(&path) {
             Some(found) => found,
@@ -237,7 +233,12 @@ impl BlobStore {
 
     /// Makes a fully written, fsynced and verified staged blob of `size` bytes visible as
     /// the blob `digest`.
-    pub async fn commit_blob(&self, staged: &Staged, digest: &Digest, size: u64) -> io::Result<()> {
+    pub async fn commit_blob(
+        &self,
+        staged: &Staged,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), StoreError> {
         let temp = &staged.temp;
         let target = self.blob_file(digest);
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
@@ -247,16 +248,13 @@ impl BlobStore {
         }
         tokio::fs::rename(temp, &target).await?;
         crate::metrics::global().disk_added(ContentKind::Blob, size);
-        sync_dir(target.parent()).await
+        Ok(sync_dir(target.parent()).await?)
     }
 
     /// Stores a manifest after checking that its bytes hash to `digest`.
-    pub async fn put_manifest(&self, m: &Manifest) -> io::Result<()> {
+    pub async fn put_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
         if Digest::of(&m.bytes) != m.digest {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("manifest bytes do not hash to {}", m.digest),
-            ));
+            return Err(StoreError::Unverified(m.digest.clone()));
         }
         let target = self.manifest_path(&m.digest);
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
@@ -267,16 +265,16 @@ impl BlobStore {
         write_atomically(&self.temp_path("type"), &type_path, m.media_type.as_bytes()).await?;
         write_atomically(&self.temp_path("manifest"), &target, &m.bytes).await?;
         crate::metrics::global().disk_added(ContentKind::Manifest, m.bytes.len() as u64);
-        sync_dir(target.parent()).await
+        Ok(sync_dir(target.parent()).await?)
     }
 
     /// A cached manifest by digest.
-    pub async fn get_manifest(&self, digest: &Digest) -> io::Result<Option<Manifest>> {
+    pub async fn get_manifest(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
         let path = self.manifest_path(digest);
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => Bytes::from(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let type_path = layout::manifest_type(&self.root, digest.hex());
         let media_type = match tokio::fs::read_to_string(type_path).await {

@@ -13,10 +13,12 @@
 
 pub mod access;
 pub mod blob_store;
+pub mod error;
 pub mod layout;
 pub mod listing;
 pub mod tags;
 
 pub use access::AccessRecord;
 pub use blob_store::{BlobStore, Manifest, Staged, StoredBlob, probe_write};
+pub use error::StoreError;
 pub use layout::is_cache;

@@ -1,18 +1,17 @@
 //! Reading an upstream's answer: a body read with a size cap ([`read_limited`]), and a
-//! non-success status turned into an error that keeps its meaning ([`upstream_status`]).
+//! failure status turned into an error that keeps its meaning ([`upstream_status`]).
 
 use bytes::Bytes;
-use http::{StatusCode, header};
+use http::header;
 
-use super::Upstream;
-use crate::oci::error::{ErrorCode, RegistryError};
+use super::{Refusal, Subject, Upstream, UpstreamError};
 
 /// Reads a small upstream body (a manifest, a tag list) of at most `limit` bytes.
 pub async fn read_limited(
     upstream: &Upstream,
     mut resp: reqwest::Response,
     limit: usize,
-) -> Result<Bytes, RegistryError> {
+) -> Result<Bytes, UpstreamError> {
     if resp.content_length().is_some_and(|l| l > limit as u64) {
         return Err(too_large(upstream, limit));
     }
@@ -21,13 +20,13 @@ pub async fn read_limited(
         let chunk = tokio::time::timeout(upstream.timeout(), resp.chunk())
             .await
             .map_err(|_| {
-                RegistryError::bad_gateway(format!(
+                UpstreamError::Failed(format!(
                     "upstream {} stalled sending a manifest",
                     upstream.name
                 ))
             })?
             .map_err(|e| {
-                RegistryError::bad_gateway(format!(
+                UpstreamError::Failed(format!(
                     "upstream {} broke off: {}",
                     upstream.name,
                     super::describe(&e)
@@ -43,21 +42,21 @@ pub async fn read_limited(
     Ok(Bytes::from(buf))
 }
 
-fn too_large(upstream: &Upstream, limit: usize) -> RegistryError {
-    RegistryError::bad_gateway(format!(
-        "upstream {} sent a manifest larger than {} MiB; refused",
-        upstream.name,
-        limit / (1024 * 1024)
-    ))
+fn too_large(upstream: &Upstream, limit: usize) -> UpstreamError {
+    UpstreamError::TooLarge {
+        upstream: upstream.name.clone(),
+        limit_mib: limit / (1024 * 1024),
+    }
 }
 
-/// Turns an upstream's non-success answer into our error, keeping its meaning.
+/// Turns an upstream's failure answer about `what` (a `subject`) into our error, keeping
+/// its meaning and its `Retry-After`.
 pub fn upstream_status(
     upstream: &Upstream,
     resp: reqwest::Response,
-    not_found: ErrorCode,
+    subject: Subject,
     what: &str,
-) -> RegistryError {
+) -> UpstreamError {
     let status = resp.status();
     let retry_after = resp
         .headers()
@@ -65,25 +64,24 @@ pub fn upstream_status(
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() < 64)
         .map(str::to_owned);
-    let code = ErrorCode::from_upstream_status(status, not_found);
-    let (our_status, message) = match status.as_u16() {
+    let (refusal, message) = match status.as_u16() {
         404 => (
-            StatusCode::NOT_FOUND,
+            Refusal::NotFound(subject),
             format!("{what} not found at upstream {}", upstream.name),
         ),
         401 => (
-            StatusCode::UNAUTHORIZED,
+            Refusal::Unauthorized,
             format!(
                 "upstream {} requires credentials for {what}: configure registries[].auth",
                 upstream.name
             ),
         ),
         403 => (
-            StatusCode::FORBIDDEN,
+            Refusal::Denied,
             format!("upstream {} denied access to {what}", upstream.name),
         ),
         429 => (
-            StatusCode::TOO_MANY_REQUESTS,
+            Refusal::TooManyRequests,
             format!(
                 "upstream {} is rate-limiting requests for {what}",
                 upstream.name
@@ -91,24 +89,16 @@ pub fn upstream_status(
         ),
         s => (
             if s == 503 {
-                StatusCode::SERVICE_UNAVAILABLE
+                Refusal::Unavailable
             } else {
-                StatusCode::BAD_GATEWAY
+                Refusal::Other
             },
             format!("upstream {} answered {status} for {what}", upstream.name),
         ),
     };
-    RegistryError {
-        status: our_status,
-        code,
+    UpstreamError::Refused {
+        refusal,
         message,
         retry_after,
-    }
-}
-
-/// The upstream policy refused the registry a request names: 403 `DENIED`, naming the policy.
-impl From<crate::upstream::policy::PolicyError> for RegistryError {
-    fn from(e: crate::upstream::policy::PolicyError) -> Self {
-        RegistryError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, e.to_string())
     }
 }

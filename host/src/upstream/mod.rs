@@ -10,6 +10,7 @@
 pub mod answer;
 pub mod auth;
 pub mod challenge;
+pub mod error;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -19,9 +20,9 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::{CredentialConfig, HostPattern, Scheme, Settings, TlsConfig};
-use crate::oci::error::RegistryError;
 use crate::oci::reference::RepoName;
 use auth::{CredentialSource, TokenCache};
+pub use error::{BodyError, Refusal, Subject, UpstreamError};
 use ociregistry_plugin_api::{Credential, Secret};
 use policy::{Policy, PolicyError, PolicyResolver};
 
@@ -124,7 +125,7 @@ impl Upstream {
         repo: &RepoName,
         path: &str,
         accept: Option<&str>,
-    ) -> Result<reqwest::Response, RegistryError> {
+    ) -> Result<reqwest::Response, UpstreamError> {
         self.request_with(method, repo, path, accept, None).await
     }
 
@@ -136,7 +137,7 @@ impl Upstream {
         path: &str,
         accept: Option<&str>,
         range_from: Option<u64>,
-    ) -> Result<reqwest::Response, RegistryError> {
+    ) -> Result<reqwest::Response, UpstreamError> {
         let repo = self.repo_path(repo);
         let url = format!(
             "{}/v2/{}/{}",
@@ -201,7 +202,7 @@ impl Upstream {
                         Ok(_) if token.is_none() => continue,
                         // A fresh token was refused too: pass the 401 on.
                         Ok(_) => return Ok(resp),
-                        Err(e) if e.status == 401 && !refreshed => {
+                        Err(e @ UpstreamError::TokenRefused { status: 401, .. }) if !refreshed => {
                             match self.refreshed(credential.as_ref()).await {
                                 Some(c) => {
                                     credential = Some(c);
@@ -225,7 +226,7 @@ impl Upstream {
                 _ => return Ok(resp),
             }
         }
-        Err(RegistryError::bad_gateway(format!(
+        Err(UpstreamError::Failed(format!(
             "upstream {} kept refusing credentials",
             self.name
         )))
@@ -241,12 +242,12 @@ impl Upstream {
     /// Sends with the answer timeout, retrying transient failures (connection refused or
     /// reset before an answer, 500/502/503/504) a bounded number of times with backoff.
     /// Only body-less requests are sent here, so a retry is always safe.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, RegistryError> {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, UpstreamError> {
         let mut attempt = 0u32;
         loop {
             let this = req
                 .try_clone()
-                .ok_or_else(|| RegistryError::internal("request cannot be sent"))?;
+                .ok_or_else(|| UpstreamError::Internal("request cannot be sent".into()))?;
             self.metrics.upstream_requests.inc();
             let result = tokio::time::timeout(self.timeout, self.follow(this)).await;
             let failed = match &result {
@@ -272,7 +273,7 @@ impl Upstream {
                 continue;
             }
             return match result {
-                Err(_) => Err(RegistryError::bad_gateway(format!(
+                Err(_) => Err(UpstreamError::Failed(format!(
                     "upstream {} did not answer within {}s",
                     self.name,
                     self.timeout.as_secs()
@@ -283,25 +284,21 @@ impl Upstream {
         }
     }
 
-    fn send_error(&self, e: SendError) -> RegistryError {
+    fn send_error(&self, e: SendError) -> UpstreamError {
         match e {
             SendError::Transport(e) => {
-                RegistryError::bad_gateway(format!("upstream {}: {}", self.name, describe(&e)))
+                UpstreamError::Failed(format!("upstream {}: {}", self.name, describe(&e)))
             }
-            SendError::Policy(p) => RegistryError::new(
-                http::StatusCode::FORBIDDEN,
-                crate::oci::error::ErrorCode::Denied,
-                p.to_string(),
-            ),
-            SendError::TooManyRedirects => RegistryError::bad_gateway(format!(
+            SendError::Policy(p) => UpstreamError::Policy(p),
+            SendError::TooManyRedirects => UpstreamError::Failed(format!(
                 "upstream {} redirected more than {MAX_REDIRECTS} times; refused",
                 self.name
             )),
-            SendError::Downgrade(to) => RegistryError::bad_gateway(format!(
+            SendError::Downgrade(to) => UpstreamError::Failed(format!(
                 "upstream {} redirected from https to plain http ({to}); refused (only registries with scheme: http may use http)",
                 self.name
             )),
-            SendError::BadLocation => RegistryError::bad_gateway(format!(
+            SendError::BadLocation => UpstreamError::Failed(format!(
                 "upstream {} sent a redirect without a usable http(s) Location",
                 self.name
             )),
