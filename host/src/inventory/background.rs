@@ -61,7 +61,7 @@ pub async fn start(app: &Arc<Mirror>) -> Result<(), String> {
                     tracing::warn!(error = %e, "maxSize check failed");
                 }
                 tokio::select! {
-                    () = a.inventory.stored.notified() => {
+                    () = a.downloads.stored.notified() => {
                         // Let a burst of downloads finish before scanning again.
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }

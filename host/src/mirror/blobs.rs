@@ -275,79 +275,38 @@ fn join_download(
     abandon: Option<&Arc<downloads::Download>>,
 ) -> downloads::Joined {
     let keep = upstream.is_configured() || upstream.name == app.settings.default_ns;
-    let joined = app
-        .downloads
-        .join(&app.store, digest, &upstream.name, keep, abandon);
-    if joined.started {
-        tokio::spawn(run_download(
-            app.clone(),
-            upstream.clone(),
-            repo.clone(),
-            joined.download.clone(),
-        ));
-    }
-    joined
+    let (a, u, r) = (app.clone(), upstream.clone(), repo.clone());
+    app.downloads.get_or_start(
+        &app.store,
+        digest,
+        &upstream.name,
+        keep,
+        abandon,
+        move |download| fetch_blob(a, u, r, download),
+    )
 }
 
-/// Fetches a blob from the upstream into the cache, feeding every reader of `download`.
-async fn run_download(
+/// Asks the upstream for blob `download.digest`: its answer, once it is one worth
+/// downloading (a success, not larger than `maxBlobSize`, with room for it on the disk).
+async fn fetch_blob(
     app: Arc<Mirror>,
     upstream: Arc<Upstream>,
     repo: RepoName,
     download: Arc<downloads::Download>,
-) {
+) -> Result<UpstreamBody, MirrorError> {
     let digest = download.digest.clone();
-    // It may have been stored between the cache lookup and registering this download.
-    if let Ok(Some(total)) = app.store.stat_blob(&digest).await {
-        app.downloads.complete_stored(&download, total);
-        return;
-    }
-    let slot = tokio::select! {
-        biased;
-        () = download.cancelled() => None,
-        slot = app.downloads.slots.acquire(&upstream.name) => Some(slot),
-    };
-    let _slot = match slot {
-        None => {
-            app.downloads.fail(&download, left(&digest));
-            return;
-        }
-        Some(None) => {
-            let l = app.downloads.slots.limits();
-            let e = MirrorError::NoSlot {
-                max_fetches: l.max_fetches,
-                max_per_registry: l.max_fetches_per_registry,
-                wait: l.wait,
-            };
-            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, "blob fetch refused: no download slot came free in time");
-            app.downloads.fail(&download, e);
-            return;
-        }
-        Some(Some(slot)) => slot,
-    };
     let path = format!("blobs/{digest}");
-    let request = tokio::select! {
-        biased;
-        () = download.cancelled() => None,
-        r = upstream.request(Method::GET, &repo, &path, None) => Some(r),
-    };
-    let Some(request) = request else {
-        app.downloads.fail(&download, left(&digest));
-        return;
-    };
-    let resp = match request {
+    let resp = match upstream.request(Method::GET, &repo, &path, None).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch failed");
-            app.downloads.fail(&download, e.into());
-            return;
+            return Err(e.into());
         }
     };
     if !resp.status().is_success() {
         let e = upstream_status(&upstream, resp, Subject::Blob, &format!("blob {digest}"));
         tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch refused");
-        app.downloads.fail(&download, e.into());
-        return;
+        return Err(e.into());
     }
     let total = resp.content_length();
     let max_size = app.downloads.slots.limits().max_blob_size;
@@ -356,16 +315,12 @@ async fn run_download(
     {
         tracing::warn!(registry = %upstream.name, repo = %repo, %digest, size = total, max_blob_size = max_size,
             "blob larger than maxBlobSize; not downloaded");
-        app.downloads.fail(
-            &download,
-            MirrorError::BlobTooLarge {
-                digest: digest.clone(),
-                upstream: upstream.name.clone(),
-                size: total,
-                max_size,
-            },
-        );
-        return;
+        return Err(MirrorError::BlobTooLarge {
+            digest,
+            upstream: upstream.name.clone(),
+            size: total,
+            max_size,
+        });
     }
     // Unknown length: its free space is checked again as the bytes arrive.
     if let Err(e) = app
@@ -373,47 +328,19 @@ async fn run_download(
         .ensure_space(total.unwrap_or(downloads::SPACE_CHECK_EVERY))
     {
         tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "not caching: disk full");
-        app.downloads.fail(&download, MirrorError::Store(e));
-        return;
+        return Err(MirrorError::Store(e));
     }
-    let started = std::time::Instant::now();
     let body: ByteStream = Box::pin(resp.bytes_stream().map_err(BodyError::from));
-    let resume = resumer(upstream.clone(), repo.clone(), digest.clone(), total);
-    let result = app
-        .downloads
-        .fill(
-            &app.store,
-            &download,
-            UpstreamBody {
-                total,
-                body,
-                resume: Some(resume),
-                idle_timeout: upstream.timeout(),
-                upstream: upstream.name.clone(),
-                max_size,
-            },
-        )
-        .await;
-    match result {
-        Ok(size) => {
-            tracing::info!(
-                registry = %upstream.name, repo = %repo, %digest, size,
-                seconds = started.elapsed().as_secs_f32(), "cached blob"
-            );
-            app.inventory.blob_stored();
-        }
-        Err(_) if download.is_cancelled() => {
-            tracing::info!(registry = %upstream.name, repo = %repo, %digest, "every client left; download cancelled, nothing stored")
-        }
-        Err(e) => {
-            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch failed; nothing stored")
-        }
-    }
-}
-
-/// A download stopped because every client left.
-fn left(digest: &Digest) -> MirrorError {
-    MirrorError::Cancelled(digest.clone())
+    let resume = resumer(upstream.clone(), repo.clone(), digest, total);
+    Ok(UpstreamBody {
+        total,
+        body,
+        resume: Some(resume),
+        idle_timeout: upstream.timeout(),
+        upstream: upstream.name.clone(),
+        repo: repo.to_string(),
+        max_size,
+    })
 }
 
 /// Asks the upstream for the rest of a blob from an offset; only a `206` whose

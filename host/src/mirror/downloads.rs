@@ -68,6 +68,8 @@ pub struct UpstreamBody {
     pub idle_timeout: Duration,
     /// Upstream name, for messages.
     pub upstream: String,
+    /// Repository it is fetched for, for logs.
+    pub repo: String,
     /// Largest size accepted (`maxBlobSize`): a body that goes past it fails the download.
     pub max_size: u64,
 }
@@ -290,16 +292,19 @@ pub struct Downloads {
     running: Mutex<HashMap<Digest, Arc<Download>>>,
     /// Download slots.
     pub slots: FetchSlots,
+    /// Woken after a download stored its blob (the cache grew: the inventory's `maxSize`
+    /// check).
+    pub stored: tokio::sync::Notify,
 }
 
-/// What [`Downloads::join`] found.
+/// What [`Downloads::get_or_start`] found.
 #[derive(Debug)]
 pub struct Joined {
     /// The download.
     pub download: Arc<Download>,
     /// The caller's hold on it.
     pub interest: Interest,
-    /// The caller registered it and must run it ([`Downloads::fill`] unregisters it).
+    /// The caller's call registered and started it.
     pub started: bool,
 }
 
@@ -309,23 +314,120 @@ impl Downloads {
         Downloads {
             running: Mutex::default(),
             slots: FetchSlots::new(limits),
+            stored: tokio::sync::Notify::new(),
         }
     }
 
-    /// Joins the running download of `digest`, or registers a new one. The second value is
-    /// `true` when the caller registered it and must run [`Downloads::fill`] (which unregisters it).
-    /// (Tests; the server uses [`Downloads::join`].)
-    pub fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
+    /// Joins the running download of `digest` as a client of `registry` (`keep`: that
+    /// registry's downloads run on without clients), or registers a new one and starts it
+    /// on a task of its own: unless the blob turned out to be stored meanwhile, it takes a
+    /// download slot (waiting up to `upstreamFetchWait`, else failing with
+    /// [`MirrorError::NoSlot`]), asks `fetch` for the upstream's answer, writes and verifies
+    /// it into `store` while readers follow, and leaves the running set, whatever happens.
+    /// A download that failed or was cancelled, or `abandon` (one this client gives up on),
+    /// is not joined: a new one replaces it.
+    pub fn get_or_start<F, Fut>(
+        self: &Arc<Self>,
+        store: &BlobStore,
+        digest: &Digest,
+        registry: &str,
+        keep: bool,
+        abandon: Option<&Arc<Download>>,
+        fetch: F,
+    ) -> Joined
+    where
+        F: FnOnce(Arc<Download>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<UpstreamBody, MirrorError>> + Send + 'static,
+    {
+        let joined = self.join(store, digest, registry, keep, abandon);
+        if joined.started {
+            tokio::spawn(
+                self.clone()
+                    .run(store.clone(), joined.download.clone(), fetch),
+            );
+        }
+        joined
+    }
+
+    /// Runs a registered download to the end (see [`Downloads::get_or_start`]).
+    async fn run<F, Fut>(self: Arc<Self>, store: BlobStore, d: Arc<Download>, fetch: F)
+    where
+        F: FnOnce(Arc<Download>) -> Fut,
+        Fut: Future<Output = Result<UpstreamBody, MirrorError>>,
+    {
+        // It may have been stored between the cache lookup and registering this download.
+        if let Ok(Some(total)) = store.stat_blob(&d.digest).await {
+            self.complete_stored(&d, total);
+            return;
+        }
+        let slot = tokio::select! {
+            biased;
+            () = d.cancelled() => None,
+            slot = self.slots.acquire(&d.registry) => Some(slot),
+        };
+        let _slot = match slot {
+            None => {
+                self.fail(&d, cancelled(&d.digest));
+                return;
+            }
+            Some(None) => {
+                let l = self.slots.limits();
+                tracing::warn!(registry = %d.registry, digest = %d.digest, "blob fetch refused: no download slot came free in time");
+                self.fail(
+                    &d,
+                    MirrorError::NoSlot {
+                        max_fetches: l.max_fetches,
+                        max_per_registry: l.max_fetches_per_registry,
+                        wait: l.wait,
+                    },
+                );
+                return;
+            }
+            Some(Some(slot)) => slot,
+        };
+        let fetched = tokio::select! {
+            biased;
+            () = d.cancelled() => Err(cancelled(&d.digest)),
+            r = fetch(d.clone()) => r,
+        };
+        let src = match fetched {
+            Ok(src) => src,
+            Err(e) => {
+                self.fail(&d, e);
+                return;
+            }
+        };
+        let (upstream, repo) = (src.upstream.clone(), src.repo.clone());
+        let started = std::time::Instant::now();
+        match self.fill(&store, &d, src).await {
+            Ok(size) => {
+                tracing::info!(
+                    registry = %upstream, repo = %repo, digest = %d.digest, size,
+                    seconds = started.elapsed().as_secs_f32(), "cached blob"
+                );
+                self.stored.notify_one();
+            }
+            Err(_) if d.is_cancelled() => {
+                tracing::info!(registry = %upstream, repo = %repo, digest = %d.digest, "every client left; download cancelled, nothing stored")
+            }
+            Err(e) => {
+                tracing::warn!(registry = %upstream, repo = %repo, digest = %d.digest, error = %e, "blob fetch failed; nothing stored")
+            }
+        }
+    }
+
+    /// Joins the running download of `digest`, or registers a new one that the caller runs
+    /// with [`Downloads::fill`] (tests).
+    #[cfg(test)]
+    fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
         let j = self.join(store, digest, "", true, None);
         let d = j.download.clone();
         (d, j.started)
     }
 
-    /// Joins the running download of `digest` as a client of `registry` (`keep`: that
-    /// registry's downloads run on without clients), or registers a new one for it. A
-    /// download that failed or was cancelled, or `abandon` (a download this client gives
-    /// up on), is not joined: a new one replaces it.
-    pub fn join(
+    /// Joins the running download of `digest`, or registers a new one for the caller to
+    /// run (see [`Downloads::get_or_start`]).
+    fn join(
         &self,
         store: &BlobStore,
         digest: &Digest,
@@ -375,14 +477,14 @@ impl Downloads {
 
     /// Marks a registered download as failed before any byte arrived (the upstream refused)
     /// and unregisters it.
-    pub fn fail(&self, d: &Arc<Download>, err: MirrorError) {
+    fn fail(&self, d: &Arc<Download>, err: MirrorError) {
         d.publish(Progress::Failed(err));
         self.unregister(d);
     }
 
     /// Completes a registered download whose blob turned out to be stored already (it was
     /// committed between the caller's cache lookup and its registration).
-    pub fn complete_stored(&self, d: &Arc<Download>, total: u64) {
+    fn complete_stored(&self, d: &Arc<Download>, total: u64) {
         d.publish(Progress::Complete { total });
         self.unregister(d);
     }
@@ -390,7 +492,7 @@ impl Downloads {
     /// Runs a registered download to the end: writes `body` to the temp file while
     /// publishing progress, verifies size and sha256, commits it to the store, and
     /// unregisters. Every failure is published to the readers and nothing is stored.
-    pub async fn fill(
+    async fn fill(
         &self,
         store: &BlobStore,
         d: &Arc<Download>,
@@ -420,6 +522,7 @@ async fn write_verified(
         mut resume,
         idle_timeout,
         upstream,
+        repo: _,
         max_size,
     } = src;
     let disk = |e: io::Error| MirrorError::CacheWrite(StoreError::from(e));
@@ -1037,6 +1140,7 @@ mod tests {
             resume,
             idle_timeout: Duration::from_secs(5),
             upstream: "up".into(),
+            repo: "app".into(),
             max_size: u64::MAX,
         }
     }
@@ -1435,5 +1539,51 @@ mod tests {
         std::fs::remove_file(d.staged.temp_path()).unwrap();
         let rest: Vec<Bytes> = reader.try_collect().await.unwrap();
         assert_eq!([&[first][..], &rest[..]].concat().concat(), data);
+    }
+
+    #[tokio::test]
+    async fn get_or_start_runs_one_download_to_the_store_and_unregisters_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
+        let digest = Digest::of(&data);
+        let downloads = Arc::new(Downloads::default());
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = |downloads: &Arc<Downloads>| {
+            let (fetches, data) = (fetches.clone(), data.clone());
+            downloads.get_or_start(&store, &digest, "r.io", true, None, move |_| async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let body: ByteStream = Box::pin(futures_util::stream::iter(chunks(&data, 100_000)));
+                Ok(source(Some(data.len() as u64), body, None))
+            })
+        };
+        let first = start(&downloads);
+        let second = start(&downloads);
+        assert!(first.started && !second.started);
+        assert!(Arc::ptr_eq(&first.download, &second.download));
+        let got = collect(follow(
+            first.download.clone(),
+            Some(first.interest),
+            0,
+            None,
+            Duration::from_secs(5),
+            None,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(got, data);
+        tokio::time::timeout(Duration::from_secs(5), downloads.stored.notified())
+            .await
+            .expect("the stored blob is announced");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(downloads.is_empty(), "unregistered once done");
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+        // Stored now: a new start completes at once without asking the upstream.
+        let again = start(&downloads);
+        let mut p = again.download.subscribe();
+        p.wait_for(|p| matches!(p, Progress::Complete { .. }))
+            .await
+            .unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
     }
 }

@@ -48,7 +48,7 @@ pub struct Mirror {
     /// Upstream registries.
     pub upstreams: Upstreams,
     /// Running blob downloads.
-    pub downloads: Downloads,
+    pub downloads: Arc<Downloads>,
     /// Event counters.
     pub stats: Stats,
     /// In-memory copies of hot tag records and manifests.
@@ -61,7 +61,7 @@ pub struct Mirror {
 impl Mirror {
     /// Assembles the mirror.
     pub fn new(settings: Settings, store: BlobStore, upstreams: Upstreams) -> Self {
-        let downloads = Downloads::new(&settings.fetch_limits);
+        let downloads = Arc::new(Downloads::new(&settings.fetch_limits));
         Mirror {
             settings,
             store,

@@ -1,7 +1,7 @@
 //! What the mirror tells the inventory while it serves: last-pull times kept in memory on
 //! the pull path ([`AccessTracker`], flushed to the store by
-//! [`crate::inventory::access::flush`]), and the wake-ups of the inventory's background
-//! work ([`Inventory`]). It does not write anything to disk.
+//! [`crate::inventory::access::flush`]), and the inventory's share of the server's state
+//! ([`Inventory`]). It does not write anything to disk.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,17 +66,8 @@ impl AccessTracker {
 pub struct Inventory {
     /// Last-access times not yet on disk.
     pub access: AccessTracker,
-    /// Woken after a blob download completes (the `maxSize` check).
-    pub stored: Notify,
     /// Woken by `POST /admin/v1/stop`: the same graceful stop as SIGTERM.
     pub stop: Notify,
     /// One prune or eviction at a time inside this process.
     pub prune_lock: tokio::sync::Mutex<()>,
-}
-
-impl Inventory {
-    /// A blob download completed: the cache grew.
-    pub fn blob_stored(&self) {
-        self.stored.notify_one();
-    }
 }

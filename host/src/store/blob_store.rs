@@ -107,8 +107,8 @@ impl Staged {
     }
 }
 
-/// The local-disk store rooted at the image path.
-#[derive(Debug)]
+/// The local-disk store rooted at the image path (a cheap handle: clones share the disk).
+#[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
 }
