@@ -73,7 +73,7 @@ pub async fn run_in_server(
     // Most checks find the cache within bounds: a directory count settles that without the
     // flush, the lock and the full scan (which reads every manifest and record).
     let root = app.store.root().to_owned();
-    let counted = tokio::task::spawn_blocking(move || crate::observability::disk::count(&root))
+    let counted = tokio::task::spawn_blocking(move || crate::store::listing::usage(&root))
         .await
         .map_err(|e| format!("eviction failed: {e}"))?;
     if let Ok((blobs, manifests)) = counted

@@ -5,16 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http::{Method, StatusCode, header};
 
 use crate::metrics::ContentKind;
-use crate::mirror::downloads::{self, ByteStream, Progress, Resume, UpstreamBody};
+use crate::mirror::downloads::{self, Progress, Resume, UpstreamBody};
 use crate::mirror::{Mirror, MirrorError, disk_error};
 use crate::oci::reference::{Digest, RepoName};
 use crate::store::StoredBlob;
-use crate::upstream::answer::upstream_status;
-use crate::upstream::{BodyError, Subject, Upstream, UpstreamError};
+use crate::upstream::calls::BlobBody;
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Where a requested blob's bytes come from.
 #[derive(Debug)]
@@ -90,7 +88,7 @@ pub async fn blob(
     refuse_if_air_gapped(app, digest)?;
     let upstream = app.upstreams.resolve(registry)?;
     if head {
-        let size = head_upstream_blob(&upstream, repo, digest).await?;
+        let size = upstream.blob_size(repo, digest).await?;
         return Ok(BlobAnswer::AtUpstream { size });
     }
     let idle = upstream.timeout();
@@ -135,30 +133,6 @@ pub async fn blob(
         idle,
         fallback,
     }))
-}
-
-/// What the upstream says of blob `digest` when asked with `HEAD`: its size, if it said.
-async fn head_upstream_blob(
-    upstream: &Upstream,
-    repo: &RepoName,
-    digest: &Digest,
-) -> Result<Option<u64>, UpstreamError> {
-    let resp = upstream
-        .request(Method::HEAD, repo, &format!("blobs/{digest}"), None)
-        .await?;
-    if !resp.status().is_success() {
-        return Err(upstream_status(
-            upstream,
-            resp,
-            Subject::Blob,
-            &format!("blob {digest}"),
-        ));
-    }
-    Ok(resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok()))
 }
 
 /// The download's first state past `Starting`; a failure as an error, and so is no answer
@@ -295,20 +269,17 @@ async fn fetch_blob(
     download: Arc<downloads::Download>,
 ) -> Result<UpstreamBody, MirrorError> {
     let digest = download.digest.clone();
-    let path = format!("blobs/{digest}");
-    let resp = match upstream.request(Method::GET, &repo, &path, None).await {
-        Ok(r) => r,
+    let BlobBody { total, body } = match upstream.get_blob(&repo, &digest).await {
+        Ok(b) => b,
+        Err(e @ UpstreamError::Refused { .. }) => {
+            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch refused");
+            return Err(e.into());
+        }
         Err(e) => {
             tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch failed");
             return Err(e.into());
         }
     };
-    if !resp.status().is_success() {
-        let e = upstream_status(&upstream, resp, Subject::Blob, &format!("blob {digest}"));
-        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch refused");
-        return Err(e.into());
-    }
-    let total = resp.content_length();
     let max_size = app.downloads.slots.limits().max_blob_size;
     if let Some(total) = total
         && total > max_size
@@ -330,7 +301,6 @@ async fn fetch_blob(
         tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "not caching: disk full");
         return Err(MirrorError::Store(e));
     }
-    let body: ByteStream = Box::pin(resp.bytes_stream().map_err(BodyError::from));
     let resume = resumer(upstream.clone(), repo.clone(), digest, total);
     Ok(UpstreamBody {
         total,
@@ -348,45 +318,6 @@ async fn fetch_blob(
 fn resumer(upstream: Arc<Upstream>, repo: RepoName, digest: Digest, total: Option<u64>) -> Resume {
     Box::new(move |from| {
         let (upstream, repo, digest) = (upstream.clone(), repo.clone(), digest.clone());
-        Box::pin(async move {
-            let path = format!("blobs/{digest}");
-            let resp = upstream
-                .request_with(Method::GET, &repo, &path, None, Some(from))
-                .await
-                .ok()?;
-            if resp.status() != StatusCode::PARTIAL_CONTENT {
-                return None;
-            }
-            let range = resp.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
-            let (start, size) = parse_content_range(range)?;
-            if start != from || total.is_some_and(|t| size != Some(t)) {
-                return None;
-            }
-            let body: ByteStream = Box::pin(resp.bytes_stream().map_err(BodyError::from));
-            Some(body)
-        })
+        Box::pin(async move { upstream.resume_blob(&repo, &digest, from, total).await })
     })
-}
-
-/// `bytes START-END/SIZE` -> (START, SIZE if known).
-fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes ")?;
-    let (range, size) = rest.split_once('/')?;
-    let (start, _) = range.split_once('-')?;
-    Some((start.trim().parse().ok()?, size.trim().parse().ok()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_range() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/1000"),
-            Some((100, Some(1000)))
-        );
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
-        assert_eq!(parse_content_range("items 1-2/3"), None);
-    }
 }

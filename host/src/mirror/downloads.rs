@@ -38,7 +38,6 @@ use crate::oci::reference::Digest;
 use crate::store::StoreError;
 use crate::store::blob_store::read_chunk;
 use crate::store::{BlobStore, Staged};
-use crate::upstream::BodyError;
 
 /// Bytes read from disk per chunk sent to a client of a running download, many of which
 /// may read at once (each holds one chunk: small reads keep memory bounded).
@@ -49,7 +48,7 @@ const RECENT_BYTES: usize = 2 * 1024 * 1024;
 const WRITE_CHUNK: usize = 256 * 1024;
 
 /// The upstream's body, chunk by chunk.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
+pub type ByteStream = crate::upstream::calls::BodyStream;
 
 /// Re-requests the rest of a blob from a byte offset after the upstream broke off; `None`
 /// when the upstream cannot resume (no ranges).
@@ -1126,6 +1125,7 @@ impl FetchSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::BodyError;
     use futures_util::TryStreamExt;
 
     async fn collect(s: impl Stream<Item = io::Result<Bytes>>) -> io::Result<Vec<u8>> {

@@ -6,13 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{Method, StatusCode, header};
-
 use crate::mirror::{ManifestFlight, Mirror, MirrorError, disk_error};
 use crate::oci::reference::{Digest, RepoName};
 use crate::store::StoreError;
-use crate::upstream::answer::{read_limited, upstream_status};
-use crate::upstream::{Subject, Upstream, UpstreamError};
+use crate::upstream::calls::{FetchedManifest, TagHead};
+use crate::upstream::{Upstream, UpstreamError};
 
 use crate::metrics::ContentKind;
 use crate::oci::media::{self, Accept};
@@ -216,32 +214,20 @@ async fn revalidate(
 ) -> Revalidation {
     app.stats.revalidations.fetch_add(1, Ordering::Relaxed);
     let timeout = app.settings.revalidate_timeout;
-    let path = format!("manifests/{tag}");
-    let head = upstream.request(Method::HEAD, repo, &path, Some(accept));
-    let resp = match tokio::time::timeout(timeout, head).await {
+    let head = upstream.head_tag(repo, tag, accept);
+    let answer = match tokio::time::timeout(timeout, head).await {
         Err(_) => {
             return Revalidation::Failed(format!("no answer within {}s", timeout.as_secs_f32()));
         }
         Ok(Err(e)) => return Revalidation::Failed(e.to_string()),
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(answer)) => answer,
     };
-    let status = resp.status();
-    if status.is_success() {
-        let digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Digest::parse(v).ok());
-        return match digest {
-            Some(d) if d == cached.digest => Revalidation::Unchanged,
-            _ => Revalidation::Changed,
-        };
+    match answer {
+        TagHead::Points(Some(d)) if d == cached.digest => Revalidation::Unchanged,
+        TagHead::Points(_) => Revalidation::Changed,
+        TagHead::Gone(e) => Revalidation::Gone(e),
+        TagHead::Refused(status) => Revalidation::Failed(format!("upstream answered {status}")),
     }
-    if status == StatusCode::NOT_FOUND {
-        let what = format!("manifest {repo}:{tag}");
-        return Revalidation::Gone(upstream_status(upstream, resp, Subject::Manifest, &what));
-    }
-    Revalidation::Failed(format!("upstream answered {status}"))
 }
 
 fn age(fetched_at: u64) -> Duration {
@@ -356,40 +342,13 @@ async fn fetch_manifest(
     reference: &Reference,
     accept: &str,
 ) -> Result<Manifest, MirrorError> {
-    let resp = upstream
-        .request(
-            Method::GET,
-            repo,
-            &format!("manifests/{reference}"),
-            Some(accept),
-        )
+    let FetchedManifest {
+        bytes,
+        content_type,
+        announced,
+    } = upstream
+        .get_manifest(repo, reference, accept, app.settings.max_manifest_size)
         .await?;
-    if !resp.status().is_success() {
-        return Err(upstream_status(
-            upstream,
-            resp,
-            Subject::Manifest,
-            &format!("manifest {repo}:{reference}"),
-        )
-        .into());
-    }
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    let announced = resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Digest::parse(v).ok());
-    let bytes = read_limited(upstream, resp, app.settings.max_manifest_size).await?;
     let digest = Digest::of(&bytes);
     let expected = match reference {
         Reference::Digest(d) => Some(d),

@@ -2,7 +2,7 @@
 //! or, on a miss, from the upstream ([`crate::upstream`]), through one shared fetch per
 //! manifest ([`manifests`]) and one shared download per blob ([`downloads`], driven by
 //! [`blobs`]), keeping hot copies in memory ([`hot`]). It owns the shared state of a running
-//! server ([`Mirror`]); it speaks no HTTP to clients (the [`crate::server`] does, and maps
+//! server ([`Mirror`]); it speaks no HTTP to clients (the `crate::server` does, and maps
 //! the mirror's errors to statuses).
 
 pub mod blobs;
@@ -26,7 +26,7 @@ pub use error::MirrorError;
 use hot::HotCache;
 
 /// Counters of notable events, logged as they happen and exported at each metrics scrape
-/// ([`crate::observability`]; retries are counted per registry in [`crate::metrics`]).
+/// (`crate::observability`; retries are counted per registry in [`crate::metrics`]).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Tag revalidations attempted.

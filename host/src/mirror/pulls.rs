@@ -1,6 +1,6 @@
 //! What the mirror tells the inventory while it serves: last-pull times kept in memory on
 //! the pull path ([`AccessTracker`], flushed to the store by
-//! [`crate::inventory::access::flush`]), and the inventory's share of the server's state
+//! `crate::inventory::access::flush`), and the inventory's share of the server's state
 //! ([`Inventory`]). It does not write anything to disk.
 
 use std::collections::HashMap;

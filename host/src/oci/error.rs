@@ -1,6 +1,6 @@
 //! The OCI error vocabulary: the codes, and the body every failing response carries,
 //! `{"errors":[{"code":"...","message":"...","detail":...}]}`. Which status goes with which
-//! failure is the server's business ([`crate::server::error`]).
+//! failure is the server's business (`crate::server::error`).
 
 /// OCI distribution error codes (plus `UNAVAILABLE` for upstream trouble).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

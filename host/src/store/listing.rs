@@ -1,5 +1,5 @@
 //! The store as the inventory sees it: every blob and manifest file with its size and
-//! time (reading only, blocking, fine while a server runs on the same directory), and their
+//! time, what they add up to ([`usage`], for the disk gauges and `maxSize`) (reading only, blocking, fine while a server runs on the same directory), and their
 //! removal by a prune. Tag records are listed by [`super::tags::list`].
 
 use std::io;
@@ -97,6 +97,51 @@ pub fn manifests(root: &Path) -> io::Result<Vec<ListedManifest>> {
         });
     }
     Ok(out)
+}
+
+/// Bytes and number of files of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Total size.
+    pub bytes: u64,
+    /// Files.
+    pub items: u64,
+}
+
+/// Counts verified blobs and manifests under the image path (temp files, media type
+/// files and tag records are not content and are not counted).
+pub fn usage(root: &Path) -> io::Result<(Usage, Usage)> {
+    Ok((
+        count_dir(&layout::blobs_dir(root))?,
+        count_dir(&layout::manifests_dir(root))?,
+    ))
+}
+
+fn count_dir(dir: &Path) -> io::Result<Usage> {
+    let mut u = Usage::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(u),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Content files are named by their 64-digit hex digest; `<hex>.type` etc. are not.
+        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        match entry.metadata() {
+            Ok(m) if m.is_file() => {
+                u.bytes += m.len();
+                u.items += 1;
+            }
+            // Removed between listing and stat: not there.
+            _ => {}
+        }
+    }
+    Ok(u)
 }
 
 /// Whether manifest `hex` is stored under the image path `root` (blocking).

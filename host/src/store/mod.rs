@@ -1,7 +1,7 @@
 //! The storage seam: verified content by digest ([`blob_store`]: blobs read by range,
 //! blobs staged while they download, manifests), tag records ([`tags`]), access records
 //! ([`access`]) and the listing and removal the inventory works with ([`listing`]). It is
-//! the local-disk implementation; the serving code ([`crate::mirror`]) calls these functions
+//! the local-disk implementation; the serving code (`crate::mirror`) calls these functions
 //! and never sees a path, so another backend can stand behind the same calls. It knows
 //! nothing of HTTP, upstreams or the mirror.
 //!

@@ -18,7 +18,7 @@ pub struct TagRecord {
     /// What the tag resolved to, newest first.
     pub entries: Vec<TagEntry>,
     /// When a client last pulled the tag (Unix seconds), flushed from memory now and then
-    /// by [`crate::inventory::access`].
+    /// by `crate::inventory::access`.
     #[serde(
         rename = "accessedAt",
         default,

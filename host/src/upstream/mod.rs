@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod auth;
+pub mod calls;
 pub mod challenge;
 pub mod error;
 pub mod policy;
