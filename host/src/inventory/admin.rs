@@ -274,7 +274,7 @@ async fn handle(
             };
             match prune::run_in_server(app, spec, r.count, grace, r.dry_run).await {
                 Ok(plan) => json(StatusCode::OK, &plan),
-                Err(e) => bad_request(e),
+                Err(e) => bad_request(e.to_string()),
             }
         }
         (&Method::POST, "/admin/v1/invalidate") => {

@@ -237,7 +237,8 @@ pub fn prune_cmd(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, Stri
     let grace = args.grace.unwrap_or(settings.inventory.grace);
     // A server on the same cache may be writing back last-pull times: wait for it.
     let _lock = (!args.dry_run).then(|| inventory_lock(root)).transpose()?;
-    let plan = prune::run_blocking(root, &spec, args.count, grace, args.dry_run)?;
+    let plan = prune::run_blocking(root, &spec, args.count, grace, args.dry_run)
+        .map_err(|e| e.to_string())?;
     match args.output {
         Output::Json => println!(
             "{}",

@@ -181,6 +181,41 @@ pub fn execute(root: &Path, plan: &mut PrunePlan) {
     plan.errors = errors;
 }
 
+/// Why a prune or an eviction did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// No criterion given.
+    #[error(
+        "give at least one of pattern, accessedBefore, createdBefore (use the pattern `.` to select every image)"
+    )]
+    NoCriteria,
+    /// A criterion is malformed (what [`CriteriaSpec::compile`] said).
+    #[error("{0}")]
+    Criteria(String),
+    /// The cache could not be read.
+    #[error(transparent)]
+    Scan(#[from] std::io::Error),
+    /// The inventory lock could not be taken.
+    #[error("{what}: cannot take the inventory lock: {source}")]
+    Lock {
+        /// `prune` or `eviction`.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The blocking task died.
+    #[error("{what} failed: {source}")]
+    Task {
+        /// `prune` or `eviction`.
+        what: &'static str,
+        /// Why.
+        source: tokio::task::JoinError,
+    },
+    /// A prune that planned nothing (cannot happen: a prune always plans).
+    #[error("prune planned nothing")]
+    NothingPlanned,
+}
+
 /// Scans, selects, plans and (unless `dry_run`) prunes the cache under `root`. Blocking.
 pub fn run_blocking(
     root: &Path,
@@ -188,17 +223,13 @@ pub fn run_blocking(
     count: Option<usize>,
     grace: Duration,
     dry_run: bool,
-) -> Result<PrunePlan, String> {
+) -> Result<PrunePlan, PruneError> {
     if spec.is_empty() {
-        return Err(
-            "give at least one of pattern, accessedBefore, createdBefore (use the pattern `.` \
-             to select every image)"
-                .into(),
-        );
+        return Err(PruneError::NoCriteria);
     }
     let now = timefmt::now();
-    let criteria = spec.compile(now)?;
-    let cache = scan::scan(root).map_err(|e| e.to_string())?;
+    let criteria = spec.compile(now).map_err(PruneError::Criteria)?;
+    let cache = scan::scan(root)?;
     let sel = select(&cache, &criteria, count);
     Ok(finish(root, &cache, &sel, grace, now, dry_run))
 }
@@ -228,12 +259,12 @@ pub async fn run_in_server(
     count: Option<usize>,
     grace: Duration,
     dry_run: bool,
-) -> Result<PrunePlan, String> {
+) -> Result<PrunePlan, PruneError> {
     let plan = run_locked(app, "prune", move |root| {
         run_blocking(root, &spec, count, grace, dry_run).map(Some)
     })
     .await?
-    .ok_or("prune planned nothing")?;
+    .ok_or(PruneError::NothingPlanned)?;
     log_plan(&plan, "prune");
     Ok(plan)
 }
@@ -245,18 +276,18 @@ pub async fn run_in_server(
 pub async fn run_locked(
     app: &Arc<crate::mirror::Mirror>,
     what: &'static str,
-    work: impl FnOnce(&Path) -> Result<Option<PrunePlan>, String> + Send + 'static,
-) -> Result<Option<PrunePlan>, String> {
+    work: impl FnOnce(&Path) -> Result<Option<PrunePlan>, PruneError> + Send + 'static,
+) -> Result<Option<PrunePlan>, PruneError> {
     let _one = app.inventory.prune_lock.lock().await;
     crate::inventory::access::flush(&app.inventory.access, &app.store).await;
     let root = app.store.root().to_owned();
     let plan = tokio::task::spawn_blocking(move || {
         let _lock = super::lock::InventoryLock::acquire(&root, || {})
-            .map_err(|e| format!("{what}: cannot take the inventory lock: {e}"))?;
+            .map_err(|source| PruneError::Lock { what, source })?;
         work(&root)
     })
     .await
-    .map_err(|e| format!("{what} failed: {e}"))??;
+    .map_err(|source| PruneError::Task { what, source })??;
     if let Some(p) = plan.as_ref().filter(|p| !p.dry_run) {
         for d in p.manifests.iter().filter_map(|m| Digest::parse(m).ok()) {
             app.hot.forget_manifest(&d);

@@ -104,3 +104,44 @@ impl From<&str> for BodyError {
         BodyError(s.to_owned())
     }
 }
+
+/// Why an upstream could not be set up at start (see [`super::SetupError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupProblem {
+    /// The name does not make a URL.
+    #[error("not a usable host: {0}")]
+    NotAHost(#[from] url::ParseError),
+    /// A TLS file (`tls.ca`, `tls.cert`, `tls.key`) could not be read.
+    #[error("{key} {}: {source}", path.display())]
+    Read {
+        /// Which setting.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `tls.ca` is not PEM.
+    #[error("tls.ca {}: not a PEM certificate bundle: {source}", path.display())]
+    NotPem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// `tls.ca` holds no certificate.
+    #[error("tls.ca {}: no certificate in it", path.display())]
+    NoCertificate {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// `tls.cert` and `tls.key` do not make an identity.
+    #[error("tls.cert/tls.key: not a usable PEM certificate and key: {0}")]
+    Identity(reqwest::Error),
+    /// The HTTP client could not be built (what the transport said).
+    #[error("cannot build HTTP client: {0}")]
+    Client(String),
+    /// A registry whose credential comes from a provider that was not set up.
+    #[error("provider credential was not set up")]
+    NoProvider,
+}

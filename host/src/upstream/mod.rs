@@ -23,7 +23,7 @@ use http::Method;
 use crate::config::{CredentialConfig, HostPattern, Scheme, Settings, TlsConfig};
 use crate::oci::reference::RepoName;
 use auth::{CredentialSource, TokenCache};
-pub use error::{BodyError, Refusal, Subject, UpstreamError};
+pub use error::{BodyError, Refusal, SetupProblem, Subject, UpstreamError};
 use ociregistry_plugin_api::{Credential, Secret};
 use policy::{Policy, PolicyError, PolicyResolver};
 
@@ -411,10 +411,10 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
 
 /// Why an upstream could not be set up at start.
 #[derive(Debug, thiserror::Error)]
-#[error("registries entry {registry}: {message}")]
+#[error("registries entry {registry}: {problem}")]
 pub struct SetupError {
     registry: String,
-    message: String,
+    problem: SetupProblem,
 }
 
 /// All upstreams: the configured ones, and ad hoc ones for names seen in requests.
@@ -439,10 +439,10 @@ impl Upstreams {
         // One resolver for every client: the address rules hold for each connection.
         let resolver = Arc::new(PolicyResolver::new(policy.clone()));
         let default_client =
-            build_client(&TlsConfig::default(), timeout, &resolver).map_err(|message| {
+            build_client(&TlsConfig::default(), timeout, &resolver).map_err(|problem| {
                 SetupError {
                     registry: "(default)".into(),
-                    message,
+                    problem,
                 }
             })?;
         crate::metrics::global()
@@ -454,9 +454,9 @@ impl Upstreams {
                 if r.tls.ca.is_none() && r.tls.cert.is_none() && !r.tls.insecure_skip_verify {
                     default_client.clone()
                 } else {
-                    build_client(&r.tls, timeout, &resolver).map_err(|message| SetupError {
+                    build_client(&r.tls, timeout, &resolver).map_err(|problem| SetupError {
                         registry: r.name.clone(),
-                        message,
+                        problem,
                     })?
                 };
             let credential = match &r.credential {
@@ -470,15 +470,15 @@ impl Upstreams {
                     None => {
                         return Err(SetupError {
                             registry: r.name.clone(),
-                            message: "provider credential was not set up".into(),
+                            problem: SetupProblem::NoProvider,
                         });
                     }
                 },
             };
             let u = upstream(name, r.scheme, client, credential, timeout, policy.clone()).map_err(
-                |message| SetupError {
+                |problem| SetupError {
                     registry: r.name.clone(),
-                    message,
+                    problem,
                 },
             )?;
             configured.insert(
@@ -543,9 +543,9 @@ fn upstream(
     credential: CredentialSource,
     timeout: Duration,
     policy: Arc<Policy>,
-) -> Result<Upstream, String> {
+) -> Result<Upstream, SetupProblem> {
     let base = format!("{scheme}://{}", api_host(name));
-    let base = reqwest::Url::parse(&base).map_err(|e| format!("not a usable host: {e}"))?;
+    let base = reqwest::Url::parse(&base)?;
     Ok(Upstream {
         name: name.to_owned(),
         base,
@@ -569,7 +569,7 @@ fn build_client(
     tls: &TlsConfig,
     timeout: Duration,
     resolver: &Arc<PolicyResolver>,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, SetupProblem> {
     let mut b = reqwest::Client::builder()
         .user_agent(concat!("ociregistry/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -578,32 +578,39 @@ fn build_client(
         .read_timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90));
     if let Some(ca) = &tls.ca {
-        let pem = std::fs::read(&ca.0).map_err(|e| format!("tls.ca {}: {e}", ca.0.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            format!(
-                "tls.ca {}: not a PEM certificate bundle: {e}",
-                ca.0.display()
-            )
+        let pem = std::fs::read(&ca.0).map_err(|source| SetupProblem::Read {
+            key: "tls.ca",
+            path: ca.0.clone(),
+            source,
         })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| SetupProblem::NotPem {
+                path: ca.0.clone(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(format!("tls.ca {}: no certificate in it", ca.0.display()));
+            return Err(SetupProblem::NoCertificate { path: ca.0.clone() });
         }
         b = b.tls_certs_merge(certs);
     }
     if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        let mut pem =
-            std::fs::read(&cert.0).map_err(|e| format!("tls.cert {}: {e}", cert.0.display()))?;
+        let read = |key: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| SetupProblem::Read {
+                key,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let mut pem = read("tls.cert", &cert.0)?;
         pem.push(b'\n');
-        pem.extend(std::fs::read(&key.0).map_err(|e| format!("tls.key {}: {e}", key.0.display()))?);
-        let id = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| format!("tls.cert/tls.key: not a usable PEM certificate and key: {e}"))?;
+        pem.extend(read("tls.key", &key.0)?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(SetupProblem::Identity)?;
         b = b.identity(id);
     }
     if tls.insecure_skip_verify {
         b = b.tls_danger_accept_invalid_certs(true);
     }
-    b.build()
-        .map_err(|e| format!("cannot build HTTP client: {}", describe(&e)))
+    b.build().map_err(|e| SetupProblem::Client(describe(&e)))
 }
 
 #[cfg(test)]
