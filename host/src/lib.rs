@@ -25,17 +25,18 @@
 
 #![forbid(unsafe_code)]
 
-pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod inventory;
 pub mod logging;
 pub mod metrics;
+pub mod mirror;
 pub mod observability;
 pub mod oci;
 pub mod preload;
 pub mod providers;
 pub mod server;
+pub mod store;
 pub mod timefmt;
 pub mod upstream;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::FatalError;
-use crate::cache::BlobStore;
 use crate::config::Settings;
+use crate::mirror::Mirror;
 use crate::preload::{self, platform::Platform};
 use crate::providers;
-use crate::server::App;
+use crate::store::BlobStore;
 use crate::upstream::Upstreams;
 
 /// `load` flags.
@@ -58,7 +58,7 @@ pub async fn load(settings: Settings, parallel: usize) -> Result<ExitCode, Fatal
     tracing::info!(list = %path.display(), images = list.images.len(), invalid_lines = list.bad.len(),
         platforms = %opts.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         "preloading");
-    let app = Arc::new(App::new(settings, store, upstreams));
+    let app = Arc::new(Mirror::new(settings, store, upstreams));
     let reporter = preload::report::Reporter::for_stderr(list.images.len());
     let summary = preload::run(&app, &list, &opts, &reporter).await;
     for f in &summary.failures {

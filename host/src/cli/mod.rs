@@ -170,9 +170,9 @@ pub enum FatalError {
         /// Why.
         source: std::io::Error,
     },
-    /// The prune failed ([`crate::inventory::prune::run_blocking`]'s message).
-    #[error("{0}")]
-    Prune(String),
+    /// The prune failed.
+    #[error(transparent)]
+    Prune(#[from] crate::inventory::prune::PruneError),
     /// JSON output could not be written.
     #[error(transparent)]
     Json(#[from] serde_json::Error),

@@ -8,12 +8,13 @@ use std::time::Duration;
 use clap::Args;
 
 use super::FatalError;
-use crate::cache::BlobStore;
 use crate::config::Settings;
+use crate::mirror::Mirror;
 use crate::observability;
 use crate::preload::{self, platform::Platform};
 use crate::providers;
-use crate::server::{self, App};
+use crate::server;
+use crate::store::BlobStore;
 use crate::upstream::Upstreams;
 
 /// `serve` flags.
@@ -94,7 +95,7 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
         settings.health_port,
         settings.host.clone(),
     );
-    let app = Arc::new(App::new(settings, store, upstreams));
+    let app = Arc::new(Mirror::new(settings, store, upstreams));
     if let Some(list) = preload_list {
         let opts = preload::Options::new(&app.settings.preload.platforms);
         preload::spawn_in_background(app.clone(), list, opts);
@@ -120,6 +121,6 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
     };
     let served = server::serve(listener, app.clone(), stop).await;
     observed.set_serving(false);
-    app.inventory.access.flush(&app.store).await;
+    crate::inventory::access::flush(&app.inventory.access, &app.store).await;
     served.map_err(FatalError::Serve)
 }

@@ -1,11 +1,6 @@
 //! Last-pulled times, kept in memory on the pull path and flushed to disk now and then:
 //! into the tag record (`accessedAt`) for pulls by tag, and into a per-manifest access
-//! record for pulls by digest:
-//!
-//! ```text
-//! manifests/sha256/<hex>.access   {"accessedAt": 1714557600,
-//!                                  "repositories": ["quay.io/org/app"]}
-//! ```
+//! record for pulls by digest ([`crate::store::access`]).
 //!
 //! The access record is what lets `list` name the repository of a manifest pulled by
 //! digest (the manifest store itself is content-addressed and knows no names). Nothing is
@@ -13,130 +8,48 @@
 //! gone.
 
 use std::collections::HashMap;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+pub use crate::mirror::pulls::AccessTracker;
+use crate::oci::reference::RepoName;
+pub use crate::store::access::AccessRecord;
+use crate::store::{self, BlobStore, tags};
 
-use crate::cache::{BlobStore, tags};
-use crate::oci::reference::{Digest, RepoName};
-
-/// A manifest's access record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AccessRecord {
-    /// Last pull by digest, Unix seconds.
-    #[serde(default)]
-    pub accessed_at: u64,
-    /// `registry/repository` names it was pulled through by digest.
-    #[serde(default)]
-    pub repositories: Vec<String>,
-}
-
-/// Where the access record of manifest `hex` lives.
-pub fn record_path(root: &Path, hex: &str) -> PathBuf {
-    root.join("manifests/sha256").join(format!("{hex}.access"))
-}
-
-/// Reads an access record; missing or unreadable is `None`.
-pub fn read_record(root: &Path, hex: &str) -> Option<AccessRecord> {
-    let bytes = std::fs::read(record_path(root, hex)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// Writes an access record through a temp file and rename (blocking).
-pub fn write_record(root: &Path, hex: &str, rec: &AccessRecord) -> io::Result<()> {
-    let bytes = serde_json::to_vec(rec).map_err(io::Error::other)?;
-    crate::cache::blob_store::write_atomically_blocking(
-        &crate::cache::blob_store::temp_path_in(root, "access"),
-        &record_path(root, hex),
-        &bytes,
-    )
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    /// (registry, repository, tag) -> last served.
-    tags: HashMap<(String, String, String), u64>,
-    /// (registry, repository, manifest hex) -> last served.
-    digests: HashMap<(String, String, String), u64>,
-}
-
-/// Access times not yet on disk.
-#[derive(Debug, Default)]
-pub struct AccessTracker {
-    pending: Mutex<Pending>,
-}
-
-impl AccessTracker {
-    /// A manifest was served for `registry/repo:tag`.
-    pub fn touch_tag(&self, registry: &str, repo: &RepoName, tag: &str) {
-        let now = crate::timefmt::now();
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.tags.insert(
-            (
-                registry.to_owned(),
-                repo.as_str().to_owned(),
-                tag.to_owned(),
-            ),
-            now,
-        );
-    }
-
-    /// A manifest was served for `registry/repo@digest`.
-    pub fn touch_digest(&self, registry: &str, repo: &RepoName, digest: &Digest) {
-        let now = crate::timefmt::now();
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.digests.insert(
-            (
-                registry.to_owned(),
-                repo.as_str().to_owned(),
-                digest.hex().to_owned(),
-            ),
-            now,
-        );
-    }
-
-    /// Writes every pending time to disk; returns how many records were updated. A write
-    /// that fails is logged and dropped (access times are advisory).
-    pub async fn flush(&self, store: &BlobStore) -> usize {
-        // Held for the whole flush: a prune in another process cannot remove a record
-        // between our read and our write-back.
-        let _lock = match super::lock::InventoryLock::acquire_async(store.root().to_owned()).await {
-            Ok(l) => Some(l),
+/// Writes every time `tracker` holds to disk; returns how many records were updated. A
+/// write that fails is logged and dropped (access times are advisory).
+pub async fn flush(tracker: &AccessTracker, store: &BlobStore) -> usize {
+    // Held for the whole flush: a prune in another process cannot remove a record
+    // between our read and our write-back.
+    let _lock = match super::lock::InventoryLock::acquire_async(store.root().to_owned()).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::debug!(error = %e, "no inventory lock for the access flush");
+            None
+        }
+    };
+    let pending = tracker.take();
+    let mut written = 0;
+    for ((registry, repo, tag), at) in pending.tags {
+        let Ok(repo) = RepoName::parse(&repo) else {
+            continue;
+        };
+        match tags::set_accessed(store, &registry, &repo, &tag, at).await {
+            Ok(true) => written += 1,
+            Ok(false) => {}
             Err(e) => {
-                tracing::debug!(error = %e, "no inventory lock for the access flush");
-                None
-            }
-        };
-        let pending = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut *p)
-        };
-        let mut written = 0;
-        for ((registry, repo, tag), at) in pending.tags {
-            let Ok(repo) = RepoName::parse(&repo) else {
-                continue;
-            };
-            match tags::set_accessed(store, &registry, &repo, &tag, at).await {
-                Ok(true) => written += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record the last pull time")
-                }
+                tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record the last pull time")
             }
         }
-        if !pending.digests.is_empty() {
-            let root = store.root().to_owned();
-            let digests = pending.digests;
-            let n = tokio::task::spawn_blocking(move || flush_digests(&root, digests))
-                .await
-                .unwrap_or(0);
-            written += n;
-        }
-        written
     }
+    if !pending.digests.is_empty() {
+        let root = store.root().to_owned();
+        let digests = pending.digests;
+        let n = tokio::task::spawn_blocking(move || flush_digests(&root, digests))
+            .await
+            .unwrap_or(0);
+        written += n;
+    }
+    written
 }
 
 fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -> usize {
@@ -148,10 +61,10 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
     }
     let mut written = 0;
     for (hex, (at, repos)) in by_hex {
-        if !root.join("manifests/sha256").join(&hex).is_file() {
+        if !store::listing::has_manifest(root, &hex) {
             continue;
         }
-        let mut rec = read_record(root, &hex).unwrap_or_default();
+        let mut rec = store::access::read(root, &hex).unwrap_or_default();
         rec.accessed_at = rec.accessed_at.max(at);
         for r in repos {
             if !rec.repositories.contains(&r) {
@@ -159,7 +72,7 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
             }
         }
         rec.repositories.sort();
-        match write_record(root, &hex, &rec) {
+        match store::access::write(root, &hex, &rec) {
             Ok(()) => written += 1,
             Err(e) => {
                 tracing::warn!(digest = %hex, error = %e, "could not record the last pull time")
@@ -172,6 +85,7 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::reference::Digest;
     use bytes::Bytes;
 
     #[tokio::test]
@@ -179,7 +93,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let bytes = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
-        let m = crate::cache::Manifest {
+        let m = crate::store::Manifest {
             digest: Digest::of(&bytes),
             media_type: crate::oci::media::OCI_MANIFEST.into(),
             bytes,
@@ -194,21 +108,18 @@ mod tests {
         t.touch_tag("r.io", &repo, "gone");
         t.touch_digest("r.io", &repo, &m.digest);
         t.touch_digest("r.io", &repo, &Digest::of(b"not cached"));
-        assert_eq!(t.flush(&store).await, 2);
-        let rec = tags::read(&tags::record_path(&store, "r.io", &repo, "v1"))
-            .await
-            .unwrap();
+        assert_eq!(flush(&t, &store).await, 2);
+        let rec = tags::get(&store, "r.io", &repo, "v1").await.unwrap();
         assert!(rec.accessed_at.is_some());
         assert_eq!(rec.entries.len(), 1);
-        assert!(
-            tags::read(&tags::record_path(&store, "r.io", &repo, "gone"))
-                .await
-                .is_none()
-        );
-        let acc = read_record(dir.path(), m.digest.hex()).unwrap();
+        assert!(tags::get(&store, "r.io", &repo, "gone").await.is_none());
+        let acc = store::access::read(dir.path(), m.digest.hex()).unwrap();
         assert_eq!(acc.repositories, vec!["r.io/org/app".to_owned()]);
-        assert!(!record_path(dir.path(), Digest::of(b"not cached").hex()).exists());
+        assert!(!store::access::exists(
+            dir.path(),
+            Digest::of(b"not cached").hex()
+        ));
         // A second flush with nothing pending writes nothing.
-        assert_eq!(t.flush(&store).await, 0);
+        assert_eq!(flush(&t, &store).await, 0);
     }
 }

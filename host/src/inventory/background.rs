@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use super::config::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
 use super::{evict, prune};
-use crate::server::App;
+use crate::mirror::Mirror;
 
 /// Starts the background tasks.
-pub fn start(app: &Arc<App>) {
+pub fn start(app: &Arc<Mirror>) {
     let a = app.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ACCESS_FLUSH_EVERY);
         tick.tick().await;
         loop {
             tick.tick().await;
-            a.inventory.access.flush(&a.store).await;
+            super::access::flush(&a.inventory.access, &a.store).await;
         }
     });
     if let Some(schedule) = app.settings.inventory.prune.clone() {
@@ -49,7 +49,7 @@ pub fn start(app: &Arc<App>) {
                     tracing::warn!(error = %e, "maxSize check failed");
                 }
                 tokio::select! {
-                    () = a.inventory.stored.notified() => {
+                    () = a.downloads.stored.notified() => {
                         // Let a burst of downloads finish before scanning again.
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }

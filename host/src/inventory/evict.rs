@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::prune::{self, PrunePlan};
+use super::prune::{self, PruneError, PrunePlan};
 use super::scan::{self, Cache};
 use crate::timefmt;
 
@@ -67,15 +67,18 @@ pub fn select(cache: &Cache, max: u64) -> Vec<usize> {
 
 /// Evicts until the cache fits `max`; `None` when it already fits.
 pub async fn run_in_server(
-    app: &Arc<crate::server::App>,
+    app: &Arc<crate::mirror::Mirror>,
     max: u64,
-) -> Result<Option<PrunePlan>, String> {
+) -> Result<Option<PrunePlan>, PruneError> {
     // Most checks find the cache within bounds: a directory count settles that without the
     // flush, the lock and the full scan (which reads every manifest and record).
     let root = app.store.root().to_owned();
-    let counted = tokio::task::spawn_blocking(move || crate::observability::disk::count(&root))
+    let counted = tokio::task::spawn_blocking(move || crate::store::listing::usage(&root))
         .await
-        .map_err(|e| format!("eviction failed: {e}"))?;
+        .map_err(|source| PruneError::Task {
+            what: "eviction",
+            source,
+        })?;
     if let Ok((blobs, manifests)) = counted
         && blobs.bytes + manifests.bytes <= max
     {
@@ -83,7 +86,7 @@ pub async fn run_in_server(
     }
     let grace = app.settings.inventory.grace;
     prune::run_locked(app, "eviction", move |root| {
-        let cache = scan::scan(root).map_err(|e| e.to_string())?;
+        let cache = scan::scan(root)?;
         let sel = select(&cache, max);
         if sel.is_empty() {
             return Ok(None);
@@ -105,9 +108,9 @@ pub async fn run_in_server(
 mod tests {
     use super::super::scan::tests::{blob, image, tag};
     use super::*;
-    use crate::cache::{BlobStore, tags};
     use crate::oci::media;
     use crate::oci::reference::RepoName;
+    use crate::store::{BlobStore, tags};
 
     #[tokio::test]
     async fn least_recently_pulled_goes_first_and_shared_bytes_count_once() {

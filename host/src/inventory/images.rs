@@ -64,7 +64,7 @@ pub enum ListError {
 
 /// Whether `root` looks like a cache directory (it has manifests or tag records).
 pub fn is_cache(root: &Path) -> bool {
-    root.join("manifests").is_dir() || root.join("tags").is_dir()
+    crate::store::is_cache(root)
 }
 
 /// The images under `root` matching `pattern`.

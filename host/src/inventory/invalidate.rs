@@ -3,11 +3,11 @@
 //! from the cache directory. The `invalidate` verb and the admin API call it; neither the
 //! lock nor what is printed is decided here.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::cache::tags;
 use crate::oci::reference::{self, ReferenceError, RepoName};
+use crate::store::tags;
+pub use crate::store::tags::RemoveError;
 use crate::upstream::canonical_name;
 
 /// A reference that does not name a cached tag.
@@ -35,16 +35,6 @@ pub enum TagProblem {
     /// The registry, repository or tag is malformed.
     #[error(transparent)]
     Name(#[from] ReferenceError),
-}
-
-/// A tag record that could not be removed.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot remove {}: {source}", path.display())]
-pub struct RemoveError {
-    /// The tag record.
-    pub path: PathBuf,
-    /// Why.
-    pub source: io::Error,
 }
 
 /// `registry/repo:tag` as the cache names it: the registry canonical, and for docker.io a
@@ -83,11 +73,8 @@ pub fn remove_blocking(
 ) -> Result<Vec<String>, RemoveError> {
     let mut removed = Vec::new();
     for (registry, repo, tag) in refs {
-        let path = tags::record_path_in(root, &registry, &repo, &tag);
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(format!("{registry}/{repo}:{tag}")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(RemoveError { path, source }),
+        if tags::remove_in(root, &registry, &repo, &tag)? {
+            removed.push(format!("{registry}/{repo}:{tag}"));
         }
     }
     Ok(removed)

@@ -42,34 +42,12 @@ pub mod scan;
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
-pub use access::AccessTracker;
-
-/// The inventory's share of the running server's state.
-#[derive(Debug, Default)]
-pub struct Inventory {
-    /// Last-access times not yet on disk.
-    pub access: AccessTracker,
-    /// Woken after a blob download completes (the `maxSize` check).
-    pub stored: Notify,
-    /// Woken by `POST /admin/v1/stop`: the same graceful stop as SIGTERM.
-    pub stop: Notify,
-    /// One prune or eviction at a time inside this process.
-    pub prune_lock: tokio::sync::Mutex<()>,
-}
-
-impl Inventory {
-    /// A blob download completed: the cache grew.
-    pub fn blob_stored(&self) {
-        self.stored.notify_one();
-    }
-}
+pub use crate::mirror::pulls::{AccessTracker, Inventory};
 
 /// Resolves when `signal` does or when the admin API asks the server to stop.
 pub async fn stop_requested(
     signal: impl std::future::Future<Output = ()>,
-    app: Arc<crate::server::App>,
+    app: Arc<crate::mirror::Mirror>,
 ) {
     tokio::select! {
         () = signal => {}

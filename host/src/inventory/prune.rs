@@ -7,18 +7,16 @@
 //! within it. Those are reported under `keptBlobs` and go in a later run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::access;
 use super::criteria::{Criteria, CriteriaSpec};
 use super::scan::{self, Cache, Image, ImageType, Origin};
-use crate::metrics::ContentKind;
 use crate::oci::reference::Digest;
+use crate::store;
 use crate::timefmt;
 
 /// One image in a plan.
@@ -143,13 +141,6 @@ pub fn plan(cache: &Cache, selected: &[usize], grace: Duration, now: u64) -> Pru
     out
 }
 
-fn remove(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// Carries a plan out: tag records and access-record names first (so no new pull finds the
 /// image), then manifests, then blobs. Failures are collected in `plan.errors`.
 pub fn execute(root: &Path, plan: &mut PrunePlan) {
@@ -157,18 +148,18 @@ pub fn execute(root: &Path, plan: &mut PrunePlan) {
     let mut errors = Vec::new();
     for origin in &plan.origins {
         match origin {
-            Origin::Tag(path) => {
-                if let Err(e) = remove(path) {
-                    errors.push(format!("{}: {e}", path.display()));
+            Origin::Tag(file) => {
+                if let Err(e) = file.remove() {
+                    errors.push(format!("{file}: {e}"));
                 }
             }
             Origin::Digest { hex, repository } => {
-                if let Some(mut rec) = access::read_record(root, hex) {
+                if let Some(mut rec) = store::access::read(root, hex) {
                     rec.repositories.retain(|r| r != repository);
                     let result = if rec.repositories.is_empty() {
-                        remove(&access::record_path(root, hex))
+                        store::access::remove(root, hex)
                     } else {
-                        access::write_record(root, hex, &rec)
+                        store::access::write(root, hex, &rec)
                     };
                     if let Err(e) = result {
                         errors.push(format!("access record of sha256:{hex}: {e}"));
@@ -178,18 +169,11 @@ pub fn execute(root: &Path, plan: &mut PrunePlan) {
             Origin::Untracked(_) => {}
         }
     }
-    let mdir = root.join("manifests/sha256");
     for d in &plan.manifests {
-        let hex = d.trim_start_matches("sha256:");
-        // The manifest first: whoever still sees it also finds its media type.
-        remove_counted(&mdir.join(hex), Some(ContentKind::Manifest), &mut errors);
-        remove_counted(&mdir.join(format!("{hex}.type")), None, &mut errors);
-        remove_counted(&access::record_path(root, hex), None, &mut errors);
+        store::listing::remove_manifest(root, d.trim_start_matches("sha256:"), &mut errors);
     }
-    let bdir = root.join("blobs/sha256");
     for d in &plan.blobs {
-        let p = bdir.join(d.trim_start_matches("sha256:"));
-        remove_counted(&p, Some(ContentKind::Blob), &mut errors);
+        store::listing::remove_blob(root, d.trim_start_matches("sha256:"), &mut errors);
     }
     crate::metrics::global()
         .evictions
@@ -197,18 +181,39 @@ pub fn execute(root: &Path, plan: &mut PrunePlan) {
     plan.errors = errors;
 }
 
-/// Removes `p` (gone already is fine), taking its bytes off the `kind` disk gauge; a failure
-/// is added to `errors`.
-fn remove_counted(p: &Path, kind: Option<ContentKind>, errors: &mut Vec<String>) {
-    let size = kind.and(std::fs::metadata(p).ok()).map(|m| m.len());
-    match remove(p) {
-        Err(e) => errors.push(format!("{}: {e}", p.display())),
-        Ok(()) => {
-            if let (Some(kind), Some(size)) = (kind, size) {
-                crate::metrics::global().disk_removed(kind, size);
-            }
-        }
-    }
+/// Why a prune or an eviction did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// No criterion given.
+    #[error(
+        "give at least one of pattern, accessedBefore, createdBefore (use the pattern `.` to select every image)"
+    )]
+    NoCriteria,
+    /// A criterion is malformed (what [`CriteriaSpec::compile`] said).
+    #[error("{0}")]
+    Criteria(String),
+    /// The cache could not be read.
+    #[error(transparent)]
+    Scan(#[from] std::io::Error),
+    /// The inventory lock could not be taken.
+    #[error("{what}: cannot take the inventory lock: {source}")]
+    Lock {
+        /// `prune` or `eviction`.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The blocking task died.
+    #[error("{what} failed: {source}")]
+    Task {
+        /// `prune` or `eviction`.
+        what: &'static str,
+        /// Why.
+        source: tokio::task::JoinError,
+    },
+    /// A prune that planned nothing (cannot happen: a prune always plans).
+    #[error("prune planned nothing")]
+    NothingPlanned,
 }
 
 /// Scans, selects, plans and (unless `dry_run`) prunes the cache under `root`. Blocking.
@@ -218,17 +223,13 @@ pub fn run_blocking(
     count: Option<usize>,
     grace: Duration,
     dry_run: bool,
-) -> Result<PrunePlan, String> {
+) -> Result<PrunePlan, PruneError> {
     if spec.is_empty() {
-        return Err(
-            "give at least one of pattern, accessedBefore, createdBefore (use the pattern `.` \
-             to select every image)"
-                .into(),
-        );
+        return Err(PruneError::NoCriteria);
     }
     let now = timefmt::now();
-    let criteria = spec.compile(now)?;
-    let cache = scan::scan(root).map_err(|e| e.to_string())?;
+    let criteria = spec.compile(now).map_err(PruneError::Criteria)?;
+    let cache = scan::scan(root)?;
     let sel = select(&cache, &criteria, count);
     Ok(finish(root, &cache, &sel, grace, now, dry_run))
 }
@@ -253,17 +254,17 @@ pub fn finish(
 
 /// A prune inside the server (see [`run_locked`]).
 pub async fn run_in_server(
-    app: &Arc<crate::server::App>,
+    app: &Arc<crate::mirror::Mirror>,
     spec: CriteriaSpec,
     count: Option<usize>,
     grace: Duration,
     dry_run: bool,
-) -> Result<PrunePlan, String> {
+) -> Result<PrunePlan, PruneError> {
     let plan = run_locked(app, "prune", move |root| {
         run_blocking(root, &spec, count, grace, dry_run).map(Some)
     })
     .await?
-    .ok_or("prune planned nothing")?;
+    .ok_or(PruneError::NothingPlanned)?;
     log_plan(&plan, "prune");
     Ok(plan)
 }
@@ -273,20 +274,20 @@ pub async fn run_in_server(
 /// under the inventory lock. Manifests it removed leave the in-memory cache as well, so that
 /// they are not served from there afterwards.
 pub async fn run_locked(
-    app: &Arc<crate::server::App>,
+    app: &Arc<crate::mirror::Mirror>,
     what: &'static str,
-    work: impl FnOnce(&Path) -> Result<Option<PrunePlan>, String> + Send + 'static,
-) -> Result<Option<PrunePlan>, String> {
+    work: impl FnOnce(&Path) -> Result<Option<PrunePlan>, PruneError> + Send + 'static,
+) -> Result<Option<PrunePlan>, PruneError> {
     let _one = app.inventory.prune_lock.lock().await;
-    app.inventory.access.flush(&app.store).await;
+    crate::inventory::access::flush(&app.inventory.access, &app.store).await;
     let root = app.store.root().to_owned();
     let plan = tokio::task::spawn_blocking(move || {
         let _lock = super::lock::InventoryLock::acquire(&root, || {})
-            .map_err(|e| format!("{what}: cannot take the inventory lock: {e}"))?;
+            .map_err(|source| PruneError::Lock { what, source })?;
         work(&root)
     })
     .await
-    .map_err(|e| format!("{what} failed: {e}"))??;
+    .map_err(|source| PruneError::Task { what, source })??;
     if let Some(p) = plan.as_ref().filter(|p| !p.dry_run) {
         for d in p.manifests.iter().filter_map(|m| Digest::parse(m).ok()) {
             app.hot.forget_manifest(&d);
@@ -326,8 +327,8 @@ pub fn log_plan(plan: &PrunePlan, what: &str) {
 mod tests {
     use super::super::scan::tests::{blob, image, tag};
     use super::*;
-    use crate::cache::BlobStore;
     use crate::oci::media;
+    use crate::store::BlobStore;
 
     #[tokio::test]
     async fn shared_blobs_stay_while_referenced() {

@@ -12,10 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::oci::manifest::{self, Contents};
-
-use super::access::{self, AccessRecord};
-use crate::cache::tags::TagRecord;
-use crate::oci::media;
+use crate::store::{self, AccessRecord, tags::TagFile};
 
 /// What a manifest holds, as far as the inventory cares.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +46,7 @@ pub struct BlobEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A tag record file.
-    Tag(PathBuf),
+    Tag(TagFile),
     /// One repository name in the access record of manifest `hex`.
     Digest {
         /// The manifest.
@@ -137,14 +134,6 @@ impl Cache {
     }
 }
 
-fn mtime(meta: &std::fs::Metadata) -> u64 {
-    meta.modified().map_or(0, crate::timefmt::unix_secs)
-}
-
-fn is_hex_name(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// A manifest's references: whether it is an index, the child manifests (hex) and the blobs
 /// (hex) it keeps alive. A manifest that cannot be read references nothing.
 pub fn parse_manifest(bytes: &[u8], media_type: &str) -> (bool, Vec<String>, Vec<String>) {
@@ -171,143 +160,42 @@ pub fn scan(root: &Path) -> io::Result<Cache> {
     };
     read_blobs(root, &mut cache)?;
     read_manifests(root, &mut cache)?;
-    let tag_files = read_tags(root);
+    let tag_files = store::tags::list(root);
     build_images(&mut cache, tag_files);
     Ok(cache)
 }
 
-fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => Ok(rd.filter_map(Result::ok).collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("cannot read {}: {e}", dir.display()),
-        )),
-    }
-}
-
 fn read_blobs(root: &Path, cache: &mut Cache) -> io::Result<()> {
-    for e in read_dir_or_empty(&root.join("blobs/sha256"))? {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !is_hex_name(&name) {
-            continue;
-        }
-        // Gone meanwhile (pruned, or a race with another process): skip.
-        let Ok(meta) = e.metadata() else { continue };
-        if meta.is_file() {
-            cache.blobs.insert(
-                name,
-                BlobEntry {
-                    size: meta.len(),
-                    stored: mtime(&meta),
-                },
-            );
-        }
-    }
-    Ok(())
-}
-
-fn read_manifests(root: &Path, cache: &mut Cache) -> io::Result<()> {
-    let dir = root.join("manifests/sha256");
-    for e in read_dir_or_empty(&dir)? {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !is_hex_name(&name) {
-            continue;
-        }
-        let path = e.path();
-        let (Ok(meta), Ok(bytes)) = (e.metadata(), std::fs::read(&path)) else {
-            continue;
-        };
-        let media_type = std::fs::read_to_string(path.with_extension("type"))
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| media::sniff(&bytes));
-        let (is_index, children, blobs) = parse_manifest(&bytes, &media_type);
-        cache.manifests.insert(
-            name.clone(),
-            ManifestEntry {
-                size: bytes.len() as u64,
-                media_type,
-                created: mtime(&meta),
-                is_index,
-                children,
-                blobs,
-                access: access::read_record(root, &name),
+    for b in store::listing::blobs(root)? {
+        cache.blobs.insert(
+            b.hex,
+            BlobEntry {
+                size: b.size,
+                stored: b.stored,
             },
         );
     }
     Ok(())
 }
 
-struct TagFile {
-    registry: String,
-    repository: String,
-    tag: String,
-    path: PathBuf,
-    record: TagRecord,
-    mtime: u64,
-}
-
-/// Every `tags/<registry>/<repository>/@tags/<tag>.json`.
-fn read_tags(root: &Path) -> Vec<TagFile> {
-    let base = root.join("tags");
-    let mut out = Vec::new();
-    let mut stack = vec![base.clone()];
-    let mut budget = 1_000_000usize;
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.filter_map(Result::ok) {
-            budget = budget.saturating_sub(1);
-            if budget == 0 {
-                tracing::warn!("tags/ holds more than a million entries; listing stopped there");
-                return out;
-            }
-            let Ok(ft) = e.file_type() else { continue };
-            if !ft.is_dir() {
-                continue;
-            }
-            if e.file_name() != "@tags" {
-                stack.push(e.path());
-                continue;
-            }
-            let Ok(rel) = dir.strip_prefix(&base) else {
-                continue;
-            };
-            let rel = rel.to_string_lossy().replace('\\', "/");
-            let Some((registry, repository)) = rel.split_once('/') else {
-                continue;
-            };
-            let Ok(files) = std::fs::read_dir(e.path()) else {
-                continue;
-            };
-            for f in files.filter_map(Result::ok) {
-                let fname = f.file_name().to_string_lossy().into_owned();
-                let Some(tag) = fname.strip_suffix(".json") else {
-                    continue;
-                };
-                let Ok(bytes) = std::fs::read(f.path()) else {
-                    continue;
-                };
-                let Ok(record) = serde_json::from_slice::<TagRecord>(&bytes) else {
-                    tracing::warn!(path = %f.path().display(), "unreadable tag record; skipped");
-                    continue;
-                };
-                out.push(TagFile {
-                    registry: registry.to_owned(),
-                    repository: repository.to_owned(),
-                    tag: tag.to_owned(),
-                    path: f.path(),
-                    mtime: f.metadata().map(|m| mtime(&m)).unwrap_or(0),
-                    record,
-                });
-            }
-        }
+fn read_manifests(root: &Path, cache: &mut Cache) -> io::Result<()> {
+    for m in store::listing::manifests(root)? {
+        let (is_index, children, blobs) = parse_manifest(&m.bytes, &m.media_type);
+        let access = store::access::read(root, &m.hex);
+        cache.manifests.insert(
+            m.hex,
+            ManifestEntry {
+                size: m.bytes.len() as u64,
+                media_type: m.media_type,
+                created: m.created,
+                is_index,
+                children,
+                blobs,
+                access,
+            },
+        );
     }
-    out
+    Ok(())
 }
 
 /// A manifest and, for an index, its cached children.
@@ -384,7 +272,7 @@ fn image_of(
     }
 }
 
-fn build_images(cache: &mut Cache, tag_files: Vec<TagFile>) {
+fn build_images(cache: &mut Cache, tag_files: Vec<store::tags::Listed>) {
     let mut images = Vec::new();
     // (registry/repository, manifest hex) already shown as part of an image.
     let mut covered: HashSet<(String, String)> = HashSet::new();
@@ -411,7 +299,7 @@ fn build_images(cache: &mut Cache, tag_files: Vec<TagFile>) {
             (&t.registry, &t.repository),
             Some(t.tag),
             &tops,
-            Origin::Tag(t.path),
+            Origin::Tag(t.file),
             fallback,
             t.record.accessed_at,
         );
@@ -494,8 +382,9 @@ fn build_images(cache: &mut Cache, tag_files: Vec<TagFile>) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cache::{BlobStore, Manifest, tags};
+    use crate::oci::media;
     use crate::oci::reference::{Digest, RepoName};
+    use crate::store::{BlobStore, Manifest, tags};
     use bytes::Bytes;
 
     /// Writes a blob of `content`; returns its hex.
@@ -566,7 +455,7 @@ pub(crate) mod tests {
         let idx = index(&store, &[&a, &b]).await;
         tag(&store, "org/app", "v1", &idx, media::OCI_INDEX).await;
         // b pulled by digest in another repository; a pulled by digest within the index's.
-        access::write_record(
+        store::access::write(
             root,
             b.hex(),
             &AccessRecord {

@@ -11,49 +11,12 @@ use crate::metrics::{ContentKind, Metrics};
 /// How often the cache is counted again (corrects any drift, e.g. files removed by hand).
 pub const REWALK_EVERY: Duration = Duration::from_secs(300);
 
-/// Bytes and number of files of one kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Total size.
-    pub bytes: u64,
-    /// Files.
-    pub items: u64,
-}
+pub use crate::store::listing::Usage;
 
 /// Counts verified blobs and manifests under the image path (temp files, media type
 /// files and tag records are not content and are not counted).
 pub fn count(root: &Path) -> io::Result<(Usage, Usage)> {
-    Ok((
-        count_dir(&root.join("blobs/sha256"))?,
-        count_dir(&root.join("manifests/sha256"))?,
-    ))
-}
-
-fn count_dir(dir: &Path) -> io::Result<Usage> {
-    let mut u = Usage::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(u),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // Content files are named by their 64-digit hex digest; `<hex>.type` etc. are not.
-        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
-        match entry.metadata() {
-            Ok(m) if m.is_file() => {
-                u.bytes += m.len();
-                u.items += 1;
-            }
-            // Removed between listing and stat: not there.
-            _ => {}
-        }
-    }
-    Ok(u)
+    crate::store::listing::usage(root)
 }
 
 /// Counts the cache now and every [`REWALK_EVERY`], setting the gauges; runs until the

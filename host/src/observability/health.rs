@@ -150,12 +150,8 @@ pub fn seconds_until(at: SystemTime) -> i64 {
 
 /// Whether a file can be created, written and removed in the cache's `tmp/` (bounded).
 pub async fn cache_writable(root: &Path) -> Result<(), CacheProbeError> {
-    let path = crate::cache::blob_store::temp_path_in(root, "readyz");
-    let probe = tokio::task::spawn_blocking(move || {
-        let result = std::fs::write(&path, b"ok");
-        let _ = std::fs::remove_file(&path);
-        result
-    });
+    let root = root.to_owned();
+    let probe = tokio::task::spawn_blocking(move || crate::store::probe_write(&root));
     match tokio::time::timeout(WRITE_PROBE_TIMEOUT, probe).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(CacheProbeError::Write(e)),
@@ -239,7 +235,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
         cache_writable(dir.path()).await.unwrap();
         assert_eq!(
-            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
+            crate::store::blob_store::tests::tmp_file_count(dir.path()),
             0
         );
     }

@@ -26,9 +26,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::mirror::Mirror;
 use crate::providers::ProviderErrorKind;
 use crate::providers::scheduler::CredentialStatus;
-use crate::server::App;
 use health::RegistryCredential;
 
 /// Content type of the exposition.
@@ -40,7 +40,7 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Observed {
     /// The serving state.
-    pub app: Arc<App>,
+    pub app: Arc<Mirror>,
     /// Each configured registry's credential source.
     pub registries: Vec<RegistryCredential>,
     /// Whether the pull listener is accepting connections.

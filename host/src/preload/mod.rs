@@ -1,8 +1,8 @@
 //! Warming the cache: `ociregistry load --image-file F` and `serve --preload-images F`.
 //!
 //! Each image of a list ([`list`]) is pulled into the cache through the same single-flight
-//! fetches that client requests use ([`crate::server::manifests::ensure_manifest`],
-//! [`crate::server::blobs::ensure_blob_watching`]), so a preload and clients pulling the
+//! fetches that client requests use ([`crate::mirror::manifests::ensure_manifest`],
+//! [`crate::mirror::blobs::ensure_blob_watching`]), so a preload and clients pulling the
 //! same image at the same time share one upstream fetch per manifest and blob. For an index
 //! the index itself is stored plus, for each wanted [`platform::Platform`], the matching
 //! child manifest with its config and layers ([`manifest`]). A few images run at once, and
@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use crate::oci::error::RegistryError;
+use crate::mirror::Mirror;
+use crate::mirror::MirrorError;
+use crate::mirror::blobs::ensure_blob_watching;
+use crate::mirror::manifests::ensure_manifest;
 use crate::oci::manifest::{self, Blob, Contents, ManifestError};
 use crate::oci::media::Accept;
 use crate::oci::reference::Reference;
-use crate::server::App;
-use crate::server::blobs::ensure_blob_watching;
-use crate::server::manifests::ensure_manifest;
 use list::{ImageList, ImageRef};
 use platform::Platform;
 use report::Reporter;
@@ -162,9 +162,9 @@ impl Summary {
 /// Why one image (or one of its blobs) could not be preloaded; the summary's reason.
 #[derive(Debug, thiserror::Error)]
 pub enum PreloadError {
-    /// The mirror could not provide a manifest or a blob (its message).
-    #[error("{}", .0.message)]
-    Fetch(RegistryError),
+    /// The mirror could not provide a manifest or a blob.
+    #[error(transparent)]
+    Fetch(MirrorError),
     /// A manifest could not be read.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -197,7 +197,7 @@ pub enum PreloadError {
 }
 
 /// Preloads every image of `list`; never stops at a failure.
-pub async fn run(app: &Arc<App>, list: &ImageList, opts: &Options, rep: &Reporter) -> Summary {
+pub async fn run(app: &Arc<Mirror>, list: &ImageList, opts: &Options, rep: &Reporter) -> Summary {
     let started = Instant::now();
     let mut failures: Vec<Failure> = list
         .bad
@@ -266,7 +266,7 @@ fn describe(c: &Counts) -> String {
 
 /// One image: its manifest(s), then its blobs; the first failure is the image's reason.
 async fn preload_image(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     img: &ImageRef,
     opts: &Options,
     rep: &Reporter,
@@ -390,7 +390,7 @@ enum BlobOutcome {
 }
 
 async fn fetch_blob(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     img: &ImageRef,
     b: &Blob,
     rep: &Reporter,
@@ -427,7 +427,7 @@ async fn fetch_blob(
 
 /// Preloads `list` on its own task (for `serve`, which keeps serving meanwhile) and logs
 /// the summary when done.
-pub fn spawn_in_background(app: Arc<App>, list: ImageList, opts: Options) {
+pub fn spawn_in_background(app: Arc<Mirror>, list: ImageList, opts: Options) {
     tokio::spawn(async move {
         tracing::info!(list = %list.path.display(), images = list.images.len(),
             platforms = %opts.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),

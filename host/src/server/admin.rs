@@ -28,13 +28,13 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::cache::tags;
 use crate::inventory::criteria::{CriteriaSpec, Cutoff};
 use crate::inventory::images;
 use crate::inventory::invalidate::tag_reference;
 use crate::inventory::prune;
-use crate::server::App;
+use crate::mirror::Mirror;
 use crate::server::response::{self, Body};
+use crate::store::tags;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -60,7 +60,7 @@ pub enum StartError {
 
 /// Starts the admin API in the background when it is configured (a bind failure is an
 /// error: the operator asked for it).
-pub async fn start(app: &Arc<App>) -> Result<(), StartError> {
+pub async fn start(app: &Arc<Mirror>) -> Result<(), StartError> {
     let Some(a) = &app.settings.inventory.admin else {
         return Ok(());
     };
@@ -84,7 +84,7 @@ pub async fn start(app: &Arc<App>) -> Result<(), StartError> {
 /// `maxConnectionsPerClient`) through the server's one listener.
 pub async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
+    app: Arc<Mirror>,
     token: Option<Secret>,
     tls: Option<TlsAcceptor>,
 ) {
@@ -116,7 +116,7 @@ pub async fn serve(
 /// The admin API as a listener handler.
 #[derive(Debug)]
 struct AdminApi {
-    app: Arc<App>,
+    app: Arc<Mirror>,
     token: Option<Secret>,
 }
 
@@ -238,7 +238,7 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 }
 
 async fn handle(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     token: Option<&Secret>,
     req: hyper::Request<Incoming>,
 ) -> Response<Body> {
@@ -266,7 +266,7 @@ async fn handle(
         (&Method::GET, "/admin/v1/images") => {
             let pattern = query_param(parts.uri.query(), "pattern").filter(|p| !p.is_empty());
             let root = app.store.root().to_owned();
-            app.inventory.access.flush(&app.store).await;
+            crate::inventory::access::flush(&app.inventory.access, &app.store).await;
             let listed =
                 tokio::task::spawn_blocking(move || images::list_images(&root, pattern.as_deref()))
                     .await;
@@ -302,7 +302,7 @@ async fn handle(
             };
             match prune::run_in_server(app, spec, r.count, grace, r.dry_run).await {
                 Ok(plan) => json(StatusCode::OK, &plan),
-                Err(e) => bad_request(e),
+                Err(e) => bad_request(e.to_string()),
             }
         }
         (&Method::POST, "/admin/v1/invalidate") => {

@@ -1,24 +1,20 @@
-//! Blobs: from the cache with ranges, else join or start the single download of the digest
-//! and stream along while it runs.
+//! Blob answers: the bytes the mirror has or is downloading ([`crate::mirror::blobs`]),
+//! by `Range`, with the blob headers.
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use crate::metrics::ContentKind;
-use crate::oci::error::{ErrorCode, RegistryError};
+use crate::mirror::Mirror;
+use crate::mirror::blobs::BlobAnswer;
+use crate::oci::error::ErrorCode;
 use crate::oci::reference::{Digest, RepoName};
-use crate::server::handlers::{App, disk_error, upstream_status};
-use crate::server::response::{self, Body};
-use crate::upstream::Upstream;
-
-use futures_util::TryStreamExt;
-
-use crate::cache::inflight::{self, ByteStream, Progress, Resume, UpstreamBody};
+use crate::server::error::RegistryError;
 use crate::server::range::{self, RangeAnswer};
+use crate::server::response::{self, Body};
 
 pub(super) async fn blob(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
     digest: Digest,
@@ -26,212 +22,33 @@ pub(super) async fn blob(
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let counters = crate::metrics::global().registry(registry);
-    if let Some(stored) = app.store.open_blob(&digest).await.map_err(disk_error)? {
-        counters.cache(ContentKind::Blob, true);
-        return blob_response(&digest, stored.size(), range_header, head, |start, end| {
-            response::stream(stored.read(start, end))
-        });
-    }
-    counters.cache(ContentKind::Blob, false);
-    refuse_if_air_gapped(app, &digest)?;
-    let upstream = app.upstreams.resolve(registry)?;
-    if head {
-        return head_upstream_blob(&upstream, repo, &digest).await;
-    }
-    let idle = upstream.timeout();
-    let mut joined = join_download(app, &upstream, repo, &digest, None);
-    // Until the headers are sent, a download started for another registry that fails or
-    // stalls is given up for one from this client's own upstream (at most once).
-    let mut may_switch = true;
-    let state = loop {
-        let foreign = joined.download.registry != upstream.name;
-        match first_state(&joined.download, foreign.then_some(idle)).await {
-            Ok(s) => break s,
-            Err(e) if foreign && may_switch => {
-                tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e.message,
-                    "download for another registry failed or stalled; fetching from the client's own upstream");
-                may_switch = false;
-                joined = join_download(app, &upstream, repo, &digest, Some(&joined.download));
+    match crate::mirror::blobs::blob(app, registry, repo, &digest, head).await? {
+        BlobAnswer::Stored(stored) => {
+            blob_response(&digest, stored.size(), range_header, head, |start, end| {
+                response::stream(stored.read(start, end))
+            })
+        }
+        BlobAnswer::AtUpstream { size } => {
+            let mut out = Response::new(response::empty());
+            blob_headers(out.headers_mut(), &digest);
+            if let Some(len) = size {
+                out.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
-            Err(e) => return Err(e),
+            Ok(out)
         }
-    };
-    let total = match state {
-        Progress::Failed(e) => return Err(e),
-        Progress::Receiving { total, .. } => total,
-        Progress::Verified { total } | Progress::Complete { total } => Some(total),
-        Progress::Starting => None,
-    };
-    let inflight::Joined {
-        download, interest, ..
-    } = joined;
-    let fallback = (download.registry != upstream.name).then(|| {
-        let (app, upstream, repo, digest) =
-            (app.clone(), upstream.clone(), repo.clone(), digest.clone());
-        Box::new(move |abandon: &Arc<inflight::Download>| {
-            let j = join_download(&app, &upstream, &repo, &digest, Some(abandon));
-            Some((j.download, j.interest))
-        }) as inflight::Fallback
-    });
-    match total {
-        Some(total) => blob_response(&digest, total, range_header, false, |start, end| {
-            response::stream(inflight::follow(
-                download,
-                Some(interest),
-                start,
-                Some(end),
-                idle,
-                fallback,
-            ))
-        }),
-        // Size unknown until the upstream finishes: stream it all, chunked.
-        None => {
-            let mut resp = Response::new(response::stream(inflight::follow(
-                download,
-                Some(interest),
-                0,
-                None,
-                idle,
-                fallback,
-            )));
-            blob_headers(resp.headers_mut(), &digest);
-            Ok(resp)
-        }
-    }
-}
-
-/// The download's first state past `Starting`; a failure as an error, and so is no answer
-/// within `stall` (when given).
-async fn first_state(
-    download: &inflight::Download,
-    stall: Option<std::time::Duration>,
-) -> Result<Progress, RegistryError> {
-    let mut progress = download.subscribe();
-    let wait = progress.wait_for(|p| !matches!(p, Progress::Starting));
-    let state = match stall {
-        Some(t) => tokio::time::timeout(t, wait).await.map_err(|_| {
-            RegistryError::bad_gateway(format!(
-                "download of {} stalled: no answer within {}s",
-                download.digest,
-                t.as_secs()
-            ))
-        })?,
-        None => wait.await,
-    }
-    .map(|p| p.clone())
-    .map_err(|_| RegistryError::internal("download ended unexpectedly"))?;
-    match state {
-        Progress::Failed(e) => Err(e),
-        s => Ok(s),
-    }
-}
-
-/// Makes sure blob `digest` is in the cache: returns its size at once when it is stored,
-/// else starts or joins the single download of it (the one client requests share) and
-/// waits for it to be verified and stored, calling `on_progress` with the bytes received so
-/// far whenever the download moves on. For callers inside the process (the preloader).
-/// A download started for another registry that fails is followed by one from this
-/// registry's own upstream.
-pub async fn ensure_blob_watching(
-    app: &Arc<App>,
-    registry: &str,
-    repo: &RepoName,
-    digest: &Digest,
-    on_progress: &mut (dyn FnMut(u64) + Send),
-) -> Result<u64, RegistryError> {
-    if let Some(size) = app.store.stat_blob(digest).await.map_err(disk_error)? {
-        return Ok(size);
-    }
-    refuse_if_air_gapped(app, digest)?;
-    let upstream = app.upstreams.resolve(registry)?;
-    let mut joined = join_download(app, &upstream, repo, digest, None);
-    let mut may_switch = true;
-    let mut slot_waits = 0u32;
-    loop {
-        match watch_download(&joined.download, on_progress).await {
-            Err(e) if may_switch && joined.download.registry != upstream.name => {
-                tracing::info!(registry = %upstream.name, from = %joined.download.registry, %digest, error = %e.message,
-                    "download for another registry failed; fetching from this registry's own upstream");
-                may_switch = false;
-                joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
+        BlobAnswer::Downloading(following) => match following.total() {
+            Some(total) => blob_response(&digest, total, range_header, false, |start, end| {
+                response::stream(following.read(start, Some(end)))
+            }),
+            // Size unknown until the upstream finishes: stream it all, chunked.
+            None => {
+                let mut resp = Response::new(response::stream(following.read(0, None)));
+                blob_headers(resp.headers_mut(), &digest);
+                Ok(resp)
             }
-            // No download slot came free in time: a batch job waits on, up to a point.
-            Err(e) if e.message.starts_with(NO_SLOT) && slot_waits < PRELOAD_SLOT_WAITS => {
-                slot_waits += 1;
-                tracing::debug!(registry = %upstream.name, %digest, "no download slot yet; preloader waits again");
-                joined = join_download(app, &upstream, repo, digest, Some(&joined.download));
-            }
-            other => return other,
-        }
+        },
     }
-}
-
-/// How many times the preloader waits `upstreamFetchWait` again for a download slot.
-const PRELOAD_SLOT_WAITS: u32 = 60;
-/// How the refusal for want of a download slot begins.
-const NO_SLOT: &str = "too many upstream downloads running";
-
-async fn watch_download(
-    download: &inflight::Download,
-    on_progress: &mut (dyn FnMut(u64) + Send),
-) -> Result<u64, RegistryError> {
-    let mut progress = download.subscribe();
-    loop {
-        let state = progress.borrow_and_update().clone();
-        match state {
-            Progress::Complete { total } => return Ok(total),
-            Progress::Failed(e) => return Err(e),
-            Progress::Receiving { written, .. } => on_progress(written),
-            // Verified but not yet stored: wait for the store.
-            Progress::Verified { total } => on_progress(total),
-            Progress::Starting => {}
-        }
-        if progress.changed().await.is_err() {
-            // The sender is gone: look at its last word.
-            return match &*progress.borrow() {
-                Progress::Complete { total } => Ok(*total),
-                Progress::Failed(e) => Err(e.clone()),
-                _ => Err(RegistryError::internal("download ended unexpectedly")),
-            };
-        }
-    }
-}
-
-/// An uncached blob in air-gapped mode: never fetched.
-fn refuse_if_air_gapped(app: &App, digest: &Digest) -> Result<(), RegistryError> {
-    if app.settings.air_gapped {
-        return Err(RegistryError::not_found(
-            ErrorCode::BlobUnknown,
-            format!("blob {digest} is not cached (air-gapped: upstreams are never contacted)"),
-        ));
-    }
-    Ok(())
-}
-
-/// Joins the running download of `digest`, or registers one and starts fetching it
-/// (`abandon`: a download the caller gives up on, never joined again). Downloads of
-/// configured registries (and `defaultNs`) run on when their clients leave; others stop.
-fn join_download(
-    app: &Arc<App>,
-    upstream: &Arc<Upstream>,
-    repo: &RepoName,
-    digest: &Digest,
-    abandon: Option<&Arc<inflight::Download>>,
-) -> inflight::Joined {
-    let keep = upstream.is_configured() || upstream.name == app.settings.default_ns;
-    let joined = app
-        .downloads
-        .join(&app.store, digest, &upstream.name, keep, abandon);
-    if joined.started {
-        tokio::spawn(run_download(
-            app.clone(),
-            upstream.clone(),
-            repo.clone(),
-            joined.download.clone(),
-        ));
-    }
-    joined
 }
 
 fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
@@ -283,222 +100,4 @@ fn blob_response(
         h.insert(header::CONTENT_RANGE, v);
     }
     Ok(resp)
-}
-
-async fn head_upstream_blob(
-    upstream: &Upstream,
-    repo: &RepoName,
-    digest: &Digest,
-) -> Result<Response<Body>, RegistryError> {
-    let resp = upstream
-        .request(Method::HEAD, repo, &format!("blobs/{digest}"), None)
-        .await?;
-    if !resp.status().is_success() {
-        return Err(upstream_status(
-            upstream,
-            resp,
-            ErrorCode::BlobUnknown,
-            &format!("blob {digest}"),
-        ));
-    }
-    let mut out = Response::new(response::empty());
-    blob_headers(out.headers_mut(), digest);
-    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH).cloned() {
-        out.headers_mut().insert(header::CONTENT_LENGTH, len);
-    }
-    Ok(out)
-}
-
-/// Fetches a blob from the upstream into the cache, feeding every reader of `download`.
-async fn run_download(
-    app: Arc<App>,
-    upstream: Arc<Upstream>,
-    repo: RepoName,
-    download: Arc<inflight::Download>,
-) {
-    let digest = download.digest.clone();
-    // It may have been stored between the cache lookup and registering this download.
-    if let Ok(Some(total)) = app.store.stat_blob(&digest).await {
-        app.downloads.complete_stored(&download, total);
-        return;
-    }
-    let slot = tokio::select! {
-        biased;
-        () = download.cancelled() => None,
-        slot = app.downloads.slots.acquire(&upstream.name) => Some(slot),
-    };
-    let _slot = match slot {
-        None => {
-            app.downloads.fail(&download, left(&digest));
-            return;
-        }
-        Some(None) => {
-            let l = app.downloads.slots.limits();
-            let mut e = RegistryError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                format!(
-                    "{NO_SLOT} (maxUpstreamFetches {}, maxUpstreamFetchesPerRegistry {}); none came free within {}s, retry later",
-                    l.max_fetches,
-                    l.max_fetches_per_registry,
-                    l.wait.as_secs_f32()
-                ),
-            );
-            e.retry_after = Some(l.wait.as_secs().max(1).to_string());
-            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, "blob fetch refused: no download slot came free in time");
-            app.downloads.fail(&download, e);
-            return;
-        }
-        Some(Some(slot)) => slot,
-    };
-    let path = format!("blobs/{digest}");
-    let request = tokio::select! {
-        biased;
-        () = download.cancelled() => None,
-        r = upstream.request(Method::GET, &repo, &path, None) => Some(r),
-    };
-    let Some(request) = request else {
-        app.downloads.fail(&download, left(&digest));
-        return;
-    };
-    let resp = match request {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed");
-            app.downloads.fail(&download, e);
-            return;
-        }
-    };
-    if !resp.status().is_success() {
-        let e = upstream_status(
-            &upstream,
-            resp,
-            ErrorCode::BlobUnknown,
-            &format!("blob {digest}"),
-        );
-        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch refused");
-        app.downloads.fail(&download, e);
-        return;
-    }
-    let total = resp.content_length();
-    let max_size = app.downloads.slots.limits().max_blob_size;
-    if let Some(total) = total
-        && total > max_size
-    {
-        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, size = total, max_blob_size = max_size,
-            "blob larger than maxBlobSize; not downloaded");
-        app.downloads.fail(
-            &download,
-            RegistryError::bad_gateway(format!(
-                "blob {digest} from upstream {} is {total} bytes, more than maxBlobSize ({max_size} bytes); not downloaded",
-                upstream.name
-            )),
-        );
-        return;
-    }
-    // Unknown length: its free space is checked again as the bytes arrive.
-    if let Err(e) = app
-        .store
-        .ensure_space(total.unwrap_or(inflight::SPACE_CHECK_EVERY))
-    {
-        tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "not caching: disk full");
-        app.downloads.fail(&download, e);
-        return;
-    }
-    let started = std::time::Instant::now();
-    let body: ByteStream = Box::pin(
-        resp.bytes_stream()
-            .map_err(|e| crate::upstream::describe(&e)),
-    );
-    let resume = resumer(upstream.clone(), repo.clone(), digest.clone(), total);
-    let result = app
-        .downloads
-        .fill(
-            &app.store,
-            &download,
-            UpstreamBody {
-                total,
-                body,
-                resume: Some(resume),
-                idle_timeout: upstream.timeout(),
-                upstream: upstream.name.clone(),
-                max_size,
-            },
-        )
-        .await;
-    match result {
-        Ok(size) => {
-            tracing::info!(
-                registry = %upstream.name, repo = %repo, %digest, size,
-                seconds = started.elapsed().as_secs_f32(), "cached blob"
-            );
-            app.inventory.blob_stored();
-        }
-        Err(_) if download.is_cancelled() => {
-            tracing::info!(registry = %upstream.name, repo = %repo, %digest, "every client left; download cancelled, nothing stored")
-        }
-        Err(e) => {
-            tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e.message, "blob fetch failed; nothing stored")
-        }
-    }
-}
-
-/// A download stopped because every client left.
-fn left(digest: &Digest) -> RegistryError {
-    RegistryError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Unavailable,
-        format!("download of {digest} cancelled: every client left"),
-    )
-}
-
-/// Asks the upstream for the rest of a blob from an offset; only a `206` whose
-/// `Content-Range` starts exactly there (and agrees on the size) is used.
-fn resumer(upstream: Arc<Upstream>, repo: RepoName, digest: Digest, total: Option<u64>) -> Resume {
-    Box::new(move |from| {
-        let (upstream, repo, digest) = (upstream.clone(), repo.clone(), digest.clone());
-        Box::pin(async move {
-            let path = format!("blobs/{digest}");
-            let resp = upstream
-                .request_with(Method::GET, &repo, &path, None, Some(from))
-                .await
-                .ok()?;
-            if resp.status() != StatusCode::PARTIAL_CONTENT {
-                return None;
-            }
-            let range = resp.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
-            let (start, size) = parse_content_range(range)?;
-            if start != from || total.is_some_and(|t| size != Some(t)) {
-                return None;
-            }
-            let body: ByteStream = Box::pin(
-                resp.bytes_stream()
-                    .map_err(|e| crate::upstream::describe(&e)),
-            );
-            Some(body)
-        })
-    })
-}
-
-/// `bytes START-END/SIZE` -> (START, SIZE if known).
-fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes ")?;
-    let (range, size) = rest.split_once('/')?;
-    let (start, _) = range.split_once('-')?;
-    Some((start.trim().parse().ok()?, size.trim().parse().ok()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_range() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/1000"),
-            Some((100, Some(1000)))
-        );
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
-        assert_eq!(parse_content_range("items 1-2/3"), None);
-    }
 }

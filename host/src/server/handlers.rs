@@ -1,77 +1,20 @@
 //! Dispatching a request to its route ([`super::manifests`], [`super::blobs`],
-//! [`super::passthrough`]), the shared [`App`] state, and turning upstream answers into OCI
-//! errors with their meaning kept.
+//! [`super::passthrough`]) and answering its failure as an OCI error.
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use tokio::sync::OnceCell;
+use http::{HeaderMap, HeaderValue, Method, Response, header};
 
-use crate::cache::hot::HotCache;
-use crate::cache::inflight::Downloads;
-use crate::cache::{BlobStore, Manifest};
-use crate::config::Settings;
 use crate::metrics::RouteKind;
-use crate::oci::error::{ErrorCode, RegistryError};
+use crate::mirror::Mirror;
+use crate::server::error::RegistryError;
 use crate::server::response::{self, Body};
 use crate::server::router::{self, Route, Target};
-use crate::upstream::{Upstream, Upstreams, canonical_name};
-
-/// Counters of notable events, logged as they happen and exported at each metrics scrape
-/// ([`crate::observability`]; retries are counted per registry in [`crate::metrics`]).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Tag revalidations attempted.
-    pub revalidations: AtomicU64,
-    /// Cached manifests served because the upstream could not be asked.
-    pub stale_served: AtomicU64,
-}
-
-pub(super) type ManifestFlight = Arc<OnceCell<Result<Manifest, RegistryError>>>;
-
-/// Everything a request needs: settings, the cache, the upstreams, the running fetches.
-#[derive(Debug)]
-pub struct App {
-    /// Effective settings.
-    pub settings: Settings,
-    /// The cache.
-    pub store: BlobStore,
-    /// Upstream registries.
-    pub upstreams: Upstreams,
-    /// Running blob downloads.
-    pub downloads: Downloads,
-    /// Event counters.
-    pub stats: Stats,
-    /// In-memory copies of hot tag records and manifests.
-    pub hot: HotCache,
-    /// Last-pull times, the stop request of the admin API, the `maxSize` trigger.
-    pub inventory: crate::inventory::Inventory,
-    pub(super) manifest_flights: Mutex<HashMap<String, ManifestFlight>>,
-}
-
-impl App {
-    /// Assembles the app.
-    pub fn new(settings: Settings, store: BlobStore, upstreams: Upstreams) -> Self {
-        let downloads = Downloads::new(&settings.fetch_limits);
-        App {
-            settings,
-            store,
-            upstreams,
-            downloads,
-            stats: Stats::default(),
-            hot: HotCache::default(),
-            inventory: crate::inventory::Inventory::default(),
-            manifest_flights: Mutex::new(HashMap::new()),
-        }
-    }
-}
+use crate::upstream::canonical_name;
 
 /// Answers one request.
 pub async fn handle(
-    app: Arc<App>,
+    app: Arc<Mirror>,
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
@@ -94,7 +37,7 @@ pub async fn handle(
 }
 
 async fn route(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
@@ -163,113 +106,4 @@ pub(super) fn json_ok(body: &'static [u8], head: bool) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-pub(super) async fn read_limited(
-    upstream: &Upstream,
-    mut resp: reqwest::Response,
-    limit: usize,
-) -> Result<Bytes, RegistryError> {
-    if resp.content_length().is_some_and(|l| l > limit as u64) {
-        return Err(too_large(upstream, limit));
-    }
-    let mut buf = Vec::new();
-    loop {
-        let chunk = tokio::time::timeout(upstream.timeout(), resp.chunk())
-            .await
-            .map_err(|_| {
-                RegistryError::bad_gateway(format!(
-                    "upstream {} stalled sending a manifest",
-                    upstream.name
-                ))
-            })?
-            .map_err(|e| {
-                RegistryError::bad_gateway(format!(
-                    "upstream {} broke off: {}",
-                    upstream.name,
-                    crate::upstream::describe(&e)
-                ))
-            })?;
-        let Some(chunk) = chunk else { break };
-        upstream.metrics.upstream_bytes.inc_by(chunk.len() as u64);
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large(upstream, limit));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
-}
-
-pub(super) fn too_large(upstream: &Upstream, limit: usize) -> RegistryError {
-    RegistryError::bad_gateway(format!(
-        "upstream {} sent a manifest larger than {} MiB; refused",
-        upstream.name,
-        limit / (1024 * 1024)
-    ))
-}
-
-/// Turns an upstream's non-success answer into our error, keeping its meaning.
-pub(super) fn upstream_status(
-    upstream: &Upstream,
-    resp: reqwest::Response,
-    not_found: ErrorCode,
-    what: &str,
-) -> RegistryError {
-    let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() < 64)
-        .map(str::to_owned);
-    let code = ErrorCode::from_upstream_status(status, not_found);
-    let (our_status, message) = match status.as_u16() {
-        404 => (
-            StatusCode::NOT_FOUND,
-            format!("{what} not found at upstream {}", upstream.name),
-        ),
-        401 => (
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "upstream {} requires credentials for {what}: configure registries[].auth",
-                upstream.name
-            ),
-        ),
-        403 => (
-            StatusCode::FORBIDDEN,
-            format!("upstream {} denied access to {what}", upstream.name),
-        ),
-        429 => (
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "upstream {} is rate-limiting requests for {what}",
-                upstream.name
-            ),
-        ),
-        s => (
-            if s == 503 {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::BAD_GATEWAY
-            },
-            format!("upstream {} answered {status} for {what}", upstream.name),
-        ),
-    };
-    RegistryError {
-        status: our_status,
-        code,
-        message,
-        retry_after,
-    }
-}
-
-/// The upstream policy refused the registry a request names: 403 `DENIED`, naming the policy.
-impl From<crate::upstream::policy::PolicyError> for RegistryError {
-    fn from(e: crate::upstream::policy::PolicyError) -> Self {
-        RegistryError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, e.to_string())
-    }
-}
-
-pub(super) fn disk_error(e: std::io::Error) -> RegistryError {
-    RegistryError::internal(format!("cache error: {e}"))
 }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod blobs;
+pub mod error;
 pub mod handlers;
 pub mod listener;
 pub mod local_only;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-pub use handlers::App;
+use crate::mirror::Mirror;
 
 /// How often the shutdown checks whether upstream fetches are done.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -45,7 +46,7 @@ pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
 
 /// The pull API as a [`listener::Handler`].
 #[derive(Debug)]
-struct PullPort(Arc<App>);
+struct PullPort(Arc<Mirror>);
 
 impl listener::Handler for PullPort {
     type Body = response::Body;
@@ -71,7 +72,7 @@ impl listener::Handler for PullPort {
 /// cut (and logged). With `settings.server_tls` every connection is a TLS connection.
 pub async fn serve(
     tcp: TcpListener,
-    app: Arc<App>,
+    app: Arc<Mirror>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let local: SocketAddr = tcp.local_addr()?;

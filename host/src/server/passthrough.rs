@@ -6,16 +6,19 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
-use crate::oci::error::{ErrorCode, RegistryError};
+use crate::mirror::Mirror;
+use crate::oci::error::ErrorCode;
 use crate::oci::media;
 use crate::oci::reference::RepoName;
+use crate::server::error::RegistryError;
 use crate::server::handlers::json_ok;
-use crate::server::handlers::{App, read_limited, upstream_status};
 use crate::server::response::{self, Body};
 use crate::server::router::Via;
+use crate::upstream::Subject;
+use crate::upstream::answer::{read_limited, upstream_status};
 
 pub(super) async fn passthrough(
-    app: &Arc<App>,
+    app: &Arc<Mirror>,
     registry: &str,
     repo: &RepoName,
     path: &str,
@@ -57,9 +60,10 @@ pub(super) async fn passthrough(
         return Err(upstream_status(
             &upstream,
             resp,
-            ErrorCode::NameUnknown,
+            Subject::Repository,
             &format!("{repo} {path}"),
-        ));
+        )
+        .into());
     }
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     let link = resp

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 
-use crate::oci::error::RegistryError;
+use crate::server::error::RegistryError;
 
 /// The response body: a buffer or a stream of file chunks.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;

@@ -7,8 +7,9 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::oci::error::{ErrorCode, RegistryError};
+use crate::oci::error::ErrorCode;
 use crate::oci::reference::{self, Digest, Reference, RepoName};
+use crate::server::error::RegistryError;
 
 /// The longest request path looked at.
 const MAX_PATH: usize = 2048;

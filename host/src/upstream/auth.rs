@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use ociregistry_plugin_api::{Credential, CredentialKind, Secret};
 
-use crate::oci::error::RegistryError;
+use super::UpstreamError;
 use crate::providers::ManagedCredential;
 
 /// Where an upstream's credential comes from.
@@ -27,17 +27,19 @@ pub enum CredentialSource {
 
 impl CredentialSource {
     /// The credential to present now, if any.
-    pub async fn current(&self, registry: &str) -> Result<Option<Credential>, RegistryError> {
+    pub async fn current(&self, registry: &str) -> Result<Option<Credential>, UpstreamError> {
         match self {
             CredentialSource::Anonymous => Ok(None),
             CredentialSource::Fixed(c) => Ok(Some(c.clone())),
-            CredentialSource::Managed(m) => m.current().await.map(Some).map_err(|e| {
-                RegistryError::new(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    crate::oci::error::ErrorCode::Unavailable,
-                    format!("no credential for upstream {registry} yet: {e}"),
-                )
-            }),
+            CredentialSource::Managed(m) => {
+                m.current()
+                    .await
+                    .map(Some)
+                    .map_err(|e| UpstreamError::NoCredential {
+                        registry: registry.to_owned(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -175,10 +177,10 @@ impl super::Upstream {
         service: Option<&str>,
         scope: &str,
         credential: Option<&Credential>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), UpstreamError> {
         let (client, registry, timeout) = (&self.client, &self.name, self.timeout);
         let mut url = reqwest::Url::parse(realm).map_err(|_| {
-            RegistryError::bad_gateway(format!("upstream {registry} sent an invalid token realm"))
+            UpstreamError::Failed(format!("upstream {registry} sent an invalid token realm"))
         })?;
         {
             let mut q = url.query_pairs_mut();
@@ -189,12 +191,9 @@ impl super::Upstream {
         }
         self.policy
             .check_hop(&url, &self.redirect_hosts, &self.base)
-            .map_err(|e| {
-                RegistryError::new(
-                    http::StatusCode::FORBIDDEN,
-                    crate::oci::error::ErrorCode::Denied,
-                    format!("token realm of {registry}: {e}"),
-                )
+            .map_err(|source| UpstreamError::RealmPolicy {
+                registry: registry.clone(),
+                source,
             })?;
         let mut req = client.get(url.clone());
         if let Some(c) = credential {
@@ -211,19 +210,18 @@ impl super::Upstream {
         let resp = tokio::time::timeout(timeout, req.send())
             .await
             .map_err(|_| {
-                RegistryError::bad_gateway(format!(
+                UpstreamError::Failed(format!(
                     "token endpoint of {registry} ({}) did not answer within {}s",
                     origin(&url),
                     timeout.as_secs()
                 ))
             })?
             .map_err(|e| match super::policy::refusal(&e) {
-                Some(p) => RegistryError::new(
-                    http::StatusCode::FORBIDDEN,
-                    crate::oci::error::ErrorCode::Denied,
-                    format!("token realm of {registry}: {p}"),
-                ),
-                None => RegistryError::bad_gateway(format!(
+                Some(p) => UpstreamError::RealmPolicy {
+                    registry: registry.clone(),
+                    source: p.clone(),
+                },
+                None => UpstreamError::Failed(format!(
                     "token endpoint of {registry} ({}) unreachable: {}",
                     origin(&url),
                     super::describe(&e)
@@ -231,24 +229,14 @@ impl super::Upstream {
             })?;
         let status = resp.status();
         if !status.is_success() {
-            let code = crate::oci::error::ErrorCode::from_upstream_status(
-                status,
-                crate::oci::error::ErrorCode::Unauthorized,
-            );
-            let status = if status == 401 || status == 403 || status == 429 {
-                status
-            } else {
-                http::StatusCode::BAD_GATEWAY
-            };
-            return Err(RegistryError::new(
-                status,
-                code,
-                format!(
+            return Err(UpstreamError::TokenRefused {
+                status: status.as_u16(),
+                message: format!(
                     "token endpoint of {registry} ({}) answered {}",
                     origin(&url),
                     resp.status()
                 ),
-            ));
+            });
         }
         #[derive(serde::Deserialize)]
         struct TokenResponse {
@@ -259,7 +247,7 @@ impl super::Upstream {
         let body = read_capped(resp, timeout, MAX_TOKEN_RESPONSE)
             .await
             .map_err(|e| {
-                RegistryError::bad_gateway(match e {
+                UpstreamError::Failed(match e {
                     ReadError::TooLarge => {
                         format!("token endpoint of {registry} sent an oversized answer")
                     }
@@ -272,7 +260,7 @@ impl super::Upstream {
                 })
             })?;
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-            RegistryError::bad_gateway(format!(
+            UpstreamError::Failed(format!(
                 "token endpoint of {registry} sent something that is not a token response"
             ))
         })?;
@@ -282,7 +270,7 @@ impl super::Upstream {
             .or(parsed.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                RegistryError::bad_gateway(format!("token endpoint of {registry} sent no token"))
+                UpstreamError::Failed(format!("token endpoint of {registry} sent no token"))
             })?;
         let token = Secret::new(token);
         let lifetime = parsed

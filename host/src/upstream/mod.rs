@@ -7,8 +7,11 @@
 //! http unless the registry is `scheme: http`, and without `Authorization` once a hop leaves
 //! the original origin (scheme, host and port).
 
+pub mod answer;
 pub mod auth;
+pub mod calls;
 pub mod challenge;
+pub mod error;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -18,9 +21,9 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::{CredentialConfig, HostPattern, Scheme, Settings, TlsConfig};
-use crate::oci::error::RegistryError;
 use crate::oci::reference::RepoName;
 use auth::{CredentialSource, TokenCache};
+pub use error::{BodyError, Refusal, SetupProblem, Subject, UpstreamError};
 use ociregistry_plugin_api::{Credential, Secret};
 use policy::{Policy, PolicyError, PolicyResolver};
 
@@ -123,7 +126,7 @@ impl Upstream {
         repo: &RepoName,
         path: &str,
         accept: Option<&str>,
-    ) -> Result<reqwest::Response, RegistryError> {
+    ) -> Result<reqwest::Response, UpstreamError> {
         self.request_with(method, repo, path, accept, None).await
     }
 
@@ -135,7 +138,7 @@ impl Upstream {
         path: &str,
         accept: Option<&str>,
         range_from: Option<u64>,
-    ) -> Result<reqwest::Response, RegistryError> {
+    ) -> Result<reqwest::Response, UpstreamError> {
         let repo = self.repo_path(repo);
         let url = format!(
             "{}/v2/{}/{}",
@@ -200,7 +203,7 @@ impl Upstream {
                         Ok(_) if token.is_none() => continue,
                         // A fresh token was refused too: pass the 401 on.
                         Ok(_) => return Ok(resp),
-                        Err(e) if e.status == 401 && !refreshed => {
+                        Err(e @ UpstreamError::TokenRefused { status: 401, .. }) if !refreshed => {
                             match self.refreshed(credential.as_ref()).await {
                                 Some(c) => {
                                     credential = Some(c);
@@ -224,7 +227,7 @@ impl Upstream {
                 _ => return Ok(resp),
             }
         }
-        Err(RegistryError::bad_gateway(format!(
+        Err(UpstreamError::Failed(format!(
             "upstream {} kept refusing credentials",
             self.name
         )))
@@ -240,12 +243,12 @@ impl Upstream {
     /// Sends with the answer timeout, retrying transient failures (connection refused or
     /// reset before an answer, 500/502/503/504) a bounded number of times with backoff.
     /// Only body-less requests are sent here, so a retry is always safe.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, RegistryError> {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, UpstreamError> {
         let mut attempt = 0u32;
         loop {
             let this = req
                 .try_clone()
-                .ok_or_else(|| RegistryError::internal("request cannot be sent"))?;
+                .ok_or_else(|| UpstreamError::Internal("request cannot be sent".into()))?;
             self.metrics.upstream_requests.inc();
             let result = tokio::time::timeout(self.timeout, self.follow(this)).await;
             let failed = match &result {
@@ -271,7 +274,7 @@ impl Upstream {
                 continue;
             }
             return match result {
-                Err(_) => Err(RegistryError::bad_gateway(format!(
+                Err(_) => Err(UpstreamError::Failed(format!(
                     "upstream {} did not answer within {}s",
                     self.name,
                     self.timeout.as_secs()
@@ -282,25 +285,21 @@ impl Upstream {
         }
     }
 
-    fn send_error(&self, e: SendError) -> RegistryError {
+    fn send_error(&self, e: SendError) -> UpstreamError {
         match e {
             SendError::Transport(e) => {
-                RegistryError::bad_gateway(format!("upstream {}: {}", self.name, describe(&e)))
+                UpstreamError::Failed(format!("upstream {}: {}", self.name, describe(&e)))
             }
-            SendError::Policy(p) => RegistryError::new(
-                http::StatusCode::FORBIDDEN,
-                crate::oci::error::ErrorCode::Denied,
-                p.to_string(),
-            ),
-            SendError::TooManyRedirects => RegistryError::bad_gateway(format!(
+            SendError::Policy(p) => UpstreamError::Policy(p),
+            SendError::TooManyRedirects => UpstreamError::Failed(format!(
                 "upstream {} redirected more than {MAX_REDIRECTS} times; refused",
                 self.name
             )),
-            SendError::Downgrade(to) => RegistryError::bad_gateway(format!(
+            SendError::Downgrade(to) => UpstreamError::Failed(format!(
                 "upstream {} redirected from https to plain http ({to}); refused (only registries with scheme: http may use http)",
                 self.name
             )),
-            SendError::BadLocation => RegistryError::bad_gateway(format!(
+            SendError::BadLocation => UpstreamError::Failed(format!(
                 "upstream {} sent a redirect without a usable http(s) Location",
                 self.name
             )),
@@ -412,10 +411,10 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
 
 /// Why an upstream could not be set up at start.
 #[derive(Debug, thiserror::Error)]
-#[error("registries entry {registry}: {message}")]
+#[error("registries entry {registry}: {problem}")]
 pub struct SetupError {
     registry: String,
-    message: String,
+    problem: SetupProblem,
 }
 
 /// All upstreams: the configured ones, and ad hoc ones for names seen in requests.
@@ -440,10 +439,10 @@ impl Upstreams {
         // One resolver for every client: the address rules hold for each connection.
         let resolver = Arc::new(PolicyResolver::new(policy.clone()));
         let default_client =
-            build_client(&TlsConfig::default(), timeout, &resolver).map_err(|message| {
+            build_client(&TlsConfig::default(), timeout, &resolver).map_err(|problem| {
                 SetupError {
                     registry: "(default)".into(),
-                    message,
+                    problem,
                 }
             })?;
         crate::metrics::global()
@@ -455,9 +454,9 @@ impl Upstreams {
                 if r.tls.ca.is_none() && r.tls.cert.is_none() && !r.tls.insecure_skip_verify {
                     default_client.clone()
                 } else {
-                    build_client(&r.tls, timeout, &resolver).map_err(|message| SetupError {
+                    build_client(&r.tls, timeout, &resolver).map_err(|problem| SetupError {
                         registry: r.name.clone(),
-                        message,
+                        problem,
                     })?
                 };
             let credential = match &r.credential {
@@ -471,15 +470,15 @@ impl Upstreams {
                     None => {
                         return Err(SetupError {
                             registry: r.name.clone(),
-                            message: "provider credential was not set up".into(),
+                            problem: SetupProblem::NoProvider,
                         });
                     }
                 },
             };
             let u = upstream(name, r.scheme, client, credential, timeout, policy.clone()).map_err(
-                |message| SetupError {
+                |problem| SetupError {
                     registry: r.name.clone(),
-                    message,
+                    problem,
                 },
             )?;
             configured.insert(
@@ -544,9 +543,9 @@ fn upstream(
     credential: CredentialSource,
     timeout: Duration,
     policy: Arc<Policy>,
-) -> Result<Upstream, String> {
+) -> Result<Upstream, SetupProblem> {
     let base = format!("{scheme}://{}", api_host(name));
-    let base = reqwest::Url::parse(&base).map_err(|e| format!("not a usable host: {e}"))?;
+    let base = reqwest::Url::parse(&base)?;
     Ok(Upstream {
         name: name.to_owned(),
         base,
@@ -570,7 +569,7 @@ fn build_client(
     tls: &TlsConfig,
     timeout: Duration,
     resolver: &Arc<PolicyResolver>,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, SetupProblem> {
     let mut b = reqwest::Client::builder()
         .user_agent(concat!("ociregistry/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -579,32 +578,39 @@ fn build_client(
         .read_timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90));
     if let Some(ca) = &tls.ca {
-        let pem = std::fs::read(&ca.0).map_err(|e| format!("tls.ca {}: {e}", ca.0.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            format!(
-                "tls.ca {}: not a PEM certificate bundle: {e}",
-                ca.0.display()
-            )
+        let pem = std::fs::read(&ca.0).map_err(|source| SetupProblem::Read {
+            key: "tls.ca",
+            path: ca.0.clone(),
+            source,
         })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| SetupProblem::NotPem {
+                path: ca.0.clone(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(format!("tls.ca {}: no certificate in it", ca.0.display()));
+            return Err(SetupProblem::NoCertificate { path: ca.0.clone() });
         }
         b = b.tls_certs_merge(certs);
     }
     if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        let mut pem =
-            std::fs::read(&cert.0).map_err(|e| format!("tls.cert {}: {e}", cert.0.display()))?;
+        let read = |key: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| SetupProblem::Read {
+                key,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let mut pem = read("tls.cert", &cert.0)?;
         pem.push(b'\n');
-        pem.extend(std::fs::read(&key.0).map_err(|e| format!("tls.key {}: {e}", key.0.display()))?);
-        let id = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| format!("tls.cert/tls.key: not a usable PEM certificate and key: {e}"))?;
+        pem.extend(read("tls.key", &key.0)?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(SetupProblem::Identity)?;
         b = b.identity(id);
     }
     if tls.insecure_skip_verify {
         b = b.tls_danger_accept_invalid_certs(true);
     }
-    b.build()
-        .map_err(|e| format!("cannot build HTTP client: {}", describe(&e)))
+    b.build().map_err(|e| SetupProblem::Client(describe(&e)))
 }
 
 #[cfg(test)]

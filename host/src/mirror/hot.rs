@@ -6,13 +6,12 @@
 //! Everything here is a copy of what is on disk; losing it loses nothing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::cache::Manifest;
-use crate::cache::tags::TagRecord;
 use crate::oci::reference::Digest;
+use crate::store::Manifest;
+use crate::store::tags::TagRecord;
 
 /// Most manifest bytes kept in memory.
 const MAX_MANIFEST_BYTES: usize = 32 * 1024 * 1024;
@@ -22,7 +21,7 @@ const MAX_TAGS: usize = 16 * 1024;
 /// Hot copies of tag records and manifests.
 #[derive(Debug, Default)]
 pub struct HotCache {
-    tags: Mutex<HashMap<PathBuf, (Arc<TagRecord>, SystemTime)>>,
+    tags: Mutex<HashMap<String, (Arc<TagRecord>, SystemTime)>>,
     manifests: Mutex<Manifests>,
 }
 
@@ -33,28 +32,28 @@ struct Manifests {
 }
 
 impl HotCache {
-    /// The record of the tag file at `path`, if it was read when the file had this
-    /// modification time (shared, not copied).
-    pub fn tag(&self, path: &Path, modified: SystemTime) -> Option<Arc<TagRecord>> {
+    /// The record of the tag `key` (`registry/repo:tag`), if it was read when the record
+    /// had this modification time (shared, not copied).
+    pub fn tag(&self, key: &str, modified: SystemTime) -> Option<Arc<TagRecord>> {
         let tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
-        tags.get(path)
+        tags.get(key)
             .filter(|(_, at)| *at == modified)
             .map(|(r, _)| r.clone())
     }
 
     /// Remembers a tag record read from disk when its file had this modification time.
-    pub fn put_tag(&self, path: &Path, modified: SystemTime, record: Arc<TagRecord>) {
+    pub fn put_tag(&self, key: &str, modified: SystemTime, record: Arc<TagRecord>) {
         let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
         if tags.len() >= MAX_TAGS {
             tags.clear();
         }
-        tags.insert(path.to_owned(), (record, modified));
+        tags.insert(key.to_owned(), (record, modified));
     }
 
     /// Forgets a tag record (rewritten or removed in this process).
-    pub fn forget_tag(&self, path: &Path) {
+    pub fn forget_tag(&self, key: &str) {
         let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
-        tags.remove(path);
+        tags.remove(key);
     }
 
     /// A manifest by digest.
@@ -119,7 +118,7 @@ mod tests {
     #[test]
     fn tags_follow_the_file_time() {
         let hot = HotCache::default();
-        let (p, t0) = (Path::new("/x/t.json"), SystemTime::UNIX_EPOCH);
+        let (p, t0) = ("r.io/app:v1", SystemTime::UNIX_EPOCH);
         hot.put_tag(p, t0, TagRecord::default().into());
         assert!(hot.tag(p, t0).is_some());
         assert!(

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,15 +33,14 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use sha2::Digest as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::cache::BlobStore;
-use crate::oci::error::RegistryError;
+use crate::mirror::MirrorError;
 use crate::oci::reference::Digest;
+use crate::store::StoreError;
+use crate::store::blob_store::read_chunk;
+use crate::store::{BlobStore, Staged};
 
-/// Bytes read from disk per chunk sent to a client of a stored blob (one client reading
-/// fast: large reads cost fewer round trips).
-const READ_CHUNK: usize = 256 * 1024;
-/// The same for a client of a running download, many of which may read at once (each holds
-/// one chunk: small reads keep memory bounded).
+/// Bytes read from disk per chunk sent to a client of a running download, many of which
+/// may read at once (each holds one chunk: small reads keep memory bounded).
 const FOLLOW_READ_CHUNK: usize = 64 * 1024;
 /// How many of the latest written bytes a download keeps in memory for its readers.
 const RECENT_BYTES: usize = 2 * 1024 * 1024;
@@ -50,7 +48,7 @@ const RECENT_BYTES: usize = 2 * 1024 * 1024;
 const WRITE_CHUNK: usize = 256 * 1024;
 
 /// The upstream's body, chunk by chunk.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+pub type ByteStream = crate::upstream::calls::BodyStream;
 
 /// Re-requests the rest of a blob from a byte offset after the upstream broke off; `None`
 /// when the upstream cannot resume (no ranges).
@@ -69,6 +67,8 @@ pub struct UpstreamBody {
     pub idle_timeout: Duration,
     /// Upstream name, for messages.
     pub upstream: String,
+    /// Repository it is fetched for, for logs.
+    pub repo: String,
     /// Largest size accepted (`maxBlobSize`): a body that goes past it fails the download.
     pub max_size: u64,
 }
@@ -111,7 +111,7 @@ pub enum Progress {
         total: u64,
     },
     /// Failed; nothing was stored.
-    Failed(RegistryError),
+    Failed(MirrorError),
 }
 
 /// One running download.
@@ -119,10 +119,8 @@ pub enum Progress {
 pub struct Download {
     /// The blob being fetched.
     pub digest: Digest,
-    /// Where its bytes are being written.
-    pub temp_path: PathBuf,
-    /// Where they will be once verified.
-    pub final_path: PathBuf,
+    /// Where its bytes are being written, and committed from once verified.
+    pub staged: Staged,
     progress: watch::Sender<Progress>,
     /// The most recently written bytes, by offset: readers keeping up with the download
     /// take them from here (shared, no copy) instead of reading the temp file back.
@@ -276,8 +274,7 @@ impl Download {
         let (tx, _) = watch::channel(Progress::Starting);
         Download {
             digest: digest.clone(),
-            temp_path: store.temp_path(digest.hex()),
-            final_path: store.blob_path(digest),
+            staged: store.stage(digest),
             progress: tx,
             recent: Mutex::new(Recent::default()),
             registry: registry.to_owned(),
@@ -294,16 +291,19 @@ pub struct Downloads {
     running: Mutex<HashMap<Digest, Arc<Download>>>,
     /// Download slots.
     pub slots: FetchSlots,
+    /// Woken after a download stored its blob (the cache grew: the inventory's `maxSize`
+    /// check).
+    pub stored: tokio::sync::Notify,
 }
 
-/// What [`Downloads::join`] found.
+/// What [`Downloads::get_or_start`] found.
 #[derive(Debug)]
 pub struct Joined {
     /// The download.
     pub download: Arc<Download>,
     /// The caller's hold on it.
     pub interest: Interest,
-    /// The caller registered it and must run it ([`Downloads::fill`] unregisters it).
+    /// The caller's call registered and started it.
     pub started: bool,
 }
 
@@ -313,23 +313,120 @@ impl Downloads {
         Downloads {
             running: Mutex::default(),
             slots: FetchSlots::new(limits),
+            stored: tokio::sync::Notify::new(),
         }
     }
 
-    /// Joins the running download of `digest`, or registers a new one. The second value is
-    /// `true` when the caller registered it and must run [`Downloads::fill`] (which unregisters it).
-    /// (Tests; the server uses [`Downloads::join`].)
-    pub fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
+    /// Joins the running download of `digest` as a client of `registry` (`keep`: that
+    /// registry's downloads run on without clients), or registers a new one and starts it
+    /// on a task of its own: unless the blob turned out to be stored meanwhile, it takes a
+    /// download slot (waiting up to `upstreamFetchWait`, else failing with
+    /// [`MirrorError::NoSlot`]), asks `fetch` for the upstream's answer, writes and verifies
+    /// it into `store` while readers follow, and leaves the running set, whatever happens.
+    /// A download that failed or was cancelled, or `abandon` (one this client gives up on),
+    /// is not joined: a new one replaces it.
+    pub fn get_or_start<F, Fut>(
+        self: &Arc<Self>,
+        store: &BlobStore,
+        digest: &Digest,
+        registry: &str,
+        keep: bool,
+        abandon: Option<&Arc<Download>>,
+        fetch: F,
+    ) -> Joined
+    where
+        F: FnOnce(Arc<Download>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<UpstreamBody, MirrorError>> + Send + 'static,
+    {
+        let joined = self.join(store, digest, registry, keep, abandon);
+        if joined.started {
+            tokio::spawn(
+                self.clone()
+                    .run(store.clone(), joined.download.clone(), fetch),
+            );
+        }
+        joined
+    }
+
+    /// Runs a registered download to the end (see [`Downloads::get_or_start`]).
+    async fn run<F, Fut>(self: Arc<Self>, store: BlobStore, d: Arc<Download>, fetch: F)
+    where
+        F: FnOnce(Arc<Download>) -> Fut,
+        Fut: Future<Output = Result<UpstreamBody, MirrorError>>,
+    {
+        // It may have been stored between the cache lookup and registering this download.
+        if let Ok(Some(total)) = store.stat_blob(&d.digest).await {
+            self.complete_stored(&d, total);
+            return;
+        }
+        let slot = tokio::select! {
+            biased;
+            () = d.cancelled() => None,
+            slot = self.slots.acquire(&d.registry) => Some(slot),
+        };
+        let _slot = match slot {
+            None => {
+                self.fail(&d, cancelled(&d.digest));
+                return;
+            }
+            Some(None) => {
+                let l = self.slots.limits();
+                tracing::warn!(registry = %d.registry, digest = %d.digest, "blob fetch refused: no download slot came free in time");
+                self.fail(
+                    &d,
+                    MirrorError::NoSlot {
+                        max_fetches: l.max_fetches,
+                        max_per_registry: l.max_fetches_per_registry,
+                        wait: l.wait,
+                    },
+                );
+                return;
+            }
+            Some(Some(slot)) => slot,
+        };
+        let fetched = tokio::select! {
+            biased;
+            () = d.cancelled() => Err(cancelled(&d.digest)),
+            r = fetch(d.clone()) => r,
+        };
+        let src = match fetched {
+            Ok(src) => src,
+            Err(e) => {
+                self.fail(&d, e);
+                return;
+            }
+        };
+        let (upstream, repo) = (src.upstream.clone(), src.repo.clone());
+        let started = std::time::Instant::now();
+        match self.fill(&store, &d, src).await {
+            Ok(size) => {
+                tracing::info!(
+                    registry = %upstream, repo = %repo, digest = %d.digest, size,
+                    seconds = started.elapsed().as_secs_f32(), "cached blob"
+                );
+                self.stored.notify_one();
+            }
+            Err(_) if d.is_cancelled() => {
+                tracing::info!(registry = %upstream, repo = %repo, digest = %d.digest, "every client left; download cancelled, nothing stored")
+            }
+            Err(e) => {
+                tracing::warn!(registry = %upstream, repo = %repo, digest = %d.digest, error = %e, "blob fetch failed; nothing stored")
+            }
+        }
+    }
+
+    /// Joins the running download of `digest`, or registers a new one that the caller runs
+    /// with [`Downloads::fill`] (tests).
+    #[cfg(test)]
+    fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
         let j = self.join(store, digest, "", true, None);
         let d = j.download.clone();
         (d, j.started)
     }
 
-    /// Joins the running download of `digest` as a client of `registry` (`keep`: that
-    /// registry's downloads run on without clients), or registers a new one for it. A
-    /// download that failed or was cancelled, or `abandon` (a download this client gives
-    /// up on), is not joined: a new one replaces it.
-    pub fn join(
+    /// Joins the running download of `digest`, or registers a new one for the caller to
+    /// run (see [`Downloads::get_or_start`]).
+    fn join(
         &self,
         store: &BlobStore,
         digest: &Digest,
@@ -379,14 +476,14 @@ impl Downloads {
 
     /// Marks a registered download as failed before any byte arrived (the upstream refused)
     /// and unregisters it.
-    pub fn fail(&self, d: &Arc<Download>, err: RegistryError) {
+    fn fail(&self, d: &Arc<Download>, err: MirrorError) {
         d.publish(Progress::Failed(err));
         self.unregister(d);
     }
 
     /// Completes a registered download whose blob turned out to be stored already (it was
     /// committed between the caller's cache lookup and its registration).
-    pub fn complete_stored(&self, d: &Arc<Download>, total: u64) {
+    fn complete_stored(&self, d: &Arc<Download>, total: u64) {
         d.publish(Progress::Complete { total });
         self.unregister(d);
     }
@@ -394,18 +491,18 @@ impl Downloads {
     /// Runs a registered download to the end: writes `body` to the temp file while
     /// publishing progress, verifies size and sha256, commits it to the store, and
     /// unregisters. Every failure is published to the readers and nothing is stored.
-    pub async fn fill(
+    async fn fill(
         &self,
         store: &BlobStore,
         d: &Arc<Download>,
         src: UpstreamBody,
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<u64, MirrorError> {
         let result = write_verified(store, d, src).await;
         match &result {
             Ok(total) => d.publish(Progress::Complete { total: *total }),
             Err(e) => {
                 d.publish(Progress::Failed(e.clone()));
-                let _ = tokio::fs::remove_file(&d.temp_path).await;
+                d.staged.discard().await;
             }
         }
         self.unregister(d);
@@ -417,18 +514,19 @@ async fn write_verified(
     store: &BlobStore,
     d: &Arc<Download>,
     src: UpstreamBody,
-) -> Result<u64, RegistryError> {
+) -> Result<u64, MirrorError> {
     let UpstreamBody {
         total,
         mut body,
         mut resume,
         idle_timeout,
         upstream,
+        repo: _,
         max_size,
     } = src;
-    let disk = |e: io::Error| RegistryError::internal(format!("cache write failed: {e}"));
-    let temp = d.temp_path.clone();
-    let file = tokio::task::spawn_blocking(move || std::fs::File::create(temp))
+    let disk = |e: io::Error| MirrorError::CacheWrite(StoreError::from(e));
+    let staged = d.staged.clone();
+    let file = tokio::task::spawn_blocking(move || staged.create())
         .await
         .map_err(io::Error::other)
         .and_then(|r| r)
@@ -488,7 +586,7 @@ async fn write_verified(
                     continue;
                 }
                 None => {
-                    return Err(RegistryError::bad_gateway(format!(
+                    return Err(MirrorError::BadUpstream(format!(
                         "upstream {upstream} {why} while sending {} ({offset} bytes received); nothing stored",
                         d.digest
                     )));
@@ -506,19 +604,21 @@ async fn write_verified(
             if so_far > max_size {
                 tracing::warn!(registry = %upstream, digest = %d.digest, max_blob_size = max_size,
                     "blob larger than maxBlobSize; download cut, nothing stored");
-                return Err(RegistryError::bad_gateway(format!(
+                return Err(MirrorError::BadUpstream(format!(
                     "upstream {upstream} sent more than maxBlobSize ({max_size} bytes) for {}; nothing stored",
                     d.digest
                 )));
             }
             if so_far >= next_space_check {
-                store.ensure_space(SPACE_CHECK_EVERY)?;
+                store
+                    .ensure_space(SPACE_CHECK_EVERY)
+                    .map_err(MirrorError::Store)?;
                 next_space_check = so_far + SPACE_CHECK_EVERY;
             }
             if let Some(t) = total
                 && written + (buf.len() + chunk.len()) as u64 > t
             {
-                return Err(RegistryError::bad_gateway(format!(
+                return Err(MirrorError::BadUpstream(format!(
                     "upstream {upstream} sent more than the announced {t} bytes for {}",
                     d.digest
                 )));
@@ -548,14 +648,14 @@ async fn write_verified(
     if let Some(t) = total
         && written != t
     {
-        return Err(RegistryError::bad_gateway(format!(
+        return Err(MirrorError::BadUpstream(format!(
             "upstream {upstream} sent {written} of {t} bytes for {}",
             d.digest
         )));
     }
     let (file, got) = file.finish().await.map_err(disk)?;
     if got != d.digest {
-        return Err(RegistryError::bad_gateway(format!(
+        return Err(MirrorError::BadUpstream(format!(
             "upstream {upstream} sent content with digest {got} for {}; not stored",
             d.digest
         )));
@@ -568,18 +668,14 @@ async fn write_verified(
         .and_then(|r| r)
         .map_err(disk)?;
     store
-        .commit_blob(&d.temp_path, &d.digest, written)
+        .commit_blob(&d.staged, &d.digest, written)
         .await
-        .map_err(disk)?;
+        .map_err(MirrorError::CacheWrite)?;
     Ok(written)
 }
 
-fn cancelled(digest: &Digest) -> RegistryError {
-    RegistryError::new(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        crate::oci::error::ErrorCode::Unavailable,
-        format!("download of {digest} cancelled: every client left"),
-    )
+fn cancelled(digest: &Digest) -> MirrorError {
+    MirrorError::Cancelled(digest.clone())
 }
 
 /// Hashes a download's chunks and writes them to its temp file on a thread of its own, up to
@@ -682,20 +778,15 @@ async fn hand_over(
     Ok(written)
 }
 
-/// Where a reader gets its bytes from.
-enum Source {
-    /// A stored blob: everything up to `end` is there.
-    Stored,
-    /// A running download: read up to the published length, wait for more.
-    Following {
-        download: Arc<Download>,
-        progress: watch::Receiver<Progress>,
-        idle_timeout: Duration,
-        /// The blob's size, once the download was verified.
-        verified: Option<u64>,
-        /// This reader's hold on the download.
-        interest: Option<Interest>,
-    },
+/// The running download a reader reads: up to the published length, waiting for more.
+struct Source {
+    download: Arc<Download>,
+    progress: watch::Receiver<Progress>,
+    idle_timeout: Duration,
+    /// The blob's size, once the download was verified.
+    verified: Option<u64>,
+    /// This reader's hold on the download.
+    interest: Option<Interest>,
 }
 
 /// Gives a reader of a download started for another registry a download from its own
@@ -719,21 +810,6 @@ struct Reader {
     pos: u64,
     end: Option<u64>,
     switch: Option<Box<Switch>>,
-}
-
-/// Streams bytes `[start, end)` of a stored blob.
-pub fn read_stored(
-    file: std::fs::File,
-    start: u64,
-    end: u64,
-) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    reader(Reader {
-        source: Source::Stored,
-        file: Some(Arc::new(file)),
-        pos: start,
-        end: Some(end),
-        switch: None,
-    })
 }
 
 /// Streams bytes `[start, end)` (to the end when `None`) of a blob while it downloads.
@@ -771,7 +847,7 @@ pub fn follow(
         })
     });
     reader(Reader {
-        source: Source::Following {
+        source: Source {
             download,
             progress,
             idle_timeout,
@@ -789,12 +865,9 @@ impl Reader {
     /// How far this reader may read now; `None` means it must wait for more.
     fn readable_until(&mut self) -> io::Result<Option<u64>> {
         let end = self.end.unwrap_or(u64::MAX);
-        let Source::Following {
+        let Source {
             progress, verified, ..
-        } = &mut self.source
-        else {
-            return Ok(Some(end));
-        };
+        } = &mut self.source;
         if let Some(total) = *verified {
             // Every byte is verified; whatever happens to the download now (a failed fsync
             // or rename), the open file still holds them.
@@ -816,7 +889,7 @@ impl Reader {
                 }
                 *total
             }
-            Progress::Failed(e) => return Err(io::Error::other(e.message.clone())),
+            Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
         };
         let limit = limit.min(self.end.unwrap_or(u64::MAX));
         Ok((limit > self.pos).then_some(limit))
@@ -824,9 +897,7 @@ impl Reader {
 
     /// The next bytes from the download's window of recent chunks, when they are there.
     fn recent(&self, max: u64) -> Option<Bytes> {
-        let Source::Following { download, .. } = &self.source else {
-            return None;
-        };
+        let Source { download, .. } = &self.source;
         let recent = download.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.get(self.pos, max)
     }
@@ -847,16 +918,13 @@ impl Reader {
         let Some(fallback) = sw.fallback.take() else {
             return false;
         };
-        let Source::Following {
+        let Source {
             download,
             progress,
             verified,
             interest,
             ..
-        } = &mut self.source
-        else {
-            return false;
-        };
+        } = &mut self.source;
         let Some((d, i)) = fallback(download) else {
             return false;
         };
@@ -878,7 +946,8 @@ impl Reader {
         };
         h.update(chunk);
         let last = self.end == Some(self.pos + chunk.len() as u64);
-        if last && let Source::Following { download, .. } = &self.source {
+        if last {
+            let download = &self.source.download;
             let got = Digest::from_sha256_hex(hex::encode(h.clone().finalize()));
             if got != download.digest {
                 return Err(io::Error::other(format!(
@@ -892,15 +961,12 @@ impl Reader {
 
     /// Waits until the download publishes more progress.
     async fn wait(&mut self) -> io::Result<()> {
-        let Source::Following {
+        let Source {
             progress,
             idle_timeout,
             download,
             ..
-        } = &mut self.source
-        else {
-            return Err(io::Error::other("stored blob shorter than expected"));
-        };
+        } = &mut self.source;
         match tokio::time::timeout(*idle_timeout, progress.changed()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(io::Error::other(format!(
@@ -920,78 +986,15 @@ impl Reader {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        let Source::Following { download, .. } = &self.source else {
-            return Err(io::Error::other("blob file vanished"));
-        };
-        let (temp, stored) = (download.temp_path.clone(), download.final_path.clone());
-        let f = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&temp).or_else(|_| std::fs::File::open(&stored))
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let Source { download, .. } = &self.source;
+        let staged = download.staged.clone();
+        let f = tokio::task::spawn_blocking(move || staged.open())
+            .await
+            .map_err(io::Error::other)??;
         let f = Arc::new(f);
         self.file = Some(f.clone());
         Ok(f)
     }
-}
-
-/// Reads `len` bytes at `offset`: straight from the page cache when they are there (the
-/// usual case: a blob being followed was just written, a warm one was just read), else on a
-/// blocking thread. One copy either way; the page-cache path saves the hop to the blocking
-/// pool and back, which costs more than the copy itself.
-async fn read_chunk(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
-    if let Some(chunk) = read_cached(&file, offset, len) {
-        return Ok(chunk);
-    }
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "blob file shorter than expected",
-            ));
-        }
-        buf.truncate(filled);
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(io::Error::other)?
-}
-
-/// Up to `len` bytes at `offset` if the kernel can hand them over without waiting for the
-/// disk (`preadv2` with `RWF_NOWAIT`, safe to call on an async thread); `None` when any of
-/// them would need disk I/O, at the end of the file, or where the call is not supported:
-/// the caller then reads on a blocking thread.
-#[cfg(target_os = "linux")]
-fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> Option<Bytes> {
-    use rustix::io::{ReadWriteFlags, preadv2};
-    let mut buf = vec![0u8; len];
-    match preadv2(
-        file,
-        &mut [io::IoSliceMut::new(&mut buf)],
-        offset,
-        ReadWriteFlags::NOWAIT,
-    ) {
-        Ok(n) if n > 0 => {
-            buf.truncate(n);
-            Some(Bytes::from(buf))
-        }
-        _ => None,
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read_cached(_file: &std::fs::File, _offset: u64, _len: usize) -> Option<Bytes> {
-    None
 }
 
 fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
@@ -1017,11 +1020,7 @@ fn reader(state: Reader) -> impl Stream<Item = io::Result<Bytes>> + Send {
                 }
                 continue;
             };
-            let chunk_size = match r.source {
-                Source::Stored => READ_CHUNK,
-                Source::Following { .. } => FOLLOW_READ_CHUNK,
-            };
-            let want = (limit - r.pos).min(chunk_size as u64);
+            let want = (limit - r.pos).min(FOLLOW_READ_CHUNK as u64);
             let chunk = match r.recent(want) {
                 Some(c) => c,
                 None => {
@@ -1126,6 +1125,7 @@ impl FetchSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::BodyError;
     use futures_util::TryStreamExt;
 
     async fn collect(s: impl Stream<Item = io::Result<Bytes>>) -> io::Result<Vec<u8>> {
@@ -1140,6 +1140,7 @@ mod tests {
             resume,
             idle_timeout: Duration::from_secs(5),
             upstream: "up".into(),
+            repo: "app".into(),
             max_size: u64::MAX,
         }
     }
@@ -1162,12 +1163,12 @@ mod tests {
         let mut src = source(None, endless(), None);
         src.max_size = 1024 * 1024;
         let err = downloads.fill(&store, &d, src).await.unwrap_err();
-        assert!(err.message.contains("maxBlobSize"), "{}", err.message);
+        assert!(err.to_string().contains("maxBlobSize"), "{err}");
         let got: Result<Vec<Bytes>, _> = reader.try_collect().await;
         assert!(got.is_err(), "the reader's transfer is aborted");
         assert!(!store.blob_path(&digest).exists());
         assert_eq!(
-            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
+            crate::store::blob_store::tests::tmp_file_count(dir.path()),
             0
         );
         assert!(downloads.is_empty());
@@ -1201,9 +1202,9 @@ mod tests {
             .expect("cancelled promptly")
             .unwrap()
             .unwrap_err();
-        assert!(err.message.contains("every client left"), "{}", err.message);
+        assert!(err.to_string().contains("every client left"), "{err}");
         assert_eq!(
-            crate::cache::blob_store::tests::tmp_file_count(st.root()),
+            crate::store::blob_store::tests::tmp_file_count(st.root()),
             0
         );
         // A newcomer starts afresh instead of joining the cancelled download.
@@ -1306,7 +1307,7 @@ mod tests {
             Some(fallback),
         ));
         // X sends 100 000 WRONG bytes, which the reader passes on, then breaks off.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BodyError>>(1);
         let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|x| (x, rx))
         }));
@@ -1361,7 +1362,7 @@ mod tests {
         drop(b);
     }
 
-    fn chunks(data: &[u8], size: usize) -> Vec<Result<Bytes, String>> {
+    fn chunks(data: &[u8], size: usize) -> Vec<Result<Bytes, BodyError>> {
         data.chunks(size)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect()
@@ -1379,7 +1380,7 @@ mod tests {
         let (d2, new2) = downloads.join_or_register(&store, &digest);
         assert!(!new2 && Arc::ptr_eq(&d, &d2));
 
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BodyError>>(1);
         let reader = tokio::spawn(collect(read_following(
             d.clone(),
             10,
@@ -1439,12 +1440,12 @@ mod tests {
             .fill(&store, &d, source(None, body, None))
             .await
             .unwrap_err();
-        assert!(err.message.contains("not stored"), "{}", err.message);
+        assert!(err.to_string().contains("not stored"), "{err}");
         let got: Result<Vec<Bytes>, _> = reader.try_collect().await;
         assert!(got.is_err());
         assert!(!store.blob_path(&digest).exists());
         assert_eq!(
-            crate::cache::blob_store::tests::tmp_file_count(dir.path()),
+            crate::store::blob_store::tests::tmp_file_count(dir.path()),
             0
         );
     }
@@ -1461,7 +1462,7 @@ mod tests {
             .fill(&store, &d, source(Some(6), body, None))
             .await
             .unwrap_err();
-        assert!(err.message.contains("early"), "{}", err.message);
+        assert!(err.to_string().contains("early"), "{err}");
         assert!(!store.blob_path(&digest).exists());
     }
 
@@ -1474,7 +1475,7 @@ mod tests {
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
         // The first answer breaks off after 300 000 bytes.
-        let mut first: Vec<Result<Bytes, String>> = chunks(&data[..300_000], 100_000);
+        let mut first: Vec<Result<Bytes, BodyError>> = chunks(&data[..300_000], 100_000);
         first.push(Err("connection reset".into()));
         let body: ByteStream = Box::pin(futures_util::stream::iter(first));
         let offsets = Arc::new(Mutex::new(Vec::new()));
@@ -1504,7 +1505,7 @@ mod tests {
     fn written_download(store: &BlobStore, data: &[u8], state: Progress) -> Arc<Download> {
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(store, &Digest::of(data));
-        std::fs::write(&d.temp_path, data).unwrap();
+        std::fs::write(d.staged.temp_path(), data).unwrap();
         d.publish(state);
         d
     }
@@ -1532,36 +1533,57 @@ mod tests {
         let first = reader.next().await.unwrap().unwrap();
         assert!(first.len() < data.len(), "read in several chunks");
         // The fsync failed: the download fails and its temp file goes.
-        d.publish(Progress::Failed(RegistryError::internal(
-            "cache write failed",
+        d.publish(Progress::Failed(MirrorError::Internal(
+            "cache write failed".into(),
         )));
-        std::fs::remove_file(&d.temp_path).unwrap();
+        std::fs::remove_file(d.staged.temp_path()).unwrap();
         let rest: Vec<Bytes> = reader.try_collect().await.unwrap();
         assert_eq!([&[first][..], &rest[..]].concat().concat(), data);
     }
 
     #[tokio::test]
-    async fn page_cached_reads_skip_the_blocking_pool() {
+    async fn get_or_start_runs_one_download_to_the_store_and_unregisters_it() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        std::fs::write(&p, vec![5u8; 100_000]).unwrap();
-        let f = std::fs::File::open(&p).unwrap();
-        // Just written, so in the page cache: served on the calling thread.
-        #[cfg(target_os = "linux")]
-        assert_eq!(read_cached(&f, 10, 1000).map(|b| b.len()), Some(1000));
-        assert_eq!(read_cached(&f, 100_000, 10), None, "nothing past the end");
-        let f = Arc::new(f);
-        assert_eq!(read_chunk(f.clone(), 99_990, 100).await.unwrap().len(), 10);
-        assert!(read_chunk(f, 100_000, 10).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn stored_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        std::fs::write(&p, b"0123456789").unwrap();
-        let f = std::fs::File::open(&p).unwrap();
-        let got = collect(read_stored(f, 3, 7)).await.unwrap();
-        assert_eq!(&got[..], b"3456");
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
+        let digest = Digest::of(&data);
+        let downloads = Arc::new(Downloads::default());
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = |downloads: &Arc<Downloads>| {
+            let (fetches, data) = (fetches.clone(), data.clone());
+            downloads.get_or_start(&store, &digest, "r.io", true, None, move |_| async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let body: ByteStream = Box::pin(futures_util::stream::iter(chunks(&data, 100_000)));
+                Ok(source(Some(data.len() as u64), body, None))
+            })
+        };
+        let first = start(&downloads);
+        let second = start(&downloads);
+        assert!(first.started && !second.started);
+        assert!(Arc::ptr_eq(&first.download, &second.download));
+        let got = collect(follow(
+            first.download.clone(),
+            Some(first.interest),
+            0,
+            None,
+            Duration::from_secs(5),
+            None,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(got, data);
+        tokio::time::timeout(Duration::from_secs(5), downloads.stored.notified())
+            .await
+            .expect("the stored blob is announced");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(downloads.is_empty(), "unregistered once done");
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+        // Stored now: a new start completes at once without asking the upstream.
+        let again = start(&downloads);
+        let mut p = again.download.subscribe();
+        p.wait_for(|p| matches!(p, Progress::Complete { .. }))
+            .await
+            .unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
     }
 }

@@ -14,16 +14,20 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 
 use crate::metrics::ContentKind;
-use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::Digest;
+use crate::store::StoreError;
+use crate::store::layout;
 
 /// Space kept free on the cache disk beyond the blob being written (at most 5% of it).
 const SPACE_RESERVE: u64 = 64 * 1024 * 1024;
+/// Bytes read from disk per chunk sent to a client of a stored blob (one client reading
+/// fast: large reads cost fewer round trips).
+const READ_CHUNK: usize = 256 * 1024;
 
 /// A manifest as cached: the upstream's exact bytes and media type.
 #[derive(Debug, Clone)]
@@ -55,12 +59,56 @@ impl StoredBlob {
         start: u64,
         end: u64,
     ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
-        crate::cache::inflight::read_stored(self.file, start, end)
+        let file = Arc::new(self.file);
+        futures_util::stream::try_unfold(start, move |pos| {
+            let file = file.clone();
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let want = (end - pos).min(READ_CHUNK as u64) as usize;
+                let chunk = read_chunk(file, pos, want).await?;
+                Ok(Some((chunk.clone(), pos + chunk.len() as u64)))
+            }
+        })
     }
 }
 
-/// The local-disk store rooted at the image path.
-#[derive(Debug)]
+/// A blob being written: a temp file of this process's, readable while it is written
+/// ([`Staged::open`] falls back to the stored blob once it was committed), made the blob
+/// by [`BlobStore::commit_blob`] or removed by [`Staged::discard`].
+#[derive(Debug, Clone)]
+pub struct Staged {
+    temp: PathBuf,
+    target: PathBuf,
+}
+
+impl Staged {
+    /// Creates the temp file for writing (blocking).
+    pub fn create(&self) -> io::Result<std::fs::File> {
+        std::fs::File::create(&self.temp)
+    }
+
+    /// Opens what was written so far for reading: the temp file, or the stored blob once
+    /// it was committed (blocking).
+    pub fn open(&self) -> io::Result<std::fs::File> {
+        std::fs::File::open(&self.temp).or_else(|_| std::fs::File::open(&self.target))
+    }
+
+    /// Removes the temp file (a failed or cancelled download).
+    pub async fn discard(&self) {
+        let _ = tokio::fs::remove_file(&self.temp).await;
+    }
+
+    /// The temp file (tests).
+    #[cfg(test)]
+    pub(crate) fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+}
+
+/// The local-disk store rooted at the image path (a cheap handle: clones share the disk).
+#[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
 }
@@ -80,10 +128,10 @@ impl BlobStore {
     }
 
     fn open_with(root: &Path, loose: bool) -> io::Result<Self> {
-        for dir in ["blobs/sha256", "manifests/sha256", "tags", "tmp"] {
+        for dir in layout::DIRS {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        let cleaned = clean_tmp(&root.join("tmp"), loose)?;
+        let cleaned = clean_tmp(&layout::tmp_dir(root), loose)?;
         if cleaned > 0 {
             tracing::info!(
                 cleaned,
@@ -102,13 +150,18 @@ impl BlobStore {
         &self.root
     }
 
-    /// Where a verified blob lives.
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest.hex())
+    fn blob_file(&self, digest: &Digest) -> PathBuf {
+        layout::blob(&self.root, digest.hex())
+    }
+
+    /// Where a verified blob lives (tests).
+    #[cfg(test)]
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_file(digest)
     }
 
     fn manifest_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("manifests/sha256").join(digest.hex())
+        layout::manifest(&self.root, digest.hex())
     }
 
     /// Whether manifest `digest` is stored: one `stat`, cheap enough to do in place on the
@@ -119,13 +172,22 @@ impl BlobStore {
     }
 
     /// A fresh, unique temp file path (not yet created).
-    pub fn temp_path(&self, label: &str) -> PathBuf {
+    pub(super) fn temp_path(&self, label: &str) -> PathBuf {
         temp_path_in(&self.root, label)
     }
 
-    /// Refuses (507) when the disk holding the cache has less room than `size` plus a
-    /// reserve, so a full disk gives the client a clear error before anything is written.
-    pub fn ensure_space(&self, size: u64) -> Result<(), RegistryError> {
+    /// Where the blob `digest` is written while it downloads.
+    pub fn stage(&self, digest: &Digest) -> Staged {
+        Staged {
+            temp: self.temp_path(digest.hex()),
+            target: self.blob_file(digest),
+        }
+    }
+
+    /// Refuses ([`StoreError::DiskFull`]) when the disk holding the cache has less room than
+    /// `size` plus a reserve, so a full disk gives the client a clear error before anything
+    /// is written.
+    pub fn ensure_space(&self, size: u64) -> Result<(), StoreError> {
         let Ok(st) = rustix::fs::statvfs(&self.root) else {
             return Ok(());
         };
@@ -133,31 +195,26 @@ impl BlobStore {
         let disk = st.f_blocks.saturating_mul(st.f_frsize);
         let reserve = SPACE_RESERVE.min(disk / 20);
         if free < size.saturating_add(reserve) {
-            return Err(RegistryError::new(
-                http::StatusCode::INSUFFICIENT_STORAGE,
-                ErrorCode::Unavailable,
-                format!(
-                    "cache disk full: {} MiB free, {} MiB needed; cached content is still served",
-                    free / (1024 * 1024),
-                    (size + reserve) / (1024 * 1024)
-                ),
-            ));
+            return Err(StoreError::DiskFull {
+                free_mib: free / (1024 * 1024),
+                needed_mib: (size + reserve) / (1024 * 1024),
+            });
         }
         Ok(())
     }
 
     /// The cached blob's size, if present.
-    pub async fn stat_blob(&self, digest: &Digest) -> io::Result<Option<u64>> {
-        match tokio::fs::metadata(self.blob_path(digest)).await {
+    pub async fn stat_blob(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        match tokio::fs::metadata(self.blob_file(digest)).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Opens a cached blob for reading; `None` when it is not stored.
-    pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<StoredBlob>> {
-        let path = self.blob_path(digest);
+    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<StoredBlob>, StoreError> {
+        let path = self.blob_file(digest);
         let opened = match open_from_caches(&path) {
             Some(found) => found,
             None => tokio::task::spawn_blocking(move || match std::fs::File::open(path) {
@@ -174,10 +231,16 @@ impl BlobStore {
         Ok(opened?.map(|(file, size)| StoredBlob { file, size }))
     }
 
-    /// Makes a fully written, fsynced and verified temp file of `size` bytes visible as the
-    /// blob `digest`.
-    pub async fn commit_blob(&self, temp: &Path, digest: &Digest, size: u64) -> io::Result<()> {
-        let target = self.blob_path(digest);
+    /// Makes a fully written, fsynced and verified staged blob of `size` bytes visible as
+    /// the blob `digest`.
+    pub async fn commit_blob(
+        &self,
+        staged: &Staged,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let temp = &staged.temp;
+        let target = self.blob_file(digest);
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
             // Another download of the same digest (for another registry) stored it first.
             let _ = tokio::fs::remove_file(temp).await;
@@ -185,38 +248,36 @@ impl BlobStore {
         }
         tokio::fs::rename(temp, &target).await?;
         crate::metrics::global().disk_added(ContentKind::Blob, size);
-        sync_dir(target.parent()).await
+        Ok(sync_dir(target.parent()).await?)
     }
 
     /// Stores a manifest after checking that its bytes hash to `digest`.
-    pub async fn put_manifest(&self, m: &Manifest) -> io::Result<()> {
+    pub async fn put_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
         if Digest::of(&m.bytes) != m.digest {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("manifest bytes do not hash to {}", m.digest),
-            ));
+            return Err(StoreError::Unverified(m.digest.clone()));
         }
         let target = self.manifest_path(&m.digest);
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
             return Ok(());
         }
         // The media type goes first: whoever sees the manifest file can rely on it.
-        let type_path = target.with_extension("type");
+        let type_path = layout::manifest_type(&self.root, m.digest.hex());
         write_atomically(&self.temp_path("type"), &type_path, m.media_type.as_bytes()).await?;
         write_atomically(&self.temp_path("manifest"), &target, &m.bytes).await?;
         crate::metrics::global().disk_added(ContentKind::Manifest, m.bytes.len() as u64);
-        sync_dir(target.parent()).await
+        Ok(sync_dir(target.parent()).await?)
     }
 
     /// A cached manifest by digest.
-    pub async fn get_manifest(&self, digest: &Digest) -> io::Result<Option<Manifest>> {
+    pub async fn get_manifest(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
         let path = self.manifest_path(digest);
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => Bytes::from(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
-        let media_type = match tokio::fs::read_to_string(path.with_extension("type")).await {
+        let type_path = layout::manifest_type(&self.root, digest.hex());
+        let media_type = match tokio::fs::read_to_string(type_path).await {
             Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
             _ => crate::oci::media::sniff(&bytes),
         };
@@ -228,18 +289,25 @@ impl BlobStore {
     }
 }
 
+/// Whether a file can be created, written and removed in the temp directory of the cache at
+/// `root` (blocking; the readiness probe).
+pub fn probe_write(root: &Path) -> io::Result<()> {
+    let path = temp_path_in(root, "readyz");
+    let result = std::fs::write(&path, b"ok");
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
 /// A fresh, unique temp file path in the cache at `root` (not yet created), in this
 /// process's own locked directory under `tmp/` (labelled, with a process-wide sequence
 /// number). Should that directory not be available (a read-only disk), directly in `tmp/`
 /// with the process id, as before: whatever writes there fails anyway.
-pub fn temp_path_in(root: &Path, label: &str) -> PathBuf {
+pub(super) fn temp_path_in(root: &Path, label: &str) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     match own_tmp_dir(root) {
         Ok(dir) => dir.join(format!("{label}.{n}.part")),
-        Err(_) => root
-            .join("tmp")
-            .join(format!("{label}.{}.{n}.part", std::process::id())),
+        Err(_) => layout::tmp_dir(root).join(format!("{label}.{}.{n}.part", std::process::id())),
     }
 }
 
@@ -254,7 +322,7 @@ fn own_tmp_dir(root: &Path) -> io::Result<PathBuf> {
     if let Some((dir, _)) = own.get(root) {
         return Ok(dir.clone());
     }
-    let (dir, lock) = claim_tmp_dir(&root.join("tmp"))?;
+    let (dir, lock) = claim_tmp_dir(&layout::tmp_dir(root))?;
     own.insert(root.to_owned(), (dir.clone(), lock));
     Ok(dir)
 }
@@ -319,7 +387,7 @@ fn clean_tmp(tmp: &Path, loose: bool) -> io::Result<usize> {
 
 /// Writes `bytes` to `temp`, fsyncs, and renames it over `target`, in one trip to the
 /// blocking pool.
-pub async fn write_atomically(temp: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(super) async fn write_atomically(temp: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
     let (temp, target, bytes) = (temp.to_owned(), target.to_owned(), bytes.to_vec());
     tokio::task::spawn_blocking(move || write_atomically_blocking(&temp, &target, &bytes))
         .await
@@ -327,7 +395,11 @@ pub async fn write_atomically(temp: &Path, target: &Path, bytes: &[u8]) -> io::R
 }
 
 /// [`write_atomically`] on the calling thread; the temp file is removed on failure.
-pub fn write_atomically_blocking(temp: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(super) fn write_atomically_blocking(
+    temp: &Path,
+    target: &Path,
+    bytes: &[u8],
+) -> io::Result<()> {
     use std::io::Write;
     let result = (|| {
         let mut f = std::fs::File::create(temp)?;
@@ -377,6 +449,69 @@ fn open_from_caches(path: &Path) -> Option<io::Result<Option<(std::fs::File, u64
 
 #[cfg(not(target_os = "linux"))]
 fn open_from_caches(_path: &Path) -> Option<io::Result<Option<(std::fs::File, u64)>>> {
+    None
+}
+
+/// Reads `len` bytes at `offset`: straight from the page cache when they are there (the
+/// usual case: a blob being followed was just written, a warm one was just read), else on a
+/// blocking thread. One copy either way; the page-cache path saves the hop to the blocking
+/// pool and back, which costs more than the copy itself.
+pub(crate) async fn read_chunk(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: usize,
+) -> io::Result<Bytes> {
+    if let Some(chunk) = read_cached(&file, offset, len) {
+        return Ok(chunk);
+    }
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than expected",
+            ));
+        }
+        buf.truncate(filled);
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Up to `len` bytes at `offset` if the kernel can hand them over without waiting for the
+/// disk (`preadv2` with `RWF_NOWAIT`, safe to call on an async thread); `None` when any of
+/// them would need disk I/O, at the end of the file, or where the call is not supported:
+/// the caller then reads on a blocking thread.
+#[cfg(target_os = "linux")]
+fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> Option<Bytes> {
+    use rustix::io::{ReadWriteFlags, preadv2};
+    let mut buf = vec![0u8; len];
+    match preadv2(
+        file,
+        &mut [io::IoSliceMut::new(&mut buf)],
+        offset,
+        ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(n) if n > 0 => {
+            buf.truncate(n);
+            Some(Bytes::from(buf))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_file: &std::fs::File, _offset: u64, _len: usize) -> Option<Bytes> {
     None
 }
 
@@ -480,5 +615,33 @@ pub(crate) mod tests {
         drop(held);
         BlobStore::open_alongside(dir.path()).unwrap();
         assert!(!live.exists(), "its process gone, the directory goes");
+    }
+
+    #[tokio::test]
+    async fn page_cached_reads_skip_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![5u8; 100_000]).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        // Just written, so in the page cache: served on the calling thread.
+        #[cfg(target_os = "linux")]
+        assert_eq!(read_cached(&f, 10, 1000).map(|b| b.len()), Some(1000));
+        assert_eq!(read_cached(&f, 100_000, 10), None, "nothing past the end");
+        let f = Arc::new(f);
+        assert_eq!(read_chunk(f.clone(), 99_990, 100).await.unwrap().len(), 10);
+        assert!(read_chunk(f, 100_000, 10).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn stored_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let blob = StoredBlob { file: f, size: 10 };
+        let parts: Vec<Bytes> = futures_util::TryStreamExt::try_collect(blob.read(3, 7))
+            .await
+            .unwrap();
+        assert_eq!(parts.concat(), b"3456");
     }
 }

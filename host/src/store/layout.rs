@@ -1,0 +1,77 @@
+//! Every path of the cache layout under the image path, built here and nowhere else (the
+//! rest of [`crate::store`] asks this file; nothing outside the store sees a path of it):
+//!
+//! ```text
+//! blobs/sha256/<hex>                         verified blob bytes
+//! manifests/sha256/<hex>                     manifest bytes exactly as the upstream sent them
+//! manifests/sha256/<hex>.type                their media type
+//! manifests/sha256/<hex>.access              last pull by digest ([`super::access`])
+//! tags/<registry>/<repository>/@tags/<tag>.json   tag -> digest records ([`super::tags`])
+//! tmp/<pid>.<random>/                        one process's temp files (downloads in progress),
+//!                                            under its flock; removed at start once unlocked
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The directories [`super::BlobStore::open`] creates.
+pub(super) const DIRS: [&str; 4] = ["blobs/sha256", "manifests/sha256", "tags", "tmp"];
+
+/// The directory of a repository's tag records, under `tags/<registry>/<repository>/`.
+pub(super) const TAG_DIR: &str = "@tags";
+/// The file name ending of a tag record.
+pub(super) const TAG_SUFFIX: &str = ".json";
+
+/// Where verified blobs live.
+pub(super) fn blobs_dir(root: &Path) -> PathBuf {
+    root.join("blobs/sha256")
+}
+
+/// Where verified blob `hex` lives.
+pub(super) fn blob(root: &Path, hex: &str) -> PathBuf {
+    blobs_dir(root).join(hex)
+}
+
+/// Where manifests live.
+pub(super) fn manifests_dir(root: &Path) -> PathBuf {
+    root.join("manifests/sha256")
+}
+
+/// Where manifest `hex` lives.
+pub(super) fn manifest(root: &Path, hex: &str) -> PathBuf {
+    manifests_dir(root).join(hex)
+}
+
+/// Where the media type of manifest `hex` lives.
+pub(super) fn manifest_type(root: &Path, hex: &str) -> PathBuf {
+    manifests_dir(root).join(format!("{hex}.type"))
+}
+
+/// Where the access record of manifest `hex` lives.
+pub(super) fn manifest_access(root: &Path, hex: &str) -> PathBuf {
+    manifests_dir(root).join(format!("{hex}.access"))
+}
+
+/// Where the tag records live.
+pub(super) fn tags_dir(root: &Path) -> PathBuf {
+    root.join("tags")
+}
+
+/// Where the record of `registry/repo:tag` lives.
+pub(super) fn tag_record(root: &Path, registry: &str, repo: &str, tag: &str) -> PathBuf {
+    // registry, repo and tag are validated: no component can be empty, `.` or `..`.
+    tags_dir(root)
+        .join(registry)
+        .join(repo)
+        .join(TAG_DIR)
+        .join(format!("{tag}{TAG_SUFFIX}"))
+}
+
+/// Where temp files live.
+pub(super) fn tmp_dir(root: &Path) -> PathBuf {
+    root.join("tmp")
+}
+
+/// Whether `root` holds a cache at all (for the verbs that read one without creating it).
+pub fn is_cache(root: &Path) -> bool {
+    root.join("manifests").is_dir() || root.join("tags").is_dir()
+}

@@ -1,0 +1,283 @@
+//! Tag records: which manifest digest a tag pointed to when it was fetched, per media type
+//! (an upstream may answer differently for clients that accept different types).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::oci::reference::{Digest, RepoName};
+use crate::store::BlobStore;
+use crate::store::blob_store::write_atomically;
+use crate::store::layout;
+
+/// One tag's record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// What the tag resolved to, newest first.
+    pub entries: Vec<TagEntry>,
+    /// When a client last pulled the tag (Unix seconds), flushed from memory now and then
+    /// by `crate::inventory::access`.
+    #[serde(
+        rename = "accessedAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub accessed_at: Option<u64>,
+}
+
+/// Serialises read-modify-write updates of tag records within this process (a fetch
+/// recording a new digest and a flush of access times must not undo each other).
+static RECORD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The tag resolved to `digest` of `media_type` at `fetched_at` (Unix seconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagEntry {
+    /// Manifest media type.
+    pub media_type: String,
+    /// Manifest digest (`sha256:...`).
+    pub digest: String,
+    /// When it was fetched from the upstream.
+    pub fetched_at: u64,
+}
+
+impl TagEntry {
+    /// The digest, parsed (records are written by us, but disks lie).
+    pub fn digest(&self) -> Option<Digest> {
+        Digest::parse(&self.digest).ok()
+    }
+}
+
+/// Where a tag's record lives.
+fn record_path(store: &BlobStore, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
+    layout::tag_record(store.root(), registry, repo.as_str(), tag)
+}
+
+/// When the record of `registry/repo:tag` was last written; `None` when there is none.
+/// One `stat`, cheap enough to do in place on the serving path, so that a record another
+/// process changed or removed is seen at once.
+pub fn modified(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> Option<SystemTime> {
+    std::fs::metadata(record_path(store, registry, repo, tag))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// The record of `registry/repo:tag`; missing or unreadable is `None`.
+pub async fn get(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> Option<TagRecord> {
+    read(&record_path(store, registry, repo, tag)).await
+}
+
+/// Reads the tag record at `path`; missing or unreadable is `None`.
+async fn read(path: &Path) -> Option<TagRecord> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes `record` to `path` through a temp file and rename.
+async fn write(store: &BlobStore, path: &Path, record: &TagRecord) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    write_atomically(&store.temp_path("tag"), path, &bytes).await
+}
+
+/// Records that the tag now resolves to `digest` for `media_type`.
+pub async fn put(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+    media_type: &str,
+    digest: &Digest,
+) -> io::Result<()> {
+    let _guard = RECORD_LOCK.lock().await;
+    let path = record_path(store, registry, repo, tag);
+    let mut record = read(&path).await.unwrap_or_default();
+    record.entries.retain(|e| e.media_type != media_type);
+    record.entries.insert(
+        0,
+        TagEntry {
+            media_type: media_type.to_owned(),
+            digest: digest.to_string(),
+            fetched_at: crate::timefmt::now(),
+        },
+    );
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    write(store, &path, &record).await
+}
+
+/// Records that the tag was last pulled at `at` (kept if a later time is already there).
+/// A tag with no record (never cached, or pruned meanwhile) gets none: `Ok(false)`.
+pub async fn set_accessed(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+    at: u64,
+) -> io::Result<bool> {
+    let _guard = RECORD_LOCK.lock().await;
+    let path = record_path(store, registry, repo, tag);
+    let Some(mut record) = read(&path).await else {
+        return Ok(false);
+    };
+    if record.accessed_at.is_some_and(|t| t >= at) {
+        return Ok(true);
+    }
+    record.accessed_at = Some(at);
+    write(store, &path, &record).await?;
+    Ok(true)
+}
+
+/// Forgets a tag so that its next pull asks the upstream; `Ok(false)` when there was none.
+pub async fn remove(
+    store: &BlobStore,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> io::Result<bool> {
+    let _guard = RECORD_LOCK.lock().await;
+    match tokio::fs::remove_file(record_path(store, registry, repo, tag)).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A tag record file found by [`list`]: shown (in messages) as its path, removed by
+/// [`TagFile::remove`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagFile(PathBuf);
+
+impl std::fmt::Display for TagFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+impl TagFile {
+    /// Removes the record (gone already is fine; blocking).
+    pub fn remove(&self) -> io::Result<()> {
+        match std::fs::remove_file(&self.0) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A tag record read by [`list`].
+#[derive(Debug)]
+pub struct Listed {
+    /// Registry (canonical name).
+    pub registry: String,
+    /// Repository.
+    pub repository: String,
+    /// Tag.
+    pub tag: String,
+    /// The record's file.
+    pub file: TagFile,
+    /// The record.
+    pub record: TagRecord,
+    /// When the record was last written (Unix seconds).
+    pub mtime: u64,
+}
+
+/// Every tag record under the image path `root` (blocking; reading only). Unreadable
+/// records are skipped (and logged); past a million directory entries the listing stops.
+pub fn list(root: &Path) -> Vec<Listed> {
+    let base = layout::tags_dir(root);
+    let mut out = Vec::new();
+    let mut stack = vec![base.clone()];
+    let mut budget = 1_000_000usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                tracing::warn!("tags/ holds more than a million entries; listing stopped there");
+                return out;
+            }
+            let Ok(ft) = e.file_type() else { continue };
+            if !ft.is_dir() {
+                continue;
+            }
+            if e.file_name() != layout::TAG_DIR {
+                stack.push(e.path());
+                continue;
+            }
+            let Ok(rel) = dir.strip_prefix(&base) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            let Some((registry, repository)) = rel.split_once('/') else {
+                continue;
+            };
+            let Ok(files) = std::fs::read_dir(e.path()) else {
+                continue;
+            };
+            for f in files.filter_map(Result::ok) {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                let Some(tag) = fname.strip_suffix(layout::TAG_SUFFIX) else {
+                    continue;
+                };
+                let Ok(bytes) = std::fs::read(f.path()) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<TagRecord>(&bytes) else {
+                    tracing::warn!(path = %f.path().display(), "unreadable tag record; skipped");
+                    continue;
+                };
+                out.push(Listed {
+                    registry: registry.to_owned(),
+                    repository: repository.to_owned(),
+                    tag: tag.to_owned(),
+                    file: TagFile(f.path()),
+                    mtime: f
+                        .metadata()
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        .map_or(0, crate::timefmt::unix_secs),
+                    record,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A tag record that could not be removed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot remove {}: {source}", path.display())]
+pub struct RemoveError {
+    path: PathBuf,
+    source: io::Error,
+}
+
+/// Removes the record of `registry/repo:tag` under the image path `root` (blocking; the
+/// caller holds the inventory lock); `Ok(false)` when there was none.
+pub fn remove_in(
+    root: &Path,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+) -> Result<bool, RemoveError> {
+    let path = layout::tag_record(root, registry, repo.as_str(), tag);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(RemoveError { path, source }),
+    }
+}
