@@ -31,7 +31,7 @@ pub mod access;
 pub mod admin;
 pub mod background;
 pub mod commands;
-pub mod config;
+pub use crate::config::inventory as config;
 pub mod criteria;
 pub mod evict;
 pub mod lock;

@@ -141,7 +141,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[derive(Debug, Clone)]
 pub struct PruneSchedule {
     /// What selects an image.
-    pub spec: super::criteria::CriteriaSpec,
+    pub spec: crate::inventory::criteria::CriteriaSpec,
     /// How often.
     pub frequency: Duration,
     /// Most images per run.
@@ -219,7 +219,7 @@ impl InventorySettings {
 }
 
 fn schedule(path: &Path, p: &PruneConfig) -> Result<PruneSchedule, ConfigError> {
-    use super::criteria::CriteriaSpec;
+    use crate::inventory::criteria::CriteriaSpec;
     let kind = p.kind.ok_or_else(|| {
         invalid(
             path,
@@ -241,11 +241,11 @@ fn schedule(path: &Path, p: &PruneConfig) -> Result<PruneSchedule, ConfigError> 
     };
     let spec = match kind {
         PruneType::Accessed => CriteriaSpec {
-            accessed_before: Some(super::criteria::Cutoff::Age(age()?)),
+            accessed_before: Some(crate::inventory::criteria::Cutoff::Age(age()?)),
             ..CriteriaSpec::default()
         },
         PruneType::Created => CriteriaSpec {
-            created_before: Some(super::criteria::Cutoff::Age(age()?)),
+            created_before: Some(crate::inventory::criteria::Cutoff::Age(age()?)),
             ..CriteriaSpec::default()
         },
         PruneType::Pattern => {

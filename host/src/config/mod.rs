@@ -13,6 +13,8 @@ use serde::Deserialize;
 use crate::duration;
 use crate::oci::reference;
 
+pub mod inventory;
+
 /// The registry clients get when a request names none (docker's `registry-mirrors`).
 pub const DEFAULT_NS: &str = "docker.io";
 /// Where the cache lives when neither flag nor file says.
