@@ -5,4 +5,5 @@
 pub mod error;
 pub mod manifest;
 pub mod media;
+pub mod platform;
 pub mod reference;
