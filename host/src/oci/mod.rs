@@ -7,3 +7,4 @@ pub mod manifest;
 pub mod media;
 pub mod platform;
 pub mod reference;
+pub mod registry;
