@@ -345,6 +345,7 @@ async fn load(settings: Settings, parallel: usize) -> Result<ExitCode, FatalErro
 }
 
 async fn serve(settings: Settings) -> Result<(), FatalError> {
+    server::tls::check(&settings)?;
     let store = BlobStore::open(&settings.image_path).map_err(|e| {
         FatalError::Startup(format!(
             "cannot use image path {}: {e}",

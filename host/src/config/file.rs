@@ -8,6 +8,7 @@ use std::time::Duration;
 use ociregistry_plugin_api::Secret;
 use serde::Deserialize;
 
+use super::error::UnreadableFile;
 use super::host_pattern::{AllowRule, HostPattern};
 use crate::duration;
 use crate::oci::reference;
@@ -68,15 +69,38 @@ pub struct ReadableFile(pub PathBuf);
 
 impl<'de> Deserialize<'de> for ReadableFile {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let path = PathBuf::from(String::deserialize(d)?);
-        match std::fs::File::open(&path) {
-            Ok(_) => Ok(ReadableFile(path)),
-            Err(e) => Err(serde::de::Error::custom(format!(
-                "cannot read {}: {e}",
-                path.display()
-            ))),
+        checked_str(d, "a file path", |s| {
+            let path = PathBuf::from(s);
+            match std::fs::File::open(&path) {
+                Ok(_) => Ok(ReadableFile(path)),
+                Err(error) => Err(UnreadableFile { path, error }),
+            }
+        })
+    }
+}
+
+/// Reads a string and checks it inside the visitor, so that a refusal carries the parser's
+/// mark of the value itself (its line), not that of the enclosing mapping.
+pub(crate) fn checked_str<'de, D, T, E>(
+    d: D,
+    expecting: &'static str,
+    check: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: fmt::Display,
+{
+    struct Checked<F>(&'static str, F);
+    impl<T, E: fmt::Display, F: FnOnce(&str) -> Result<T, E>> serde::de::Visitor<'_> for Checked<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<Er: serde::de::Error>(self, s: &str) -> Result<T, Er> {
+            (self.1)(s).map_err(Er::custom)
         }
     }
+    d.deserialize_str(Checked(expecting, check))
 }
 
 /// An upstream host name (`quay.io`, `127.0.0.1:5000`), validated and lower-cased.
@@ -85,10 +109,9 @@ pub struct HostName(pub String);
 
 impl<'de> Deserialize<'de> for HostName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        reference::parse_host(&s)
-            .map(HostName)
-            .map_err(serde::de::Error::custom)
+        checked_str(d, "a registry host name", |s| {
+            reference::parse_host(s).map(HostName)
+        })
     }
 }
 
@@ -142,13 +165,13 @@ pub struct FileConfig {
     /// Architecture of the platform preloaded from an index (default: this machine's).
     pub arch: Option<String>,
     /// Background pruning (Ociregistry's `pruneConfig`).
-    pub prune_config: Option<crate::inventory::config::PruneConfig>,
+    pub prune_config: Option<super::inventory::PruneConfig>,
     /// Evict least-recently-pulled images while the cache is larger (`50GiB`, `500MB`).
-    pub max_size: Option<crate::inventory::config::ByteSize>,
+    pub max_size: Option<super::inventory::ByteSize>,
     /// How long fresh blobs are kept from pruning (default 5m).
     pub prune_grace: Option<ConfigDuration>,
     /// The admin API (off unless `address` is set).
-    pub admin: Option<crate::inventory::config::AdminConfig>,
+    pub admin: Option<super::inventory::AdminConfig>,
     /// TLS on the pull port (Ociregistry's key).
     pub server_tls_config: Option<ServerTlsFileConfig>,
     /// How long in-flight pulls and upstream fetches get after SIGTERM (default 30s).
@@ -156,7 +179,7 @@ pub struct FileConfig {
     /// Which upstream hosts may be contacted (`allow`, `deny`).
     pub upstreams: Option<UpstreamsConfig>,
     /// Largest blob downloaded from an upstream (default 16GiB).
-    pub max_blob_size: Option<crate::inventory::config::ByteSize>,
+    pub max_blob_size: Option<super::inventory::ByteSize>,
     /// Most upstream blob downloads at once (default 64).
     pub max_upstream_fetches: Option<usize>,
     /// Most blob downloads at once from one upstream (default 16).

@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use super::error::HostPatternError;
 use crate::oci::reference;
 
 /// One `upstreams.allow` entry.
@@ -72,7 +73,7 @@ pub struct HostPattern(String);
 
 impl HostPattern {
     /// Validates a pattern; a `host:port` form is refused (patterns match hosts, not ports).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, HostPatternError> {
         let p = s.trim().to_ascii_lowercase();
         let p = p
             .strip_prefix('[')
@@ -80,20 +81,16 @@ impl HostPattern {
             .unwrap_or(&p)
             .to_owned();
         if p.is_empty() || p.len() > reference::MAX_HOST_LEN {
-            return Err(format!("invalid host pattern {s:?}"));
+            return Err(HostPatternError::Invalid(s.to_owned()));
         }
         if !p
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*' | b':'))
         {
-            return Err(format!(
-                "invalid host pattern {s:?}: letters, digits, `.`, `-`, `:` (IPv6) and `*` only"
-            ));
+            return Err(HostPatternError::Characters(s.to_owned()));
         }
         if p.matches(':').count() == 1 {
-            return Err(format!(
-                "host pattern {s:?} has a port: patterns match the host without port"
-            ));
+            return Err(HostPatternError::Port(s.to_owned()));
         }
         Ok(HostPattern(p))
     }
@@ -117,8 +114,7 @@ impl fmt::Display for HostPattern {
 
 impl<'de> Deserialize<'de> for HostPattern {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        HostPattern::parse(&s).map_err(serde::de::Error::custom)
+        super::file::checked_str(d, "a host pattern", HostPattern::parse)
     }
 }
 

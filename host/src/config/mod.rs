@@ -1,6 +1,12 @@
-//! The configuration: Ociregistry's `config.yaml` keys, parsed strictly (an unknown or
-//! misspelt key is an error naming the key and its line), merged with command-line flags
-//! (flags beat the file, the file beats defaults) into the [`Settings`] the server runs with.
+//! The configuration, parsing and validation only: Ociregistry's `config.yaml` keys, parsed
+//! strictly (an unknown or misspelt key is an error naming the key and its line), merged with
+//! command-line flags (flags beat the file, the file beats defaults) into the plain
+//! [`Settings`] the server runs with. It opens no socket and builds no TLS object
+//! (`server::tls` does, from [`ServerTls`]); it imports no host module but the leaves `oci`
+//! and `duration`.
+//!
+//! [`file`] is the file as written, [`resolve`] merges it with the flags section by section,
+//! [`position`] finds lines with the YAML parser's marks, [`error`] says what is wrong.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,21 +15,22 @@ mod error;
 mod file;
 mod host_pattern;
 pub mod inventory;
+mod position;
 mod resolve;
+mod server_tls;
 mod settings;
 #[cfg(test)]
 mod tests;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, HostPatternError, ParseError, SizeError, UnreadableFile};
 pub use file::{
     AuthConfig, ClientAuth, ConfigDuration, FileConfig, HostName, ReadableFile, RegistryConfig,
     Scheme, SecretString, ServerTlsFileConfig, TlsConfig, TokenConfig, UpstreamsConfig,
 };
 pub use host_pattern::{AllowRule, HostPattern, UpstreamPolicy};
 pub use resolve::{default_plugin_dir, resolve};
-pub use settings::{
-    CredentialConfig, FetchLimits, Overrides, PreloadSettings, Registry, ServerTls, Settings,
-};
+pub use server_tls::{PemError, PrivateKey, ServerTls, TlsKey, TlsOrigin};
+pub use settings::{CredentialConfig, FetchLimits, Overrides, PreloadSettings, Registry, Settings};
 
 /// The registry clients get when a request names none (docker's `registry-mirrors`).
 pub const DEFAULT_NS: &str = "docker.io";
@@ -74,76 +81,17 @@ pub fn load_file(path: &Path) -> Result<(FileConfig, String), ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    let cfg = parse_text(&text).map_err(|message| ConfigError::Parse {
+    let cfg = parse_text(&text).map_err(|error| ConfigError::Parse {
         path: path.to_owned(),
-        message,
+        error,
     })?;
     Ok((cfg, text))
 }
 
 /// Parses config text; an empty file is an empty config. Errors name the key and line.
-pub fn parse_text(text: &str) -> Result<FileConfig, String> {
+pub fn parse_text(text: &str) -> Result<FileConfig, ParseError> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_yaml_ng::from_str(text).map_err(|e| with_key_and_line(text, &e))
-}
-
-/// serde's message, led by the line and the key written there. The parser's location points
-/// at the offending key or value; its path stops at the enclosing map, so the key is read
-/// off the line itself. Unknown top-level keys come without a location: found by name.
-fn with_key_and_line(text: &str, e: &serde_yaml_ng::Error) -> String {
-    let message = e.to_string();
-    let line = match e.location() {
-        Some(loc) => Some(loc.line()),
-        None => unknown_field(&message).and_then(|key| {
-            text.lines()
-                .position(|l| {
-                    l.trim_start()
-                        .trim_start_matches("- ")
-                        .starts_with(&format!("{key}:"))
-                })
-                .map(|i| i + 1)
-        }),
-    };
-    let Some(mut line) = line else {
-        return message;
-    };
-    // A value refused after it was read (a file that cannot be read) is located at the start
-    // of its enclosing mapping: find the line that holds the value itself.
-    if let Some(path) = message
-        .split("cannot read ")
-        .nth(1)
-        .and_then(|r| r.split(": ").next())
-        .filter(|p| !p.is_empty())
-    {
-        if let Some(i) = text
-            .lines()
-            .enumerate()
-            .skip(line.saturating_sub(1))
-            .find(|(_, l)| l.contains(path))
-            .map(|(i, _)| i)
-        {
-            line = i + 1;
-        }
-    }
-    let key = text
-        .lines()
-        .nth(line.saturating_sub(1))
-        .and_then(|l| l.trim_start().trim_start_matches("- ").split_once(':'))
-        .map(|(k, _)| k.trim().to_owned())
-        .filter(|k| !k.is_empty() && !k.contains(' '));
-    let message = message
-        .rsplit_once(" at line ")
-        .map(|(m, _)| m.to_owned())
-        .unwrap_or(message);
-    match key {
-        Some(k) => format!("line {line}, key `{k}`: {message}"),
-        None => format!("line {line}: {message}"),
-    }
-}
-
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.split("unknown field `").nth(1)?;
-    rest.split('`').next()
+    serde_yaml_ng::from_str(text).map_err(|e| position::parse_error(text, &e))
 }

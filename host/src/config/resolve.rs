@@ -1,5 +1,6 @@
-//! Merging the file with the command-line flags into [`Settings`], and the rules that span
-//! several keys.
+//! Merging the file with the command-line flags into [`Settings`], section by section
+//! (registries, upstream policy and limits, server, preload, inventory), and the rules that
+//! span several keys. Errors name the key and the line the parser marks for it.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,14 @@ use std::time::Duration;
 
 use ociregistry_plugin_api::Secret;
 
+use super::error::Source;
+use super::inventory::InventorySettings;
+use super::position::{
+    Step::{Index, Key},
+    first_line_of,
+};
 use super::*;
+use crate::oci::platform::Platform;
 use crate::oci::reference;
 
 /// The default plugin directory: `plugins/` next to the binary when it exists (an installed
@@ -34,223 +42,57 @@ pub fn resolve(
             PathBuf::from("<none>"),
         ),
     };
-    let invalid = |key: String, line: Option<usize>, message: String| ConfigError::Invalid {
-        path: path.clone(),
-        key,
-        line,
-        message,
+    let src = Source {
+        path: &path,
+        text: &text,
     };
-    let mut seen = HashSet::new();
-    let mut registries = Vec::new();
-    for (i, r) in cfg.registries.iter().enumerate() {
-        let line = line_of_entry(&text, &r.name.0);
-        let key = |k: &str| format!("registries[{i}]{k}");
-        // Requests name docker.io's aliases as `docker.io`: so must the settings.
-        let name = crate::oci::registry::canonical_name(&r.name.0).to_owned();
-        if !seen.insert(name.clone()) {
-            return Err(invalid(
-                key(".name"),
-                line,
-                format!("{} is listed twice", r.name.0),
-            ));
-        }
-        let tls = r.tls.clone().unwrap_or_default();
-        if tls.cert.is_some() != tls.key.is_some() {
-            return Err(invalid(
-                key(".tls"),
-                line,
-                "cert and key must be given together".into(),
-            ));
-        }
-        if r.scheme == Scheme::Http && r.name.0.ends_with(":443") {
-            return Err(invalid(
-                key(".name"),
-                line,
-                "port 443 means https here (quay.io:443 is quay.io); use scheme: https or another port".into(),
-            ));
-        }
-        if r.scheme == Scheme::Http && r.tls.is_some() {
-            return Err(invalid(
-                key(".tls"),
-                line,
-                "tls settings need scheme: https".into(),
-            ));
-        }
-        let credential = credential_of(r.auth.as_ref())
-            .map_err(|(k, message)| invalid(key(&format!(".auth{k}")), line, message))?;
-        registries.push(Registry {
-            name,
-            scheme: r.scheme,
-            credential,
-            tls,
-            tag_ttl: r.tag_ttl.map(|d| d.0),
-            redirect_hosts: r.redirect_hosts.clone(),
-            realms: r
-                .auth
-                .as_ref()
-                .map(|a| a.realms.clone())
-                .unwrap_or_default(),
-        });
-    }
-    let default_ns = match o.default_ns {
-        Some(ns) => reference::parse_host(&ns)
-            .map_err(|e| invalid("--default-ns".into(), None, e.to_string()))?,
-        None => cfg
-            .default_ns
-            .map(|h| h.0)
-            .unwrap_or_else(|| DEFAULT_NS.to_owned()),
-    };
-    let pull_timeout = o
-        .pull_timeout
-        .or(cfg.pull_timeout.map(|d| d.0))
-        .unwrap_or(DEFAULT_PULL_TIMEOUT);
-    if pull_timeout.is_zero() {
-        return Err(invalid(
-            "pullTimeout".into(),
-            None,
-            "must be more than zero".into(),
-        ));
-    }
-    let max_manifest_size = match cfg.max_manifest_size {
-        None => DEFAULT_MAX_MANIFEST_SIZE,
-        Some(n) if (1024..=64 * 1024 * 1024).contains(&n) => n as usize,
-        Some(_) => {
-            return Err(invalid(
-                "maxManifestSize".into(),
-                None,
-                "must be between 1024 and 67108864 bytes".into(),
-            ));
-        }
-    };
-    let max_connections = match cfg.max_connections {
-        None => DEFAULT_MAX_CONNECTIONS,
-        Some(0) => {
-            return Err(invalid(
-                "maxConnections".into(),
-                None,
-                "must be at least 1".into(),
-            ));
-        }
-        Some(n) => n,
-    };
-    let preload = PreloadSettings {
-        platforms: crate::preload::platform::Platform::from_config(
-            cfg.os.as_deref(),
-            cfg.arch.as_deref(),
-        )
-        .map_err(|(key, message)| invalid(key.into(), None, message))?
-        .into_iter()
-        .collect(),
-        preload_images: cfg.preload_images,
-        image_file: cfg.image_file,
-    };
-    let inventory = crate::inventory::config::InventorySettings::resolve(
-        &path,
+    let registries = registries(src, &cfg.registries)?;
+    let default_ns = default_ns(src, o.default_ns, cfg.default_ns.clone())?;
+    let pull_timeout = pull_timeout(src, o.pull_timeout, cfg.pull_timeout)?;
+    let max_manifest_size = max_manifest_size(src, cfg.max_manifest_size)?;
+    let max_connections = at_least_one(
+        src,
+        "maxConnections",
+        cfg.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+    )?;
+    let preload = preload(src, &cfg)?;
+    let inventory = InventorySettings::resolve(
+        src,
         cfg.prune_config.as_ref(),
         cfg.max_size,
         cfg.prune_grace,
         cfg.admin.as_ref(),
         o.admin_address.as_deref(),
     )?;
-    let server_tls = match &cfg.server_tls_config {
-        None => None,
-        Some(t) => {
-            let mut tls = ServerTls {
-                cert: t.cert.0.clone(),
-                key: t.key.0.clone(),
-                ca: t.ca.as_ref().map(|f| f.0.clone()),
-                client_auth: t.client_auth,
-                built: None,
-            };
-            // Read and check the PEM files now, once: a bad one is a config error with its
-            // line; the pull port and the admin API use the acceptor built here.
-            match crate::server::tls::acceptor(&tls) {
-                Ok(a) => tls.built = Some(crate::server::tls::BuiltAcceptor(a)),
-                Err(e) => {
-                    return Err(invalid(
-                        format!("serverTlsConfig.{}", e.key),
-                        line_of_nested_key(&text, "serverTlsConfig", e.key),
-                        e.detail(),
-                    ));
-                }
-            }
-            Some(tls)
-        }
-    };
-    let shutdown_grace = o
-        .shutdown_grace
-        .or(cfg.shutdown_grace.map(|d| d.0))
-        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    let max_connections_per_client = match cfg.max_connections_per_client {
-        None => DEFAULT_MAX_CONNECTIONS_PER_CLIENT.min(max_connections),
-        Some(0) => {
-            return Err(invalid(
-                "maxConnectionsPerClient".into(),
-                None,
-                "must be at least 1".into(),
-            ));
-        }
-        Some(n) => n,
-    };
-    let upstream_policy = match cfg.upstreams {
-        None => UpstreamPolicy::default(),
-        Some(u) => {
-            let allow = u.allow.unwrap_or_else(|| UpstreamPolicy::default().allow);
-            if allow.is_empty() {
-                return Err(invalid(
-                    "upstreams.allow".into(),
-                    line_of_nested_key(&text, "upstreams", "allow"),
-                    "is empty: no upstream could be contacted (leave it out for the default [\"*\"], or write [configured])".into(),
-                ));
-            }
-            UpstreamPolicy {
-                allow,
-                deny: u.deny,
-            }
-        }
-    };
-    let at_least_one = |key: &str, v: Option<usize>, default: usize| match v {
-        None => Ok(default),
-        Some(0) => Err(invalid(
-            key.into(),
-            line_of_top_key(&text, key),
-            "must be at least 1".into(),
-        )),
-        Some(n) => Ok(n),
-    };
-    let max_fetches = at_least_one(
-        "maxUpstreamFetches",
-        cfg.max_upstream_fetches,
-        DEFAULT_MAX_UPSTREAM_FETCHES,
+    let server_tls = cfg
+        .server_tls_config
+        .as_ref()
+        .map(|t| ServerTls::read(t, src))
+        .transpose()?;
+    let max_connections_per_client = at_least_one(
+        src,
+        "maxConnectionsPerClient",
+        cfg.max_connections_per_client,
+        DEFAULT_MAX_CONNECTIONS_PER_CLIENT.min(max_connections),
     )?;
-    let fetch_limits = FetchLimits {
-        max_blob_size: cfg.max_blob_size.map_or(DEFAULT_MAX_BLOB_SIZE, |b| b.0),
-        max_fetches,
-        max_fetches_per_registry: at_least_one(
-            "maxUpstreamFetchesPerRegistry",
-            cfg.max_upstream_fetches_per_registry,
-            DEFAULT_MAX_UPSTREAM_FETCHES_PER_REGISTRY.min(max_fetches),
-        )?,
-        wait: cfg
-            .upstream_fetch_wait
-            .map_or(DEFAULT_UPSTREAM_FETCH_WAIT, |d| d.0),
-    };
-    let positive = |key: &str, d: Option<ConfigDuration>, default: Duration| match d {
-        None => Ok(default),
-        Some(d) if d.0.is_zero() => Err(invalid(
-            key.into(),
-            line_of_key(&text, key),
-            "must be more than zero".into(),
-        )),
-        Some(d) => Ok(d.0),
-    };
-    let header_timeout = positive("headerTimeout", cfg.header_timeout, DEFAULT_HEADER_TIMEOUT)?;
-    let idle_timeout = positive("idleTimeout", cfg.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
+    let upstream_policy = upstream_policy(src, cfg.upstreams.clone())?;
+    let fetch_limits = fetch_limits(src, &cfg)?;
+    let header_timeout = positive(
+        src,
+        "headerTimeout",
+        cfg.header_timeout,
+        DEFAULT_HEADER_TIMEOUT,
+    )?;
+    let idle_timeout = positive(src, "idleTimeout", cfg.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
     Ok(Settings {
         preload,
         inventory,
         server_tls,
-        shutdown_grace,
+        shutdown_grace: o
+            .shutdown_grace
+            .or(cfg.shutdown_grace.map(|d| d.0))
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         tag_ttl: cfg.tag_ttl.map(|d| d.0),
         revalidate_timeout: cfg
             .revalidate_timeout
@@ -293,19 +135,206 @@ pub fn resolve(
     })
 }
 
-/// The 1-based line on which top-level `key:` is written, if it is.
-fn line_of_top_key(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| l.starts_with(&format!("{key}:")))
-        .map(|i| i + 1)
+/// `registries`: each entry validated, names canonical and listed once.
+fn registries(src: Source<'_>, entries: &[RegistryConfig]) -> Result<Vec<Registry>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut registries = Vec::new();
+    for (i, r) in entries.iter().enumerate() {
+        let registry = registry(src, i, r)?;
+        if !seen.insert(registry.name.clone()) {
+            return Err(entry_error(
+                src,
+                i,
+                ".name",
+                format!("{} is listed twice", r.name.0),
+            ));
+        }
+        registries.push(registry);
+    }
+    Ok(registries)
 }
 
-/// Validates one `auth` block; errors carry the sub-key.
-fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (String, String)> {
+/// A rule on `registries[i]` broken at `key` (`.tls`), reported at the entry's `name` line.
+fn entry_error(src: Source<'_>, i: usize, key: &str, message: String) -> ConfigError {
+    src.invalid(
+        format!("registries[{i}]{key}"),
+        &[Key("registries"), Index(i), Key("name")],
+        message,
+    )
+}
+
+/// One `registries[]` entry.
+fn registry(src: Source<'_>, i: usize, r: &RegistryConfig) -> Result<Registry, ConfigError> {
+    let invalid = |key: &str, message: &str| Err(entry_error(src, i, key, message.into()));
+    let tls = r.tls.clone().unwrap_or_default();
+    if tls.cert.is_some() != tls.key.is_some() {
+        return invalid(".tls", "cert and key must be given together");
+    }
+    if r.scheme == Scheme::Http && r.name.0.ends_with(":443") {
+        return invalid(
+            ".name",
+            "port 443 means https here (quay.io:443 is quay.io); use scheme: https or another port",
+        );
+    }
+    if r.scheme == Scheme::Http && r.tls.is_some() {
+        return invalid(".tls", "tls settings need scheme: https");
+    }
+    let credential = credential_of(r.auth.as_ref())
+        .map_err(|(k, message)| entry_error(src, i, &format!(".auth{k}"), message))?;
+    Ok(Registry {
+        // Requests name docker.io's aliases as `docker.io`: so must the settings.
+        name: crate::oci::registry::canonical_name(&r.name.0).to_owned(),
+        scheme: r.scheme,
+        credential,
+        tls,
+        tag_ttl: r.tag_ttl.map(|d| d.0),
+        redirect_hosts: r.redirect_hosts.clone(),
+        realms: r
+            .auth
+            .as_ref()
+            .map(|a| a.realms.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// `--default-ns` beats `defaultNs` beats docker.io.
+fn default_ns(
+    src: Source<'_>,
+    flag: Option<String>,
+    file: Option<HostName>,
+) -> Result<String, ConfigError> {
+    match flag {
+        Some(ns) => reference::parse_host(&ns).map_err(|e| src.invalid("--default-ns", &[], e)),
+        None => Ok(file.map(|h| h.0).unwrap_or_else(|| DEFAULT_NS.to_owned())),
+    }
+}
+
+/// `--pull-timeout` beats `pullTimeout`; never zero.
+fn pull_timeout(
+    src: Source<'_>,
+    flag: Option<Duration>,
+    file: Option<ConfigDuration>,
+) -> Result<Duration, ConfigError> {
+    let at: &[_] = if flag.is_some() {
+        &[]
+    } else {
+        &[Key("pullTimeout")]
+    };
+    let timeout = flag.or(file.map(|d| d.0)).unwrap_or(DEFAULT_PULL_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(src.invalid("pullTimeout", at, "must be more than zero"));
+    }
+    Ok(timeout)
+}
+
+/// `maxManifestSize`: between 1 KiB and 64 MiB.
+fn max_manifest_size(src: Source<'_>, size: Option<u64>) -> Result<usize, ConfigError> {
+    match size {
+        None => Ok(DEFAULT_MAX_MANIFEST_SIZE),
+        Some(n) if (1024..=64 * 1024 * 1024).contains(&n) => Ok(n as usize),
+        Some(_) => Err(src.invalid(
+            "maxManifestSize",
+            &[Key("maxManifestSize")],
+            "must be between 1024 and 67108864 bytes",
+        )),
+    }
+}
+
+/// A top-level count that must be at least 1.
+fn at_least_one(
+    src: Source<'_>,
+    key: &str,
+    value: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(src.invalid(key, &[Key(key)], "must be at least 1")),
+        Some(n) => Ok(n),
+    }
+}
+
+/// A top-level duration that must be more than zero.
+fn positive(
+    src: Source<'_>,
+    key: &str,
+    value: Option<ConfigDuration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(d) if d.0.is_zero() => Err(src.invalid(key, &[Key(key)], "must be more than zero")),
+        Some(d) => Ok(d.0),
+    }
+}
+
+/// `preloadImages`, `imageFile`, `os` and `arch`.
+fn preload(src: Source<'_>, cfg: &FileConfig) -> Result<PreloadSettings, ConfigError> {
+    let platform = Platform::from_config(cfg.os.as_deref(), cfg.arch.as_deref())
+        .map_err(|(key, message)| src.invalid(key, &[Key(key)], message))?;
+    Ok(PreloadSettings {
+        platforms: platform.into_iter().collect(),
+        preload_images: cfg.preload_images.clone(),
+        image_file: cfg.image_file.clone(),
+    })
+}
+
+/// `upstreams`: `allow` (default `*`, never empty) and `deny`.
+fn upstream_policy(
+    src: Source<'_>,
+    upstreams: Option<UpstreamsConfig>,
+) -> Result<UpstreamPolicy, ConfigError> {
+    let Some(u) = upstreams else {
+        return Ok(UpstreamPolicy::default());
+    };
+    let allow = u.allow.unwrap_or_else(|| UpstreamPolicy::default().allow);
+    if allow.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: src.path.to_owned(),
+            key: "upstreams.allow".into(),
+            line: first_line_of(
+                src.text,
+                &[&[Key("upstreams"), Key("allow")], &[Key("upstreams")]],
+            ),
+            message: "is empty: no upstream could be contacted (leave it out for the default [\"*\"], or write [configured])".into(),
+        });
+    }
+    Ok(UpstreamPolicy {
+        allow,
+        deny: u.deny,
+    })
+}
+
+/// `maxBlobSize`, `maxUpstreamFetches`, `maxUpstreamFetchesPerRegistry`, `upstreamFetchWait`.
+fn fetch_limits(src: Source<'_>, cfg: &FileConfig) -> Result<FetchLimits, ConfigError> {
+    let max_fetches = at_least_one(
+        src,
+        "maxUpstreamFetches",
+        cfg.max_upstream_fetches,
+        DEFAULT_MAX_UPSTREAM_FETCHES,
+    )?;
+    Ok(FetchLimits {
+        max_blob_size: cfg.max_blob_size.map_or(DEFAULT_MAX_BLOB_SIZE, |b| b.0),
+        max_fetches,
+        // The per-registry default never exceeds the global limit.
+        max_fetches_per_registry: at_least_one(
+            src,
+            "maxUpstreamFetchesPerRegistry",
+            cfg.max_upstream_fetches_per_registry,
+            DEFAULT_MAX_UPSTREAM_FETCHES_PER_REGISTRY.min(max_fetches),
+        )?,
+        wait: cfg
+            .upstream_fetch_wait
+            .map_or(DEFAULT_UPSTREAM_FETCH_WAIT, |d| d.0),
+    })
+}
+
+/// Validates one `auth` block; errors carry the sub-key (`.token.expiry`, or `` for `auth`).
+fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (&'static str, String)> {
     let Some(a) = auth else {
         return Ok(CredentialConfig::None);
     };
-    let err = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+    let err = |k: &'static str, m: &str| Err((k, m.to_owned()));
     if let Some(t) = &a.token {
         if a.user.is_some() || a.password.is_some() || a.password_from_env.is_some() {
             return err(".token", "use either token or user/password, not both");
@@ -347,7 +376,7 @@ fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (String,
             Ok(v) => Some(Secret::new(v)),
             Err(_) => {
                 return Err((
-                    ".passwordFromEnv".into(),
+                    ".passwordFromEnv",
                     format!("environment variable {var} is not set"),
                 ));
             }
@@ -363,43 +392,4 @@ fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (String,
         (Some(_), None) => err("", "user needs password or passwordFromEnv"),
         (None, Some(_)) => err("", "password needs user"),
     }
-}
-
-/// The 1-based line of `key:` inside the top-level block `parent:` (or of `parent:` itself when
-/// the block is written inline), for messages about values checked after parsing.
-fn line_of_nested_key(text: &str, parent: &str, key: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.starts_with(&format!("{parent}:")))?;
-    let nested = lines[start + 1..]
-        .iter()
-        .take_while(|l| l.trim().is_empty() || l.starts_with([' ', '\t']) || l.starts_with('#'))
-        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
-        .map(|i| start + 1 + i + 1);
-    nested.or(Some(start + 1))
-}
-
-/// The 1-based line of the top-level `key:`, for messages about values checked after parsing.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| l.starts_with(&format!("{key}:")))
-        .map(|i| i + 1)
-}
-
-/// The 1-based line of the `name: <registry>` key of a registries entry, for messages about
-/// rules that span several keys.
-fn line_of_entry(text: &str, name: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start().trim_start_matches('-').trim_start();
-            l.strip_prefix("name:")
-                .map(|v| {
-                    v.trim()
-                        .trim_matches(|c| c == '"' || c == '\'')
-                        .eq_ignore_ascii_case(name)
-                })
-                .unwrap_or(false)
-        })
-        .map(|i| i + 1)
 }

@@ -7,26 +7,11 @@ use std::time::Duration;
 use ociregistry_plugin_api::Secret;
 
 use super::host_pattern::{HostPattern, UpstreamPolicy};
+use super::server_tls::ServerTls;
 use super::{
-    ClientAuth, DEFAULT_MAX_BLOB_SIZE, DEFAULT_MAX_UPSTREAM_FETCHES,
-    DEFAULT_MAX_UPSTREAM_FETCHES_PER_REGISTRY, DEFAULT_UPSTREAM_FETCH_WAIT, Scheme, TlsConfig,
+    DEFAULT_MAX_BLOB_SIZE, DEFAULT_MAX_UPSTREAM_FETCHES, DEFAULT_MAX_UPSTREAM_FETCHES_PER_REGISTRY,
+    DEFAULT_UPSTREAM_FETCH_WAIT, Scheme, TlsConfig,
 };
-
-/// TLS on the pull port, after validation.
-#[derive(Debug, Clone)]
-pub struct ServerTls {
-    /// Certificate chain file.
-    pub cert: PathBuf,
-    /// Key file.
-    pub key: PathBuf,
-    /// Client CA file.
-    pub ca: Option<PathBuf>,
-    /// Whether client certificates are required.
-    pub client_auth: ClientAuth,
-    /// The acceptor built from these files when the config was read (`None` only where a
-    /// `ServerTls` is made by hand, as in tests).
-    pub built: Option<crate::server::tls::BuiltAcceptor>,
-}
 
 /// How a registry's credential is obtained, after validation.
 #[derive(Debug, Clone)]
@@ -141,7 +126,7 @@ pub struct Settings {
     /// Most connections from one client address.
     pub max_connections_per_client: usize,
     /// Pruning, `maxSize` and the admin API.
-    pub inventory: crate::inventory::config::InventorySettings,
+    pub inventory: super::inventory::InventorySettings,
     /// TLS on the pull port (`None`: plain HTTP).
     pub server_tls: Option<ServerTls>,
     /// How long in-flight pulls and upstream fetches get after SIGTERM.
@@ -195,7 +180,7 @@ pub struct PreloadSettings {
     pub image_file: Option<PathBuf>,
     /// Platforms taken from an index: `--platform` values, else the one `os`/`arch` name;
     /// empty means this machine's.
-    pub platforms: Vec<crate::preload::platform::Platform>,
+    pub platforms: Vec<crate::oci::platform::Platform>,
 }
 
 impl Settings {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::config::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
+use super::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
 use super::{admin, evict, prune};
 use crate::server::App;
 
@@ -41,7 +41,7 @@ pub async fn start(app: &Arc<App>) -> Result<(), String> {
                 tokio::time::sleep(schedule.frequency).await;
                 let run = prune::run_in_server(
                     &a,
-                    schedule.spec.clone(),
+                    schedule.spec.clone().into(),
                     schedule.count,
                     grace,
                     schedule.dry_run,

@@ -13,7 +13,7 @@
 //!   server's flush and prunes, the `prune` and `invalidate` verbs).
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
 //!   [`admin`] is the optional admin API; [`commands`] are the `list`, `prune` and
-//!   `invalidate` verbs; [`config`] holds their settings (timestamps: [`crate::timefmt`]).
+//!   `invalidate` verbs; [`crate::config::inventory`] holds their settings (timestamps: [`crate::timefmt`]).
 //!
 //! # Pulls in progress are never broken
 //!
@@ -31,12 +31,16 @@ pub mod access;
 pub mod admin;
 pub mod background;
 pub mod commands;
-pub use crate::config::inventory as config;
 pub mod criteria;
 pub mod evict;
 pub mod lock;
 pub mod prune;
 pub mod scan;
+
+/// How often last-access times are written to disk.
+pub const ACCESS_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often `maxSize` is checked besides after downloads.
+pub const MAX_SIZE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 use std::sync::Arc;
 
