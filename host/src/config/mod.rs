@@ -5,8 +5,9 @@
 //! (`server::tls` does, from [`ServerTls`]); it imports no host module but the leaves `oci`
 //! and `duration`.
 //!
-//! [`file`] is the file as written, [`resolve`] merges it with the flags section by section,
-//! [`position`] finds lines with the YAML parser's marks, [`error`] says what is wrong.
+//! `file` is the file as written, `resolve` merges it with the flags section by section,
+//! `position` finds lines with the YAML parser's marks, `error` says what is wrong;
+//! `server_tls` reads the PEM files of `serverTlsConfig`, [`inventory`] the inventory's keys.
 
 use std::path::Path;
 use std::time::Duration;

@@ -179,8 +179,7 @@ fn registry(src: Source<'_>, i: usize, r: &RegistryConfig) -> Result<Registry, C
     if r.scheme == Scheme::Http && r.tls.is_some() {
         return invalid(".tls", "tls settings need scheme: https");
     }
-    let credential = credential_of(r.auth.as_ref())
-        .map_err(|(k, message)| entry_error(src, i, &format!(".auth{k}"), message))?;
+    let credential = credential_of(src, i, r.auth.as_ref())?;
     Ok(Registry {
         // Requests name docker.io's aliases as `docker.io`: so must the settings.
         name: crate::oci::registry::canonical_name(&r.name.0).to_owned(),
@@ -329,12 +328,16 @@ fn fetch_limits(src: Source<'_>, cfg: &FileConfig) -> Result<FetchLimits, Config
     })
 }
 
-/// Validates one `auth` block; errors carry the sub-key (`.token.expiry`, or `` for `auth`).
-fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (&'static str, String)> {
+/// Validates the `auth` block of `registries[i]`; errors name the sub-key (`.auth.token`).
+fn credential_of(
+    src: Source<'_>,
+    i: usize,
+    auth: Option<&AuthConfig>,
+) -> Result<CredentialConfig, ConfigError> {
     let Some(a) = auth else {
         return Ok(CredentialConfig::None);
     };
-    let err = |k: &'static str, m: &str| Err((k, m.to_owned()));
+    let err = |k: &str, m: &str| Err(entry_error(src, i, &format!(".auth{k}"), m.to_owned()));
     if let Some(t) = &a.token {
         if a.user.is_some() || a.password.is_some() || a.password_from_env.is_some() {
             return err(".token", "use either token or user/password, not both");
@@ -375,8 +378,10 @@ fn credential_of(auth: Option<&AuthConfig>) -> Result<CredentialConfig, (&'stati
         (None, Some(var)) => match std::env::var(var) {
             Ok(v) => Some(Secret::new(v)),
             Err(_) => {
-                return Err((
-                    ".passwordFromEnv",
+                return Err(entry_error(
+                    src,
+                    i,
+                    ".auth.passwordFromEnv",
                     format!("environment variable {var} is not set"),
                 ));
             }
