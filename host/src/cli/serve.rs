@@ -63,6 +63,13 @@ pub struct ServeArgs {
 
 /// `ociregistry serve`: returns once the server has stopped.
 pub async fn serve(settings: Settings) -> Result<(), FatalError> {
+    // Built once, before anything listens: a key that does not match its certificate
+    // stops the start with the config key and line.
+    let tls = settings
+        .server_tls
+        .as_ref()
+        .map(server::tls::acceptor_of)
+        .transpose()?;
     let store = BlobStore::open(&settings.image_path).map_err(|source| FatalError::ImagePath {
         path: settings.image_path.clone(),
         source,
@@ -100,7 +107,7 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
         let opts = preload::Options::new(&app.settings.preload.platforms);
         preload::spawn_in_background(app.clone(), list, opts);
     }
-    server::admin::start(&app).await?;
+    server::admin::start(&app, tls.clone()).await?;
     crate::inventory::background::start(&app);
     let observed = Arc::new(observability::Observed {
         app: app.clone(),
@@ -119,7 +126,7 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
             observed.set_serving(false);
         }
     };
-    let served = server::serve(listener, app.clone(), stop).await;
+    let served = server::serve(listener, app.clone(), tls, stop).await;
     observed.set_serving(false);
     crate::inventory::access::flush(&app.inventory.access, &app.store).await;
     served.map_err(FatalError::Serve)

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::config::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
+use super::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
 use super::{evict, prune};
 use crate::mirror::Mirror;
 
@@ -29,7 +29,7 @@ pub fn start(app: &Arc<Mirror>) {
                 tokio::time::sleep(schedule.frequency).await;
                 let run = prune::run_in_server(
                     &a,
-                    schedule.spec.clone(),
+                    schedule.spec.clone().into(),
                     schedule.count,
                     grace,
                     schedule.dry_run,

@@ -71,6 +71,27 @@ impl CriteriaSpec {
     }
 }
 
+impl From<crate::config::inventory::PruneSelect> for CriteriaSpec {
+    /// What `pruneConfig` selects, as criteria.
+    fn from(select: crate::config::inventory::PruneSelect) -> CriteriaSpec {
+        use crate::config::inventory::PruneSelect;
+        match select {
+            PruneSelect::AccessedBefore(age) => CriteriaSpec {
+                accessed_before: Some(Cutoff::Age(age)),
+                ..CriteriaSpec::default()
+            },
+            PruneSelect::CreatedBefore(age) => CriteriaSpec {
+                created_before: Some(Cutoff::Age(age)),
+                ..CriteriaSpec::default()
+            },
+            PruneSelect::Pattern(p) => CriteriaSpec {
+                pattern: Some(p),
+                ..CriteriaSpec::default()
+            },
+        }
+    }
+}
+
 /// Compiled criteria.
 #[derive(Debug, Clone, Default)]
 pub struct Criteria {

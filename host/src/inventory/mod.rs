@@ -13,7 +13,7 @@
 //! - [`lock`] is the file lock that keeps record writers in different processes apart (the
 //!   server's flush and prunes, the `prune` and `invalidate` verbs).
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
-//!   [`config`] holds their settings (timestamps: [`crate::timefmt`]). The admin API's
+//!   [`crate::config::inventory`] holds their settings (timestamps: [`crate::timefmt`]). The admin API's
 //!   routes live in [`crate::server::admin`], the `list`, `prune` and `invalidate` verbs in
 //!   the CLI (`cli/`).
 //!
@@ -31,7 +31,6 @@
 
 pub mod access;
 pub mod background;
-pub mod config;
 pub mod criteria;
 pub mod evict;
 pub mod images;
@@ -39,6 +38,11 @@ pub mod invalidate;
 pub mod lock;
 pub mod prune;
 pub mod scan;
+
+/// How often last-access times are written to disk.
+pub const ACCESS_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often `maxSize` is checked besides after downloads.
+pub const MAX_SIZE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 use std::sync::Arc;
 

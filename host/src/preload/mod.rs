@@ -9,7 +9,7 @@
 //! a few blobs of each; a failed image is reported and the others go on ([`report`]).
 
 pub mod list;
-pub mod platform;
+pub use crate::oci::platform;
 pub mod report;
 
 use std::path::Path;

@@ -45,9 +45,6 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The pull port's TLS setup (which the admin API shares) failed.
-    #[error(transparent)]
-    Tls(#[from] crate::server::tls::TlsSetupError),
     /// The admin address could not be bound.
     #[error("cannot listen for the admin API on {address}: {source}")]
     Listen {
@@ -59,15 +56,11 @@ pub enum StartError {
 }
 
 /// Starts the admin API in the background when it is configured (a bind failure is an
-/// error: the operator asked for it).
-pub async fn start(app: &Arc<Mirror>) -> Result<(), StartError> {
+/// error: the operator asked for it). It speaks TLS whenever the pull port does: `tls` is
+/// the pull port's acceptor.
+pub async fn start(app: &Arc<Mirror>, tls: Option<TlsAcceptor>) -> Result<(), StartError> {
     let Some(a) = &app.settings.inventory.admin else {
         return Ok(());
-    };
-    // The admin API speaks TLS whenever the pull port does.
-    let tls = match &app.settings.server_tls {
-        Some(t) => Some(crate::server::tls::acceptor_of(t)?),
-        None => None,
     };
     let listener = TcpListener::bind(a.address)
         .await

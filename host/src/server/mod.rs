@@ -69,17 +69,15 @@ impl listener::Handler for PullPort {
 
 /// Serves until `shutdown` resolves, then stops accepting and lets open connections and
 /// running upstream fetches finish within `settings.shutdown_grace`; whatever is left then is
-/// cut (and logged). With `settings.server_tls` every connection is a TLS connection.
+/// cut (and logged). With `acceptor` (built from `settings.server_tls` by
+/// [`tls::acceptor_of`]) every connection is a TLS connection.
 pub async fn serve(
     tcp: TcpListener,
     app: Arc<Mirror>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let local: SocketAddr = tcp.local_addr()?;
-    let acceptor = match &app.settings.server_tls {
-        Some(t) => Some(tls::acceptor_of(t).map_err(|e| std::io::Error::other(e.to_string()))?),
-        None => None,
-    };
     match &app.settings.server_tls {
         Some(t) => tracing::info!(
             client_auth = ?t.client_auth,

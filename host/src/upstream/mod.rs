@@ -27,8 +27,7 @@ pub use error::{BodyError, Refusal, SetupProblem, Subject, UpstreamError};
 use ociregistry_plugin_api::{Credential, Secret};
 use policy::{Policy, PolicyError, PolicyResolver};
 
-/// The name docker.io images are cached and configured under.
-pub const DOCKER_HUB: &str = "docker.io";
+pub use crate::oci::registry::{DOCKER_HUB, canonical_name};
 /// Where docker.io's registry API actually is.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 /// Transient upstream failures are retried this many times.
@@ -70,16 +69,6 @@ impl From<reqwest::Error> for SendError {
             Some(p) => SendError::Policy(p.clone()),
             None => SendError::Transport(e),
         }
-    }
-}
-
-/// The canonical name of a registry: the https default port is dropped (`quay.io:443` is
-/// `quay.io`: ad-hoc upstreams are https) and docker.io's aliases collapse to `docker.io`.
-pub fn canonical_name(name: &str) -> &str {
-    let name = name.strip_suffix(":443").unwrap_or(name);
-    match name {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB,
-        other => other,
     }
 }
 

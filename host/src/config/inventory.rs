@@ -1,25 +1,24 @@
 //! Settings of the inventory features: `pruneConfig` (Ociregistry's keys), `maxSize` and
 //! `pruneGrace` (beyond Ociregistry), and `admin` (the admin API), read from the config file
-//! and checked here.
+//! and checked here; plain values (the inventory turns a [`PruneSelect`] into its criteria).
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use ociregistry_plugin_api::Secret;
 use serde::Deserialize;
 
+use super::error::{SizeError, Source};
+use super::position::Step::Key;
 use crate::config::{ConfigDuration, ConfigError, SecretString};
 
 /// Default grace period (`pruneGrace`): see the module docs of [`crate::inventory`].
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 /// Default `pruneConfig.frequency`.
 pub const DEFAULT_PRUNE_FREQUENCY: Duration = Duration::from_secs(86_400);
-/// How often last-access times are written to disk.
-pub const ACCESS_FLUSH_EVERY: Duration = Duration::from_secs(30);
-/// How often `maxSize` is checked besides after downloads.
-pub const MAX_SIZE_CHECK_EVERY: Duration = Duration::from_secs(300);
+/// Largest compiled `pruneConfig.expr` (the same limit the inventory compiles it with).
+pub const PRUNE_PATTERN_SIZE_LIMIT: usize = 1 << 20;
 
 /// `pruneConfig.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -75,15 +74,13 @@ pub struct ByteSize(pub u64);
 
 impl ByteSize {
     /// Parses the forms above.
-    pub fn parse(s: &str) -> Result<ByteSize, String> {
+    pub fn parse(s: &str) -> Result<ByteSize, SizeError> {
         let t = s.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?} (examples: 500MB, 50GiB, 1073741824)"))?;
+        let value: f64 = num.parse().map_err(|_| SizeError::Number(s.to_owned()))?;
         let unit = unit.trim().to_ascii_lowercase();
         let unit = unit.strip_suffix('b').unwrap_or(&unit);
         let mult: f64 = match unit {
@@ -97,14 +94,12 @@ impl ByteSize {
             "gi" => 1024.0 * 1024.0 * 1024.0,
             "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
             _ => {
-                return Err(format!(
-                    "invalid size unit in {s:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-                ));
+                return Err(SizeError::Unit(s.to_owned()));
             }
         };
         let bytes = value * mult;
         if !bytes.is_finite() || !(1.0..=1e18).contains(&bytes) {
-            return Err(format!("size {s:?} out of range"));
+            return Err(SizeError::Range(s.to_owned()));
         }
         Ok(ByteSize(bytes as u64))
     }
@@ -137,11 +132,22 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// What a scheduled prune selects (`pruneConfig.type` with its `duration` or `expr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PruneSelect {
+    /// Images last pulled (or, never pulled, created) longer ago than this.
+    AccessedBefore(Duration),
+    /// Images first fetched longer ago than this.
+    CreatedBefore(Duration),
+    /// Images whose reference matches this regex (checked to compile).
+    Pattern(String),
+}
+
 /// Background pruning, validated.
 #[derive(Debug, Clone)]
 pub struct PruneSchedule {
     /// What selects an image.
-    pub spec: super::criteria::CriteriaSpec,
+    pub spec: PruneSelect,
     /// How often.
     pub frequency: Duration,
     /// Most images per run.
@@ -183,21 +189,11 @@ impl Default for InventorySettings {
     }
 }
 
-/// A config problem in one of these keys.
-fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        path: path.to_owned(),
-        key: key.to_owned(),
-        line: None,
-        message: message.into(),
-    }
-}
-
 impl InventorySettings {
     /// Validates the file's keys; `admin_address` is the `--admin-address` flag, which beats
     /// the file.
-    pub fn resolve(
-        path: &Path,
+    pub(crate) fn resolve(
+        src: Source<'_>,
         prune: Option<&PruneConfig>,
         max_size: Option<ByteSize>,
         grace: Option<ConfigDuration>,
@@ -205,7 +201,7 @@ impl InventorySettings {
         admin_address: Option<&str>,
     ) -> Result<InventorySettings, ConfigError> {
         let prune = match prune {
-            Some(p) if p.enabled => Some(schedule(path, p)?),
+            Some(p) if p.enabled => Some(schedule(src, p)?),
             // Off: Ociregistry configs often carry a partial block; only its keys are checked.
             _ => None,
         };
@@ -213,17 +209,16 @@ impl InventorySettings {
             prune,
             max_size: max_size.map(|b| b.0),
             grace: grace.map(|d| d.0).unwrap_or(DEFAULT_GRACE),
-            admin: admin_settings(path, admin, admin_address)?,
+            admin: admin_settings(src, admin, admin_address)?,
         })
     }
 }
 
-fn schedule(path: &Path, p: &PruneConfig) -> Result<PruneSchedule, ConfigError> {
-    use super::criteria::CriteriaSpec;
+fn schedule(src: Source<'_>, p: &PruneConfig) -> Result<PruneSchedule, ConfigError> {
     let kind = p.kind.ok_or_else(|| {
-        invalid(
-            path,
+        src.invalid(
             "pruneConfig.type",
+            &[Key("pruneConfig"), Key("type")],
             "is required: accessed, created or pattern",
         )
     })?;
@@ -232,42 +227,43 @@ fn schedule(path: &Path, p: &PruneConfig) -> Result<PruneSchedule, ConfigError> 
             .map(|d| d.0)
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
-                invalid(
-                    path,
+                src.invalid(
                     "pruneConfig.duration",
+                    &[Key("pruneConfig"), Key("duration")],
                     "is required (more than zero) for type accessed or created, e.g. 30d",
                 )
             })
     };
     let spec = match kind {
-        PruneType::Accessed => CriteriaSpec {
-            accessed_before: Some(super::criteria::Cutoff::Age(age()?)),
-            ..CriteriaSpec::default()
-        },
-        PruneType::Created => CriteriaSpec {
-            created_before: Some(super::criteria::Cutoff::Age(age()?)),
-            ..CriteriaSpec::default()
-        },
+        PruneType::Accessed => PruneSelect::AccessedBefore(age()?),
+        PruneType::Created => PruneSelect::CreatedBefore(age()?),
         PruneType::Pattern => {
-            let expr =
-                p.expr.clone().filter(|e| !e.is_empty()).ok_or_else(|| {
-                    invalid(path, "pruneConfig.expr", "is required for type pattern")
+            let expr = p.expr.clone().filter(|e| !e.is_empty()).ok_or_else(|| {
+                src.invalid(
+                    "pruneConfig.expr",
+                    &[Key("pruneConfig"), Key("expr")],
+                    "is required for type pattern",
+                )
+            })?;
+            // Checked with the same limit each scheduled run compiles it with.
+            regex::RegexBuilder::new(&expr)
+                .size_limit(PRUNE_PATTERN_SIZE_LIMIT)
+                .build()
+                .map_err(|e| {
+                    src.invalid(
+                        "pruneConfig.expr",
+                        &[Key("pruneConfig"), Key("expr")],
+                        format!("invalid pattern: {e}"),
+                    )
                 })?;
-            let spec = CriteriaSpec {
-                pattern: Some(expr),
-                ..CriteriaSpec::default()
-            };
-            // Checked with the same rules (and limits) each scheduled run compiles it with.
-            spec.compile(0)
-                .map_err(|e| invalid(path, "pruneConfig.expr", e))?;
-            spec
+            PruneSelect::Pattern(expr)
         }
     };
     let frequency = p.frequency.map(|d| d.0).unwrap_or(DEFAULT_PRUNE_FREQUENCY);
     if frequency < Duration::from_secs(1) {
-        return Err(invalid(
-            path,
+        return Err(src.invalid(
             "pruneConfig.frequency",
+            &[Key("pruneConfig"), Key("frequency")],
             "must be at least 1s",
         ));
     }
@@ -283,17 +279,22 @@ fn schedule(path: &Path, p: &PruneConfig) -> Result<PruneSchedule, ConfigError> 
 }
 
 fn admin_settings(
-    path: &Path,
+    src: Source<'_>,
     admin: Option<&AdminConfig>,
     flag: Option<&str>,
 ) -> Result<Option<AdminSettings>, ConfigError> {
     let address = flag.or(admin.and_then(|a| a.address.as_deref()));
+    // An address from the flag is not on any line of the file.
+    let address_at: &[super::position::Step<'_>] = match flag {
+        Some(_) => &[],
+        None => &[Key("admin"), Key("address")],
+    };
     let token = match admin {
         Some(a) => match (&a.token, &a.token_from_env) {
             (Some(_), Some(_)) => {
-                return Err(invalid(
-                    path,
+                return Err(src.invalid(
                     "admin",
+                    &[Key("admin")],
                     "use either token or tokenFromEnv, not both",
                 ));
             }
@@ -301,9 +302,9 @@ fn admin_settings(
             (None, Some(var)) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Some(Secret::new(v)),
                 _ => {
-                    return Err(invalid(
-                        path,
+                    return Err(src.invalid(
                         "admin.tokenFromEnv",
+                        &[Key("admin"), Key("tokenFromEnv")],
                         format!("environment variable {var} is not set or empty"),
                     ));
                 }
@@ -313,9 +314,9 @@ fn admin_settings(
         None => None,
     };
     if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
-        return Err(invalid(
-            path,
+        return Err(src.invalid(
             "admin.token",
+            &[Key("admin"), Key("token")],
             "must be at least 16 characters",
         ));
     }
@@ -323,16 +324,16 @@ fn admin_settings(
         return Ok(None);
     };
     let address: SocketAddr = address.parse().map_err(|_| {
-        invalid(
-            path,
+        src.invalid(
             "admin.address",
+            address_at,
             format!("{address:?} is not IP:PORT (e.g. 127.0.0.1:9090)"),
         )
     })?;
     if token.is_none() && !address.ip().is_loopback() {
-        return Err(invalid(
-            path,
+        return Err(src.invalid(
             "admin.address",
+            address_at,
             format!(
                 "{address} is reachable from other machines and no admin token is set: \
                  listen on a loopback address (127.0.0.1) or set admin.token / admin.tokenFromEnv"
@@ -345,6 +346,13 @@ fn admin_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn src() -> Source<'static> {
+        Source {
+            path: std::path::Path::new("c.yaml"),
+            text: "",
+        }
+    }
 
     #[test]
     fn sizes() {
@@ -363,7 +371,7 @@ mod tests {
             None => format!("address: {address}\n"),
         })
         .unwrap();
-        admin_settings(Path::new("c.yaml"), Some(&cfg), None)
+        admin_settings(src(), Some(&cfg), None)
     }
 
     #[test]
@@ -381,7 +389,7 @@ mod tests {
     fn prune_config_is_checked() {
         let p = |y: &str| {
             let cfg: PruneConfig = serde_yaml_ng::from_str(y).unwrap();
-            schedule(Path::new("c"), &cfg)
+            schedule(src(), &cfg)
         };
         let s = p("enabled: true\ntype: accessed\nduration: 30d\ncount: -1\n").unwrap();
         assert_eq!(s.count, None);

@@ -1,0 +1,413 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn resolve_text(text: &str) -> Result<Settings, String> {
+    let cfg = parse_text(text)?;
+    resolve(
+        Some((cfg, text.to_owned(), PathBuf::from("c.yaml"))),
+        Overrides::default(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn upstream_policy_keys() {
+    let s = resolve_text(
+        "upstreams:\n  allow: [configured, \"*.Corp.example\", {host: \"127.0.0.*\", privateAddresses: true}]\n  deny: [\"*.evil.example\"]\nregistries:\n- name: reg.corp.example:8443\n  redirectHosts: [\"blobs.corp.internal\"]\n  auth: {user: u, password: p, realms: [\"login.corp.example\"]}\n",
+    )
+    .unwrap();
+    let p = &s.upstream_policy;
+    assert_eq!(p.allow.len(), 3);
+    assert_eq!(p.allow[0], AllowRule::Configured);
+    assert!(
+        matches!(&p.allow[1], AllowRule::Host { pattern, private_addresses: false } if pattern.matches("a.corp.example"))
+    );
+    assert!(matches!(
+        &p.allow[2],
+        AllowRule::Host {
+            private_addresses: true,
+            ..
+        }
+    ));
+    assert!(p.deny[0].matches("x.y.evil.example") && !p.deny[0].matches("evil.example"));
+    assert_eq!(
+        s.registries[0].redirect_hosts[0].as_str(),
+        "blobs.corp.internal"
+    );
+    assert_eq!(s.registries[0].realms[0].as_str(), "login.corp.example");
+    assert_eq!(
+        resolve_text("").unwrap().upstream_policy,
+        UpstreamPolicy::default()
+    );
+    for (bad, needle) in [
+        ("upstreams:\n  allow: [\"quay.io:443\"]\n", "line 2"),
+        (
+            "upstreams:\n  allow:\n  - {host: a, private: true}\n",
+            "line 3",
+        ),
+        ("upstreams:\n  deny: [\"a b\"]\n", "line 2"),
+        ("upstreams:\n  allow: []\n", "upstreams.allow"),
+        ("upstreams:\n  alow: []\n", "alow"),
+    ] {
+        let e = resolve_text(bad).unwrap_err();
+        assert!(e.contains(needle), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn host_patterns() {
+    let p = |s: &str| HostPattern::parse(s).unwrap();
+    assert!(p("*").matches("anything.example"));
+    assert!(p("127.0.0.*").matches("127.0.0.1"));
+    assert!(!p("127.0.0.*").matches("127.0.1.1.evil"));
+    assert!(p("*.corp.example").matches("a.b.corp.example"));
+    assert!(!p("*.corp.example").matches("corp.example"));
+    assert!(p("a*b*c").matches("axxbyyc") && !p("a*b*c").matches("axxbyy"));
+    assert!(p("[::1]").matches("::1"));
+    assert!(HostPattern::parse("quay.io:443").is_err());
+    assert!(HostPattern::parse("").is_err());
+    // Linear enough: a long run of stars against a long miss.
+    let long = format!("{}b", "*a".repeat(100));
+    assert!(!p(&long).matches(&"a".repeat(200)));
+}
+
+#[test]
+fn seed_page_config_loads() {
+    let s = resolve_text(
+        "registries:\n- name: 111122223333.dkr.ecr.us-south-1.amazonaws.com\n  auth:\n    token:\n      provider: ecr\n      providerOpts: profile=default,region=us-south-1\n      expiry: 6h\n",
+    )
+    .unwrap();
+    match &s.registries[0].credential {
+        CredentialConfig::Provider {
+            provider,
+            opts,
+            every,
+            ..
+        } => {
+            assert_eq!(provider, "ecr");
+            assert_eq!(opts, "profile=default,region=us-south-1");
+            assert_eq!(*every, Duration::from_secs(6 * 3600));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn typo_names_key_and_line() {
+    let e = resolve_text("port: 8080\nregistries:\n- name: quay.io\n  auth:\n    usr: x\n")
+        .unwrap_err();
+    assert!(e.contains("usr") && e.contains("line 5"), "{e}");
+    let e = resolve_text("imagePth: /x\n").unwrap_err();
+    assert!(e.contains("imagePth") && e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_key_and_line() {
+    let e = resolve_text(
+        "registries:\n- name: a.io\n  auth:\n    token:\n      provider: ecr\n      expiry: 6x\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("key `expiry`") && e.contains("line 6") && e.contains("unknown unit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_ca_file_names_key_and_line() {
+    let e = resolve_text("registries:\n- name: a.io\n  tls:\n    ca: /nonexistent/ca.crt\n")
+        .unwrap_err();
+    assert!(
+        e.contains("key `ca`") && e.contains("line 4") && e.contains("/nonexistent/ca.crt"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_file_on_a_later_key_names_that_key_and_line() {
+    let e = resolve_text(
+        "registries:\n- name: a.io\n  tls:\n    insecureSkipVerify: false\n    cert: /nonexistent/c.crt\n    key: /nonexistent/c.key\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("key `cert`") && e.contains("line 5") && e.contains("/nonexistent/c.crt"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cross_key_rules() {
+    let e = resolve_text("registries:\n- name: a.io\n  auth:\n    user: u\n").unwrap_err();
+    assert!(
+        e.contains("registries[0].auth") && e.contains("line 2"),
+        "{e}"
+    );
+    let e = resolve_text("registries:\n- name: a.io\n- name: A.io\n").unwrap_err();
+    assert!(e.contains("twice"), "{e}");
+    let e = resolve_text("registries:\n- name: a.io\n  auth:\n    passwordFromEnv: OCIREG_TEST_UNSET_VAR\n    user: u\n").unwrap_err();
+    assert!(
+        e.contains("OCIREG_TEST_UNSET_VAR") && e.contains("passwordFromEnv"),
+        "{e}"
+    );
+}
+
+#[test]
+fn flags_beat_file_beats_defaults() {
+    let cfg = parse_text("port: 9000\nhost: 127.0.0.1\npullTimeout: 5000\n").unwrap();
+    let s = resolve(
+        Some((cfg, String::new(), PathBuf::from("c"))),
+        Overrides {
+            port: Some(7000),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.port, 7000);
+    assert_eq!(s.host, "127.0.0.1");
+    assert_eq!(s.pull_timeout, Duration::from_secs(5));
+    assert_eq!(s.default_ns, "docker.io");
+    assert_eq!(s.image_path, PathBuf::from(DEFAULT_IMAGE_PATH));
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let s =
+        resolve_text("registries:\n- name: a.io\n  auth: {user: u, password: hunter2}\n").unwrap();
+    assert!(!format!("{s:?}").contains("hunter2"));
+}
+
+#[test]
+fn preload_keys() {
+    let s =
+        resolve_text("preloadImages: /etc/p.txt\nimageFile: /etc/i.txt\narch: arm64\n").unwrap();
+    assert_eq!(s.preload.preload_images, Some(PathBuf::from("/etc/p.txt")));
+    assert_eq!(s.preload.image_file, Some(PathBuf::from("/etc/i.txt")));
+    let platforms: Vec<String> = s.preload.platforms.iter().map(|p| p.to_string()).collect();
+    assert_eq!(platforms, vec!["linux/arm64"]);
+    assert!(
+        resolve_text("port: 1\n")
+            .unwrap()
+            .preload
+            .platforms
+            .is_empty()
+    );
+    let e = resolve_text("os: \"lin ux\"\n").unwrap_err();
+    assert!(e.contains("os") && e.contains("lin ux"), "{e}");
+}
+
+#[test]
+fn metrics_and_health_ports() {
+    let s = resolve_text("metrics: 9090\nhealth:\n").unwrap();
+    assert_eq!((s.metrics_port, s.health_port), (Some(9090), None));
+    let cfg = parse_text("health: 8081\n").unwrap();
+    let s = resolve(
+        Some((cfg, String::new(), PathBuf::from("c"))),
+        Overrides {
+            health: Some(7001),
+            metrics: Some(0),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((s.metrics_port, s.health_port), (Some(0), Some(7001)));
+    assert!(resolve_text("metrics: lots\n").is_err());
+}
+
+#[test]
+fn prune_and_admin_keys() {
+    let s = resolve_text("pruneConfig:\n  enabled: false\nlogLevel: info\n").unwrap();
+    assert!(s.inventory.prune.is_none());
+    let s = resolve_text(
+        "pruneConfig:\n  enabled: true\n  type: accessed\n  duration: 30d\nmaxSize: 50GiB\n",
+    )
+    .unwrap();
+    assert!(s.inventory.prune.is_some());
+    assert_eq!(s.inventory.max_size, Some(50 << 30));
+    let e = resolve_text("admin:\n  address: 0.0.0.0:9000\n").unwrap_err();
+    assert!(e.contains("loopback"), "{e}");
+}
+
+#[test]
+fn docker_hub_aliases_are_one_registry() {
+    let s = resolve_text("registries:\n- name: index.docker.io\n  tagTtl: 5m\n").unwrap();
+    assert_eq!(s.registries[0].name, "docker.io");
+    assert_eq!(s.tag_ttl("docker.io"), Some(Duration::from_secs(300)));
+    let e =
+        resolve_text("registries:\n- name: docker.io\n- name: registry-1.docker.io\n").unwrap_err();
+    assert!(e.contains("listed twice"), "{e}");
+}
+
+#[test]
+fn log_file_from_the_file_or_the_flag() {
+    let s = resolve_text("logFile: /var/log/ociregistry.log\n").unwrap();
+    assert_eq!(s.log_file, Some(PathBuf::from("/var/log/ociregistry.log")));
+    // Ociregistry's default, an empty string, means stderr.
+    assert_eq!(resolve_text("logFile: \"\"\n").unwrap().log_file, None);
+    assert_eq!(resolve_text("port: 1\n").unwrap().log_file, None);
+    let cfg = parse_text("logFile: /from/file.log\n").unwrap();
+    let s = resolve(
+        Some((cfg, String::new(), PathBuf::from("c"))),
+        Overrides {
+            log_file: Some(PathBuf::from("/from/flag.log")),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.log_file, Some(PathBuf::from("/from/flag.log")));
+    let e = resolve_text("logFile: [a, b]\n").unwrap_err();
+    assert!(e.contains("logFile"), "{e}");
+}
+
+#[test]
+fn server_tls_config_missing_or_bad_files_name_key_and_line() {
+    let e = resolve_text(
+        "port: 8443\nserverTlsConfig:\n  cert: /nonexistent/server.crt\n  key: /nonexistent/server.key\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("key `cert`") && e.contains("line 3") && e.contains("/nonexistent/server.crt"),
+        "{e}"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let cert = d.path().join("server.crt");
+    let key = d.path().join("server.key");
+    std::fs::write(&cert, "not pem\n").unwrap();
+    std::fs::write(&key, "not pem\n").unwrap();
+    let text = format!(
+        "serverTlsConfig:\n  # comment\n  key: {}\n  cert: {}\n",
+        key.display(),
+        cert.display()
+    );
+    let e = resolve_text(&text).unwrap_err();
+    assert!(
+        e.contains("serverTlsConfig.cert")
+            && e.contains("(line 4)")
+            && e.contains("server.crt")
+            && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    let e = resolve_text(&format!(
+        "serverTlsConfig: {{cert: {}, key: {}, clientAuth: verify}}\n",
+        cert.display(),
+        key.display()
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("serverTlsConfig.clientAuth")
+            && e.contains("(line 1)")
+            && e.contains("needs serverTlsConfig.ca"),
+        "{e}"
+    );
+    let e = resolve_text(&format!(
+        "serverTlsConfig:\n  cert: {}\n  key: {}\n  clientAuth: require\n",
+        cert.display(),
+        key.display()
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("line 4") && e.contains("clientAuth") && e.contains("verify"),
+        "{e}"
+    );
+    let e = resolve_text(&format!(
+        "serverTlsConfig:\n  cert: {}\n  keyFile: {}\n",
+        cert.display(),
+        key.display()
+    ))
+    .unwrap_err();
+    assert!(e.contains("keyFile"), "{e}");
+}
+
+#[test]
+fn fetch_limits_from_file_and_defaults() {
+    assert_eq!(
+        resolve_text("").unwrap().fetch_limits,
+        FetchLimits::default()
+    );
+    let s = resolve_text(
+        "maxBlobSize: 1MiB\nmaxUpstreamFetches: 3\nmaxUpstreamFetchesPerRegistry: 2\nupstreamFetchWait: 2s\n",
+    )
+    .unwrap();
+    assert_eq!(
+        s.fetch_limits,
+        FetchLimits {
+            max_blob_size: 1024 * 1024,
+            max_fetches: 3,
+            max_fetches_per_registry: 2,
+            wait: Duration::from_secs(2),
+        }
+    );
+    // The per-registry default never exceeds the global limit.
+    let s = resolve_text("maxUpstreamFetches: 4\n").unwrap();
+    assert_eq!(s.fetch_limits.max_fetches_per_registry, 4);
+    let e = resolve_text("port: 1\nmaxUpstreamFetches: 0\n").unwrap_err();
+    assert!(
+        e.contains("maxUpstreamFetches (line 2): must be at least 1"),
+        "{e}"
+    );
+    let e = resolve_text("maxBlobSize: lots\n").unwrap_err();
+    assert!(e.contains("line 1") && e.contains("maxBlobSize"), "{e}");
+}
+
+#[test]
+fn shutdown_grace_from_file_flag_and_default() {
+    assert_eq!(
+        resolve_text("").unwrap().shutdown_grace,
+        DEFAULT_SHUTDOWN_GRACE
+    );
+    assert_eq!(
+        resolve_text("shutdownGrace: 2s\n").unwrap().shutdown_grace,
+        Duration::from_secs(2)
+    );
+    let cfg = parse_text("shutdownGrace: 2m\n").unwrap();
+    let s = resolve(
+        Some((cfg, String::new(), PathBuf::from("c"))),
+        Overrides {
+            shutdown_grace: Some(Duration::from_secs(5)),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.shutdown_grace, Duration::from_secs(5));
+    let e = resolve_text("shutdownGrace: soon\n").unwrap_err();
+    assert!(
+        e.contains("key `shutdownGrace`") && e.contains("line 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn header_and_idle_timeouts() {
+    let s = resolve_text("").unwrap();
+    assert_eq!(
+        (s.header_timeout, s.idle_timeout),
+        (DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT)
+    );
+    let s = resolve_text(
+        "headerTimeout: 2s
+idleTimeout: 1m
+",
+    )
+    .unwrap();
+    assert_eq!(
+        (s.header_timeout, s.idle_timeout),
+        (Duration::from_secs(2), Duration::from_secs(60))
+    );
+    let e = resolve_text(
+        "port: 1
+idleTimeout: 0s
+",
+    )
+    .unwrap_err();
+    assert!(e.contains("idleTimeout") && e.contains("line 2"), "{e}");
+    let e = resolve_text(
+        "headerTimeout: later
+",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("key `headerTimeout`") && e.contains("line 1"),
+        "{e}"
+    );
+}
