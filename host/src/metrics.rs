@@ -33,8 +33,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::server::router::Route;
-
 /// At most this many registries not named in the config get a label value of their own.
 pub const MAX_REGISTRY_LABELS: usize = 100;
 /// The label value the rest share.
@@ -70,19 +68,6 @@ impl RouteKind {
             RouteKind::Referrers => "referrers",
             RouteKind::Upload => "upload",
             RouteKind::Invalid => "invalid",
-        }
-    }
-}
-
-impl From<&Route> for RouteKind {
-    fn from(r: &Route) -> Self {
-        match r {
-            Route::Base => RouteKind::Base,
-            Route::Manifest(_) => RouteKind::Manifest,
-            Route::Blob(_) => RouteKind::Blob,
-            Route::Tags => RouteKind::Tags,
-            Route::Referrers(_) => RouteKind::Referrers,
-            Route::Upload => RouteKind::Upload,
         }
     }
 }

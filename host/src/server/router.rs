@@ -7,6 +7,7 @@
 
 use percent_encoding::percent_decode_str;
 
+use crate::metrics::RouteKind;
 use crate::oci::error::ErrorCode;
 use crate::oci::reference::{self, Digest, Reference, RepoName};
 use crate::server::error::RegistryError;
@@ -140,6 +141,20 @@ fn query_param(query: &str, key: &str) -> Option<Result<String, RegistryError>> 
             Ok(reference::parse_host(&v)?)
         })
     })
+}
+
+/// The metrics label of a route.
+impl From<&Route> for RouteKind {
+    fn from(r: &Route) -> Self {
+        match r {
+            Route::Base => RouteKind::Base,
+            Route::Manifest(_) => RouteKind::Manifest,
+            Route::Blob(_) => RouteKind::Blob,
+            Route::Tags => RouteKind::Tags,
+            Route::Referrers(_) => RouteKind::Referrers,
+            Route::Upload => RouteKind::Upload,
+        }
+    }
 }
 
 #[cfg(test)]
