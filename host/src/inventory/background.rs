@@ -1,6 +1,6 @@
 //! What the inventory runs inside `serve`: the periodic flush of last-pull times,
 //! `pruneConfig` runs, and the `maxSize` check (periodically and after each stored blob).
-//! The admin API's listener is [`crate::server::admin`]'s.
+//! It starts no listener (the admin API is the HTTP layer's).
 
 use std::sync::Arc;
 use std::time::Duration;

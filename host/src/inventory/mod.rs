@@ -14,8 +14,8 @@
 //!   server's flush and prunes, the `prune` and `invalidate` verbs).
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
 //!   [`crate::config::inventory`] holds their settings (timestamps: [`crate::timefmt`]). The admin API's
-//!   routes live in [`crate::server::admin`], the `list`, `prune` and `invalidate` verbs in
-//!   the CLI (`cli/`).
+//!   routes and the `list`, `prune` and `invalidate` verbs live in the layers above; this
+//!   module prints nothing and speaks no HTTP.
 //!
 //! # Pulls in progress are never broken
 //!

@@ -2,7 +2,7 @@
 //! or, on a miss, from the upstream ([`crate::upstream`]), through one shared fetch per
 //! manifest ([`manifests`]) and one shared download per blob ([`downloads`], driven by
 //! [`blobs`]), keeping hot copies in memory ([`hot`]). It owns the shared state of a running
-//! server ([`Mirror`]); it speaks no HTTP to clients (the `crate::server` does, and maps
+//! server ([`Mirror`]); it speaks no HTTP to clients (the HTTP layer above does, and maps
 //! the mirror's errors to statuses).
 
 pub mod blobs;

@@ -1,6 +1,6 @@
 //! The OCI error vocabulary: the codes, and the body every failing response carries,
 //! `{"errors":[{"code":"...","message":"...","detail":...}]}`. Which status goes with which
-//! failure is the server's business (`crate::server::error`).
+//! failure is decided by the HTTP layer above, not here.
 
 /// OCI distribution error codes (plus `UNAVAILABLE` for upstream trouble).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
