@@ -14,7 +14,7 @@ use crate::observability;
 use crate::preload::{self, platform::Platform};
 use crate::providers;
 use crate::server;
-use crate::store::BlobStore;
+use crate::store::{FsStore, Store};
 use crate::upstream::Upstreams;
 
 /// `serve` flags.
@@ -70,7 +70,7 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
         .as_ref()
         .map(server::tls::acceptor_of)
         .transpose()?;
-    let store = BlobStore::open(&settings.image_path).map_err(|source| FatalError::ImagePath {
+    let store = FsStore::open(&settings.image_path).map_err(|source| FatalError::ImagePath {
         path: settings.image_path.clone(),
         source,
     })?;
@@ -92,6 +92,7 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
         std::fs::canonicalize(&settings.image_path).unwrap_or_else(|_| settings.image_path.clone());
     tracing::info!(
         image_path = %image_path.display(),
+        store = %store.describe(),
         default_ns = %settings.default_ns,
         air_gapped = settings.air_gapped,
         registries = settings.registries.len(),
@@ -102,7 +103,7 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
         settings.health_port,
         settings.host.clone(),
     );
-    let app = Arc::new(Mirror::new(settings, store, upstreams));
+    let app = Arc::new(Mirror::new(settings, Arc::new(store), upstreams));
     if let Some(list) = preload_list {
         let opts = preload::Options::new(&app.settings.preload.platforms);
         preload::spawn_in_background(app.clone(), list, opts);
@@ -128,6 +129,6 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
     };
     let served = server::serve(listener, app.clone(), tls, stop).await;
     observed.set_serving(false);
-    crate::inventory::access::flush(&app.inventory.access, &app.store).await;
+    crate::inventory::access::flush(&app.inventory.access, &*app.store).await;
     served.map_err(FatalError::Serve)
 }

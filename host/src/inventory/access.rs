@@ -13,14 +13,15 @@ use std::path::Path;
 pub use crate::mirror::pulls::AccessTracker;
 use crate::oci::reference::RepoName;
 pub use crate::store::access::AccessRecord;
-use crate::store::{self, BlobStore, tags};
+use crate::store::{self, Store, TagKey};
 
 /// Writes every time `tracker` holds to disk; returns how many records were updated. A
 /// write that fails is logged and dropped (access times are advisory).
-pub async fn flush(tracker: &AccessTracker, store: &BlobStore) -> usize {
+pub async fn flush(tracker: &AccessTracker, store: &dyn Store) -> usize {
     // Held for the whole flush: a prune in another process cannot remove a record
     // between our read and our write-back.
-    let _lock = match super::lock::InventoryLock::acquire_async(store.root().to_owned()).await {
+    let _lock = match super::lock::InventoryLock::acquire_async(store.local_root().to_owned()).await
+    {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::debug!(error = %e, "no inventory lock for the access flush");
@@ -33,7 +34,12 @@ pub async fn flush(tracker: &AccessTracker, store: &BlobStore) -> usize {
         let Ok(repo) = RepoName::parse(&repo) else {
             continue;
         };
-        match tags::set_accessed(store, &registry, &repo, &tag, at).await {
+        let key = TagKey {
+            registry: &registry,
+            repo: &repo,
+            tag: &tag,
+        };
+        match store.set_tag_accessed(key, at).await {
             Ok(true) => written += 1,
             Ok(false) => {}
             Err(e) => {
@@ -42,7 +48,7 @@ pub async fn flush(tracker: &AccessTracker, store: &BlobStore) -> usize {
         }
     }
     if !pending.digests.is_empty() {
-        let root = store.root().to_owned();
+        let root = store.local_root().to_owned();
         let digests = pending.digests;
         let n = tokio::task::spawn_blocking(move || flush_digests(&root, digests))
             .await
@@ -86,12 +92,13 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
 mod tests {
     use super::*;
     use crate::oci::reference::Digest;
+    use crate::store::FsStore;
     use bytes::Bytes;
 
     #[tokio::test]
     async fn flush_writes_tag_and_digest_records_only_for_cached_content() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
         let bytes = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
         let m = crate::store::Manifest {
             digest: Digest::of(&bytes),
@@ -100,7 +107,16 @@ mod tests {
         };
         store.put_manifest(&m).await.unwrap();
         let repo = RepoName::parse("org/app").unwrap();
-        tags::put(&store, "r.io", &repo, "v1", &m.media_type, &m.digest)
+        store
+            .put_tag(
+                crate::store::TagKey {
+                    registry: "r.io",
+                    repo: &repo,
+                    tag: "v1",
+                },
+                &m.media_type,
+                &m.digest,
+            )
             .await
             .unwrap();
         let t = AccessTracker::default();
@@ -109,10 +125,28 @@ mod tests {
         t.touch_digest("r.io", &repo, &m.digest);
         t.touch_digest("r.io", &repo, &Digest::of(b"not cached"));
         assert_eq!(flush(&t, &store).await, 2);
-        let rec = tags::get(&store, "r.io", &repo, "v1").await.unwrap();
+        let rec = store
+            .get_tag(crate::store::TagKey {
+                registry: "r.io",
+                repo: &repo,
+                tag: "v1",
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert!(rec.accessed_at.is_some());
         assert_eq!(rec.entries.len(), 1);
-        assert!(tags::get(&store, "r.io", &repo, "gone").await.is_none());
+        assert!(
+            store
+                .get_tag(crate::store::TagKey {
+                    registry: "r.io",
+                    repo: &repo,
+                    tag: "gone"
+                })
+                .await
+                .unwrap()
+                .is_none()
+        );
         let acc = store::access::read(dir.path(), m.digest.hex()).unwrap();
         assert_eq!(acc.repositories, vec!["r.io/org/app".to_owned()]);
         assert!(!store::access::exists(

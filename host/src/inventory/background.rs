@@ -17,7 +17,7 @@ pub fn start(app: &Arc<Mirror>) {
         tick.tick().await;
         loop {
             tick.tick().await;
-            super::access::flush(&a.inventory.access, &a.store).await;
+            super::access::flush(&a.inventory.access, &*a.store).await;
         }
     });
     if let Some(schedule) = app.settings.inventory.prune.clone() {

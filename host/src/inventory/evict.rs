@@ -72,7 +72,7 @@ pub async fn run_in_server(
 ) -> Result<Option<PrunePlan>, PruneError> {
     // Most checks find the cache within bounds: a directory count settles that without the
     // flush, the lock and the full scan (which reads every manifest and record).
-    let root = app.store.root().to_owned();
+    let root = app.store.local_root().to_owned();
     let counted = tokio::task::spawn_blocking(move || crate::store::listing::usage(&root))
         .await
         .map_err(|source| PruneError::Task {
@@ -110,13 +110,13 @@ mod tests {
     use super::*;
     use crate::oci::media;
     use crate::oci::reference::RepoName;
-    use crate::store::{BlobStore, tags};
+    use crate::store::{FsStore, Store, TagKey};
 
     #[tokio::test]
     async fn least_recently_pulled_goes_first_and_shared_bytes_count_once() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let store = BlobStore::open(root).unwrap();
+        let store = FsStore::open(root).unwrap();
         let shared = blob(root, &[7u8; 1000]);
         let mut digests = Vec::new();
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
@@ -135,9 +135,12 @@ mod tests {
         // Pulled: a at 300, b at 100, c at 200.
         for (name, at) in [("a", 300), ("b", 100), ("c", 200)] {
             let repo = RepoName::parse(&format!("org/{name}")).unwrap();
-            tags::set_accessed(&store, "r.io", &repo, "v1", at)
-                .await
-                .unwrap();
+            let key = TagKey {
+                registry: "r.io",
+                repo: &repo,
+                tag: "v1",
+            };
+            store.set_tag_accessed(key, at).await.unwrap();
         }
         let cache = scan::scan(root).unwrap();
         let total = cache.total_bytes();

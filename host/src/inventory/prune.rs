@@ -279,8 +279,8 @@ pub async fn run_locked(
     work: impl FnOnce(&Path) -> Result<Option<PrunePlan>, PruneError> + Send + 'static,
 ) -> Result<Option<PrunePlan>, PruneError> {
     let _one = app.inventory.prune_lock.lock().await;
-    crate::inventory::access::flush(&app.inventory.access, &app.store).await;
-    let root = app.store.root().to_owned();
+    crate::inventory::access::flush(&app.inventory.access, &*app.store).await;
+    let root = app.store.local_root().to_owned();
     let plan = tokio::task::spawn_blocking(move || {
         let _lock = super::lock::InventoryLock::acquire(&root, || {})
             .map_err(|source| PruneError::Lock { what, source })?;
@@ -328,13 +328,13 @@ mod tests {
     use super::super::scan::tests::{blob, image, tag};
     use super::*;
     use crate::oci::media;
-    use crate::store::BlobStore;
+    use crate::store::FsStore;
 
     #[tokio::test]
     async fn shared_blobs_stay_while_referenced() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let store = BlobStore::open(root).unwrap();
+        let store = FsStore::open(root).unwrap();
         let shared = blob(root, b"shared");
         let (ca, cb) = (blob(root, b"ca"), blob(root, b"cb"));
         let a = image(&store, &[&ca, &shared]).await;
@@ -385,7 +385,7 @@ mod tests {
     async fn grace_keeps_fresh_blobs_and_empty_criteria_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let store = BlobStore::open(root).unwrap();
+        let store = FsStore::open(root).unwrap();
         let c = blob(root, b"c");
         let a = image(&store, &[&c]).await;
         tag(&store, "org/a", "v1", &a, media::OCI_MANIFEST).await;

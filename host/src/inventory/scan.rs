@@ -384,7 +384,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::oci::media;
     use crate::oci::reference::{Digest, RepoName};
-    use crate::store::{BlobStore, Manifest, tags};
+    use crate::store::{FsStore, Manifest, Store};
     use bytes::Bytes;
 
     /// Writes a blob of `content`; returns its hex.
@@ -395,7 +395,7 @@ pub(crate) mod tests {
     }
 
     /// Stores an image manifest referencing `blobs` (hex); returns its digest.
-    pub async fn image(store: &BlobStore, blobs: &[&str]) -> Digest {
+    pub async fn image(store: &FsStore, blobs: &[&str]) -> Digest {
         let desc = |h: &&str| format!(r#"{{"digest":"sha256:{h}","size":1}}"#);
         let config = desc(&blobs[0]);
         let layers: Vec<String> = blobs[1..].iter().map(desc).collect();
@@ -407,7 +407,7 @@ pub(crate) mod tests {
         put(store, json, media::OCI_MANIFEST).await
     }
 
-    pub async fn index(store: &BlobStore, children: &[&Digest]) -> Digest {
+    pub async fn index(store: &FsStore, children: &[&Digest]) -> Digest {
         let m: Vec<String> = children
             .iter()
             .map(|d| {
@@ -425,7 +425,7 @@ pub(crate) mod tests {
         put(store, json, media::OCI_INDEX).await
     }
 
-    async fn put(store: &BlobStore, json: String, media_type: &str) -> Digest {
+    async fn put(store: &FsStore, json: String, media_type: &str) -> Digest {
         let bytes = Bytes::from(json);
         let m = Manifest {
             digest: Digest::of(&bytes),
@@ -436,9 +436,18 @@ pub(crate) mod tests {
         m.digest
     }
 
-    pub async fn tag(store: &BlobStore, repo: &str, tag: &str, d: &Digest, media_type: &str) {
+    pub async fn tag(store: &FsStore, repo: &str, tag: &str, d: &Digest, media_type: &str) {
         let repo = RepoName::parse(repo).unwrap();
-        tags::put(store, "r.io", &repo, tag, media_type, d)
+        store
+            .put_tag(
+                crate::store::TagKey {
+                    registry: "r.io",
+                    repo: &repo,
+                    tag,
+                },
+                media_type,
+                d,
+            )
             .await
             .unwrap();
     }
@@ -447,7 +456,7 @@ pub(crate) mod tests {
     async fn images_by_tag_digest_and_untracked() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let store = BlobStore::open(root).unwrap();
+        let store = FsStore::open(root).unwrap();
         let (c1, l1, l2) = (blob(root, b"c1"), blob(root, b"l1"), blob(root, b"shared"));
         let a = image(&store, &[&c1, &l1, &l2]).await;
         let c2 = blob(root, b"c2");

@@ -35,9 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::mirror::MirrorError;
 use crate::oci::reference::Digest;
-use crate::store::StoreError;
-use crate::store::blob_store::read_chunk;
-use crate::store::{BlobStore, Staged};
+use crate::store::{Staged, Store, StoreError, read_chunk};
 
 /// Bytes read from disk per chunk sent to a client of a running download, many of which
 /// may read at once (each holds one chunk: small reads keep memory bounded).
@@ -270,7 +268,7 @@ impl Download {
         }
     }
 
-    fn new(store: &BlobStore, digest: &Digest, registry: &str) -> Download {
+    fn new(store: &Arc<dyn Store>, digest: &Digest, registry: &str) -> Download {
         let (tx, _) = watch::channel(Progress::Starting);
         Download {
             digest: digest.clone(),
@@ -327,7 +325,7 @@ impl Downloads {
     /// is not joined: a new one replaces it.
     pub fn get_or_start<F, Fut>(
         self: &Arc<Self>,
-        store: &BlobStore,
+        store: &Arc<dyn Store>,
         digest: &Digest,
         registry: &str,
         keep: bool,
@@ -349,7 +347,7 @@ impl Downloads {
     }
 
     /// Runs a registered download to the end (see [`Downloads::get_or_start`]).
-    async fn run<F, Fut>(self: Arc<Self>, store: BlobStore, d: Arc<Download>, fetch: F)
+    async fn run<F, Fut>(self: Arc<Self>, store: Arc<dyn Store>, d: Arc<Download>, fetch: F)
     where
         F: FnOnce(Arc<Download>) -> Fut,
         Fut: Future<Output = Result<UpstreamBody, MirrorError>>,
@@ -418,7 +416,7 @@ impl Downloads {
     /// Joins the running download of `digest`, or registers a new one that the caller runs
     /// with [`Downloads::fill`] (tests).
     #[cfg(test)]
-    fn join_or_register(&self, store: &BlobStore, digest: &Digest) -> (Arc<Download>, bool) {
+    fn join_or_register(&self, store: &Arc<dyn Store>, digest: &Digest) -> (Arc<Download>, bool) {
         let j = self.join(store, digest, "", true, None);
         let d = j.download.clone();
         (d, j.started)
@@ -428,7 +426,7 @@ impl Downloads {
     /// run (see [`Downloads::get_or_start`]).
     fn join(
         &self,
-        store: &BlobStore,
+        store: &Arc<dyn Store>,
         digest: &Digest,
         registry: &str,
         keep: bool,
@@ -493,7 +491,7 @@ impl Downloads {
     /// unregisters. Every failure is published to the readers and nothing is stored.
     async fn fill(
         &self,
-        store: &BlobStore,
+        store: &Arc<dyn Store>,
         d: &Arc<Download>,
         src: UpstreamBody,
     ) -> Result<u64, MirrorError> {
@@ -511,7 +509,7 @@ impl Downloads {
 }
 
 async fn write_verified(
-    store: &BlobStore,
+    store: &Arc<dyn Store>,
     d: &Arc<Download>,
     src: UpstreamBody,
 ) -> Result<u64, MirrorError> {
@@ -1125,6 +1123,7 @@ impl FetchSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::FsStore;
     use crate::upstream::BodyError;
     use futures_util::TryStreamExt;
 
@@ -1155,7 +1154,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_past_max_blob_size_is_cut_and_nothing_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let digest = Digest::of(b"whatever");
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
@@ -1166,18 +1166,16 @@ mod tests {
         assert!(err.to_string().contains("maxBlobSize"), "{err}");
         let got: Result<Vec<Bytes>, _> = reader.try_collect().await;
         assert!(got.is_err(), "the reader's transfer is aborted");
-        assert!(!store.blob_path(&digest).exists());
-        assert_eq!(
-            crate::store::blob_store::tests::tmp_file_count(dir.path()),
-            0
-        );
+        assert!(!fs.blob_path(&digest).exists());
+        assert_eq!(crate::store::staging::tests::tmp_file_count(dir.path()), 0);
         assert!(downloads.is_empty());
     }
 
     #[tokio::test]
     async fn a_download_nobody_keeps_stops_when_its_last_client_leaves() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let digest = Digest::of(b"whatever");
         let downloads = Arc::new(Downloads::default());
         let j = downloads.join(&store, &digest, "adhoc.example", false, None);
@@ -1185,7 +1183,7 @@ mod tests {
         let second = downloads.join(&store, &digest, "adhoc.example", false, None);
         assert!(!second.started && Arc::ptr_eq(&j.download, &second.download));
         let d = j.download.clone();
-        let (dl, st) = (downloads.clone(), Arc::new(store));
+        let (dl, st) = (downloads.clone(), store.clone());
         let st2 = st.clone();
         let running =
             tokio::spawn(async move { dl.fill(&st2, &d, source(None, endless(), None)).await });
@@ -1204,7 +1202,7 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("every client left"), "{err}");
         assert_eq!(
-            crate::store::blob_store::tests::tmp_file_count(st.root()),
+            crate::store::staging::tests::tmp_file_count(st.local_root()),
             0
         );
         // A newcomer starts afresh instead of joining the cancelled download.
@@ -1215,7 +1213,8 @@ mod tests {
     #[tokio::test]
     async fn a_kept_download_runs_on_without_clients() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let data = vec![3u8; 300_000];
         let digest = Digest::of(&data);
         let downloads = Downloads::default();
@@ -1229,13 +1228,13 @@ mod tests {
                 .unwrap(),
             300_000
         );
-        assert!(store.blob_path(&digest).is_file());
+        assert!(fs.blob_path(&digest).is_file());
     }
 
     #[tokio::test]
     async fn a_reader_of_a_failed_foreign_download_carries_on_from_its_fallback() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(FsStore::open(dir.path()).unwrap());
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 239) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Arc::new(Downloads::default());
@@ -1288,7 +1287,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_that_switched_never_finishes_wrong_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(FsStore::open(dir.path()).unwrap());
         let data: Vec<u8> = (0..400_000u32).map(|i| (i % 233) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Arc::new(Downloads::default());
@@ -1371,7 +1370,8 @@ mod tests {
     #[tokio::test]
     async fn readers_follow_a_download_and_get_verified_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Downloads::default();
@@ -1403,7 +1403,7 @@ mod tests {
         let data = feeder.await.unwrap();
         assert_eq!(n, 1_000_000);
         assert_eq!(reader.await.unwrap().unwrap(), &data[10..]);
-        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+        assert_eq!(std::fs::read(fs.blob_path(&digest)).unwrap(), data);
         assert!(downloads.is_empty());
     }
 
@@ -1430,7 +1430,8 @@ mod tests {
     #[tokio::test]
     async fn wrong_bytes_fail_every_reader_and_store_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let digest = Digest::of(b"expected");
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
@@ -1443,17 +1444,15 @@ mod tests {
         assert!(err.to_string().contains("not stored"), "{err}");
         let got: Result<Vec<Bytes>, _> = reader.try_collect().await;
         assert!(got.is_err());
-        assert!(!store.blob_path(&digest).exists());
-        assert_eq!(
-            crate::store::blob_store::tests::tmp_file_count(dir.path()),
-            0
-        );
+        assert!(!fs.blob_path(&digest).exists());
+        assert_eq!(crate::store::staging::tests::tmp_file_count(dir.path()), 0);
     }
 
     #[tokio::test]
     async fn short_body_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let digest = Digest::of(b"abcdef");
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
@@ -1463,13 +1462,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("early"), "{err}");
-        assert!(!store.blob_path(&digest).exists());
+        assert!(!fs.blob_path(&digest).exists());
     }
 
     #[tokio::test]
     async fn a_broken_body_is_resumed_from_where_it_stopped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Downloads::default();
@@ -1498,14 +1498,14 @@ mod tests {
         assert_eq!(n, 700_000);
         assert_eq!(*offsets.lock().unwrap(), vec![300_000]);
         assert_eq!(reader.await.unwrap().unwrap(), data);
-        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+        assert_eq!(std::fs::read(fs.blob_path(&digest)).unwrap(), data);
     }
 
     /// A download whose bytes are all in its temp file, with `state` published.
-    fn written_download(store: &BlobStore, data: &[u8], state: Progress) -> Arc<Download> {
+    fn written_download(store: &Arc<dyn Store>, data: &[u8], state: Progress) -> Arc<Download> {
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(store, &Digest::of(data));
-        std::fs::write(d.staged.temp_path(), data).unwrap();
+        std::fs::write(d.staged.temp(), data).unwrap();
         d.publish(state);
         d
     }
@@ -1513,7 +1513,8 @@ mod tests {
     #[tokio::test]
     async fn a_verified_download_is_read_to_the_last_byte_before_it_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
         let d = written_download(&store, &data, Progress::Verified { total: 200_000 });
         // Complete is never published: the reader must not wait for the fsync and rename.
@@ -1526,7 +1527,8 @@ mod tests {
     #[tokio::test]
     async fn verified_bytes_are_still_served_when_storing_them_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
         let d = written_download(&store, &data, Progress::Verified { total: 300_000 });
         let mut reader = Box::pin(read_following(d.clone(), 0, None, Duration::from_secs(2)));
@@ -1536,7 +1538,7 @@ mod tests {
         d.publish(Progress::Failed(MirrorError::Internal(
             "cache write failed".into(),
         )));
-        std::fs::remove_file(d.staged.temp_path()).unwrap();
+        std::fs::remove_file(d.staged.temp()).unwrap();
         let rest: Vec<Bytes> = reader.try_collect().await.unwrap();
         assert_eq!([&[first][..], &rest[..]].concat().concat(), data);
     }
@@ -1544,7 +1546,8 @@ mod tests {
     #[tokio::test]
     async fn get_or_start_runs_one_download_to_the_store_and_unregisters_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let fs = FsStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(fs.clone());
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Arc::new(Downloads::default());
@@ -1577,7 +1580,7 @@ mod tests {
             .expect("the stored blob is announced");
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
         assert!(downloads.is_empty(), "unregistered once done");
-        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+        assert_eq!(std::fs::read(fs.blob_path(&digest)).unwrap(), data);
         // Stored now: a new start completes at once without asking the upstream.
         let again = start(&downloads);
         let mut p = again.download.subscribe();

@@ -15,7 +15,7 @@ use crate::upstream::{Upstream, UpstreamError};
 use crate::metrics::ContentKind;
 use crate::oci::media::{self, Accept};
 use crate::oci::reference::Reference;
-use crate::store::{Manifest, tags};
+use crate::store::{Manifest, TagKey};
 
 /// Manifest `digest` for a client of `registry/repo`, its pull recorded for the inventory.
 pub async fn by_digest(
@@ -170,7 +170,12 @@ async fn manifest_by_tag(
 
 async fn record_tag(app: &Mirror, registry: &str, repo: &RepoName, tag: &str, m: &Manifest) {
     app.hot.forget_tag(&tag_key(registry, repo, tag));
-    if let Err(e) = tags::put(&app.store, registry, repo, tag, &m.media_type, &m.digest).await {
+    let key = TagKey {
+        registry,
+        repo,
+        tag,
+    };
+    if let Err(e) = app.store.put_tag(key, &m.media_type, &m.digest).await {
         tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record tag");
     }
 }
@@ -178,7 +183,7 @@ async fn record_tag(app: &Mirror, registry: &str, repo: &RepoName, tag: &str, m:
 /// A cached manifest, from memory or disk.
 async fn stored_manifest(app: &Mirror, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
     if let Some(m) = app.hot.manifest(digest) {
-        if app.store.has_manifest(digest) {
+        if app.store.has_manifest(digest).await? {
             return Ok(Some(m));
         }
         // Pruned, by this process or another one (the `prune` verb).
@@ -244,12 +249,17 @@ async fn cached_tag(
     accept: &Accept,
 ) -> Option<(Manifest, u64)> {
     // One `stat` (cheap, so done in place) tells whether the record in memory is current.
-    let modified = tags::modified(&app.store, registry, repo, tag)?;
+    let stored = TagKey {
+        registry,
+        repo,
+        tag,
+    };
+    let modified = app.store.tag_modified(stored).await.ok()??;
     let key = tag_key(registry, repo, tag);
     let record = match app.hot.tag(&key, modified) {
         Some(r) => r,
         None => {
-            let r = std::sync::Arc::new(tags::get(&app.store, registry, repo, tag).await?);
+            let r = std::sync::Arc::new(app.store.get_tag(stored).await.ok()??);
             app.hot.put_tag(&key, modified, r.clone());
             r
         }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use crate::config::Settings;
-use crate::store::{BlobStore, Manifest};
+use crate::store::{Manifest, Store};
 use crate::upstream::Upstreams;
 use downloads::Downloads;
 pub use error::MirrorError;
@@ -44,7 +44,7 @@ pub struct Mirror {
     /// Effective settings.
     pub settings: Settings,
     /// The cache.
-    pub store: BlobStore,
+    pub store: Arc<dyn Store>,
     /// Upstream registries.
     pub upstreams: Upstreams,
     /// Running blob downloads.
@@ -60,7 +60,7 @@ pub struct Mirror {
 
 impl Mirror {
     /// Assembles the mirror.
-    pub fn new(settings: Settings, store: BlobStore, upstreams: Upstreams) -> Self {
+    pub fn new(settings: Settings, store: Arc<dyn Store>, upstreams: Upstreams) -> Self {
         let downloads = Arc::new(Downloads::new(&settings.fetch_limits));
         Mirror {
             settings,

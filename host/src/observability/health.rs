@@ -234,9 +234,6 @@ mod tests {
         assert!(cache_writable(dir.path()).await.is_err(), "no tmp/ yet");
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
         cache_writable(dir.path()).await.unwrap();
-        assert_eq!(
-            crate::store::blob_store::tests::tmp_file_count(dir.path()),
-            0
-        );
+        assert_eq!(crate::store::staging::tests::tmp_file_count(dir.path()), 0);
     }
 }

@@ -306,7 +306,7 @@ pub async fn start(
         ));
     }
     if metrics.is_some() {
-        let root = observed.app.store.root().to_owned();
+        let root = observed.app.store.local_root().to_owned();
         tokio::spawn(disk::track(root, crate::metrics::global()));
     }
     Ok(())
@@ -392,7 +392,7 @@ async fn answer(
         }
         "/readyz" if endpoints.health => {
             let observed = &shared.observed;
-            let cache = health::cache_writable(observed.app.store.root()).await;
+            let cache = health::cache_writable(observed.app.store.local_root()).await;
             let (code, body) = health::readiness(
                 observed.serving.load(Ordering::SeqCst),
                 &cache,

@@ -34,7 +34,7 @@ use crate::inventory::invalidate::tag_reference;
 use crate::inventory::prune;
 use crate::mirror::Mirror;
 use crate::server::response::{self, Body};
-use crate::store::tags;
+use crate::store::TagKey;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -258,8 +258,8 @@ async fn handle(
     match (&parts.method, path) {
         (&Method::GET, "/admin/v1/images") => {
             let pattern = query_param(parts.uri.query(), "pattern").filter(|p| !p.is_empty());
-            let root = app.store.root().to_owned();
-            crate::inventory::access::flush(&app.inventory.access, &app.store).await;
+            let root = app.store.local_root().to_owned();
+            crate::inventory::access::flush(&app.inventory.access, &*app.store).await;
             let listed =
                 tokio::task::spawn_blocking(move || images::list_images(&root, pattern.as_deref()))
                     .await;
@@ -308,7 +308,7 @@ async fn handle(
                 Err(e) => return bad_request(e.to_string()),
             };
             let _lock = match crate::inventory::lock::InventoryLock::acquire_async(
-                app.store.root().to_owned(),
+                app.store.local_root().to_owned(),
             )
             .await
             {
@@ -323,7 +323,12 @@ async fn handle(
             };
             let mut removed = Vec::new();
             for (registry, repo, tag) in refs {
-                match tags::remove(&app.store, &registry, &repo, &tag).await {
+                let key = TagKey {
+                    registry: &registry,
+                    repo: &repo,
+                    tag: &tag,
+                };
+                match app.store.remove_tag(key).await {
                     Ok(true) => removed.push(format!("{registry}/{repo}:{tag}")),
                     Ok(false) => {}
                     Err(e) => {

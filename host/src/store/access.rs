@@ -14,8 +14,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::blob_store::{temp_path_in, write_atomically_blocking};
+use super::files::write_atomically_blocking;
 use super::layout;
+use super::staging::temp_path_in;
 
 /// A manifest's access record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The directories [`super::BlobStore::open`] creates.
+/// The directories [`super::FsStore::open`] creates.
 pub(super) const DIRS: [&str; 4] = ["blobs/sha256", "manifests/sha256", "tags", "tmp"];
 
 /// The directory of a repository's tag records, under `tags/<registry>/<repository>/`.

@@ -1,24 +1,29 @@
-//! The storage seam: verified content by digest ([`blob_store`]: blobs read by range,
-//! blobs staged while they download, manifests), tag records ([`tags`]), access records
-//! ([`access`]) and the listing and removal the inventory works with ([`listing`]). It is
-//! the local-disk implementation; the serving code (`crate::mirror`) calls these functions
-//! and never sees a path, so another backend can stand behind the same calls. It knows
-//! nothing of HTTP, upstreams or the mirror.
+//! The storage seam: the [`Store`] trait the mirror works against ([`backend`]: verified
+//! blobs read by range, blobs staged while they download, manifests, tag records) and its
+//! filesystem implementation ([`fs`]), with the local staging ([`staging`]) and file I/O
+//! ([`files`]) it rests on. Every path of the cache layout is built in [`layout`]; nothing
+//! outside the store sees one. It knows nothing of HTTP, upstreams or the mirror.
 //!
-//! Every path of the layout under the image path is built in [`layout`]; nothing outside
-//! the store sees one.
-//!
-//! A file appears under `blobs/` or `manifests/` only after its sha256 matched, through a
-//! temp file, fsync and rename; nothing there is ever rewritten.
+//! The inventory (scan, prune, evict, access times) works on the filesystem layout directly,
+//! through [`listing`], [`access`] and [`tags`]'s listing: those serve the filesystem
+//! backend only.
 
 pub mod access;
-pub mod blob_store;
+pub mod backend;
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod error;
+mod files;
+pub mod fs;
 pub mod layout;
 pub mod listing;
+pub mod staging;
 pub mod tags;
 
 pub use access::AccessRecord;
-pub use blob_store::{BlobStore, Manifest, Staged, StoredBlob, probe_write};
+pub use backend::{Manifest, Store, StoredBlob, TagKey};
 pub use error::StoreError;
+pub(crate) use files::read_chunk;
+pub use fs::{FsStore, probe_write};
 pub use layout::is_cache;
+pub use staging::Staged;

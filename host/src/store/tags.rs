@@ -7,10 +7,11 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::backend::TagKey;
+use super::files::write_atomically;
+use super::layout;
+use super::staging::temp_path_in;
 use crate::oci::reference::{Digest, RepoName};
-use crate::store::BlobStore;
-use crate::store::blob_store::write_atomically;
-use crate::store::layout;
 
 /// One tag's record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -50,33 +51,21 @@ impl TagEntry {
     }
 }
 
-/// Where a tag's record lives.
-fn record_path(store: &BlobStore, registry: &str, repo: &RepoName, tag: &str) -> PathBuf {
-    layout::tag_record(store.root(), registry, repo.as_str(), tag)
+/// Where a tag's record lives under the image path `root`.
+fn record_path(root: &Path, t: TagKey<'_>) -> PathBuf {
+    layout::tag_record(root, t.registry, t.repo.as_str(), t.tag)
 }
 
-/// When the record of `registry/repo:tag` was last written; `None` when there is none.
-/// One `stat`, cheap enough to do in place on the serving path, so that a record another
-/// process changed or removed is seen at once.
-pub fn modified(
-    store: &BlobStore,
-    registry: &str,
-    repo: &RepoName,
-    tag: &str,
-) -> Option<SystemTime> {
-    std::fs::metadata(record_path(store, registry, repo, tag))
+/// When the record of a tag was last written; `None` when there is none. One `stat`.
+pub(super) fn modified(root: &Path, t: TagKey<'_>) -> Option<SystemTime> {
+    std::fs::metadata(record_path(root, t))
         .and_then(|m| m.modified())
         .ok()
 }
 
-/// The record of `registry/repo:tag`; missing or unreadable is `None`.
-pub async fn get(
-    store: &BlobStore,
-    registry: &str,
-    repo: &RepoName,
-    tag: &str,
-) -> Option<TagRecord> {
-    read(&record_path(store, registry, repo, tag)).await
+/// The record of a tag; missing or unreadable is `None`.
+pub(super) async fn get(root: &Path, t: TagKey<'_>) -> Option<TagRecord> {
+    read(&record_path(root, t)).await
 }
 
 /// Reads the tag record at `path`; missing or unreadable is `None`.
@@ -86,22 +75,20 @@ async fn read(path: &Path) -> Option<TagRecord> {
 }
 
 /// Writes `record` to `path` through a temp file and rename.
-async fn write(store: &BlobStore, path: &Path, record: &TagRecord) -> io::Result<()> {
+async fn write(root: &Path, path: &Path, record: &TagRecord) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-    write_atomically(&store.temp_path("tag"), path, &bytes).await
+    write_atomically(&temp_path_in(root, "tag"), path, &bytes).await
 }
 
 /// Records that the tag now resolves to `digest` for `media_type`.
-pub async fn put(
-    store: &BlobStore,
-    registry: &str,
-    repo: &RepoName,
-    tag: &str,
+pub(super) async fn put(
+    root: &Path,
+    t: TagKey<'_>,
     media_type: &str,
     digest: &Digest,
 ) -> io::Result<()> {
     let _guard = RECORD_LOCK.lock().await;
-    let path = record_path(store, registry, repo, tag);
+    let path = record_path(root, t);
     let mut record = read(&path).await.unwrap_or_default();
     record.entries.retain(|e| e.media_type != media_type);
     record.entries.insert(
@@ -115,20 +102,14 @@ pub async fn put(
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
-    write(store, &path, &record).await
+    write(root, &path, &record).await
 }
 
 /// Records that the tag was last pulled at `at` (kept if a later time is already there).
 /// A tag with no record (never cached, or pruned meanwhile) gets none: `Ok(false)`.
-pub async fn set_accessed(
-    store: &BlobStore,
-    registry: &str,
-    repo: &RepoName,
-    tag: &str,
-    at: u64,
-) -> io::Result<bool> {
+pub(super) async fn set_accessed(root: &Path, t: TagKey<'_>, at: u64) -> io::Result<bool> {
     let _guard = RECORD_LOCK.lock().await;
-    let path = record_path(store, registry, repo, tag);
+    let path = record_path(root, t);
     let Some(mut record) = read(&path).await else {
         return Ok(false);
     };
@@ -136,19 +117,14 @@ pub async fn set_accessed(
         return Ok(true);
     }
     record.accessed_at = Some(at);
-    write(store, &path, &record).await?;
+    write(root, &path, &record).await?;
     Ok(true)
 }
 
-/// Forgets a tag so that its next pull asks the upstream; `Ok(false)` when there was none.
-pub async fn remove(
-    store: &BlobStore,
-    registry: &str,
-    repo: &RepoName,
-    tag: &str,
-) -> io::Result<bool> {
+/// Forgets a tag; `Ok(false)` when there was none.
+pub(super) async fn remove(root: &Path, t: TagKey<'_>) -> io::Result<bool> {
     let _guard = RECORD_LOCK.lock().await;
-    match tokio::fs::remove_file(record_path(store, registry, repo, tag)).await {
+    match tokio::fs::remove_file(record_path(root, t)).await {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),

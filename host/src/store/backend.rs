@@ -1,0 +1,144 @@
+//! The storage trait: what the mirror asks of a cache backend (verified blobs read by range,
+//! blobs staged while they download then committed, manifests, tag records), and the types
+//! it hands back. It owns no storage itself; [`super::fs::FsStore`] is the local-disk
+//! backend, and [`super::contract`] holds the tests every backend must pass.
+//!
+//! The methods return boxed futures (`Arc<dyn Store>` must be object-safe); one allocation
+//! per call, next to a syscall or a network round trip at least.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use super::error::StoreError;
+use super::staging::Staged;
+use super::tags::TagRecord;
+use crate::oci::reference::{Digest, RepoName};
+
+/// What a [`Store`] method returns: a boxed future of a result.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A manifest as cached: the upstream's exact bytes and media type.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+    /// Media type as the upstream declared it.
+    pub media_type: String,
+    /// The bytes, unchanged.
+    pub bytes: Bytes,
+}
+
+/// Reads one stored blob by range; each backend has its own (a file, an object).
+pub trait BlobReader: Send + fmt::Debug {
+    /// Streams bytes `[start, end)`.
+    fn read(self: Box<Self>, start: u64, end: u64) -> BoxStream<'static, io::Result<Bytes>>;
+}
+
+/// A stored blob opened for reading: its size, and its bytes by range.
+#[derive(Debug)]
+pub struct StoredBlob {
+    size: u64,
+    reader: Box<dyn BlobReader>,
+}
+
+impl StoredBlob {
+    /// A blob of `size` bytes read by `reader`.
+    pub fn new(size: u64, reader: Box<dyn BlobReader>) -> Self {
+        StoredBlob { size, reader }
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Streams bytes `[start, end)`.
+    pub fn read(self, start: u64, end: u64) -> BoxStream<'static, io::Result<Bytes>> {
+        self.reader.read(start, end)
+    }
+}
+
+/// A tag's name in the store: `registry/repo:tag`.
+#[derive(Debug, Clone, Copy)]
+pub struct TagKey<'a> {
+    /// Canonical registry name.
+    pub registry: &'a str,
+    /// Repository.
+    pub repo: &'a RepoName,
+    /// Tag.
+    pub tag: &'a str,
+}
+
+/// A cache backend. Content is visible under its digest only once verified; nothing under
+/// a digest is ever rewritten. Tag records are the only mutable entries.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Names the backend and where it keeps the cache, for logs (`filesystem /var/cache`).
+    fn describe(&self) -> String;
+
+    /// The directory on local disk this store works in: downloads stage there, and for the
+    /// filesystem store it holds the whole cache (the inventory scans it).
+    fn local_root(&self) -> &Path;
+
+    /// Refuses ([`StoreError::DiskFull`]) when a blob of `size` bytes cannot be staged and
+    /// stored, so a full disk gives the client a clear error before anything is written.
+    fn ensure_space(&self, size: u64) -> Result<(), StoreError>;
+
+    /// Where the blob `digest` is written while it downloads (a local temp file).
+    fn stage(&self, digest: &Digest) -> Staged;
+
+    /// The stored blob's size, if present.
+    fn stat_blob<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<u64>>;
+
+    /// Opens a stored blob for reading; `None` when it is not stored.
+    fn open_blob<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<StoredBlob>>;
+
+    /// Makes a fully written, fsynced and verified staged blob of `size` bytes visible as
+    /// the blob `digest` (a no-op, the staged file dropped, when it is there already).
+    fn commit_blob<'a>(
+        &'a self,
+        staged: &'a Staged,
+        digest: &'a Digest,
+        size: u64,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Whether manifest `digest` is stored (cheap: done on the serving path, so that a
+    /// manifest another process pruned is seen as gone at once).
+    fn has_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, bool>;
+
+    /// A stored manifest by digest.
+    fn get_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<Manifest>>;
+
+    /// Stores a manifest after checking that its bytes hash to its digest
+    /// ([`StoreError::Unverified`] otherwise).
+    fn put_manifest<'a>(&'a self, manifest: &'a Manifest) -> StoreFuture<'a, ()>;
+
+    /// When the record of a tag was last written; `None` when there is none (cheap: done on
+    /// the serving path, so that a record another process changed is seen at once).
+    fn tag_modified<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<SystemTime>>;
+
+    /// A tag's record; missing or unreadable is `None`.
+    fn get_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<TagRecord>>;
+
+    /// Records that the tag now resolves to `digest` for `media_type` (other media types'
+    /// entries kept).
+    fn put_tag<'a>(
+        &'a self,
+        tag: TagKey<'a>,
+        media_type: &'a str,
+        digest: &'a Digest,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Records that the tag was last pulled at `at` (Unix seconds; a later time already
+    /// there is kept). A tag with no record gets none: `false`.
+    fn set_tag_accessed<'a>(&'a self, tag: TagKey<'a>, at: u64) -> StoreFuture<'a, bool>;
+
+    /// Forgets a tag so that its next pull asks the upstream; `false` when there was none.
+    fn remove_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, bool>;
+}
