@@ -86,28 +86,6 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(secs).ok()
 }
 
-/// A `prune` cut-off: a duration (`30d`, `12h`) meaning that long before `now`, or an
-/// RFC 3339 time.
-pub fn parse_cutoff(s: &str, now: u64) -> Result<u64, CutoffError> {
-    if let Some(t) = parse_rfc3339(s) {
-        return Ok(t);
-    }
-    match crate::duration::parse(s) {
-        Ok(d) => Ok(now.saturating_sub(d.as_secs())),
-        Err(_) => Err(CutoffError(s.to_owned())),
-    }
-}
-
-/// A `prune` cut-off that is neither a duration nor a timestamp; the message names both.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)")]
-pub struct CutoffError(pub String);
-
-/// The error for a `prune` cut-off that is neither form, naming both.
-pub fn cutoff_error(s: &str) -> String {
-    CutoffError(s.to_owned()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,9 +132,6 @@ mod tests {
         for bad in ["", "2023-13-01", "2023-11-14T25:00:00Z", "30d", "yesterday"] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
-        assert_eq!(parse_cutoff("1d", 100_000), Ok(100_000 - 86_400));
-        assert_eq!(parse_cutoff("2023-11-14", 5), Ok(1_699_920_000));
-        assert!(parse_cutoff("soon", 5).is_err());
     }
 
     #[test]
@@ -173,10 +148,6 @@ mod tests {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
         assert_eq!(parse_rfc3339("2024-02-29"), Some(1_709_164_800), "leap day");
-        assert_eq!(
-            parse_cutoff("2024-02-31", 5).unwrap_err().to_string(),
-            "\"2024-02-31\" is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)"
-        );
         assert_eq!(
             format_rfc3339(u64::MAX),
             "9999-12-30T22:00:00Z",

@@ -12,7 +12,6 @@ use std::path::Path;
 
 pub use crate::mirror::pulls::AccessTracker;
 use crate::oci::reference::RepoName;
-pub use crate::store::access::AccessRecord;
 use crate::store::{self, Store, TagKey};
 
 /// Writes every time `tracker` holds to disk; returns how many records were updated. A

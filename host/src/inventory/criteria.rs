@@ -6,6 +6,17 @@ use std::time::Duration;
 use super::scan::Image;
 use crate::timefmt;
 
+/// A criterion that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CriteriaError {
+    /// A cut-off that is neither form; the message names both.
+    #[error("{0:?} is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)")]
+    Cutoff(String),
+    /// The pattern is not a regular expression (or too large a one).
+    #[error("invalid pattern: {0}")]
+    Pattern(#[from] regex::Error),
+}
+
 /// A point in time given as an age (`30d`: that long before the run) or an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cutoff {
@@ -17,13 +28,13 @@ pub enum Cutoff {
 
 impl Cutoff {
     /// Reads `30d`, `12h` or an RFC 3339 time.
-    pub fn parse(s: &str) -> Result<Cutoff, String> {
+    pub fn parse(s: &str) -> Result<Cutoff, CriteriaError> {
         if let Some(t) = timefmt::parse_rfc3339(s) {
             return Ok(Cutoff::At(t));
         }
         crate::duration::parse(s)
             .map(Cutoff::Age)
-            .map_err(|_| timefmt::cutoff_error(s))
+            .map_err(|_| CriteriaError::Cutoff(s.to_owned()))
     }
 
     /// The instant, for a run at `now`.
@@ -53,14 +64,9 @@ impl CriteriaSpec {
     }
 
     /// Compiles the regex and fixes the cut-offs for a run at `now`.
-    pub fn compile(&self, now: u64) -> Result<Criteria, String> {
+    pub fn compile(&self, now: u64) -> Result<Criteria, CriteriaError> {
         let pattern = match &self.pattern {
-            Some(p) => Some(
-                regex::RegexBuilder::new(p)
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| format!("invalid pattern: {e}"))?,
-            ),
+            Some(p) => Some(regex::RegexBuilder::new(p).size_limit(1 << 20).build()?),
             None => None,
         };
         Ok(Criteria {
@@ -102,7 +108,7 @@ pub struct Criteria {
 
 impl Criteria {
     /// Only a pattern (for `list --pattern`).
-    pub fn pattern(p: Option<&str>) -> Result<Criteria, String> {
+    pub fn pattern(p: Option<&str>) -> Result<Criteria, CriteriaError> {
         CriteriaSpec {
             pattern: p.map(str::to_owned),
             ..CriteriaSpec::default()
@@ -135,13 +141,18 @@ mod tests {
             Ok(Cutoff::At(1_700_000_000))
         );
         assert_eq!(Cutoff::Age(Duration::from_secs(10)).instant(100), 90);
-        let e = Cutoff::parse("later").unwrap_err();
-        assert!(e.contains("30d") && e.contains("timestamp"), "{e}");
+        let e = Cutoff::parse("2024-02-31").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "\"2024-02-31\" is neither a duration (30d, 12h, 90m) nor a timestamp (2024-05-01T00:00:00Z)"
+        );
     }
 
     #[test]
     fn bad_pattern_is_an_error() {
-        assert!(Criteria::pattern(Some("(")).is_err());
+        let e = Criteria::pattern(Some("(")).unwrap_err();
+        assert!(matches!(e, CriteriaError::Pattern(_)), "{e}");
+        assert!(e.to_string().starts_with("invalid pattern: "), "{e}");
         assert!(Criteria::pattern(None).is_ok());
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::criteria::Criteria;
+use super::criteria::{Criteria, CriteriaError};
 use super::scan::{self, Image, ImageType};
 use crate::timefmt;
 
@@ -54,9 +54,9 @@ impl From<&Image> for ImageView {
 /// Why the images could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
-    /// The pattern is not a regular expression ([`Criteria::pattern`]'s message).
-    #[error("{0}")]
-    Pattern(String),
+    /// The pattern is not a regular expression.
+    #[error(transparent)]
+    Pattern(#[from] CriteriaError),
     /// The cache directory could not be read.
     #[error(transparent)]
     Scan(#[from] std::io::Error),

@@ -46,8 +46,6 @@ pub const MAX_SIZE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_
 
 use std::sync::Arc;
 
-pub use crate::mirror::pulls::{AccessTracker, Inventory};
-
 /// Resolves when `signal` does or when the admin API asks the server to stop.
 pub async fn stop_requested(
     signal: impl std::future::Future<Output = ()>,

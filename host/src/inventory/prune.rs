@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::criteria::{Criteria, CriteriaSpec};
+use super::criteria::{Criteria, CriteriaError, CriteriaSpec};
 use super::scan::{self, Cache, Image, ImageType, Origin};
 use crate::oci::reference::Digest;
 use crate::store;
@@ -189,9 +189,9 @@ pub enum PruneError {
         "give at least one of pattern, accessedBefore, createdBefore (use the pattern `.` to select every image)"
     )]
     NoCriteria,
-    /// A criterion is malformed (what [`CriteriaSpec::compile`] said).
-    #[error("{0}")]
-    Criteria(String),
+    /// A criterion is malformed.
+    #[error(transparent)]
+    Criteria(#[from] CriteriaError),
     /// The cache could not be read.
     #[error(transparent)]
     Scan(#[from] std::io::Error),

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::oci::manifest::{self, Contents};
 use crate::store::{self, AccessRecord, tags::TagFile};
@@ -19,8 +19,6 @@ use crate::store::{self, AccessRecord, tags::TagFile};
 pub struct ManifestEntry {
     /// Bytes on disk.
     pub size: u64,
-    /// Media type.
-    pub media_type: String,
     /// When it was stored (first fetched), Unix seconds.
     pub created: u64,
     /// An index (or manifest list).
@@ -116,8 +114,6 @@ impl Image {
 /// The cache as read from disk.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
-    /// The image path.
-    pub root: PathBuf,
     /// Manifests by hex.
     pub manifests: BTreeMap<String, ManifestEntry>,
     /// Blobs by hex.
@@ -154,10 +150,7 @@ pub fn parse_manifest(bytes: &[u8], media_type: &str) -> (bool, Vec<String>, Vec
 
 /// Reads the cache under `root`.
 pub fn scan(root: &Path) -> io::Result<Cache> {
-    let mut cache = Cache {
-        root: root.to_owned(),
-        ..Cache::default()
-    };
+    let mut cache = Cache { ..Cache::default() };
     read_blobs(root, &mut cache)?;
     read_manifests(root, &mut cache)?;
     let tag_files = store::tags::list(root);
@@ -186,7 +179,6 @@ fn read_manifests(root: &Path, cache: &mut Cache) -> io::Result<()> {
             m.hex,
             ManifestEntry {
                 size: m.bytes.len() as u64,
-                media_type: m.media_type,
                 created: m.created,
                 is_index,
                 children,

@@ -813,7 +813,8 @@ struct Reader {
 /// Streams bytes `[start, end)` (to the end when `None`) of a blob while it downloads.
 /// The stream ends with an error if the download fails, so the client sees an aborted
 /// transfer, never a short body that looks complete; the blob's last byte is only sent
-/// once the whole blob is verified.
+/// once the whole blob is verified (tests; clients read through [`read_following_with`]).
+#[cfg(test)]
 pub fn read_following(
     download: Arc<Download>,
     start: u64,

@@ -15,10 +15,6 @@ pub enum ErrorCode {
     NameInvalid,
     /// Provided digest did not match uploaded content / is malformed.
     DigestInvalid,
-    /// The tag in the URL is malformed.
-    TagInvalid,
-    /// Manifest invalid (e.g. too large).
-    ManifestInvalid,
     /// Authentication required.
     Unauthorized,
     /// Requested access to the resource is denied.
@@ -42,8 +38,6 @@ impl ErrorCode {
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
             ErrorCode::NameInvalid => "NAME_INVALID",
             ErrorCode::DigestInvalid => "DIGEST_INVALID",
-            ErrorCode::TagInvalid => "TAG_INVALID",
-            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",

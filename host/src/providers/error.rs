@@ -95,7 +95,8 @@ impl ProviderError {
         Self::new(provider, error.kind().into(), error.message())
     }
 
-    /// The provider's name.
+    /// The provider's name (tests).
+    #[cfg(test)]
     pub fn provider(&self) -> &str {
         &self.provider
     }
@@ -103,11 +104,6 @@ impl ProviderError {
     /// What kind of failure it was.
     pub fn kind(&self) -> ProviderErrorKind {
         self.kind
-    }
-
-    /// The message alone.
-    pub fn message(&self) -> &str {
-        &self.message
     }
 }
 

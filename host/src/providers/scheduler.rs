@@ -135,7 +135,8 @@ pub enum CredentialUnavailable {
 }
 
 impl CredentialUnavailable {
-    /// The failure reason, when there is one.
+    /// The failure reason, when there is one (tests).
+    #[cfg(test)]
     pub fn reason(&self) -> Option<&str> {
         match self {
             CredentialUnavailable::Unavailable { reason, .. }
@@ -538,7 +539,9 @@ impl ManagedCredential {
 
     /// Stops the background task. A provider call in progress is abandoned; callers waiting
     /// in [`current`](Self::current) or [`refresh_after_unauthorized`](Self::refresh_after_unauthorized)
-    /// get [`CredentialUnavailable::Stopped`], and so do all later calls.
+    /// get [`CredentialUnavailable::Stopped`], and so do all later calls (tests: a server
+    /// stops its providers by ending the process).
+    #[cfg(test)]
     pub fn shutdown(&self) {
         self.inner.task.abort();
         let shared = &self.inner.shared;

@@ -287,7 +287,7 @@ async fn handle(
                     accessed_before,
                     created_before,
                 },
-                (Err(e), _) | (_, Err(e)) => return bad_request(e),
+                (Err(e), _) | (_, Err(e)) => return bad_request(e.to_string()),
             };
             let grace = match r.grace.as_deref().map(crate::duration::parse).transpose() {
                 Ok(g) => g.unwrap_or(app.settings.inventory.grace),

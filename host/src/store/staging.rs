@@ -63,15 +63,6 @@ pub(super) fn prepare(root: &Path, loose: bool) -> io::Result<usize> {
     Ok(cleaned)
 }
 
-/// Whether a file can be created, written and removed in the temp directory of the cache at
-/// `root` (blocking; the readiness probe).
-pub fn probe_write(root: &Path) -> io::Result<()> {
-    let path = temp_path_in(root, "readyz");
-    let result = std::fs::write(&path, b"ok");
-    let _ = std::fs::remove_file(&path);
-    result
-}
-
 /// A fresh, unique temp file path in the cache at `root` (not yet created), in this
 /// process's own locked directory under `tmp/` (labelled, with a process-wide sequence
 /// number). Should that directory not be available (a read-only disk), directly in `tmp/`
