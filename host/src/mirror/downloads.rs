@@ -1125,6 +1125,12 @@ impl FetchSlots {
 mod tests {
     use super::*;
     use crate::store::FsStore;
+
+    /// A filesystem store in `dir`: itself (to look at its files) and as the mirror holds it.
+    fn fs_store(dir: &std::path::Path) -> (FsStore, Arc<dyn Store>) {
+        let fs = FsStore::open(dir).unwrap();
+        (fs.clone(), Arc::new(fs))
+    }
     use crate::upstream::BodyError;
     use futures_util::TryStreamExt;
 
@@ -1155,8 +1161,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_past_max_blob_size_is_cut_and_nothing_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (fs, store) = fs_store(dir.path());
         let digest = Digest::of(b"whatever");
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
@@ -1175,8 +1180,7 @@ mod tests {
     #[tokio::test]
     async fn a_download_nobody_keeps_stops_when_its_last_client_leaves() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (_, store) = fs_store(dir.path());
         let digest = Digest::of(b"whatever");
         let downloads = Arc::new(Downloads::default());
         let j = downloads.join(&store, &digest, "adhoc.example", false, None);
@@ -1214,8 +1218,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_download_runs_on_without_clients() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (fs, store) = fs_store(dir.path());
         let data = vec![3u8; 300_000];
         let digest = Digest::of(&data);
         let downloads = Downloads::default();
@@ -1235,7 +1238,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_of_a_failed_foreign_download_carries_on_from_its_fallback() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(FsStore::open(dir.path()).unwrap());
+        let (_, store) = fs_store(dir.path());
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 239) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Arc::new(Downloads::default());
@@ -1288,7 +1291,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_that_switched_never_finishes_wrong_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(FsStore::open(dir.path()).unwrap());
+        let (_, store) = fs_store(dir.path());
         let data: Vec<u8> = (0..400_000u32).map(|i| (i % 233) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Arc::new(Downloads::default());
@@ -1371,8 +1374,7 @@ mod tests {
     #[tokio::test]
     async fn readers_follow_a_download_and_get_verified_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (fs, store) = fs_store(dir.path());
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Downloads::default();
@@ -1431,8 +1433,7 @@ mod tests {
     #[tokio::test]
     async fn wrong_bytes_fail_every_reader_and_store_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (fs, store) = fs_store(dir.path());
         let digest = Digest::of(b"expected");
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
@@ -1452,8 +1453,7 @@ mod tests {
     #[tokio::test]
     async fn short_body_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (fs, store) = fs_store(dir.path());
         let digest = Digest::of(b"abcdef");
         let downloads = Downloads::default();
         let (d, _) = downloads.join_or_register(&store, &digest);
@@ -1469,8 +1469,7 @@ mod tests {
     #[tokio::test]
     async fn a_broken_body_is_resumed_from_where_it_stopped() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (fs, store) = fs_store(dir.path());
         let data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Downloads::default();
@@ -1514,8 +1513,7 @@ mod tests {
     #[tokio::test]
     async fn a_verified_download_is_read_to_the_last_byte_before_it_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (_, store) = fs_store(dir.path());
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
         let d = written_download(&store, &data, Progress::Verified { total: 200_000 });
         // Complete is never published: the reader must not wait for the fsync and rename.
@@ -1528,8 +1526,7 @@ mod tests {
     #[tokio::test]
     async fn verified_bytes_are_still_served_when_storing_them_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (_, store) = fs_store(dir.path());
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
         let d = written_download(&store, &data, Progress::Verified { total: 300_000 });
         let mut reader = Box::pin(read_following(d.clone(), 0, None, Duration::from_secs(2)));
@@ -1547,8 +1544,7 @@ mod tests {
     #[tokio::test]
     async fn get_or_start_runs_one_download_to_the_store_and_unregisters_it() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = FsStore::open(dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(fs.clone());
+        let (fs, store) = fs_store(dir.path());
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
         let digest = Digest::of(&data);
         let downloads = Arc::new(Downloads::default());

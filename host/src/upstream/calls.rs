@@ -145,17 +145,7 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
-        let resp = self
-            .request(Method::HEAD, repo, &format!("blobs/{digest}"), None)
-            .await?;
-        if !resp.status().is_success() {
-            return Err(upstream_status(
-                self,
-                resp,
-                Subject::Blob,
-                &format!("blob {digest}"),
-            ));
-        }
+        let resp = self.blob_request(Method::HEAD, repo, digest).await?;
         Ok(resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -169,21 +159,28 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobBody, UpstreamError> {
-        let resp = self
-            .request(Method::GET, repo, &format!("blobs/{digest}"), None)
-            .await?;
-        if !resp.status().is_success() {
-            return Err(upstream_status(
-                self,
-                resp,
-                Subject::Blob,
-                &format!("blob {digest}"),
-            ));
-        }
+        let resp = self.blob_request(Method::GET, repo, digest).await?;
         Ok(BlobBody {
             total: resp.content_length(),
             body: Box::pin(resp.bytes_stream().map_err(BodyError::from)),
         })
+    }
+
+    /// `method` on blob `digest` in `repo`; anything but a success is the upstream's refusal.
+    async fn blob_request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let resp = self
+            .request(method, repo, &format!("blobs/{digest}"), None)
+            .await?;
+        if !resp.status().is_success() {
+            let what = format!("blob {digest}");
+            return Err(upstream_status(self, resp, Subject::Blob, &what));
+        }
+        Ok(resp)
     }
 
     /// The rest of blob `digest` from byte `from` (after the upstream broke off): only a
