@@ -1,4 +1,7 @@
 //! Go-style durations as Ociregistry's config writes them: `90s`, `6h`, `1h30m`, `500ms`.
+//!
+//! Hand-written on purpose: the accepted forms are Ociregistry's (Go's units plus `d`, bare
+//! milliseconds), which no maintained crate reads exactly, and the parser is proptested.
 
 use std::time::Duration;
 

@@ -1,29 +1,48 @@
 //! ociregistry: a pull-only, pull-through caching OCI registry.
 //!
-//! A request flows through these parts:
+//! The layers, top to bottom; each imports only its own layer or those below it, never in
+//! a circle (`tests/layers.rs` checks it):
 //!
-//! - [`cli`] parses the command line and starts the server; [`config`] reads Ociregistry's
-//!   `config.yaml` strictly and merges it with flags ([`duration`] reads `6h`-style values).
-//! - [`server`] accepts connections through one [`server::listener`] (pull port, admin API,
-//!   metrics and health: the same timeouts and caps); [`server::router`] turns a path into a
-//!   route and picks the upstream (`?ns=`, in-path host, `defaultNs`); [`server::handlers`]
-//!   answers it.
-//! - [`cache`] holds verified content by digest, tag records, and the single-flight
-//!   downloads that clients read while they run.
+//! ```text
+//! cli                                   verbs, flags, everything printed
+//!  |-> server  observability  preload  inventory
+//!  |     HTTP: listener, routes,   metrics/health   warm the cache   scan, prune, evict,
+//!  |     admin API, status codes   endpoints        from a list      access times
+//!  |-> mirror                           the pull-through logic, no HTTP types
+//!  |-> store        upstream            the cache backend (trait + filesystem) / registries
+//!  |-> providers                        auth plugins and the credential scheduler
+//!  `-> leaves: config oci duration timefmt metrics logging
+//! ```
+//!
+//! A request flows through them like this:
+//!
+//! - [`cli`] parses the command line and builds the parts; [`config`] reads Ociregistry's
+//!   `config.yaml` strictly into plain [`config::Settings`] ([`duration`] reads `6h`-style
+//!   values).
+//! - [`server`] accepts connections through one listener (pull port, admin API, metrics and
+//!   health: the same timeouts and caps), routes a path and picks the upstream (`?ns=`,
+//!   in-path host, `defaultNs`), and maps every answer and error to HTTP.
+//! - [`mirror`] answers "this manifest", "this blob": from the [`store`] or, on a miss,
+//!   through one shared upstream fetch per manifest and one shared download per blob that
+//!   clients read while it runs.
+//! - [`store`] is the storage seam: the `Store` trait and its filesystem backend; content
+//!   becomes visible under its digest only once verified.
 //! - [`upstream`] talks to upstream registries with the right TLS and credentials, answering
-//!   Basic and Bearer-token challenges and following redirects itself;
-//!   [`upstream::policy`] decides which hosts and addresses may be contacted at all.
+//!   Basic and Bearer-token challenges and following redirects itself under a host policy.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
+//! - [`inventory`] knows what is cached and when it was last pulled: list, prune, `maxSize`
+//!   eviction, invalidation.
 //! - [`metrics`] counts what happens on those paths; [`observability`] serves it
 //!   (`--metrics`) with liveness and readiness (`--health`).
 //! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body, and
-//!   what a manifest refers to.
-//! - [`inventory`] tracks last pulls, lists and prunes the cache, bounds it by `maxSize`
-//!   and serves the admin API.
-//! - [`timefmt`] is the one clock and calendar: Unix seconds on disk, RFC 3339 for people.
+//!   what a manifest refers to; [`timefmt`] reads and writes timestamps; [`logging`] sets
+//!   up `tracing`.
 
 #![forbid(unsafe_code)]
+// The map above links to the crate-private modules: read it with
+// `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod cli;
 pub mod config;

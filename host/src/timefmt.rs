@@ -1,6 +1,6 @@
-//! Timestamps: Unix seconds on disk, RFC 3339 (UTC) for people and JSON, and the cut-off
-//! arguments of `prune` (`30d` ago, or an RFC 3339 time). The calendar (valid dates, days
-//! since the epoch) is `jiff`'s; this module owns only which forms are read and written.
+//! Timestamps: Unix seconds on disk, RFC 3339 (UTC) for people and JSON. The calendar
+//! (valid dates, days since the epoch) is `jiff`'s; this module owns only which forms are
+//! read and written (what a `prune` cut-off means is `crate::inventory::criteria`'s).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -824,7 +824,7 @@ pub fn read_following(
     follow(download, None, start, end, idle_timeout, None)
 }
 
-/// [`read_following`] for a client holding `interest` in the download (released when the
+/// `read_following` for a client holding `interest` in the download (released when the
 /// stream is dropped). With `fallback` (the download was started for another registry), a
 /// failure or stall of the download switches the reader to the download `fallback` gives,
 /// from where it got to: at once when it has sent nothing yet, and for a whole-blob reader

@@ -1,6 +1,10 @@
 //! Parsing and validation of what clients put in a request path: repository names, tags,
 //! digests and upstream registry host names.
 //!
+//! Hand-written on purpose: the grammar is the distribution spec's plus this mirror's own
+//! path-safety rules below, and it is proptested; reference crates parse the docker CLI's
+//! normalised forms (`library/` added, default tags), which a mirror must not do silently.
+//!
 //! Everything here is validated against the OCI distribution grammar before it is used to
 //! build a file path or an upstream URL, so a value that passes cannot escape the image path
 //! (no component can be empty, `.` or `..`, or contain `/` or `%`).

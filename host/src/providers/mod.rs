@@ -1,7 +1,8 @@
 //! Auth provider plugins on the host side: loading each configured provider by name from
 //! the plugin directory and keeping one credential per registry entry fresh
 //! ([`scheduler`]); `ociregistry providers` ([`listing`]); the typed error of a provider
-//! call ([`error`]).
+//! call ([`error`]). It sends no request to a registry (the upstream layer presents the
+//! credentials) and holds no unsafe code (the ABI is `ociregistry-plugin-api`'s).
 
 pub mod error;
 pub mod listing;

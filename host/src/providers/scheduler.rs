@@ -126,7 +126,7 @@ pub enum CredentialUnavailable {
         /// Time until the provider may be asked again.
         retry_in: Duration,
     },
-    /// [`ManagedCredential::shutdown`] was called.
+    /// `ManagedCredential::shutdown` (tests) was called.
     #[error("credential refresh for registry {registry} has been shut down")]
     Stopped {
         /// The registry entry.
@@ -187,7 +187,7 @@ pub enum CredentialState {
     Valid,
     /// The last fetch failed, or the credential held is no longer valid.
     Failing,
-    /// [`ManagedCredential::shutdown`] was called.
+    /// `ManagedCredential::shutdown` (tests) was called.
     Stopped,
 }
 
@@ -238,8 +238,8 @@ pub struct CredentialStatus {
 }
 
 /// One registry entry's credential, refreshed in the background. Cheap to clone; shared by
-/// all pulls to one registry. The refresh task stops on [`shutdown`](Self::shutdown) or when
-/// the last clone is dropped.
+/// all pulls to one registry. The refresh task stops when
+/// the last clone is dropped (tests also stop it with `shutdown`).
 #[derive(Clone)]
 pub struct ManagedCredential {
     inner: Arc<Handle>,

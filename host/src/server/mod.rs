@@ -5,7 +5,9 @@
 //!
 //! [`router`] maps paths to routes; [`handlers`] dispatches them to [`manifests`], [`blobs`]
 //! and [`passthrough`]; [`range`] reads `Range` headers; [`response`] builds bodies and OCI
-//! error answers.
+//! error answers; [`error`] maps the lower layers' typed errors to statuses and OCI error
+//! codes, the only place that does. No pull-through logic lives here (that is
+//! [`crate::mirror`]), and no file of the cache is touched but through it.
 
 pub mod admin;
 pub mod blobs;

@@ -1,4 +1,8 @@
 //! The `Range` request header for blobs: one `bytes=` range, answered with 206.
+//!
+//! Hand-written on purpose: the registry answers a single range only (what clients resuming
+//! a layer send), a few lines that are proptested, where a general multi-range parser would
+//! add cases the server must then refuse.
 
 /// What to send for a blob of `total` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

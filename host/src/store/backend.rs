@@ -1,7 +1,7 @@
 //! The storage trait: what the mirror asks of a cache backend (verified blobs read by range,
 //! blobs staged while they download then committed, manifests, tag records), and the types
 //! it hands back. It owns no storage itself; [`super::fs::FsStore`] is the local-disk
-//! backend, and [`super::contract`] holds the tests every backend must pass.
+//! backend, and `super::contract` (tests) holds the tests every backend must pass.
 //!
 //! The methods return boxed futures (`Arc<dyn Store>` must be object-safe); one allocation
 //! per call, next to a syscall or a network round trip at least.

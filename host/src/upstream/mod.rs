@@ -1,6 +1,8 @@
 //! Talking to upstream registries: which upstream a name means ([`Upstreams::resolve`]),
 //! one HTTP client per configured registry (its TLS settings), and requests that carry the
-//! right credential ([`auth`]) and answer the registry's challenges ([`challenge`]).
+//! right credential ([`auth`]) and answer the registry's challenges ([`challenge`]). It
+//! stores nothing and decides nothing about caching (the mirror does); where credentials
+//! come from is [`crate::providers`]'.
 //!
 //! Redirects (blob storage on another host) are followed here, not by reqwest: at most
 //! [`MAX_REDIRECTS`] hops, each checked by the upstream [`policy`], never from https down to
