@@ -810,10 +810,7 @@ struct Reader {
     switch: Option<Box<Switch>>,
 }
 
-/// Streams bytes `[start, end)` (to the end when `None`) of a blob while it downloads.
-/// The stream ends with an error if the download fails, so the client sees an aborted
-/// transfer, never a short body that looks complete; the blob's last byte is only sent
-/// once the whole blob is verified (tests; clients read through [`read_following_with`]).
+/// [`follow`] with no interest held and no fallback (tests).
 #[cfg(test)]
 pub fn read_following(
     download: Arc<Download>,
@@ -824,11 +821,16 @@ pub fn read_following(
     follow(download, None, start, end, idle_timeout, None)
 }
 
-/// `read_following` for a client holding `interest` in the download (released when the
-/// stream is dropped). With `fallback` (the download was started for another registry), a
-/// failure or stall of the download switches the reader to the download `fallback` gives,
-/// from where it got to: at once when it has sent nothing yet, and for a whole-blob reader
-/// at any point (it then checks the sha256 of everything it sent before the last byte).
+/// Streams bytes `[start, end)` (to the end when `None`) of a blob while it downloads.
+/// The stream ends with an error if the download fails, so the client sees an aborted
+/// transfer, never a short body that looks complete; the blob's last byte is only sent
+/// once the whole blob is verified.
+///
+/// The client holds `interest` in the download (released when the stream is dropped).
+/// With `fallback` (the download was started for another registry), a failure or stall of
+/// the download switches the reader to the download `fallback` gives, from where it got
+/// to: at once when it has sent nothing yet, and for a whole-blob reader at any point (it
+/// then checks the sha256 of everything it sent before the last byte).
 pub fn follow(
     download: Arc<Download>,
     interest: Option<Interest>,
