@@ -380,7 +380,14 @@ fn check_region(r: &str) -> Result<String, String> {
 /// credential).
 fn check_endpoint(e: &str) -> Result<String, String> {
     let example = "e.g. http://127.0.0.1:9000 or https://s3.example.com";
-    let url = url::Url::parse(e).map_err(|err| format!("{e:?} is not a URL ({err}; {example})"))?;
+    // `user:secret@` may be there even when the URL does not parse: then it is not echoed.
+    let shown = if e.contains('@') {
+        "the endpoint".to_owned()
+    } else {
+        format!("{e:?}")
+    };
+    let url =
+        url::Url::parse(e).map_err(|err| format!("{shown} is not a URL ({err}; {example})"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(
             "holds user info: give credentials with accessKeyIdFromEnv and \
@@ -474,6 +481,8 @@ mod tests {
         }
         let e = check_endpoint("http://AKIA:hunter2@a.example").unwrap_err();
         assert!(!e.contains("hunter2") && e.contains("user info"), "{e}");
+        let e = check_endpoint("http://AKIA:hunter2@").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]
