@@ -133,6 +133,12 @@ fn full_example_shows_every_accepted_key() {
             "registries:\n- name: a.io\n  tls:\n    zzzNoSuchKey: 1\n",
         ),
         ("serverTlsConfig", "serverTlsConfig:\n  zzzNoSuchKey: 1\n"),
+        ("storage", "storage:\n  zzzNoSuchKey: 1\n"),
+        ("storage.s3", "storage:\n  s3:\n    zzzNoSuchKey: 1\n"),
+        (
+            "storage.localCache",
+            "storage:\n  localCache:\n    zzzNoSuchKey: 1\n",
+        ),
     ];
     let mut missing = Vec::new();
     for (place, probe) in probes {
@@ -146,4 +152,24 @@ fn full_example_shows_every_accepted_key() {
         missing.is_empty(),
         "deploy/config.example.yaml does not show these accepted keys: {missing:?}"
     );
+}
+
+#[test]
+fn commented_storage_example_parses() {
+    let text = std::fs::read_to_string(deploy_dir().join("config.example.yaml"))
+        .expect("read config.example.yaml");
+    let block: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("# storage:"))
+        .take_while(|l| l.starts_with("# "))
+        .map(|l| format!("{}\n", &l[2..]))
+        .collect();
+    assert!(
+        block.contains("s3:"),
+        "no `# storage:` block in config.example.yaml"
+    );
+    let cfg = config::parse_text(&block)
+        .unwrap_or_else(|e| panic!("the storage example does not parse: {e}\n{block}"));
+    let storage = cfg.storage.expect("storage");
+    assert_eq!(storage.s3.expect("storage.s3").bucket, "mirror-cache");
 }

@@ -191,6 +191,8 @@ pub struct FileConfig {
     pub header_timeout: Option<ConfigDuration>,
     /// A connection with no request in flight this long is closed (default 5m).
     pub idle_timeout: Option<ConfigDuration>,
+    /// Where the cache lives: the filesystem at `imagePath` (absent) or an S3 bucket.
+    pub storage: Option<super::storage::StorageConfig>,
 }
 
 /// `upstreams`: the upstream policy as written.

@@ -7,7 +7,8 @@
 //!
 //! `file` is the file as written, `resolve` merges it with the flags section by section,
 //! `position` finds lines with the YAML parser's marks, `error` says what is wrong;
-//! `server_tls` reads the PEM files of `serverTlsConfig`, [`inventory`] the inventory's keys.
+//! `server_tls` reads the PEM files of `serverTlsConfig`, [`inventory`] the inventory's keys,
+//! [`storage`] the `storage` section.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +21,7 @@ mod position;
 mod resolve;
 mod server_tls;
 mod settings;
+pub mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +34,7 @@ pub use host_pattern::{AllowRule, HostPattern, UpstreamPolicy};
 pub use resolve::{default_plugin_dir, resolve};
 pub use server_tls::{PemError, PrivateKey, ServerTls, TlsKey, TlsOrigin};
 pub use settings::{CredentialConfig, FetchLimits, Overrides, PreloadSettings, Registry, Settings};
+pub use storage::{Backend, DEFAULT_S3_REGION, S3Credentials, S3Settings, StorageSettings};
 
 /// The registry clients get when a request names none (docker's `registry-mirrors`).
 pub const DEFAULT_NS: &str = "docker.io";

@@ -1,5 +1,5 @@
 //! Merging the file with the command-line flags into [`Settings`], section by section
-//! (registries, upstream policy and limits, server, preload, inventory), and the rules that
+//! (registries, upstream policy and limits, server, preload, inventory, storage), and the rules that
 //! span several keys. Errors name the key and the line the parser marks for it.
 
 use std::collections::HashSet;
@@ -85,6 +85,11 @@ pub fn resolve(
         DEFAULT_HEADER_TIMEOUT,
     )?;
     let idle_timeout = positive(src, "idleTimeout", cfg.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
+    let image_path = o
+        .image_path
+        .or(cfg.image_path)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_PATH));
+    let storage = StorageSettings::resolve(src, cfg.storage.as_ref(), &image_path)?;
     Ok(Settings {
         preload,
         inventory,
@@ -104,10 +109,7 @@ pub fn resolve(
         max_connections_per_client,
         metrics_port: o.metrics.or(cfg.metrics),
         health_port: o.health.or(cfg.health),
-        image_path: o
-            .image_path
-            .or(cfg.image_path)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_PATH)),
+        image_path,
         port: o.port.or(cfg.port).unwrap_or(DEFAULT_PORT),
         host: o
             .host
@@ -132,6 +134,7 @@ pub fn resolve(
         fetch_limits,
         header_timeout,
         idle_timeout,
+        storage,
     })
 }
 

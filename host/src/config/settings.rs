@@ -145,6 +145,9 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// Longest time a connection may sit with no request in flight.
     pub idle_timeout: Duration,
+    /// Where the cache lives (`storage`): the filesystem at `image_path`, or a bucket with a
+    /// local copy.
+    pub storage: super::storage::StorageSettings,
 }
 
 /// `maxBlobSize`, `maxUpstreamFetches`, `maxUpstreamFetchesPerRegistry`, `upstreamFetchWait`.

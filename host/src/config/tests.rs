@@ -411,3 +411,257 @@ idleTimeout: 0s
         "{e}"
     );
 }
+
+/// The `storage` section of the README's example, with the paths the other tests use.
+const STORAGE_EXAMPLE: &str = "imagePath: /srv/ociregistry
+pluginDir: /usr/lib/ociregistry/plugins
+storage:
+  s3:
+    bucket: mirror-cache
+    prefix: /ociregistry
+    region: eu-west-1
+    endpoint: http://127.0.0.1:9000/
+  localCache:
+    path: /var/cache/ociregistry
+    maxSize: 20GiB
+  redirect: true
+";
+
+fn s3_of(s: &Settings) -> &S3Settings {
+    match &s.storage.backend {
+        Backend::S3(s3) => s3,
+        Backend::Filesystem => panic!("filesystem: {:?}", s.storage),
+    }
+}
+
+#[test]
+fn storage_full_example() {
+    let s = resolve_text(STORAGE_EXAMPLE).unwrap();
+    assert_eq!(
+        s.storage,
+        StorageSettings {
+            backend: Backend::S3(S3Settings {
+                bucket: "mirror-cache".into(),
+                prefix: "ociregistry/".into(),
+                region: "eu-west-1".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                credentials: None,
+            }),
+            local_path: PathBuf::from("/var/cache/ociregistry"),
+            local_max_size: Some(20 << 30),
+            redirect: true,
+        }
+    );
+    // The cache directory itself is unchanged by it.
+    assert_eq!(s.image_path, PathBuf::from("/srv/ociregistry"));
+}
+
+#[test]
+fn storage_defaults() {
+    // No `storage` (every Ociregistry config): the filesystem at imagePath.
+    for text in ["", "storage:\n", "storage: {}\n"] {
+        let s = resolve_text(text).unwrap();
+        assert_eq!(
+            s.storage,
+            StorageSettings::filesystem(std::path::Path::new(DEFAULT_IMAGE_PATH)),
+            "{text:?}"
+        );
+    }
+    let s = resolve_text("imagePath: /srv/c\nstorage:\n  s3:\n    bucket: abc\n").unwrap();
+    let s3 = s3_of(&s);
+    assert_eq!(s3.region, DEFAULT_S3_REGION);
+    assert_eq!((s3.prefix.as_str(), &s3.endpoint), ("", &None));
+    assert!(s3.credentials.is_none());
+    assert_eq!(s.storage.local_path, PathBuf::from("/srv/c"));
+    assert_eq!(s.storage.local_max_size, None);
+    assert!(!s.storage.redirect);
+    // The local copy defaults to imagePath as the flag sets it, too.
+    let text = "imagePath: /srv/c\nstorage:\n  s3: {bucket: abc, prefix: /}\n  localCache: {maxSize: 1GiB}\n";
+    let s = resolve(
+        Some((
+            parse_text(text).unwrap(),
+            text.to_owned(),
+            PathBuf::from("c"),
+        )),
+        Overrides {
+            image_path: Some(PathBuf::from("/from/flag")),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.storage.local_path, PathBuf::from("/from/flag"));
+    assert_eq!(s.storage.local_max_size, Some(1 << 30));
+    assert_eq!(s3_of(&s).prefix, "");
+}
+
+#[test]
+fn storage_errors_name_key_and_line() {
+    let needs_s3 = "needs storage.s3; the filesystem store keeps everything at imagePath";
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "port: 1\nstorage:\n  localCache:\n    path: /x\n",
+            &["storage.localCache (line 3)", needs_s3],
+        ),
+        (
+            "storage:\n  redirect: false\n",
+            &["storage.redirect (line 2)", needs_s3],
+        ),
+        (
+            "port: 1\nstorage:\n  s3:\n    bukket: x\n",
+            &[
+                "line 4",
+                "key `bukket`",
+                "storage.s3: unknown field `bukket`",
+            ],
+        ),
+        (
+            "storage:\n  s3: {bucket: abc}\n  localCache:\n    pth: /x\n",
+            &["line 4", "storage.localCache: unknown field `pth`"],
+        ),
+        ("storage:\n  S3: {}\n", &["line 2", "unknown field `S3`"]),
+        ("storage:\n  s3:\n", &["line 2", "missing field `bucket`"]),
+        (
+            "storage:\n  s3:\n    region: eu-west-1\n",
+            &["storage.s3", "missing field `bucket`"],
+        ),
+        (
+            "storage:\n  s3:\n    region: eu-west-1\n    bucket: Mirror_Cache\n",
+            &["storage.s3.bucket (line 4)", "not a valid bucket name"],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: ab\n",
+            &["storage.s3.bucket (line 3)", "3 to 63"],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    prefix: a/../b\n",
+            &["storage.s3.prefix (line 4)", "'..'"],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    region: eu west\n",
+            &["storage.s3.region (line 4)"],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    endpoint: ftp://127.0.0.1:9000\n",
+            &["storage.s3.endpoint (line 4)", "http or https"],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    endpoint: http://127.0.0.1:9000/mirror-cache\n",
+            &["storage.s3.endpoint (line 4)", "path"],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    endpoint: not a url\n",
+            &["storage.s3.endpoint (line 4)", "not a URL"],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    accessKeyIdFromEnv: K\n",
+            &[
+                "storage.s3.accessKeyIdFromEnv (line 4)",
+                "needs storage.s3.secretAccessKeyFromEnv",
+            ],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    region: r\n    secretAccessKeyFromEnv: S\n",
+            &[
+                "storage.s3.secretAccessKeyFromEnv (line 5)",
+                "needs storage.s3.accessKeyIdFromEnv",
+            ],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    sessionTokenFromEnv: T\n",
+            &["storage.s3.sessionTokenFromEnv (line 4)", "needs"],
+        ),
+        (
+            "storage:\n  s3:\n    bucket: abc\n    accessKeyIdFromEnv: OCIREG_TEST_UNSET_VAR\n    secretAccessKeyFromEnv: OCIREG_TEST_UNSET_VAR2\n",
+            &[
+                "storage.s3.accessKeyIdFromEnv (line 4)",
+                "environment variable OCIREG_TEST_UNSET_VAR is not set or empty",
+            ],
+        ),
+        (
+            "storage:\n  s3: {bucket: abc}\n  localCache:\n    maxSize: 0\n",
+            &["line 4", "storage.localCache.maxSize", "more than zero"],
+        ),
+        (
+            "storage:\n  s3: {bucket: abc}\n  localCache:\n    path: \"\"\n",
+            &["storage.localCache.path (line 4)", "empty"],
+        ),
+        (
+            "storage:\n  s3: {bucket: abc}\n  redirect: sometimes\n",
+            &["line 3", "storage.redirect"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let e = resolve_text(text).unwrap_err();
+        for needle in *needles {
+            assert!(e.contains(needle), "{text:?}: {e:?} lacks {needle:?}");
+        }
+    }
+}
+
+/// Marks the child process of [`storage_credentials_from_env`] that has the variables set.
+const CHILD_MARK: &str = "OCIREG_TEST_S3_CHILD";
+
+/// The credential variables are read at resolve time. The process cannot set variables on
+/// itself (`set_var` is unsafe), so the test runs itself again with them set.
+#[test]
+fn storage_credentials_from_env() {
+    if std::env::var_os(CHILD_MARK).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "config::tests::storage_credentials_from_env",
+                "--test-threads=1",
+            ])
+            .env(CHILD_MARK, "1")
+            .env("OCIREG_TEST_S3_KEY", "AKIAEXAMPLEKEYID")
+            .env(
+                "OCIREG_TEST_S3_SECRET",
+                "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY",
+            )
+            .env("OCIREG_TEST_S3_TOKEN", "FwoGZXIvYXdzEJrTOKENEXAMPLE")
+            .env("OCIREG_TEST_S3_EMPTY", "")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let text = "storage:\n  s3:\n    bucket: abc\n    accessKeyIdFromEnv: OCIREG_TEST_S3_KEY\n    secretAccessKeyFromEnv: OCIREG_TEST_S3_SECRET\n";
+    let c = s3_of(&resolve_text(text).unwrap()).credentials.clone();
+    assert_eq!(
+        c,
+        Some(S3Credentials {
+            access_key_id: "AKIAEXAMPLEKEYID".into(),
+            secret_access_key: "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY".into(),
+            session_token: None,
+        })
+    );
+    let text = format!("{text}    sessionTokenFromEnv: OCIREG_TEST_S3_TOKEN\n");
+    let s = resolve_text(&text).unwrap();
+    let c = s3_of(&s).credentials.clone().unwrap();
+    assert_eq!(
+        c.session_token.as_deref(),
+        Some("FwoGZXIvYXdzEJrTOKENEXAMPLE")
+    );
+    // Neither the secret nor the token prints; the key id shows its first 4 characters.
+    let debug = format!("{s:?}");
+    assert!(
+        debug.contains("AKIA") && debug.contains("<redacted>"),
+        "{debug}"
+    );
+    for hidden in ["EXAMPLEKEYID", "wJalrXUtnFEMI", "FwoGZXIvYXdzEJr"] {
+        assert!(!debug.contains(hidden), "{hidden} in {debug}");
+    }
+    // A variable that is set but empty is refused like an unset one, naming the key.
+    let e =
+        resolve_text(&text.replace("OCIREG_TEST_S3_TOKEN", "OCIREG_TEST_S3_EMPTY")).unwrap_err();
+    assert!(
+        e.contains("storage.s3.sessionTokenFromEnv (line 6)")
+            && e.contains("OCIREG_TEST_S3_EMPTY is not set or empty"),
+        "{e}"
+    );
+}
