@@ -18,6 +18,7 @@ pub struct InvalidateArgs {
 
 /// `ociregistry invalidate`.
 pub fn invalidate(settings: &Settings, args: &InvalidateArgs) -> Result<ExitCode, FatalError> {
+    super::storage::check_inventory(settings, "invalidate")?;
     let root = &settings.image_path;
     let refs = tag_reference(&args.reference)?;
     super::require_cache(root)?;

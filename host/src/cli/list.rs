@@ -26,6 +26,7 @@ pub struct ListArgs {
 
 /// `ociregistry list`.
 pub fn list(settings: &Settings, args: &ListArgs) -> Result<ExitCode, FatalError> {
+    super::storage::check_inventory(settings, "list")?;
     let root = &settings.image_path;
     super::require_cache(root)?;
     let images = images::list_images(root, args.pattern.as_deref())?;

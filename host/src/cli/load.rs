@@ -13,7 +13,6 @@ use crate::config::Settings;
 use crate::mirror::Mirror;
 use crate::preload::{self, platform::Platform};
 use crate::providers;
-use crate::store::FsStore;
 use crate::upstream::Upstreams;
 
 /// `load` flags.
@@ -45,11 +44,7 @@ pub async fn load(settings: Settings, parallel: usize) -> Result<ExitCode, Fatal
         .ok_or(FatalError::NoImageList)?;
     let list = preload::read_list(&path, &settings.default_ns)?;
     // A server may be using the same cache: leave its downloads in progress alone.
-    let store =
-        FsStore::open_alongside(&settings.image_path).map_err(|source| FatalError::ImagePath {
-            path: settings.image_path.clone(),
-            source,
-        })?;
+    let store = super::storage::open(&settings, super::storage::Opener::Alongside).await?;
     let managed = providers::start(&settings).await?;
     let upstreams = Upstreams::new(&settings, managed)?;
     let mut opts = preload::Options::new(&settings.preload.platforms);
@@ -57,7 +52,7 @@ pub async fn load(settings: Settings, parallel: usize) -> Result<ExitCode, Fatal
     tracing::info!(list = %path.display(), images = list.images.len(), invalid_lines = list.bad.len(),
         platforms = %opts.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         "preloading");
-    let app = Arc::new(Mirror::new(settings, Arc::new(store), upstreams));
+    let app = Arc::new(Mirror::new(settings, store, upstreams));
     let reporter = preload::report::Reporter::for_stderr(list.images.len());
     let summary = preload::run(&app, &list, &opts, &reporter).await;
     for f in &summary.failures {

@@ -10,6 +10,7 @@ pub mod output;
 pub mod providers;
 pub mod prune;
 pub mod serve;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -150,6 +151,14 @@ pub enum FatalError {
     /// The pull port's server failed.
     #[error(transparent)]
     Serve(std::io::Error),
+    /// A storage backend or feature this build cannot provide.
+    #[error("{what}: {why}")]
+    StorageUnsupported {
+        /// The config key (and value) asked for.
+        what: String,
+        /// Why it cannot be had.
+        why: &'static str,
+    },
     /// `list`, `prune` or `invalidate` on a directory that holds no cache.
     #[error("no cache at {} (set --image-path or imagePath)", .0.display())]
     NoCache(PathBuf),

@@ -45,6 +45,7 @@ pub struct PruneArgs {
 
 /// `ociregistry prune`.
 pub fn prune(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, FatalError> {
+    super::storage::check_inventory(settings, "prune")?;
     let root = &settings.image_path;
     super::require_cache(root)?;
     let spec = CriteriaSpec {

@@ -14,7 +14,6 @@ use crate::observability;
 use crate::preload::{self, platform::Platform};
 use crate::providers;
 use crate::server;
-use crate::store::{FsStore, Store};
 use crate::upstream::Upstreams;
 
 /// `serve` flags.
@@ -70,10 +69,8 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
         .as_ref()
         .map(server::tls::acceptor_of)
         .transpose()?;
-    let store = FsStore::open(&settings.image_path).map_err(|source| FatalError::ImagePath {
-        path: settings.image_path.clone(),
-        source,
-    })?;
+    super::storage::check_inventory(&settings, "serve")?;
+    let store = super::storage::open(&settings, super::storage::Opener::Server).await?;
     let preload_list = match &settings.preload.preload_images {
         Some(path) => Some(preload::read_list(path, &settings.default_ns)?),
         None => None,
@@ -103,7 +100,7 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
         settings.health_port,
         settings.host.clone(),
     );
-    let app = Arc::new(Mirror::new(settings, Arc::new(store), upstreams));
+    let app = Arc::new(Mirror::new(settings, store, upstreams));
     if let Some(list) = preload_list {
         let opts = preload::Options::new(&app.settings.preload.platforms);
         preload::spawn_in_background(app.clone(), list, opts);

@@ -255,6 +255,18 @@ async fn handle(
         "/admin/v1/invalidate",
         "/admin/v1/stop",
     ];
+    let on_bucket = matches!(
+        app.settings.storage.backend,
+        crate::config::storage::Backend::S3(_)
+    );
+    if on_bucket && matches!(path, "/admin/v1/images" | "/admin/v1/prune") {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "UNSUPPORTED",
+            "listing and pruning work on the filesystem store only so far; with storage.s3 \
+             they would see only this replica's local copy",
+        );
+    }
     match (&parts.method, path) {
         (&Method::GET, "/admin/v1/images") => {
             let pattern = query_param(parts.uri.query(), "pattern").filter(|p| !p.is_empty());
