@@ -14,6 +14,7 @@
 //! | `upstream_retries_total` | `registry` | requests retried after a transient failure |
 //! | `disk_bytes` / `disk_items` | `kind` | what the cache holds (blobs, manifests) |
 //! | `evictions_total` | | images removed by pruning or size-bounded eviction |
+//! | `store_errors_total` | `backend`, `op` | calls to the storage backend (the bucket) that failed |
 //! | `upstream_fetches` | | upstream blob downloads holding a slot now (`maxUpstreamFetches`) |
 //! | `upstream_fetch_refusals_total` | | blob requests answered 503 because no download slot came free in time |
 //!
@@ -121,6 +122,12 @@ struct RegistryLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StoreLabels {
+    backend: &'static str,
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabels {
     kind: ContentKind,
 }
@@ -178,6 +185,7 @@ pub struct Metrics {
     disk_items: Family<KindLabels, Gauge>,
     disk_blobs: DiskGauges,
     disk_manifests: DiskGauges,
+    store_errors: Family<StoreLabels, Counter>,
     /// Images removed from the cache by pruning or size-bounded eviction: call
     /// `metrics::global().evictions.inc_by(n)` after removing `n`.
     pub evictions: Counter,
@@ -228,6 +236,7 @@ impl Metrics {
             disk_items,
             disk_blobs,
             disk_manifests,
+            store_errors: Family::default(),
             evictions: Counter::default(),
             inflight_manifest_fetches: Gauge::default(),
             registries: RwLock::new(RegistryTable::default()),
@@ -329,6 +338,14 @@ impl Metrics {
         g.items.dec();
     }
 
+    /// A call to the storage backend `backend` (`s3`) failed; `op` names the call (`get`,
+    /// `put`, `head`, `delete`, `list`, `upload`).
+    pub fn store_error(&self, backend: &'static str, op: &'static str) {
+        self.store_errors
+            .get_or_create(&StoreLabels { backend, op })
+            .inc();
+    }
+
     /// Sets the disk gauges from a full count of the cache.
     pub fn disk_set(&self, kind: ContentKind, bytes: u64, items: u64) {
         let g = self.disk(kind);
@@ -382,6 +399,11 @@ impl Metrics {
             "disk_items",
             "Blobs and manifests in the cache",
             self.disk_items.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Calls to the storage backend (the bucket) that failed, by call",
+            self.store_errors.clone(),
         );
         registry.register(
             "evictions",

@@ -173,3 +173,46 @@ fn commented_storage_example_parses() {
     let storage = cfg.storage.expect("storage");
     assert_eq!(storage.s3.expect("storage.s3").bucket, "mirror-cache");
 }
+
+/// The Kubernetes example's ConfigMap holds a config the server accepts, and the Deployment
+/// mounts it where its arguments say and probes the health port the config opens.
+#[test]
+fn kubernetes_example_config_parses_and_matches_the_deployment() {
+    let dir = deploy_dir().join("kubernetes");
+    let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("configmap.yaml")).expect("read configmap.yaml"),
+    )
+    .expect("configmap.yaml is YAML");
+    let text = cm["data"]["config.yaml"]
+        .as_str()
+        .expect("data.config.yaml in the ConfigMap");
+    let cfg = config::parse_text(text)
+        .unwrap_or_else(|e| panic!("the ConfigMap's config does not parse: {e}\n{text}"));
+    let storage = cfg.storage.expect("the example uses storage");
+    assert_eq!(storage.s3.expect("storage.s3").bucket, "mirror-cache");
+    assert_eq!(cfg.health, Some(8081));
+
+    let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).expect("read");
+    let d: serde_yaml_ng::Value = serde_yaml_ng::from_str(&deployment).expect("YAML");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][1], "/etc/ociregistry/config.yaml");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let env_names: Vec<&str> = c["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(env_names.contains(&"AWS_EC2_METADATA_DISABLED"));
+    let secret: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("secret.yaml")).expect("read secret.yaml"),
+    )
+    .expect("YAML");
+    for key in ["S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"] {
+        assert!(
+            text.contains(key) && !secret["stringData"][key].is_null(),
+            "{key}: named in the config and given by the Secret"
+        );
+    }
+}

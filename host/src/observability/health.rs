@@ -7,7 +7,9 @@
 //! serves everything cached, and taking it out of rotation would not fix the provider.
 //! Instead the answer stays 200 with `"status": "degraded"`, `"degraded": true` and the
 //! registry's state, last error (never a secret) and its kind (`lastErrorKind`:
-//! `invalid_options`, `failed`, `panicked`, `timed_out` or `hung`) in `registries`.
+//! `invalid_options`, `failed`, `panicked`, `timed_out` or `hung`) in `registries`. A
+//! storage backend beyond the local disk (a bucket) that cannot be reached is reported the
+//! same way (`checks.storage`, degraded): the local copies are still served.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,6 +38,31 @@ pub enum CacheProbeError {
     /// The probe did not finish in time.
     #[error("cache write probe did not finish within {}s", .0.as_secs())]
     TimedOut(Duration),
+}
+
+/// What readiness found of the storage backend.
+#[derive(Debug, Clone)]
+pub struct StorageState {
+    /// `filesystem`, `s3`.
+    pub backend: &'static str,
+    /// Why the backend beyond the local disk could not be reached, if it could not.
+    pub error: Option<String>,
+}
+
+/// Asks the store whether its backend answers, bounded by the probe timeout.
+pub async fn storage_state(store: &dyn crate::store::Store) -> StorageState {
+    let error = match tokio::time::timeout(WRITE_PROBE_TIMEOUT, store.check_remote()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "no answer within {}s",
+            WRITE_PROBE_TIMEOUT.as_secs()
+        )),
+    };
+    StorageState {
+        backend: store.kind(),
+        error,
+    }
 }
 
 /// A configured registry and where its credential comes from.
@@ -80,9 +107,10 @@ pub fn credentials(
 pub fn readiness(
     serving: bool,
     cache: &Result<(), CacheProbeError>,
+    storage: &StorageState,
     registries: &[RegistryCredential],
 ) -> (u16, Value) {
-    let mut degraded = false;
+    let mut degraded = storage.error.is_some();
     let regs: Vec<Value> = registries
         .iter()
         .map(|r| {
@@ -130,6 +158,13 @@ pub fn readiness(
     if let Err(e) = cache {
         checks["cacheError"] = json!(e.to_string());
     }
+    checks["storage"] = json!({
+        "backend": storage.backend,
+        "reachable": storage.error.is_none(),
+    });
+    if let Some(e) = &storage.error {
+        checks["storage"]["error"] = json!(e.chars().take(MAX_ERROR_CHARS).collect::<String>());
+    }
     let body = json!({
         "status": status,
         "ready": ready,
@@ -164,6 +199,11 @@ pub async fn cache_writable(root: &Path) -> Result<(), CacheProbeError> {
 mod tests {
     use super::*;
 
+    const FS: StorageState = StorageState {
+        backend: "filesystem",
+        error: None,
+    };
+
     fn reg(kind: &'static str) -> RegistryCredential {
         RegistryCredential {
             name: format!("{kind}.example"),
@@ -176,19 +216,39 @@ mod tests {
     #[test]
     fn local_faults_make_it_unready() {
         let regs = [reg("none"), reg("basic")];
-        let (code, body) = readiness(true, &Ok(()), &regs);
+        let (code, body) = readiness(true, &Ok(()), &FS, &regs);
         assert_eq!(code, 200);
         assert_eq!(body["status"], "ready");
         assert_eq!(body["registries"][1]["credential"], "basic");
-        let (code, body) = readiness(false, &Ok(()), &regs);
+        let (code, body) = readiness(false, &Ok(()), &FS, &regs);
         assert_eq!((code, body["ready"].as_bool()), (503, Some(false)));
         let read_only = CacheProbeError::Write(std::io::Error::other("read-only"));
-        let (code, body) = readiness(true, &Err(read_only), &regs);
+        let (code, body) = readiness(true, &Err(read_only), &FS, &regs);
         assert_eq!(code, 503);
         assert_eq!(
             body["checks"]["cacheError"],
             "cannot write to the cache directory: read-only"
         );
+    }
+
+    #[test]
+    fn an_unreachable_bucket_degrades_but_does_not_unready() {
+        let bucket = StorageState {
+            backend: "s3",
+            error: Some("bucket mirror-cache at http://127.0.0.1:9: connection refused".into()),
+        };
+        let (code, body) = readiness(true, &Ok(()), &bucket, &[reg("none")]);
+        assert_eq!(code, 200, "local copies are still served");
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["checks"]["storage"]["backend"], "s3");
+        assert_eq!(body["checks"]["storage"]["reachable"], false);
+        assert!(
+            body["checks"]["storage"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("connection refused"))
+        );
+        let (_, body) = readiness(true, &Ok(()), &FS, &[reg("none")]);
+        assert_eq!(body["checks"]["storage"]["reachable"], true);
     }
 
     struct Refused;
@@ -219,7 +279,7 @@ mod tests {
             provider: Some("fixture".into()),
             managed: Some(managed.clone()),
         }];
-        let (code, body) = readiness(true, &Ok(()), &regs);
+        let (code, body) = readiness(true, &Ok(()), &FS, &regs);
         assert_eq!((code, &body["status"]), (200, &json!("degraded")));
         let entry = &body["registries"][0];
         assert_eq!(entry["state"], "failing");

@@ -393,9 +393,11 @@ async fn answer(
         "/readyz" if endpoints.health => {
             let observed = &shared.observed;
             let cache = health::cache_writable(observed.app.store.local_root()).await;
+            let storage = health::storage_state(&*observed.app.store).await;
             let (code, body) = health::readiness(
                 observed.serving.load(Ordering::SeqCst),
                 &cache,
+                &storage,
                 &observed.registries,
             );
             let mut text = body.to_string();

@@ -82,6 +82,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Names the backend and where it keeps the cache, for logs (`filesystem /var/cache`).
     fn describe(&self) -> String;
 
+    /// The backend's kind, for readiness and metric labels: `filesystem`, `s3`.
+    fn kind(&self) -> &'static str;
+
+    /// Checks that the backend beyond the local directory answers (readiness: a bucket that
+    /// cannot be reached). The local directory is probed separately; the filesystem store
+    /// has nothing beyond it.
+    fn check_remote(&self) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// The directory on local disk this store works in: downloads stage there, and for the
     /// filesystem store it holds the whole cache (the inventory scans it).
     fn local_root(&self) -> &Path;

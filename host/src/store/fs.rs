@@ -156,6 +156,10 @@ impl Store for FsStore {
         format!("filesystem {}", self.root.display())
     }
 
+    fn kind(&self) -> &'static str {
+        "filesystem"
+    }
+
     fn local_root(&self) -> &Path {
         &self.root
     }
