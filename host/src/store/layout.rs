@@ -12,6 +12,11 @@
 //! tmp/<pid>.<random>/                        one process's temp files (downloads in progress),
 //!                                            under its flock; removed at start once unlocked
 //! ```
+//!
+//! In a bucket, under its prefix: `blobs/sha256/<hex>`, `manifests/sha256/<hex>` (the media
+//! type is the object's Content-Type, no `.type` object) and the tag records, at the same
+//! relative keys; no access records, no `tmp/` (downloads stage on local disk, whose
+//! `blobs/sha256/` holds the read-through copy).
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,9 @@
 //! on local disk and a local read-through copy of blobs. It implements [`Store`] and
 //! nothing else: the inventory (scan, prune, evict) does not work on a bucket.
 //!
+//! Blob bytes move in [`blobs`], the bucket client is built and checked in [`client`], tag
+//! records are updated in [`records`].
+//!
 //! Content appears under a digest key only once verified and fully sent (a conditional
 //! create, or a completed multipart upload); tag records are updated with conditional
 //! writes against the ETag read, so replicas sharing a bucket do not lose each other's
@@ -10,6 +13,7 @@
 
 mod blobs;
 mod client;
+mod records;
 #[cfg(test)]
 mod tests;
 
@@ -18,24 +22,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use object_store::aws::AmazonS3;
 use object_store::path::Path as Key;
-use object_store::{
-    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion,
-};
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
 use super::backend::{Manifest, Store, StoreFuture, StoredBlob, TagKey};
 use super::error::StoreError;
 use super::layout;
 use super::staging::{self, Staged, temp_path_in};
-use super::tags::{TagEntry, TagRecord};
+use super::tags::TagRecord;
 use crate::metrics::ContentKind;
 use crate::oci::reference::Digest;
 use blobs::{FillTarget, Fills, ObjectBlob};
-
-/// How many times a tag record update is tried when another writer changed it meanwhile.
-const TAG_ATTEMPTS: usize = 5;
 
 /// Where the bucket is and how to sign in to it (plain values; the configuration maps to it).
 #[derive(Debug, Clone)]
@@ -109,6 +107,10 @@ impl S3Store {
     /// Creates the local layout (staging and the local copy) under `local_root`, removing
     /// temp files of processes that are gone, then checks that the bucket is reachable and
     /// the credentials work ([`StoreError::Bucket`] names what failed, within 10 s).
+    ///
+    /// The credentials need `s3:ListBucket` (checked here; without it S3 answers 403
+    /// instead of 404 for a missing key), `s3:GetObject`, `s3:PutObject` and
+    /// `s3:DeleteObject` (tag records) on the prefix, and `s3:AbortMultipartUpload`.
     pub async fn open(opts: S3Options, local_root: &Path) -> Result<S3Store, StoreError> {
         if !(opts.prefix.is_empty() || opts.prefix.ends_with('/')) {
             return Err(client::bucket_error(
@@ -154,10 +156,6 @@ impl S3Store {
 
     fn blob_key(&self, digest: &Digest) -> Result<Key, StoreError> {
         self.key(&layout::blob_key(digest.hex()))
-    }
-
-    fn tag_key(&self, t: TagKey<'_>) -> Result<Key, StoreError> {
-        self.key(&layout::tag_record_key(t.registry, t.repo.as_str(), t.tag))
     }
 
     /// The local read-through copy of a blob.
@@ -273,78 +271,6 @@ impl S3Store {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// A tag record (`None` when unreadable) and the ETag it was read with; `None` when
-    /// there is no record.
-    async fn read_tag(
-        &self,
-        key: &Key,
-    ) -> Result<Option<(Option<TagRecord>, Option<String>)>, StoreError> {
-        let got = match self.bucket.get(key).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let e_tag = got.meta.e_tag.clone();
-        let bytes = got.bytes().await?;
-        Ok(Some((serde_json::from_slice(&bytes).ok(), e_tag)))
-    }
-
-    /// Reads a tag record, lets `change` edit it (it returns whether to write), and writes
-    /// it back only if nobody changed it meanwhile; tried [`TAG_ATTEMPTS`] times. Returns
-    /// what `change` decided last (`None`: no record, and `change` made none).
-    async fn update_tag(
-        &self,
-        t: TagKey<'_>,
-        change: impl Fn(Option<TagRecord>) -> Option<(TagRecord, bool)>,
-    ) -> Result<Option<bool>, StoreError> {
-        let _guard = self.tag_lock.lock().await;
-        let key = self.tag_key(t)?;
-        let mut last = None;
-        for _ in 0..TAG_ATTEMPTS {
-            let read = self.read_tag(&key).await?;
-            let (current, e_tag) = match read {
-                Some((r, e_tag)) => (r, Some(e_tag)),
-                None => (None, None),
-            };
-            let Some((record, write)) = change(current) else {
-                return Ok(None);
-            };
-            if !write {
-                return Ok(Some(false));
-            }
-            let mode = match e_tag {
-                Some(e_tag) => PutMode::Update(UpdateVersion {
-                    e_tag,
-                    version: None,
-                }),
-                None => PutMode::Create,
-            };
-            let mut attributes = Attributes::new();
-            attributes.insert(Attribute::ContentType, "application/json".into());
-            let opts = PutOptions {
-                mode,
-                attributes,
-                ..PutOptions::default()
-            };
-            let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
-            match self
-                .bucket
-                .put_opts(&key, Bytes::from(bytes).into(), opts)
-                .await
-            {
-                Ok(_) => return Ok(Some(true)),
-                Err(
-                    e @ (object_store::Error::Precondition { .. }
-                    | object_store::Error::AlreadyExists { .. }),
-                ) => last = Some(e),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(last
-            .map(StoreError::from)
-            .unwrap_or_else(|| std::io::Error::other("tag record update kept losing").into()))
-    }
 }
 
 impl Store for S3Store {
@@ -405,21 +331,11 @@ impl Store for S3Store {
     }
 
     fn tag_modified<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<SystemTime>> {
-        Box::pin(async move {
-            match self.bucket.head(&self.tag_key(tag)?).await {
-                Ok(meta) => Ok(Some(SystemTime::from(meta.last_modified))),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        })
+        Box::pin(self.tag_last_modified(tag))
     }
 
     fn get_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<TagRecord>> {
-        Box::pin(async move {
-            let read = self.read_tag(&self.tag_key(tag)?).await?;
-            // Unreadable is as good as missing.
-            Ok(read.and_then(|(r, _)| r))
-        })
+        Box::pin(self.tag_record(tag))
     }
 
     fn put_tag<'a>(
@@ -428,53 +344,14 @@ impl Store for S3Store {
         media_type: &'a str,
         digest: &'a Digest,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            self.update_tag(tag, |current| {
-                let mut record = current.unwrap_or_default();
-                record.entries.retain(|e| e.media_type != media_type);
-                record.entries.insert(
-                    0,
-                    TagEntry {
-                        media_type: media_type.to_owned(),
-                        digest: digest.to_string(),
-                        fetched_at: crate::timefmt::now(),
-                    },
-                );
-                Some((record, true))
-            })
-            .await?;
-            Ok(())
-        })
+        Box::pin(self.record_tag(tag, media_type, digest))
     }
 
     fn set_tag_accessed<'a>(&'a self, tag: TagKey<'a>, at: u64) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let done = self
-                .update_tag(tag, |current| {
-                    let mut record = current?;
-                    if record.accessed_at.is_some_and(|t| t >= at) {
-                        return Some((record, false));
-                    }
-                    record.accessed_at = Some(at);
-                    Some((record, true))
-                })
-                .await?;
-            // A record there (written now, or holding a later time already).
-            Ok(done.is_some())
-        })
+        Box::pin(self.record_access(tag, at))
     }
 
     fn remove_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let _guard = self.tag_lock.lock().await;
-            let key = self.tag_key(tag)?;
-            if !self.exists(&key).await? {
-                return Ok(false);
-            }
-            match self.bucket.delete(&key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
-                Err(e) => Err(e.into()),
-            }
-        })
+        Box::pin(self.forget_tag(tag))
     }
 }

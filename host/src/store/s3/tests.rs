@@ -346,3 +346,46 @@ fn credentials_are_not_shown_by_debug() {
         "{shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_record_changed_between_read_and_write_is_reread_not_overwritten() {
+    let Some(s3) = S3sFs::start() else { return };
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = S3Store::open(s3.options(), root_a.path()).await.unwrap();
+    let b = S3Store::open(s3.options(), root_b.path()).await.unwrap();
+    let repo = RepoName::parse("team/app").unwrap();
+    let key = TagKey {
+        registry: "registry.example",
+        repo: &repo,
+        tag: "latest",
+    };
+    let (d1, d2) = (Digest::of(b"one"), Digest::of(b"two"));
+    a.put_tag(key, "type/one", &d1).await.unwrap();
+
+    // Replica b writes the record after a read it and before a writes it back.
+    let handle = tokio::runtime::Handle::current();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let wrote = a
+        .update_tag(key, |current| {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                tokio::task::block_in_place(|| {
+                    handle.block_on(b.put_tag(key, "type/two", &d2)).unwrap()
+                });
+            }
+            let mut record = current?;
+            record.accessed_at = Some(42);
+            Some((record, true))
+        })
+        .await
+        .unwrap();
+    assert_eq!(wrote, Some(true));
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "read again"
+    );
+    let rec = b.get_tag(key).await.unwrap().unwrap();
+    let types: Vec<&str> = rec.entries.iter().map(|e| e.media_type.as_str()).collect();
+    assert_eq!(types, ["type/two", "type/one"], "b's entry kept");
+    assert_eq!(rec.accessed_at, Some(42), "a's change made");
+}
