@@ -35,8 +35,9 @@ use crate::metrics::ContentKind;
 use crate::oci::reference::Digest;
 use blobs::{FillTarget, Fills, ObjectBlob};
 
-/// Where the bucket is and how to sign in to it (plain values; the configuration maps to it).
-#[derive(Debug, Clone)]
+/// Where the bucket is and how to sign in to it (plain values; the configuration maps to
+/// it). Its `Debug` shows no secret (nor a password in the endpoint URL).
+#[derive(Clone)]
 pub struct S3Options {
     /// Bucket name.
     pub bucket: String,
@@ -50,6 +51,21 @@ pub struct S3Options {
     /// Static keys; `None` takes them from the environment (keys, web identity, container
     /// credentials, instance metadata).
     pub credentials: Option<S3Keys>,
+}
+
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Options")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field(
+                "endpoint",
+                &self.endpoint.as_ref().map(|_| client::where_is(self)),
+            )
+            .field("credentials", &self.credentials)
+            .finish()
+    }
 }
 
 /// Static S3 credentials (their `Debug` shows none of them).
