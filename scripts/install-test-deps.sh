@@ -3,6 +3,7 @@
 #   - Debian packages: docker-registry (CNCF distribution, the test upstream), skopeo (a real
 #     client), apache2-utils (htpasswd), openssl (token signing keys), curl.
 #   - A Python venv at <repo>/.venv with moto[server] (a local AWS ECR endpoint).
+#   - s3s-fs (a local S3-compatible server, for the S3 store's tests) in <repo>/.tools/bin.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,4 +46,13 @@ else
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet 'moto[server]'
     [ -x "$venv/bin/moto_server" ] || { echo "install-test-deps: moto_server missing after install" >&2; exit 1; }
+fi
+
+tools="$repo/.tools"
+if [ -x "$tools/bin/s3s-fs" ]; then
+    echo "install-test-deps: $tools/bin has s3s-fs"
+else
+    echo "install-test-deps: building s3s-fs into $tools (about 3 minutes)"
+    cargo install s3s-fs --version 0.14.1 --locked --features binary --root "$tools"
+    [ -x "$tools/bin/s3s-fs" ] || { echo "install-test-deps: s3s-fs missing after install" >&2; exit 1; }
 fi

@@ -9,7 +9,7 @@ cd "$repo"
 
 "$repo/scripts/install-test-deps.sh"
 
-export PATH="$repo/.venv/bin:$PATH"
+export PATH="$repo/.tools/bin:$repo/.venv/bin:$PATH"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 
 # Build everything first: the end-to-end tests run the real `ociregistry` binary and the

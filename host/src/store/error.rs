@@ -20,6 +20,20 @@ pub enum StoreError {
     /// Manifest bytes that do not hash to the digest they were to be stored under.
     #[error("manifest bytes do not hash to {0}")]
     Unverified(Digest),
+    /// The bucket of an S3 store cannot be used (found when the store opens): `reason`
+    /// says what failed, never with a secret.
+    #[error("bucket {bucket} at {endpoint}: {reason}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// Its endpoint (or AWS region).
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A request to the object store failed (or a conditional write kept losing).
+    #[error("object store: {0}")]
+    Remote(Arc<object_store::Error>),
     /// The disk failed.
     #[error(transparent)]
     Io(Arc<std::io::Error>),
@@ -28,5 +42,11 @@ pub enum StoreError {
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
         StoreError::Io(Arc::new(e))
+    }
+}
+
+impl From<object_store::Error> for StoreError {
+    fn from(e: object_store::Error) -> Self {
+        StoreError::Remote(Arc::new(e))
     }
 }

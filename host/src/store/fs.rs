@@ -79,21 +79,7 @@ impl FsStore {
     }
 
     async fn open_file(&self, digest: &Digest) -> Result<Option<StoredBlob>, StoreError> {
-        let path = self.blob_file(digest);
-        let opened = match open_from_caches(&path) {
-            Some(found) => found,
-            None => tokio::task::spawn_blocking(move || match std::fs::File::open(path) {
-                Ok(f) => {
-                    let len = f.metadata()?.len();
-                    Ok(Some((f, len)))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e),
-            })
-            .await
-            .map_err(io::Error::other)?,
-        };
-        Ok(opened?.map(|(file, size)| StoredBlob::new(size, Box::new(FileBlob(file)))))
+        open_blob_file(self.blob_file(digest)).await
     }
 
     async fn commit_file(
@@ -165,19 +151,7 @@ impl Store for FsStore {
     }
 
     fn ensure_space(&self, size: u64) -> Result<(), StoreError> {
-        let Ok(st) = rustix::fs::statvfs(&self.root) else {
-            return Ok(());
-        };
-        let free = st.f_bavail.saturating_mul(st.f_frsize);
-        let disk = st.f_blocks.saturating_mul(st.f_frsize);
-        let reserve = SPACE_RESERVE.min(disk / 20);
-        if free < size.saturating_add(reserve) {
-            return Err(StoreError::DiskFull {
-                free_mib: free / (1024 * 1024),
-                needed_mib: (size + reserve) / (1024 * 1024),
-            });
-        }
-        Ok(())
+        ensure_space_at(&self.root, size)
     }
 
     fn stage(&self, digest: &Digest) -> Staged {
@@ -249,6 +223,42 @@ impl Store for FsStore {
     fn remove_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, bool> {
         Box::pin(async move { Ok(tags::remove(&self.root, tag).await?) })
     }
+}
+
+/// Opens the blob file at `path` for reading by range; `None` when it is not there.
+pub(super) async fn open_blob_file(path: PathBuf) -> Result<Option<StoredBlob>, StoreError> {
+    let opened = match open_from_caches(&path) {
+        Some(found) => found,
+        None => tokio::task::spawn_blocking(move || match std::fs::File::open(path) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(io::Error::other)?,
+    };
+    Ok(opened?.map(|(file, size)| StoredBlob::new(size, Box::new(FileBlob(file)))))
+}
+
+/// Refuses ([`StoreError::DiskFull`]) when the disk holding `root` has no room for `size`
+/// bytes and the reserve.
+pub(super) fn ensure_space_at(root: &Path, size: u64) -> Result<(), StoreError> {
+    let Ok(st) = rustix::fs::statvfs(root) else {
+        return Ok(());
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let disk = st.f_blocks.saturating_mul(st.f_frsize);
+    let reserve = SPACE_RESERVE.min(disk / 20);
+    if free < size.saturating_add(reserve) {
+        return Err(StoreError::DiskFull {
+            free_mib: free / (1024 * 1024),
+            needed_mib: (size + reserve) / (1024 * 1024),
+        });
+    }
+    Ok(())
 }
 
 /// A stored blob file, read by range.

@@ -1,5 +1,7 @@
-//! Every path of the cache layout under the image path, built here and nowhere else (the
-//! rest of [`crate::store`] asks this file; nothing outside the store sees a path of it):
+//! Every path of the cache layout under the image path, and every object key of the same
+//! layout in a bucket ([`super::s3`]: relative keys, put under the bucket's prefix there),
+//! built here and nowhere else (the rest of [`crate::store`] asks this file; nothing outside
+//! the store sees a path or key of it):
 //!
 //! ```text
 //! blobs/sha256/<hex>                         verified blob bytes
@@ -10,6 +12,11 @@
 //! tmp/<pid>.<random>/                        one process's temp files (downloads in progress),
 //!                                            under its flock; removed at start once unlocked
 //! ```
+//!
+//! In a bucket, under its prefix: `blobs/sha256/<hex>`, `manifests/sha256/<hex>` (the media
+//! type is the object's Content-Type, no `.type` object) and the tag records, at the same
+//! relative keys; no access records, no `tmp/` (downloads stage on local disk, whose
+//! `blobs/sha256/` holds the read-through copy).
 
 use std::path::{Path, PathBuf};
 
@@ -70,6 +77,27 @@ pub(super) fn tag_record(root: &Path, registry: &str, repo: &str, tag: &str) -> 
 pub(super) fn tmp_dir(root: &Path) -> PathBuf {
     root.join("tmp")
 }
+
+/// The object key of verified blob `hex`, relative to the bucket prefix.
+pub(super) fn blob_key(hex: &str) -> String {
+    format!("blobs/sha256/{hex}")
+}
+
+/// The object key of manifest `hex`, relative to the bucket prefix (its media type is the
+/// object's Content-Type).
+pub(super) fn manifest_key(hex: &str) -> String {
+    format!("manifests/sha256/{hex}")
+}
+
+/// The object key of the record of `registry/repo:tag`, relative to the bucket prefix.
+pub(super) fn tag_record_key(registry: &str, repo: &str, tag: &str) -> String {
+    // registry, repo and tag are validated: no component can be empty, `.` or `..`.
+    format!("tags/{registry}/{repo}/{TAG_DIR}/{tag}{TAG_SUFFIX}")
+}
+
+/// The key prefix [`super::s3::S3Store::open`] lists to check the bucket (nothing is
+/// stored under it).
+pub(super) const PROBE_KEY: &str = "ociregistry-probe/";
 
 /// Whether `root` holds a cache at all (for the verbs that read one without creating it).
 pub fn is_cache(root: &Path) -> bool {

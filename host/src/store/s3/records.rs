@@ -1,0 +1,170 @@
+//! Tag records in the bucket for [`super::S3Store`]: read, and updated by read-modify-write
+//! with conditional writes against the ETag read (retried a bounded number of times), so
+//! replicas writing one record do not lose each other's entries. The record format is
+//! [`crate::store::tags`]'s; the keys are [`crate::store::layout`]'s.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use object_store::path::Path as Key;
+use object_store::{
+    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion,
+};
+
+use super::S3Store;
+use crate::oci::reference::Digest;
+use crate::store::backend::TagKey;
+use crate::store::error::StoreError;
+use crate::store::layout;
+use crate::store::tags::{TagEntry, TagRecord};
+
+/// How many times a tag record update is tried when another writer changed it meanwhile.
+const TAG_ATTEMPTS: usize = 5;
+
+impl S3Store {
+    fn tag_key(&self, t: TagKey<'_>) -> Result<Key, StoreError> {
+        self.key(&layout::tag_record_key(t.registry, t.repo.as_str(), t.tag))
+    }
+
+    /// A tag record (`None` when unreadable) and the ETag it was read with; `None` when
+    /// there is no record.
+    async fn read_tag(
+        &self,
+        key: &Key,
+    ) -> Result<Option<(Option<TagRecord>, Option<String>)>, StoreError> {
+        let got = match self.bucket.get(key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let e_tag = got.meta.e_tag.clone();
+        let bytes = got.bytes().await?;
+        Ok(Some((serde_json::from_slice(&bytes).ok(), e_tag)))
+    }
+
+    /// Reads a tag record, lets `change` edit it (it returns whether to write), and writes
+    /// it back only if nobody changed it meanwhile; tried [`TAG_ATTEMPTS`] times. Returns
+    /// what `change` decided last (`None`: no record, and `change` made none).
+    pub(super) async fn update_tag(
+        &self,
+        t: TagKey<'_>,
+        change: impl Fn(Option<TagRecord>) -> Option<(TagRecord, bool)>,
+    ) -> Result<Option<bool>, StoreError> {
+        let _guard = self.tag_lock.lock().await;
+        let key = self.tag_key(t)?;
+        let mut last = None;
+        for _ in 0..TAG_ATTEMPTS {
+            let read = self.read_tag(&key).await?;
+            let (current, e_tag) = match read {
+                Some((r, e_tag)) => (r, Some(e_tag)),
+                None => (None, None),
+            };
+            let Some((record, write)) = change(current) else {
+                return Ok(None);
+            };
+            if !write {
+                return Ok(Some(false));
+            }
+            let mode = match e_tag {
+                Some(e_tag) => PutMode::Update(UpdateVersion {
+                    e_tag,
+                    version: None,
+                }),
+                None => PutMode::Create,
+            };
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::ContentType, "application/json".into());
+            let opts = PutOptions {
+                mode,
+                attributes,
+                ..PutOptions::default()
+            };
+            let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+            match self
+                .bucket
+                .put_opts(&key, Bytes::from(bytes).into(), opts)
+                .await
+            {
+                Ok(_) => return Ok(Some(true)),
+                Err(
+                    e @ (object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. }),
+                ) => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last
+            .map(StoreError::from)
+            .unwrap_or_else(|| std::io::Error::other("tag record update kept losing").into()))
+    }
+
+    pub(super) async fn tag_last_modified(
+        &self,
+        tag: TagKey<'_>,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        match self.bucket.head(&self.tag_key(tag)?).await {
+            Ok(meta) => Ok(Some(SystemTime::from(meta.last_modified))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) async fn tag_record(
+        &self,
+        tag: TagKey<'_>,
+    ) -> Result<Option<TagRecord>, StoreError> {
+        let read = self.read_tag(&self.tag_key(tag)?).await?;
+        // Unreadable is as good as missing.
+        Ok(read.and_then(|(r, _)| r))
+    }
+
+    pub(super) async fn record_tag(
+        &self,
+        tag: TagKey<'_>,
+        media_type: &str,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
+        self.update_tag(tag, |current| {
+            let mut record = current.unwrap_or_default();
+            record.entries.retain(|e| e.media_type != media_type);
+            record.entries.insert(
+                0,
+                TagEntry {
+                    media_type: media_type.to_owned(),
+                    digest: digest.to_string(),
+                    fetched_at: crate::timefmt::now(),
+                },
+            );
+            Some((record, true))
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn record_access(&self, tag: TagKey<'_>, at: u64) -> Result<bool, StoreError> {
+        let done = self
+            .update_tag(tag, |current| {
+                let mut record = current?;
+                if record.accessed_at.is_some_and(|t| t >= at) {
+                    return Some((record, false));
+                }
+                record.accessed_at = Some(at);
+                Some((record, true))
+            })
+            .await?;
+        // A record there (written now, or holding a later time already).
+        Ok(done.is_some())
+    }
+
+    pub(super) async fn forget_tag(&self, tag: TagKey<'_>) -> Result<bool, StoreError> {
+        let _guard = self.tag_lock.lock().await;
+        let key = self.tag_key(tag)?;
+        if !self.exists(&key).await? {
+            return Ok(false);
+        }
+        match self.bucket.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
