@@ -151,6 +151,9 @@ pub enum FatalError {
     /// The pull port's server failed.
     #[error(transparent)]
     Serve(std::io::Error),
+    /// The storage backend could not be opened (a bucket that cannot be reached, wrong keys).
+    #[error("storage: {0}")]
+    Storage(#[source] crate::store::StoreError),
     /// A storage backend or feature this build cannot provide.
     #[error("{what}: {why}")]
     StorageUnsupported {

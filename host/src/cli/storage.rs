@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::FatalError;
 use crate::config::Settings;
 use crate::config::storage::Backend;
+use crate::store::s3::{S3Keys, S3Options, S3Store};
 use crate::store::{FsStore, Store};
 
 /// Who opens the cache: the server, or a verb working beside a running server (which must
@@ -38,10 +39,23 @@ pub(crate) async fn open(
             })?;
             Ok(Arc::new(store))
         }
-        Backend::S3(s3) => Err(FatalError::StorageUnsupported {
-            what: format!("storage.s3 (bucket {})", s3.bucket),
-            why: "this build has no S3 backend yet",
-        }),
+        Backend::S3(s3) => {
+            let opts = S3Options {
+                bucket: s3.bucket.clone(),
+                prefix: s3.prefix.clone(),
+                region: s3.region.clone(),
+                endpoint: s3.endpoint.clone(),
+                credentials: s3.credentials.as_ref().map(|c| S3Keys {
+                    access_key_id: c.access_key_id.clone(),
+                    secret_access_key: c.secret_access_key.clone(),
+                    session_token: c.session_token.clone(),
+                }),
+            };
+            let store = S3Store::open(opts, &settings.storage.local_path)
+                .await
+                .map_err(FatalError::Storage)?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -64,6 +64,14 @@ impl FsStore {
         })
     }
 
+    /// The store at `root`, opened already (by this process, as another backend's local
+    /// copy): nothing on disk is touched.
+    pub(super) fn at(root: &Path) -> Self {
+        FsStore {
+            root: root.to_owned(),
+        }
+    }
+
     fn blob_file(&self, digest: &Digest) -> PathBuf {
         layout::blob(&self.root, digest.hex())
     }
@@ -100,13 +108,14 @@ impl FsStore {
         Ok(sync_dir(target.parent()).await?)
     }
 
-    async fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+    /// Stores a verified manifest; `Ok(false)` when it was there already.
+    pub(super) async fn write_manifest(&self, m: &Manifest) -> Result<bool, StoreError> {
         if Digest::of(&m.bytes) != m.digest {
             return Err(StoreError::Unverified(m.digest.clone()));
         }
         let target = self.manifest_path(&m.digest);
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
-            return Ok(());
+            return Ok(false);
         }
         // The media type goes first: whoever sees the manifest file can rely on it.
         let type_path = layout::manifest_type(&self.root, m.digest.hex());
@@ -114,11 +123,20 @@ impl FsStore {
         write_atomically(&type_temp, &type_path, m.media_type.as_bytes()).await?;
         let temp = temp_path_in(&self.root, "manifest");
         write_atomically(&temp, &target, &m.bytes).await?;
-        crate::metrics::global().disk_added(ContentKind::Manifest, m.bytes.len() as u64);
-        Ok(sync_dir(target.parent()).await?)
+        sync_dir(target.parent()).await?;
+        Ok(true)
     }
 
-    async fn read_manifest(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
+    /// Whether manifest `digest` is stored: one `stat`.
+    pub(super) fn has_manifest_file(&self, digest: &Digest) -> bool {
+        std::fs::symlink_metadata(self.manifest_path(digest)).is_ok()
+    }
+
+    /// A stored manifest by digest.
+    pub(super) async fn read_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<Manifest>, StoreError> {
         let bytes = match tokio::fs::read(self.manifest_path(digest)).await {
             Ok(b) => Bytes::from(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -186,8 +204,7 @@ impl Store for FsStore {
 
     fn has_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, bool> {
         // One `stat`, cheap enough to do in place on the serving path.
-        let found = std::fs::symlink_metadata(self.manifest_path(digest)).is_ok();
-        Box::pin(std::future::ready(Ok(found)))
+        Box::pin(std::future::ready(Ok(self.has_manifest_file(digest))))
     }
 
     fn get_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<Manifest>> {
@@ -195,7 +212,13 @@ impl Store for FsStore {
     }
 
     fn put_manifest<'a>(&'a self, manifest: &'a Manifest) -> StoreFuture<'a, ()> {
-        Box::pin(self.write_manifest(manifest))
+        Box::pin(async move {
+            if self.write_manifest(manifest).await? {
+                let size = manifest.bytes.len() as u64;
+                crate::metrics::global().disk_added(ContentKind::Manifest, size);
+            }
+            Ok(())
+        })
     }
 
     fn tag_modified<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<SystemTime>> {

@@ -17,8 +17,6 @@ mod files;
 pub mod fs;
 pub mod layout;
 pub mod listing;
-// Not opened by the server until the configuration selects it (issue 12).
-#[allow(dead_code)]
 pub mod s3;
 pub mod staging;
 pub mod tags;

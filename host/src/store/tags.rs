@@ -80,6 +80,16 @@ async fn write(root: &Path, path: &Path, record: &TagRecord) -> io::Result<()> {
     write_atomically(&temp_path_in(root, "tag"), path, &bytes).await
 }
 
+/// Writes a whole record (a copy of one kept elsewhere).
+pub(super) async fn save(root: &Path, t: TagKey<'_>, record: &TagRecord) -> io::Result<()> {
+    let _guard = RECORD_LOCK.lock().await;
+    let path = record_path(root, t);
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    write(root, &path, record).await
+}
+
 /// Records that the tag now resolves to `digest` for `media_type`.
 pub(super) async fn put(
     root: &Path,

@@ -79,19 +79,13 @@ pub(super) fn build(opts: &S3Options, profile: Profile) -> Result<Arc<AmazonS3>,
 
 /// Checks that the bucket exists and that the credentials may list and read it: one listing
 /// of a key prefix under which nothing is stored, bounded by [`OPEN_TIMEOUT`].
-pub(super) async fn probe(
-    opts: &S3Options,
-    bucket: &AmazonS3,
-    key: &Key,
-) -> Result<(), StoreError> {
+/// Returns what failed, in words for the operator.
+pub(super) async fn probe(bucket: &AmazonS3, key: &Key) -> Result<(), String> {
     let listing = bucket.list_with_delimiter(Some(key));
     match tokio::time::timeout(OPEN_TIMEOUT, listing).await {
-        Err(_) => Err(bucket_error(
-            opts,
-            format!("no answer within {} s", OPEN_TIMEOUT.as_secs()),
-        )),
+        Err(_) => Err(format!("no answer within {} s", OPEN_TIMEOUT.as_secs())),
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(bucket_error(opts, failure(&e))),
+        Ok(Err(e)) => Err(failure(&e)),
     }
 }
 

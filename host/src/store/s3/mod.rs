@@ -4,7 +4,8 @@
 //! nothing else: the inventory (scan, prune, evict) does not work on a bucket.
 //!
 //! Blob bytes move in [`blobs`], the bucket client is built and checked in [`client`], tag
-//! records are updated in [`records`].
+//! records are updated in [`records`]; [`fallback`] keeps local copies of manifests and tag
+//! records and serves them while the bucket cannot be reached.
 //!
 //! Content appears under a digest key only once verified and fully sent (a conditional
 //! create, or a completed multipart upload); tag records are updated with conditional
@@ -13,6 +14,7 @@
 
 mod blobs;
 mod client;
+mod fallback;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -98,6 +100,10 @@ pub struct S3Store {
     bucket: Arc<AmazonS3>,
     /// Streamed blob reads.
     streams: Arc<AmazonS3>,
+    /// The readiness check (no retries).
+    probe: Arc<AmazonS3>,
+    /// The local copies, laid out as the filesystem store.
+    local: super::fs::FsStore,
     bucket_name: String,
     prefix: String,
     place: String,
@@ -152,10 +158,14 @@ impl S3Store {
         let probe_key = Key::parse(format!("{}{}", opts.prefix, layout::PROBE_KEY))
             .map_err(|e| client::bucket_error(&opts, format!("bad prefix: {e}")))?;
         let probe = client::build(&opts, client::Profile::Probe)?;
-        client::probe(&opts, &probe, &probe_key).await?;
+        client::probe(&probe, &probe_key)
+            .await
+            .map_err(|reason| client::bucket_error(&opts, reason))?;
         Ok(S3Store {
             bucket: client::build(&opts, client::Profile::Requests)?,
             streams: client::build(&opts, client::Profile::Streams)?,
+            probe,
+            local: super::fs::FsStore::at(local_root),
             place: client::where_is(&opts),
             bucket_name: opts.bucket,
             prefix: opts.prefix,
@@ -252,14 +262,26 @@ impl S3Store {
         {
             Ok(_) => {
                 crate::metrics::global().disk_added(ContentKind::Manifest, m.bytes.len() as u64);
-                Ok(())
             }
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
+        self.keep_manifest(m).await;
+        Ok(())
     }
 
     async fn read_manifest(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
+        match self.read_bucket_manifest(digest).await {
+            Ok(Some(m)) => {
+                self.keep_manifest(&m).await;
+                Ok(Some(m))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => self.local_manifest(digest, e).await,
+        }
+    }
+
+    async fn read_bucket_manifest(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
         let key = self.key(&layout::manifest_key(digest.hex()))?;
         let got = match self.bucket.get(&key).await {
             Ok(got) => got,
@@ -289,7 +311,38 @@ impl S3Store {
     }
 }
 
+/// Counts a failed call to the bucket in `store_errors_total{backend="s3",op}`.
+fn counted<'a, T: 'a>(
+    op: &'static str,
+    call: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
+) -> StoreFuture<'a, T> {
+    Box::pin(async move {
+        let result = call.await;
+        if let Err(StoreError::Remote(_) | StoreError::Bucket { .. }) = &result {
+            crate::metrics::global().store_error("s3", op);
+        }
+        result
+    })
+}
+
 impl Store for S3Store {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    fn check_remote(&self) -> StoreFuture<'_, ()> {
+        counted("check", async move {
+            let key = self.key(layout::PROBE_KEY)?;
+            client::probe(&self.probe, &key)
+                .await
+                .map_err(|reason| StoreError::Bucket {
+                    bucket: self.bucket_name.clone(),
+                    endpoint: self.place.clone(),
+                    reason,
+                })
+        })
+    }
+
     fn describe(&self) -> String {
         format!(
             "s3 bucket {} at {}, local copy {}",
@@ -315,11 +368,11 @@ impl Store for S3Store {
     }
 
     fn stat_blob<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<u64>> {
-        Box::pin(self.stat(digest))
+        counted("stat_blob", self.stat(digest))
     }
 
     fn open_blob<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<StoredBlob>> {
-        Box::pin(self.open_stored(digest))
+        counted("open_blob", self.open_stored(digest))
     }
 
     fn commit_blob<'a>(
@@ -328,30 +381,49 @@ impl Store for S3Store {
         digest: &'a Digest,
         size: u64,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(self.commit(staged, digest, size))
+        counted("commit_blob", self.commit(staged, digest, size))
     }
 
     fn has_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            self.exists(&self.key(&layout::manifest_key(digest.hex()))?)
+        counted("has_manifest", async move {
+            match self
+                .exists(&self.key(&layout::manifest_key(digest.hex()))?)
                 .await
+            {
+                Ok(found) => Ok(found),
+                Err(e) => self.local_has_manifest(digest, e),
+            }
         })
     }
 
     fn get_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<Manifest>> {
-        Box::pin(self.read_manifest(digest))
+        counted("get_manifest", self.read_manifest(digest))
     }
 
     fn put_manifest<'a>(&'a self, manifest: &'a Manifest) -> StoreFuture<'a, ()> {
-        Box::pin(self.write_manifest(manifest))
+        counted("put_manifest", self.write_manifest(manifest))
     }
 
     fn tag_modified<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<SystemTime>> {
-        Box::pin(self.tag_last_modified(tag))
+        counted("tag_modified", async move {
+            match self.tag_last_modified(tag).await {
+                Ok(at) => Ok(at),
+                Err(e) => self.local_tag_modified(tag, e),
+            }
+        })
     }
 
     fn get_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<TagRecord>> {
-        Box::pin(self.tag_record(tag))
+        counted("get_tag", async move {
+            match self.tag_record(tag).await {
+                Ok(Some(r)) => {
+                    self.keep_tag(tag, &r).await;
+                    Ok(Some(r))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => self.local_tag(tag, e).await,
+            }
+        })
     }
 
     fn put_tag<'a>(
@@ -360,14 +432,14 @@ impl Store for S3Store {
         media_type: &'a str,
         digest: &'a Digest,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(self.record_tag(tag, media_type, digest))
+        counted("put_tag", self.record_tag(tag, media_type, digest))
     }
 
     fn set_tag_accessed<'a>(&'a self, tag: TagKey<'a>, at: u64) -> StoreFuture<'a, bool> {
-        Box::pin(self.record_access(tag, at))
+        counted("set_tag_accessed", self.record_access(tag, at))
     }
 
     fn remove_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, bool> {
-        Box::pin(self.forget_tag(tag))
+        counted("remove_tag", self.forget_tag(tag))
     }
 }

@@ -85,7 +85,10 @@ impl S3Store {
                 .put_opts(&key, Bytes::from(bytes).into(), opts)
                 .await
             {
-                Ok(_) => return Ok(Some(true)),
+                Ok(_) => {
+                    self.keep_tag(t, &record).await;
+                    return Ok(Some(true));
+                }
                 Err(
                     e @ (object_store::Error::Precondition { .. }
                     | object_store::Error::AlreadyExists { .. }),
@@ -163,8 +166,14 @@ impl S3Store {
             return Ok(false);
         }
         match self.bucket.delete(&key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
-            Err(e) => Err(e.into()),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
+        // The local copy goes too, or the bucket's next outage would bring the tag back.
+        if let Err(e) = crate::store::tags::remove(&self.local_root, tag).await {
+            tracing::warn!(registry = tag.registry, repo = %tag.repo, tag = tag.tag, error = %e,
+                "could not remove the local copy of the tag record");
+        }
+        Ok(true)
     }
 }

@@ -389,3 +389,50 @@ async fn a_tag_record_changed_between_read_and_write_is_reread_not_overwritten()
     assert_eq!(types, ["type/two", "type/one"], "b's entry kept");
     assert_eq!(rec.accessed_at, Some(42), "a's change made");
 }
+
+#[tokio::test]
+async fn with_the_bucket_gone_the_local_copies_are_served_and_the_rest_fails() {
+    let Some(s3) = S3sFs::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let store = S3Store::open(s3.options(), local.path()).await.unwrap();
+    store.check_remote().await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let digest = commit_bytes(&store, &data).await;
+    let bytes = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
+    let m = Manifest {
+        digest: Digest::of(&bytes),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        bytes,
+    };
+    store.put_manifest(&m).await.unwrap();
+    let repo = RepoName::parse("team/app").unwrap();
+    let tag = TagKey {
+        registry: "registry.example",
+        repo: &repo,
+        tag: "1.0",
+    };
+    store.put_tag(tag, &m.media_type, &m.digest).await.unwrap();
+    let other = Digest::of(b"never stored");
+    let endpoint = s3.endpoint();
+    drop(s3); // the bucket goes away
+
+    let e = store.check_remote().await.unwrap_err().to_string();
+    assert!(e.contains(BUCKET) && e.contains(&endpoint), "{e}");
+    assert!(!e.contains(SECRET_KEY));
+    // What this replica holds: served from its disk.
+    assert_eq!(read_all(&store, &digest).await, data);
+    assert!(store.has_manifest(&m.digest).await.unwrap());
+    let got = store.get_manifest(&m.digest).await.unwrap().unwrap();
+    assert_eq!(
+        (got.bytes, got.media_type),
+        (m.bytes.clone(), m.media_type.clone())
+    );
+    assert!(store.tag_modified(tag).await.unwrap().is_some());
+    let rec = store.get_tag(tag).await.unwrap().unwrap();
+    assert_eq!(rec.entries[0].digest(), Some(m.digest.clone()));
+    // What only the bucket could answer: an error, not "not found".
+    assert!(store.has_manifest(&other).await.is_err());
+    assert!(store.stat_blob(&other).await.is_err());
+    let missing = TagKey { tag: "2.0", ..tag };
+    assert!(store.get_tag(missing).await.is_err());
+}
