@@ -21,6 +21,7 @@ pub mod policy;
 pub mod procs;
 pub mod proxy;
 pub mod raw;
+pub mod s3;
 pub mod skopeo;
 pub mod throttle;
 pub mod tmpfs;

@@ -163,7 +163,11 @@ impl From<crate::upstream::policy::PolicyError> for RegistryError {
     }
 }
 
-/// The mirror's failures: a full cache disk is 507, other disk trouble 500; no download
+/// Seconds a client is asked to wait when the cache's storage (a bucket) cannot be reached.
+const STORAGE_RETRY_AFTER: &str = "10";
+
+/// The mirror's failures: a full cache disk is 507, a bucket that cannot be reached 503
+/// (with `Retry-After`), other disk trouble 500; no download
 /// slot and a download every client left are 503 (the first with `Retry-After`); what an
 /// air-gapped mirror has not cached is 404; an upstream that sent something unusable 502.
 impl From<MirrorError> for RegistryError {
@@ -177,6 +181,19 @@ impl From<MirrorError> for RegistryError {
                 ErrorCode::Unavailable,
                 message,
             ),
+            MirrorError::Cache(s) | MirrorError::CacheWrite(s) | MirrorError::Store(s)
+                if s.is_remote() =>
+            {
+                // The details (the bucket's URL, its answer) are logged, not sent.
+                let mut r = RegistryError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "the cache's storage cannot be reached; what this mirror holds locally is \
+                     still served; retry later",
+                );
+                r.retry_after = Some(STORAGE_RETRY_AFTER.to_owned());
+                r
+            }
             MirrorError::Cache(_) | MirrorError::CacheWrite(_) | MirrorError::Store(_) => {
                 RegistryError::internal(message)
             }
@@ -266,6 +283,14 @@ mod tests {
             (e.status.as_u16(), e.message.as_str()),
             (500, "cache error: boom")
         );
+        let e = RegistryError::from(MirrorError::Cache(StoreError::Bucket {
+            bucket: "mirror-cache".into(),
+            endpoint: "http://10.0.0.9:9000".into(),
+            reason: "unreachable".into(),
+        }));
+        assert_eq!(e.status, 503);
+        assert_eq!(e.retry_after.as_deref(), Some("10"));
+        assert!(!e.message.contains("10.0.0.9"), "{}", e.message);
         let e = RegistryError::from(MirrorError::Upstream(UpstreamError::TokenRefused {
             status: 404,
             message: "token endpoint of r answered 404".into(),

@@ -45,6 +45,13 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the backend beyond the local disk (the bucket) failed, rather than the disk.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, StoreError::Remote(_) | StoreError::Bucket { .. })
+    }
+}
+
 impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
         StoreError::Remote(Arc::new(e))

@@ -235,12 +235,16 @@ impl S3Store {
             let _ = tokio::fs::remove_file(temp).await;
             return Ok(());
         }
-        let stored = blobs::upload(&self.bucket, &self.blob_key(digest)?, temp, size).await?;
+        let uploaded = blobs::upload(&self.bucket, &self.blob_key(digest)?, temp, size).await;
+        // The bytes are verified: this replica keeps (and serves) them whatever the bucket
+        // said. A blob whose upload failed stays on this replica only; the others fetch it
+        // themselves.
         tokio::fs::rename(temp, &local).await?;
-        if stored {
+        super::files::sync_dir(local.parent()).await?;
+        if uploaded? {
             crate::metrics::global().disk_added(ContentKind::Blob, size);
         }
-        Ok(super::files::sync_dir(local.parent()).await?)
+        Ok(())
     }
 
     async fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {

@@ -1,0 +1,291 @@
+//! Issue 12: several replicas on one S3-compatible bucket (a real `s3s-fs` on 127.0.0.1).
+//! What one replica cached is served by the others without the upstream; content appears in
+//! the bucket only under its verified digest; the bucket going away leaves the local copies
+//! served and the rest failing cleanly, and its return needs no restart of the replicas.
+
+use std::time::Duration;
+
+use ociregistry_e2e::images::{self, ImageKind};
+use ociregistry_e2e::proxy::Route;
+use ociregistry_e2e::raw::{self, RawResponse};
+use ociregistry_e2e::s3::{self, S3Server};
+use ociregistry_e2e::skopeo;
+use ociregistry_e2e::upstream::Upstream;
+use ociregistry_e2e::{Proxy, require_upstream_tools, sha256_digest, wait_for};
+
+/// `GET path` on a replica's metrics or health port.
+fn get(port: u16, path: &str) -> RawResponse {
+    raw::request_timeout(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        path,
+        &[],
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
+}
+
+/// `/readyz` of a replica, as JSON.
+fn readyz(p: &Proxy) -> (u16, serde_json::Value) {
+    let r = get(p.logged_port("health endpoints at "), "/readyz");
+    let v = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("/readyz is not JSON ({e}): {}", r.body_str()));
+    (r.status, v)
+}
+
+fn tools() -> bool {
+    require_upstream_tools() && s3::require_s3s_fs()
+}
+
+/// A replica on `bucket` under `prefix`, pulling from `up`, with metrics and health on
+/// ports of their own.
+fn replica(up: &Upstream, bucket: &S3Server, prefix: &str) -> Proxy {
+    let mut b = Proxy::builder()
+        .upstream(up)
+        .default_ns(&up.host())
+        .serve_arg("--metrics")
+        .serve_arg("0")
+        .serve_arg("--health")
+        .serve_arg("0")
+        .config_line(&bucket.storage_yaml(prefix));
+    for (k, v) in S3Server::env() {
+        b = b.env(k, v);
+    }
+    b.start()
+}
+
+/// Every object under `prefix` + `blobs/sha256/` or `manifests/sha256/` holds bytes that hash
+/// to its name; returns how many blobs and manifests there are.
+fn verify_bucket(bucket: &S3Server, prefix: &str) -> (usize, usize) {
+    let (mut blobs, mut manifests) = (0, 0);
+    for key in bucket.keys() {
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        let (kind, hex) = if let Some(h) = rest.strip_prefix("blobs/sha256/") {
+            (&mut blobs, h)
+        } else if let Some(h) = rest.strip_prefix("manifests/sha256/") {
+            (&mut manifests, h)
+        } else {
+            continue;
+        };
+        if hex.contains('.') {
+            continue; // a manifest's side record
+        }
+        let bytes = bucket.object(&key).expect("object readable");
+        assert_eq!(
+            sha256_digest(&bytes),
+            format!("sha256:{hex}"),
+            "object {key} does not hold the bytes of its digest"
+        );
+        *kind += 1;
+    }
+    (blobs, manifests)
+}
+
+#[test]
+fn what_one_replica_cached_the_others_serve_without_the_upstream() {
+    if !tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let repo = images::unique_repo("shared");
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(3, 400_000));
+    let bucket = S3Server::start("mirror-cache");
+    let prefix = "fleet/";
+    let a = replica(&up, &bucket, prefix);
+    let b = replica(&up, &bucket, prefix);
+    let c = replica(&up, &bucket, prefix);
+
+    let host = up.host();
+    a.pull_and_verify(Route::Ns(&host), &img);
+    // Clients have every byte once it is verified; the upload to the bucket follows.
+    wait_for(
+        "every blob in the bucket",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (verify_bucket(&bucket, prefix).0 >= img.blobs().len()).then_some(()),
+    );
+    let (blobs, manifests) = verify_bucket(&bucket, prefix);
+    assert_eq!(blobs, img.blobs().len(), "every blob in the bucket once");
+    assert!(manifests >= 1);
+    let keys = bucket.keys();
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with(&format!("{prefix}tags/")) && k.ends_with("/v1.json")),
+        "the tag record is in the bucket: {keys:?}"
+    );
+
+    let before = up.total_requests();
+    b.pull_and_verify(Route::Ns(&host), &img);
+    c.pull_and_verify(Route::InPath(&host), &img);
+    // A real client, through the third replica.
+    skopeo::pull_and_verify(
+        &format!("{}/{}:{}", c.host(), img.repo, img.tag),
+        &img,
+        "through replica c",
+    );
+    assert_eq!(
+        up.total_requests(),
+        before,
+        "replicas b and c asked the upstream although the bucket had everything:\n{:#?}",
+        up.access_log()
+    );
+    for p in [&a, &b, &c] {
+        let log = p.log();
+        assert!(
+            !log.contains(s3::SECRET_KEY),
+            "the S3 secret appears in a replica's log"
+        );
+    }
+}
+
+#[test]
+fn with_the_bucket_down_local_copies_are_served_and_its_return_needs_no_restart() {
+    if !tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let repo = images::unique_repo("bucketdown");
+    let cached = images::seed(&up, &repo, "v1", ImageKind::oci(2, 200_000));
+    let later = images::seed(&up, &repo, "v2", ImageKind::oci(2, 200_000));
+    let mut bucket = S3Server::start("mirror-cache");
+    let a = replica(&up, &bucket, "");
+    let host = up.host();
+    a.pull_and_verify(Route::Ns(&host), &cached);
+    // Clients have every byte once it is verified; the upload to the bucket follows.
+    wait_for(
+        "every blob in the bucket",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (verify_bucket(&bucket, "").0 >= cached.blobs().len()).then_some(()),
+    );
+
+    bucket.stop();
+    // Blobs the replica holds locally: served, byte for byte.
+    for blob in cached.blobs() {
+        let r = a.get_blob(Route::Ns(&host), &cached.repo, &blob.digest, &[]);
+        assert_eq!(r.status, 200, "local copy of {} not served", blob.digest);
+        assert_eq!(sha256_digest(&r.body), blob.digest);
+    }
+    // What the bucket would have to provide fails cleanly, and quickly.
+    let started = std::time::Instant::now();
+    let r = a.get_manifest(Route::Ns(&host), &later.repo, &later.tag);
+    assert_eq!(
+        r.status,
+        503,
+        "with the bucket down a new image cannot be stored: {}",
+        r.body_str()
+    );
+    assert_eq!(r.header("retry-after"), Some("10"));
+    assert!(
+        !r.body_str().contains(&bucket.endpoint()),
+        "the bucket's address is logged, not sent to clients: {}",
+        r.body_str()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the failure took {:?}",
+        started.elapsed()
+    );
+
+    // Readiness: still ready (local copies are served), degraded, naming the bucket.
+    let (code, v) = readyz(&a);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "degraded", "{v}");
+    assert_eq!(v["checks"]["storage"]["backend"], "s3");
+    assert_eq!(v["checks"]["storage"]["reachable"], false, "{v}");
+    let why = v["checks"]["storage"]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("mirror-cache"), "{v}");
+    assert!(!v.to_string().contains(s3::SECRET_KEY));
+    let metrics = get(a.logged_port("metrics endpoint at "), "/metrics").body_str();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ociregistry_store_errors_total{") && !l.ends_with(" 0")),
+        "no store error counted:\n{metrics}"
+    );
+
+    bucket.restart();
+    let (code, v) = readyz(&a);
+    assert_eq!(
+        (code, &v["checks"]["storage"]["reachable"]),
+        (200, &serde_json::json!(true)),
+        "{v}"
+    );
+    a.pull_and_verify(Route::Ns(&host), &later);
+    a.pull_and_verify(Route::Ns(&host), &cached);
+    wait_for(
+        "the new image's blobs in the bucket",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            let (blobs, _) = verify_bucket(&bucket, "");
+            (blobs == cached.blobs().len() + later.blobs().len()).then_some(())
+        },
+    );
+}
+
+/// A bucket `serve` cannot use stops it at start, with one line naming the bucket, where it
+/// is and what failed, and never the secret: wrong keys, a missing bucket, nothing
+/// listening. Inventory features that cannot work on a bucket yet are refused the same way.
+#[test]
+fn a_bucket_that_cannot_be_used_stops_serve_at_start_with_a_clear_line() {
+    if !tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let mut bucket = S3Server::start("mirror-cache");
+    let start = |yaml: &str, secret: &str| {
+        Proxy::builder()
+            .upstream(&up)
+            .config_line(yaml)
+            .env("S3_KEY", s3::ACCESS_KEY)
+            .env("S3_SECRET", secret)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .start_expect_exit(Duration::from_secs(60))
+    };
+    let cases = [
+        (
+            bucket.storage_yaml(""),
+            "wrong-secret-value",
+            "access denied",
+        ),
+        (
+            bucket
+                .storage_yaml("")
+                .replace("mirror-cache", "no-such-bucket"),
+            s3::SECRET_KEY,
+            "no such bucket",
+        ),
+        (
+            format!("{}\nmaxSize: 1GiB", bucket.storage_yaml("")),
+            s3::SECRET_KEY,
+            "maxSize",
+        ),
+    ];
+    for (yaml, secret, expected) in cases {
+        let failed = start(&yaml, secret);
+        assert!(
+            failed.status.is_some_and(|s| !s.success()),
+            "serve did not stop: {failed:?}"
+        );
+        assert!(
+            failed.stderr.contains(expected),
+            "expected {expected:?} in:\n{}",
+            failed.stderr
+        );
+        assert!(!failed.stderr.contains(secret) && !failed.stderr.contains(s3::SECRET_KEY));
+    }
+    let endpoint = bucket.endpoint();
+    bucket.stop();
+    let failed = start(&bucket.storage_yaml(""), s3::SECRET_KEY);
+    assert!(failed.status.is_some_and(|s| !s.success()));
+    assert!(
+        failed.stderr.contains("bucket mirror-cache") && failed.stderr.contains(&endpoint),
+        "{}",
+        failed.stderr
+    );
+    assert!(failed.stderr.contains("unreachable"), "{}", failed.stderr);
+}
