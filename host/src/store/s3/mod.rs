@@ -235,7 +235,12 @@ impl S3Store {
             let _ = tokio::fs::remove_file(temp).await;
             return Ok(());
         }
-        let uploaded = blobs::upload(&self.bucket, &self.blob_key(digest)?, temp, size).await;
+        let uploaded = match blobs::upload(&self.bucket, &self.blob_key(digest)?, temp, size).await
+        {
+            // The staged file itself is wrong (short, gone): nothing is kept.
+            Err(e) if !e.is_remote() => return Err(e),
+            other => other,
+        };
         // The bytes are verified: this replica keeps (and serves) them whatever the bucket
         // said. A blob whose upload failed stays on this replica only; the others fetch it
         // themselves.
