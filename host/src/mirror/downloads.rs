@@ -29,13 +29,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt};
 use sha2::Digest as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::mirror::MirrorError;
 use crate::oci::reference::Digest;
 use crate::store::{Staged, Store, StoreError, read_chunk};
+use crate::upstream::BodyError;
 
 /// Bytes read from disk per chunk sent to a client of a running download, many of which
 /// may read at once (each holds one chunk: small reads keep memory bounded).
@@ -84,6 +85,8 @@ impl std::fmt::Debug for UpstreamBody {
 const MAX_RESUMES: u32 = 3;
 /// An unknown-length download checks the free space each time it received this much more.
 pub const SPACE_CHECK_EVERY: u64 = 1024 * 1024;
+/// Longest wait for the next chunk of a blob copied from the shared store to this disk.
+const STORE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How far a download got.
 #[derive(Debug, Clone)]
@@ -354,8 +357,25 @@ impl Downloads {
     {
         // It may have been stored between the cache lookup and registering this download.
         if let Ok(Some(total)) = store.stat_blob(&d.digest).await {
-            self.complete_stored(&d, total);
-            return;
+            if d.staged.is_here() {
+                self.complete_stored(&d, total);
+                return;
+            }
+            // Stored by another replica in the shared store, not on this disk: copied here
+            // through the same verified fill, which this download's readers follow.
+            if let Ok(Some(blob)) = store.open_blob(&d.digest).await {
+                let src = UpstreamBody {
+                    total: Some(total),
+                    body: Box::pin(blob.read(0, total).map_err(BodyError::from)),
+                    resume: None,
+                    idle_timeout: STORE_IDLE_TIMEOUT,
+                    upstream: "the shared store".into(),
+                    repo: String::new(),
+                    max_size: self.slots.limits().max_blob_size,
+                };
+                self.finish(&store, &d, src).await;
+                return;
+            }
         }
         let slot = tokio::select! {
             biased;
@@ -394,9 +414,14 @@ impl Downloads {
                 return;
             }
         };
+        self.finish(&store, &d, src).await;
+    }
+
+    /// Fills a download from `src` and logs how it ended.
+    async fn finish(&self, store: &Arc<dyn Store>, d: &Arc<Download>, src: UpstreamBody) {
         let (upstream, repo) = (src.upstream.clone(), src.repo.clone());
         let started = std::time::Instant::now();
-        match self.fill(&store, &d, src).await {
+        match self.fill(store, d, src).await {
             Ok(size) => {
                 tracing::info!(
                     registry = %upstream, repo = %repo, digest = %d.digest, size,

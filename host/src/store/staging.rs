@@ -36,6 +36,12 @@ impl Staged {
         &self.temp
     }
 
+    /// Whether the blob's bytes are on this disk once committed (the filesystem store), or
+    /// only in a shared backend for now (blocking: one `stat`).
+    pub fn is_here(&self) -> bool {
+        self.committed.is_file()
+    }
+
     /// Creates the temp file for writing (blocking).
     pub fn create(&self) -> io::Result<std::fs::File> {
         std::fs::File::create(&self.temp)

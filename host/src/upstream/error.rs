@@ -99,6 +99,12 @@ impl From<reqwest::Error> for BodyError {
     }
 }
 
+impl From<std::io::Error> for BodyError {
+    fn from(e: std::io::Error) -> Self {
+        BodyError(e.to_string())
+    }
+}
+
 impl From<&str> for BodyError {
     fn from(s: &str) -> Self {
         BodyError(s.to_owned())

@@ -28,7 +28,7 @@ use crate::store::staging::temp_path_in;
 
 /// Blobs of this size and above are uploaded in parts of this size (bounded memory; S3
 /// wants parts of 5 MiB at least).
-pub(super) const PART_SIZE: usize = 16 * 1024 * 1024;
+pub(super) const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// A blob object, read by range from the bucket as a stream.
 #[derive(Debug)]

@@ -37,6 +37,9 @@ use crate::metrics::ContentKind;
 use crate::oci::reference::Digest;
 use blobs::{FillTarget, Fills, ObjectBlob};
 
+/// Blob uploads to the bucket at once (memory: one part of [`blobs::PART_SIZE`] each).
+const UPLOADS_AT_ONCE: usize = 2;
+
 /// Where the bucket is and how to sign in to it (plain values; the configuration maps to
 /// it). Its `Debug` shows no secret (nor a password in the endpoint URL).
 #[derive(Clone)]
@@ -109,6 +112,9 @@ pub struct S3Store {
     place: String,
     local_root: PathBuf,
     fills: Arc<Fills>,
+    /// Uploads running at once: each holds up to one part in memory, and clients already
+    /// have their bytes, so a queue costs only how soon the others see the blob.
+    uploads: tokio::sync::Semaphore,
     /// Serialises this process's tag record updates (the conditional writes handle the
     /// other processes).
     tag_lock: tokio::sync::Mutex<()>,
@@ -171,6 +177,7 @@ impl S3Store {
             prefix: opts.prefix,
             local_root: local_root.to_owned(),
             fills: Arc::default(),
+            uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
             tag_lock: tokio::sync::Mutex::const_new(()),
         })
     }
@@ -235,8 +242,10 @@ impl S3Store {
             let _ = tokio::fs::remove_file(temp).await;
             return Ok(());
         }
-        let uploaded = match blobs::upload(&self.bucket, &self.blob_key(digest)?, temp, size).await
-        {
+        let permit = self.uploads.acquire().await;
+        let uploaded = blobs::upload(&self.bucket, &self.blob_key(digest)?, temp, size).await;
+        drop(permit);
+        let uploaded = match uploaded {
             // The staged file itself is wrong (short, gone): nothing is kept.
             Err(e) if !e.is_remote() => return Err(e),
             other => other,
