@@ -4,8 +4,7 @@
 #   scripts/bench.sh --quick    smaller sizes, fewer runs: a fast sanity check
 # Installs what it needs the way scripts/install-test-deps.sh does (Debian packages
 # docker-registry, nginx, wrk; s3s-fs into <repo>/.tools; idempotent), builds the release
-# binaries, runs
-# `ociregistry-bench`, prints one markdown table and writes it to
+# binaries, runs `ociregistry-bench`, prints one markdown table and writes it to
 # <target>/bench/results.md (results-quick.md for --quick).
 set -euo pipefail
 
