@@ -296,6 +296,8 @@ struct ReplicaResults {
     par_direct_s: Series,
     par_gets: Series,
     par_max_per_blob: Series,
+    /// Clients (of three) whose pull failed.
+    par_failed: Series,
     par_rss: [Series; 3],
 }
 
@@ -643,33 +645,57 @@ impl Bench<'_> {
 
             // e) three clients at once, one per fresh replica.
             let direct = vec![self.up.url(); 3];
-            let (d, _) = self
+            let (d, direct_each) = self
                 .rt
-                .block_on(client::pulls_at_once(&direct, &img, CONNS))?;
+                .block_on(client::pulls_at_once(&direct, &img, CONNS));
+            for got in direct_each {
+                got?;
+            }
             self.res.replicas.par_direct_s.push(secs(d));
             let (s3, replicas) = self.start_replicas()?;
             let bases: Vec<String> = replicas.iter().map(Ours::url).collect();
             let a = self.up.sync_log()?;
-            let (all, each) = self
-                .rt
-                .block_on(client::pulls_at_once(&bases, &img, CONNS))?;
+            let (all, each) = self.rt.block_on(client::pulls_at_once(&bases, &img, CONNS));
             for replica in &replicas {
                 settle_proc(&replica.proc);
             }
             settle_proc(&s3.proc);
             let b = self.up.sync_log()?;
             let (gets, max_per_blob) = blob_gets(&self.up.log_between(a, b));
+            let mut failed = 0;
+            for (i, (got, replica)) in each.iter().zip(&replicas).enumerate() {
+                match got {
+                    Ok(took) => self.res.replicas.par_each_s[i].push(secs(*took)),
+                    Err(e) => {
+                        failed += 1;
+                        let tail = replica.proc.tail();
+                        let problems: Vec<&str> = tail
+                            .lines()
+                            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                            .collect();
+                        self.res.notes.push(format!(
+                            "7. at once, run {}: the client of replica {} failed: {e}; the \
+                             replica logged {}",
+                            rep + 1,
+                            replica_name(i),
+                            if problems.is_empty() {
+                                "no warning or error".to_owned()
+                            } else {
+                                format!("`{}`", problems.join(" / "))
+                            }
+                        ));
+                    }
+                }
+                self.res.replicas.par_rss[i].push(replica.proc.peak_rss_mib()?);
+            }
             let r = &mut self.res.replicas;
             r.par_s.push(secs(all));
-            for (i, (took, replica)) in each.iter().zip(&replicas).enumerate() {
-                r.par_each_s[i].push(secs(*took));
-                r.par_rss[i].push(replica.proc.peak_rss_mib()?);
-            }
+            r.par_failed.push(failed as f64);
             r.par_gets.push(gets as f64);
             r.par_max_per_blob.push(max_per_blob as f64);
             self.log(&format!(
                 "7. replicas at once run {}: {:.2}s (direct {:.2}s), {gets} upstream blob GETs, \
-                 up to {max_per_blob} of one blob",
+                 up to {max_per_blob} of one blob, {failed} of 3 pulls failed",
                 rep + 1,
                 secs(all),
                 secs(d),
@@ -1593,6 +1619,14 @@ fn replica_tables(r: &ReplicaResults, p: &Plan, n_blobs: f64, img_bytes: u64) ->
         "most upstream GETs of a single blob",
         [dash(), dash(), dash()],
         r.par_max_per_blob.cell(0),
+        dash(),
+        dash(),
+    );
+    row(
+        "",
+        "client pulls that failed (of 3)",
+        [dash(), dash(), dash()],
+        r.par_failed.cell(0),
         dash(),
         dash(),
     );

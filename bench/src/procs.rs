@@ -108,7 +108,8 @@ impl Proc {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    fn tail(&self) -> String {
+    /// The last 15 lines of the process's stderr.
+    pub fn tail(&self) -> String {
         let s = self.stderr();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
