@@ -3,8 +3,8 @@
 #   scripts/bench.sh            full run (about 10 minutes on 2 cores)
 #   scripts/bench.sh --quick    smaller sizes, fewer runs: a fast sanity check
 # Installs what it needs the way scripts/install-test-deps.sh does (Debian packages
-# docker-registry, nginx, wrk; idempotent), builds the release binaries, runs
-# `ociregistry-bench`, prints one markdown table and writes it to
+# docker-registry, nginx, wrk; s3s-fs into <repo>/.tools; idempotent), builds the release
+# binaries, runs `ociregistry-bench`, prints one markdown table and writes it to
 # <target>/bench/results.md (results-quick.md for --quick).
 set -euo pipefail
 
@@ -32,6 +32,24 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     $sudo apt-get install -y --no-install-recommends "${need_pkgs[@]}"
 else
     echo "bench: docker-registry, nginx, wrk present"
+fi
+
+# s3s-fs (scenario 7: replicas on one bucket), as scripts/install-test-deps.sh installs it:
+# $S3S_FS if set, else <repo>/.tools/bin/s3s-fs (built once), else on PATH.
+tools="$repo/.tools"
+if [ -n "${S3S_FS:-}" ] && [ -x "$S3S_FS" ]; then
+    echo "bench: s3s-fs at $S3S_FS"
+elif [ -x "$tools/bin/s3s-fs" ]; then
+    echo "bench: $tools/bin has s3s-fs"
+    export S3S_FS="$tools/bin/s3s-fs"
+elif command -v s3s-fs >/dev/null 2>&1; then
+    export S3S_FS="$(command -v s3s-fs)"
+    echo "bench: s3s-fs at $S3S_FS"
+else
+    echo "bench: building s3s-fs into $tools (about 3 minutes)"
+    cargo install s3s-fs --version 0.14.1 --locked --features binary --root "$tools"
+    [ -x "$tools/bin/s3s-fs" ] || { echo "bench: s3s-fs missing after install" >&2; exit 1; }
+    export S3S_FS="$tools/bin/s3s-fs"
 fi
 
 cargo build --release -p ociregistry -p ociregistry-bench

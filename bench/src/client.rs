@@ -309,33 +309,42 @@ pub async fn pull(c: &Client, base: &str, img: &Image, conns: usize) -> R<u64> {
 /// `n` clients, each with its own connection pool, released at the same moment by a
 /// barrier, each pulling `img`. Returns the wall time from release to the last finish.
 pub async fn concurrent_pulls(base: &str, img: &Image, n: usize, conns: usize) -> R<Duration> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let bases = vec![base.to_owned(); n];
+    let (took, each) = pulls_at_once(&bases, img, conns).await;
+    for r in each {
+        r?;
+    }
+    Ok(took)
+}
+
+/// One client per entry of `bases` (each with its own connection pool), released at the same
+/// moment by a barrier, each pulling `img` from its base. Returns the wall time from release
+/// to the last finish, and each client's own time or failure.
+pub async fn pulls_at_once(
+    bases: &[String],
+    img: &Image,
+    conns: usize,
+) -> (Duration, Vec<R<Duration>>) {
+    let barrier = Arc::new(tokio::sync::Barrier::new(bases.len() + 1));
     let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (barrier, base, img) = (barrier.clone(), base.to_owned(), img.clone());
+    for base in bases {
+        let (barrier, base, img) = (barrier.clone(), base.clone(), img.clone());
         tasks.push(tokio::spawn(async move {
             let c = new_client(conns);
             barrier.wait().await;
-            pull(&c?, &base, &img, conns).await
+            let t0 = std::time::Instant::now();
+            pull(&c?, &base, &img, conns).await?;
+            Ok::<Duration, String>(t0.elapsed())
         }));
     }
     barrier.wait().await;
     let t0 = std::time::Instant::now();
-    let mut first_err = None;
+    let mut each = Vec::new();
     for t in tasks {
-        match t.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(format!("pull task: {e}"));
-            }
-        }
+        each.push(match t.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("pull task: {e}")),
+        });
     }
-    let took = t0.elapsed();
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(took),
-    }
+    (t0.elapsed(), each)
 }

@@ -1,9 +1,10 @@
 //! `ociregistry-bench`: in one run, starts a real upstream (`docker-registry`) seeded with
 //! generated images, our `ociregistry`, CNCF distribution in proxy mode (the peer), and nginx
 //! with sendfile (the ceiling), runs the scenarios of issue 4 and prints one markdown table
-//! of medians (min–max) and ratios, with each goal marked met or not.
+//! of medians (min–max) and ratios, with each goal marked met or not. Scenario 7 runs three
+//! `ociregistry` replicas on one bucket of a real `s3s-fs` (issue 12).
 //!
-//! `ociregistry-bench [--quick] [--out FILE] [--ociregistry BIN] [--work-dir DIR]`
+//! `ociregistry-bench [--quick] [--only 1,...,7] [--out FILE] [--ociregistry BIN] [--work-dir DIR]`
 //! (`scripts/bench.sh` installs the tools, builds, and runs it.)
 
 mod client;
@@ -11,7 +12,7 @@ mod procs;
 mod wrk;
 
 use client::{Image, OCI_MANIFEST};
-use procs::{Nginx, Ours, Proc, Registry};
+use procs::{Nginx, Ours, Proc, Registry, S3Fs};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,6 +41,8 @@ struct Plan {
     warm_downloads: usize,
     wrk_secs: u64,
     wrk_reps: usize,
+    /// Runs of scenario 7 (each: a fresh bucket and fresh replicas, twice).
+    reps_replicas: usize,
     time_limit: Duration,
 }
 
@@ -58,6 +61,7 @@ impl Plan {
             warm_downloads: 7,
             wrk_secs: 10,
             wrk_reps: 3,
+            reps_replicas: 3,
             time_limit: Duration::from_secs(25 * 60),
         }
     }
@@ -73,6 +77,7 @@ impl Plan {
             warm_downloads: 3,
             wrk_secs: 2,
             wrk_reps: 1,
+            reps_replicas: 1,
             time_limit: Duration::from_secs(8 * 60),
             ..Plan::full()
         }
@@ -86,7 +91,7 @@ struct Args {
     bin: PathBuf,
     work_parent: PathBuf,
     command: String,
-    /// Scenarios to run (1..=6); all by default.
+    /// Scenarios to run (1..=7); all by default.
     only: Vec<u32>,
 }
 
@@ -94,11 +99,16 @@ impl Args {
     fn wants(&self, scenario: u32) -> bool {
         self.only.is_empty() || self.only.contains(&scenario)
     }
+
+    /// Whether any of the scenarios of issue 4 (1..=6, the main table) runs.
+    fn wants_main(&self) -> bool {
+        (1..=6).any(|n| self.wants(n))
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ociregistry-bench [--quick] [--only 1,2,3,4,5,6] [--out FILE] [--ociregistry BIN] [--work-dir DIR] [--command TEXT]\n\
+        "usage: ociregistry-bench [--quick] [--only 1,2,3,4,5,6,7] [--out FILE] [--ociregistry BIN] [--work-dir DIR] [--command TEXT]\n\
          --only runs some scenarios (e.g. to profile one: `perf record -g -- ociregistry-bench --only 4`;\n\
          the server's threads are `tokio-runtime-w`, the bench's own `bench-worker`)"
     );
@@ -123,7 +133,7 @@ fn parse_args() -> Args {
             "--only" => {
                 for n in it.next().unwrap_or_else(|| usage()).split(',') {
                     match n.trim().parse::<u32>() {
-                        Ok(n @ 1..=6) => only.push(n),
+                        Ok(n @ 1..=7) => only.push(n),
                         _ => usage(),
                     }
                 }
@@ -255,7 +265,40 @@ struct Results {
     big_rss: [Series; 2],
     big_gets: [Series; 2],
     big_cpu: [Series; 2],
+    replicas: ReplicaResults,
     notes: Vec<String>,
+}
+
+/// Scenario 7: three replicas (A, B, C) on one bucket. Arrays are indexed by replica.
+#[derive(Debug, Default)]
+struct ReplicaResults {
+    /// Cold pull through A, then (bucket-warm, local-cold) B, then C.
+    cold_s: [Series; 3],
+    direct_s: Series,
+    /// The same cold and warm pull through a filesystem `ociregistry` (no bucket).
+    fs_cold_s: Series,
+    fs_warm_s: Series,
+    fs_rss: Series,
+    cold_gets: [Series; 3],
+    cold_gets_total: Series,
+    cold_reqs: [Series; 3],
+    cold_reqs_total: Series,
+    /// A second pull through each replica (its local copy).
+    warm_s: [Series; 3],
+    /// Peak RSS and CPU of each replica over its cold and warm pull.
+    rss: [Series; 3],
+    cpu: [Series; 3],
+    s3_rss: Series,
+    s3_cpu: Series,
+    /// Three clients at once, one per fresh replica, cold.
+    par_s: Series,
+    par_each_s: [Series; 3],
+    par_direct_s: Series,
+    par_gets: Series,
+    par_max_per_blob: Series,
+    /// Clients (of three) whose pull failed.
+    par_failed: Series,
+    par_rss: [Series; 3],
 }
 
 /// A proxy under test.
@@ -295,6 +338,39 @@ struct Bench<'a> {
     res: Results,
 }
 
+/// Waits (at most 30 s) until `p`'s CPU time stops moving (see [`Bench::settle`]).
+fn settle_proc(p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = p.cpu_secs().unwrap_or(0.0);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = p.cpu_secs().unwrap_or(0.0);
+        if now - last < 0.015 || Instant::now() >= deadline {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Upstream blob GETs among `lines`: how many, and the most of any one blob.
+fn blob_gets(lines: &[procs::AccessLine]) -> (usize, usize) {
+    let gets: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.is_blob_get())
+        .map(|l| l.uri.as_str())
+        .collect();
+    let max_per_blob = gets
+        .iter()
+        .map(|u| gets.iter().filter(|v| *v == u).count())
+        .max()
+        .unwrap_or(0);
+    (gets.len(), max_per_blob)
+}
+
+fn replica_name(i: usize) -> &'static str {
+    ["A", "B", "C"].get(i).copied().unwrap_or("?")
+}
+
 fn name(w: usize) -> &'static str {
     match w {
         OURS => "ociregistry",
@@ -330,16 +406,7 @@ impl Bench<'_> {
     /// Waits (at most 30 s) until the proxy's CPU time stops moving: background fetches
     /// that outlive the client's pull then show in the upstream's access log.
     fn settle(&self, p: &Proxy) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = p.proc().cpu_secs().unwrap_or(0.0);
-        loop {
-            std::thread::sleep(Duration::from_millis(300));
-            let now = p.proc().cpu_secs().unwrap_or(0.0);
-            if now - last < 0.015 || Instant::now() >= deadline {
-                return;
-            }
-            last = now;
-        }
+        settle_proc(p.proc());
     }
 
     fn pull_once(&self, base: &str, img: &Image) -> R<Duration> {
@@ -482,6 +549,156 @@ impl Bench<'_> {
                 rep + 1,
                 self.res.big_rss[OURS].0.last().copied().unwrap_or(f64::NAN),
                 self.res.big_rss[PEER].0.last().copied().unwrap_or(f64::NAN),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Three `ociregistry serve` replicas on one bucket of a fresh `s3s-fs`.
+    fn start_replicas(&self) -> R<(S3Fs, [Ours; 3])> {
+        let s3 = S3Fs::start(self.work)?;
+        let host = self.up.host();
+        let start = || Ours::start_on(self.work, self.bin, &host, Some(&s3));
+        let replicas = [start()?, start()?, start()?];
+        Ok((s3, replicas))
+    }
+
+    /// Scenario 7: three replicas on one bucket. Per run, with a fresh bucket and fresh
+    /// replicas: a cold pull through A, then through B and C (bucket-warm, local-cold), then
+    /// a second pull through each (its local copy), beside a direct pull and a filesystem
+    /// `ociregistry`; then, with another fresh bucket and replicas, three clients pulling the
+    /// cold image at once, one per replica.
+    fn scenario_replicas(&mut self) -> R<()> {
+        let img = self.pull_img.clone();
+        for rep in 0..self.plan.reps_replicas {
+            let d = self.pull_once(&self.up.url(), &img)?;
+            self.res.replicas.direct_s.push(secs(d));
+            {
+                let fs = Ours::start(self.work, self.bin, &self.up.host())?;
+                let cold = self.pull_once(&fs.url(), &img)?;
+                settle_proc(&fs.proc);
+                let warm = self.pull_once(&fs.url(), &img)?;
+                let r = &mut self.res.replicas;
+                r.fs_cold_s.push(secs(cold));
+                r.fs_warm_s.push(secs(warm));
+                r.fs_rss.push(fs.proc.peak_rss_mib()?);
+            }
+            let (s3, replicas) = self.start_replicas()?;
+            let (mut gets_total, mut reqs_total) = (0, 0);
+            for (i, replica) in replicas.iter().enumerate() {
+                let a = self.up.sync_log()?;
+                let took = self.pull_once(&replica.url(), &img)?;
+                // What the replica still writes to the bucket after the client is done.
+                settle_proc(&replica.proc);
+                settle_proc(&s3.proc);
+                let b = self.up.sync_log()?;
+                let lines = self.up.log_between(a, b);
+                let (gets, _) = blob_gets(&lines);
+                gets_total += gets;
+                reqs_total += lines.len();
+                let r = &mut self.res.replicas;
+                r.cold_s[i].push(secs(took));
+                r.cold_gets[i].push(gets as f64);
+                r.cold_reqs[i].push(lines.len() as f64);
+            }
+            self.res.replicas.cold_gets_total.push(gets_total as f64);
+            self.res.replicas.cold_reqs_total.push(reqs_total as f64);
+            for (i, replica) in replicas.iter().enumerate() {
+                let a = self.up.sync_log()?;
+                let took = self.pull_once(&replica.url(), &img)?;
+                settle_proc(&replica.proc);
+                let b = self.up.sync_log()?;
+                let up_reqs = self.up.log_between(a, b).len();
+                if up_reqs > 0 {
+                    self.res.notes.push(format!(
+                        "7. warm pull run {} through replica {}: {up_reqs} upstream requests",
+                        rep + 1,
+                        replica_name(i)
+                    ));
+                }
+                let r = &mut self.res.replicas;
+                r.warm_s[i].push(secs(took));
+                r.rss[i].push(replica.proc.peak_rss_mib()?);
+                r.cpu[i].push(replica.proc.cpu_secs()?);
+            }
+            self.res.replicas.s3_rss.push(s3.proc.peak_rss_mib()?);
+            self.res.replicas.s3_cpu.push(s3.proc.cpu_secs()?);
+            drop(replicas);
+            drop(s3);
+            let r = &self.res.replicas;
+            let last = |x: &Series| x.0.last().copied().unwrap_or(f64::NAN);
+            self.log(&format!(
+                "7. replicas run {}: cold A {:.2}s ({} blob GETs), B {:.2}s ({}), C {:.2}s ({}); \
+                 warm A {:.2}s; direct {:.2}s, filesystem ociregistry cold {:.2}s warm {:.2}s",
+                rep + 1,
+                last(&r.cold_s[0]),
+                last(&r.cold_gets[0]),
+                last(&r.cold_s[1]),
+                last(&r.cold_gets[1]),
+                last(&r.cold_s[2]),
+                last(&r.cold_gets[2]),
+                last(&r.warm_s[0]),
+                last(&r.direct_s),
+                last(&r.fs_cold_s),
+                last(&r.fs_warm_s),
+            ));
+
+            // e) three clients at once, one per fresh replica.
+            let direct = vec![self.up.url(); 3];
+            let (d, direct_each) = self
+                .rt
+                .block_on(client::pulls_at_once(&direct, &img, CONNS));
+            for got in direct_each {
+                got?;
+            }
+            self.res.replicas.par_direct_s.push(secs(d));
+            let (s3, replicas) = self.start_replicas()?;
+            let bases: Vec<String> = replicas.iter().map(Ours::url).collect();
+            let a = self.up.sync_log()?;
+            let (all, each) = self.rt.block_on(client::pulls_at_once(&bases, &img, CONNS));
+            for replica in &replicas {
+                settle_proc(&replica.proc);
+            }
+            settle_proc(&s3.proc);
+            let b = self.up.sync_log()?;
+            let (gets, max_per_blob) = blob_gets(&self.up.log_between(a, b));
+            let mut failed = 0;
+            for (i, (got, replica)) in each.iter().zip(&replicas).enumerate() {
+                match got {
+                    Ok(took) => self.res.replicas.par_each_s[i].push(secs(*took)),
+                    Err(e) => {
+                        failed += 1;
+                        let tail = replica.proc.tail();
+                        let problems: Vec<&str> = tail
+                            .lines()
+                            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                            .collect();
+                        self.res.notes.push(format!(
+                            "7. at once, run {}: the client of replica {} failed: {e}; the \
+                             replica logged {}",
+                            rep + 1,
+                            replica_name(i),
+                            if problems.is_empty() {
+                                "no warning or error".to_owned()
+                            } else {
+                                format!("`{}`", problems.join(" / "))
+                            }
+                        ));
+                    }
+                }
+                self.res.replicas.par_rss[i].push(replica.proc.peak_rss_mib()?);
+            }
+            let r = &mut self.res.replicas;
+            r.par_s.push(secs(all));
+            r.par_failed.push(failed as f64);
+            r.par_gets.push(gets as f64);
+            r.par_max_per_blob.push(max_per_blob as f64);
+            self.log(&format!(
+                "7. replicas at once run {}: {:.2}s (direct {:.2}s), {gets} upstream blob GETs, \
+                 up to {max_per_blob} of one blob, {failed} of 3 pulls failed",
+                rep + 1,
+                secs(all),
+                secs(d),
             ));
         }
         Ok(())
@@ -730,6 +947,29 @@ fn report(b: &Bench<'_>, args: &Args, load_start: &str, took: Duration) -> Strin
          with the bench's own client ({CONNS} connections per client, every blob verified by \
          sha256), all on 127.0.0.1.\n"
     );
+    if args.wants_main() {
+        s.push_str(&main_tables(r, p, n_blobs));
+    }
+    if args.wants(7) {
+        s.push_str(&replica_tables(
+            &r.replicas,
+            p,
+            n_blobs,
+            b.pull_img.total_bytes(),
+        ));
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(s, "\n#### Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s
+}
+
+/// The table, goals and CPU tables of scenarios 1 to 6 (issue 4).
+fn main_tables(r: &Results, p: &Plan, n_blobs: f64) -> String {
+    let mut s = String::new();
     let img = format!("{} x {} MiB", p.layers, p.layer_size / MIB);
     let _ = writeln!(
         s,
@@ -1050,12 +1290,6 @@ fn report(b: &Bench<'_>, args: &Args, load_start: &str, took: Duration) -> Strin
     if !r.cold_client_cpu[BASE].0.is_empty() {
         let _ = writeln!(s, "\n{}", cpu_budget(r));
     }
-    if !r.notes.is_empty() {
-        let _ = writeln!(s, "\n#### Notes\n");
-        for n in &r.notes {
-            let _ = writeln!(s, "- {n}");
-        }
-    }
     s
 }
 
@@ -1149,6 +1383,12 @@ fn run(args: &Args) -> R<String> {
     if !procs::have(&procs::nginx_bin()) {
         return Err("`nginx` not found: run scripts/bench.sh, which installs it".into());
     }
+    if args.wants(7) && procs::s3s_fs_bin().is_none() {
+        return Err(
+            "`s3s-fs` not found ($S3S_FS, <repo>/.tools/bin, PATH): run scripts/bench.sh, which installs it"
+                .into(),
+        );
+    }
     let work = procs::open_tempdir(&args.work_parent, "ociregistry-bench-")?;
     procs::set_watchdog_dir(work.path());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1212,6 +1452,9 @@ fn run(args: &Args) -> R<String> {
     if args.wants(6) {
         b.scenario_big()?;
     }
+    if args.wants(7) {
+        b.scenario_replicas()?;
+    }
     let text = report(&b, args, &load_start, started.elapsed());
     drop(b);
     drop(rt);
@@ -1239,4 +1482,179 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Scenario 7's table: three replicas on one bucket of `s3s-fs` (issue 12).
+fn replica_tables(r: &ReplicaResults, p: &Plan, n_blobs: f64, img_bytes: u64) -> String {
+    let mut s = String::new();
+    let img = format!("{} x {} MiB", p.layers, p.layer_size / MIB);
+    let runs_text = runs(r.cold_s[0].0.len());
+    let s3s = procs::s3s_fs_bin().map_or_else(
+        || "?".to_owned(),
+        |b| command_output(&b.display().to_string(), &["--version"]),
+    );
+    let _ = writeln!(
+        s,
+        "\n#### Scenario 7: three replicas on one bucket ({s3s}, on 127.0.0.1)\n"
+    );
+    let _ = writeln!(
+        s,
+        "Each run: a fresh `s3s-fs` with an empty bucket and three fresh `ociregistry serve` \
+         replicas (A, B, C; `storage.s3` on that bucket, each its own `--image-path`). A cold \
+         pull through A, then the same image through B and C (in the bucket, not on their \
+         disk), then a second pull through each (their local copy). Then another fresh bucket \
+         and replicas, and three clients pulling the cold image at once, one per replica. \
+         Baselines: direct pulls, and `ociregistry` on its own directory (no bucket).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| # | scenario | metric | replica A | replica B | replica C | all three | baseline | vs baseline |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let mut row =
+        |sc: &str, metric: &str, cells: [String; 3], all: String, base: String, vs: String| {
+            let _ = writeln!(
+                s,
+                "| 7 | {sc} | {metric} | {} | {} | {} | {all} | {base} | {vs} |",
+                cells[0], cells[1], cells[2]
+            );
+        };
+    let dash = || "–".to_owned();
+    let each = |x: &[Series; 3], prec: usize| [x[0].cell(prec), x[1].cell(prec), x[2].cell(prec)];
+    let ratios = |x: &[Series; 3], base: &Series| {
+        format!(
+            "A {}, B {}, C {}",
+            fmt_ratio(ratio(&x[0], base)),
+            fmt_ratio(ratio(&x[1], base)),
+            fmt_ratio(ratio(&x[2], base))
+        )
+    };
+    row(
+        &format!("cold pull {img} through A, then B, then C ({runs_text})"),
+        "wall time (s)",
+        each(&r.cold_s, 2),
+        dash(),
+        format!(
+            "direct: {}; ociregistry on its own directory: {}",
+            r.direct_s.cell(2),
+            r.fs_cold_s.cell(2)
+        ),
+        format!("{} (of direct)", ratios(&r.cold_s, &r.direct_s)),
+    );
+    row(
+        "",
+        &format!("upstream blob GETs ({n_blobs} blobs)"),
+        each(&r.cold_gets, 0),
+        r.cold_gets_total.cell(0),
+        dash(),
+        dash(),
+    );
+    row(
+        "",
+        "upstream requests (all)",
+        each(&r.cold_reqs, 0),
+        r.cold_reqs_total.cell(0),
+        dash(),
+        dash(),
+    );
+    row(
+        "then a second pull through each (local copy)",
+        "wall time (s)",
+        each(&r.warm_s, 2),
+        dash(),
+        format!("ociregistry on its own directory: {}", r.fs_warm_s.cell(2)),
+        format!("{} (of own directory)", ratios(&r.warm_s, &r.fs_warm_s)),
+    );
+    let mb = img_bytes as f64 / 1e6;
+    let mbs = |x: &Series| Series(x.0.iter().map(|t| mb / t).collect());
+    let warm_mbs = [mbs(&r.warm_s[0]), mbs(&r.warm_s[1]), mbs(&r.warm_s[2])];
+    row(
+        "",
+        "MB/s (image bytes / wall time, sha256 verified)",
+        each(&warm_mbs, 0),
+        dash(),
+        format!(
+            "ociregistry on its own directory: {}",
+            mbs(&r.fs_warm_s).cell(0)
+        ),
+        dash(),
+    );
+    row(
+        "",
+        "peak RSS after both pulls (MiB)",
+        each(&r.rss, 1),
+        format!("s3s-fs: {}", r.s3_rss.cell(1)),
+        format!("ociregistry on its own directory: {}", r.fs_rss.cell(1)),
+        dash(),
+    );
+    row(
+        "",
+        "CPU over both pulls (s)",
+        each(&r.cpu, 2),
+        format!("s3s-fs: {}", r.s3_cpu.cell(2)),
+        dash(),
+        dash(),
+    );
+    row(
+        &format!("3 clients at once, one per fresh replica, cold {img} ({runs_text})"),
+        "wall time (s; all three: to the last finish)",
+        each(&r.par_each_s, 2),
+        r.par_s.cell(2),
+        format!("direct, 3 clients at once: {}", r.par_direct_s.cell(2)),
+        format!(
+            "all three {} (of direct)",
+            fmt_ratio(ratio(&r.par_s, &r.par_direct_s))
+        ),
+    );
+    row(
+        "",
+        &format!("upstream blob GETs in total ({n_blobs} blobs)"),
+        [dash(), dash(), dash()],
+        r.par_gets.cell(0),
+        dash(),
+        dash(),
+    );
+    row(
+        "",
+        "most upstream GETs of a single blob",
+        [dash(), dash(), dash()],
+        r.par_max_per_blob.cell(0),
+        dash(),
+        dash(),
+    );
+    row(
+        "",
+        "client pulls that failed (of 3)",
+        [dash(), dash(), dash()],
+        r.par_failed.cell(0),
+        dash(),
+        dash(),
+    );
+    row(
+        "",
+        "peak RSS (MiB)",
+        each(&r.par_rss, 1),
+        dash(),
+        dash(),
+        dash(),
+    );
+    let mark = |ok: bool| if ok { "**met**" } else { "**not met**" };
+    let _ = writeln!(s, "\n#### Goals (issue 12)\n");
+    let _ = writeln!(
+        s,
+        "- {} — what one replica cached, the others serve with zero upstream GETs: B {}, C {} blob GETs",
+        mark(r.cold_gets[1].all_eq(0.0) && r.cold_gets[2].all_eq(0.0)),
+        r.cold_gets[1].cell(0),
+        r.cold_gets[2].cell(0),
+    );
+    let _ = writeln!(
+        s,
+        "- {} — one upstream fetch per blob across the fleet when three replicas miss at once: \
+         {} blob GETs for {n_blobs} blobs, up to {} of one blob (the bucket lease that makes it \
+         one is not built yet: each replica fetches once)",
+        mark(r.par_gets.all_eq(n_blobs)),
+        r.par_gets.cell(0),
+        r.par_max_per_blob.cell(0),
+    );
+    s
 }

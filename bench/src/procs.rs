@@ -1,5 +1,6 @@
 //! The processes under test: the upstream `docker-registry`, the peer (`docker-registry` in
-//! proxy mode), our `ociregistry`, and nginx. Each runs on `127.0.0.1:<free port>` with its
+//! proxy mode), our `ociregistry` (on its own directory or as a replica on a bucket), nginx,
+//! and `s3s-fs` (the S3-compatible server the replicas share). Each runs on `127.0.0.1:<free port>` with its
 //! own directory, logs to files there, and is killed when dropped (and by the watchdog).
 
 use crate::R;
@@ -107,7 +108,8 @@ impl Proc {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    fn tail(&self) -> String {
+    /// The last 15 lines of the process's stderr.
+    pub fn tail(&self) -> String {
         let s = self.stderr();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
@@ -361,27 +363,39 @@ pub struct Ours {
 
 impl Ours {
     pub fn start(work: &Path, bin: &Path, upstream_host: &str) -> R<Ours> {
+        Ours::start_on(work, bin, upstream_host, None)
+    }
+
+    /// [`Ours::start`], or with `Some(s3)` a replica on `s3`'s bucket (`storage.s3` with the
+    /// keys from the environment), its local copy at its own `--image-path`.
+    pub fn start_on(work: &Path, bin: &Path, upstream_host: &str, s3: Option<&S3Fs>) -> R<Ours> {
         let dir = open_tempdir(work, "ociregistry")?;
         let cache = dir.path().join("cache");
         let cfg = dir.path().join("config.yaml");
+        let storage = s3.map(S3Fs::storage_yaml).unwrap_or_default();
         let config = format!(
-            "imagePath: \"{}\"\ndefaultNs: \"{upstream_host}\"\nregistries:\n- name: \"{upstream_host}\"\n  scheme: http\n",
+            "imagePath: \"{}\"\ndefaultNs: \"{upstream_host}\"\nregistries:\n- name: \"{upstream_host}\"\n  scheme: http\n{storage}",
             cache.display()
         );
         std::fs::write(&cfg, config).map_err(|e| format!("{}: {e}", cfg.display()))?;
         let mut cmd = Command::new(bin);
-        cmd.arg("--config-file")
-            .arg(&cfg)
-            .args([
-                "--log-level",
-                "info",
-                "serve",
-                "--port",
-                "0",
-                "--host",
-                "127.0.0.1",
-            ])
-            .env("NO_COLOR", "1");
+        cmd.arg("--config-file").arg(&cfg);
+        if s3.is_some() {
+            cmd.arg("--image-path")
+                .arg(&cache)
+                .envs(S3Fs::env())
+                .env("AWS_EC2_METADATA_DISABLED", "true");
+        }
+        cmd.args([
+            "--log-level",
+            "info",
+            "serve",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+        ])
+        .env("NO_COLOR", "1");
         let mut proc = Proc::spawn("ociregistry", cmd, dir.path())?;
         let needle = "listening on http://127.0.0.1:";
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -476,6 +490,87 @@ impl Nginx {
             &hex[..2]
         )
     }
+}
+
+/// The bucket the replicas share, and the keys `s3s-fs` is started with.
+const S3_BUCKET: &str = "mirror-cache";
+const S3_ACCESS_KEY: &str = "bench-access-key";
+const S3_SECRET_KEY: &str = "bench-secret-key";
+
+/// `s3s-fs` (crates.io; `scripts/bench.sh` installs it) serving one empty bucket from a
+/// fresh directory: the S3-compatible server of scenario 7.
+#[derive(Debug)]
+pub struct S3Fs {
+    pub proc: Proc,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Fs {
+    pub fn start(work: &Path) -> R<S3Fs> {
+        let bin = s3s_fs_bin().ok_or(
+            "`s3s-fs` not found ($S3S_FS, <repo>/.tools/bin, PATH): run scripts/bench.sh, which installs it",
+        )?;
+        let dir = open_tempdir(work, "s3s-fs")?;
+        let data = dir.path().join("data");
+        let bucket = data.join(S3_BUCKET);
+        std::fs::create_dir_all(&bucket).map_err(|e| format!("{}: {e}", bucket.display()))?;
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut cmd = Command::new(&bin);
+            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+                .arg(&data);
+            let mut proc = Proc::spawn("s3s-fs", cmd, dir.path())?;
+            match proc.wait_port(port) {
+                Ok(()) => {
+                    return Ok(S3Fs {
+                        proc,
+                        port,
+                        _dir: dir,
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The `storage:` section of a replica's config; the keys come from [`S3Fs::env`].
+    pub fn storage_yaml(&self) -> String {
+        format!(
+            "storage:\n  s3: {{bucket: {S3_BUCKET}, region: us-east-1, endpoint: \"http://127.0.0.1:{}\",\n       \
+             accessKeyIdFromEnv: S3_KEY, secretAccessKeyFromEnv: S3_SECRET}}\n",
+            self.port
+        )
+    }
+
+    /// The keys, for the variables [`S3Fs::storage_yaml`] names.
+    pub fn env() -> [(&'static str, &'static str); 2] {
+        [("S3_KEY", S3_ACCESS_KEY), ("S3_SECRET", S3_SECRET_KEY)]
+    }
+}
+
+/// Where `s3s-fs` is: `$S3S_FS`, else `<repo>/.tools/bin/s3s-fs` (where
+/// `scripts/install-test-deps.sh` and `scripts/bench.sh` put it), else `PATH`.
+pub fn s3s_fs_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("S3S_FS").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tools = manifest_dir
+        .parent()
+        .unwrap_or(manifest_dir)
+        .join(".tools/bin/s3s-fs");
+    if tools.is_file() {
+        return Some(tools);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("s3s-fs"))
+            .find(|p| p.is_file())
+    })
 }
 
 pub fn nginx_bin() -> PathBuf {
