@@ -69,6 +69,71 @@ pub struct UpstreamBody {
     pub repo: String,
     /// Largest size accepted (`maxBlobSize`): a body that goes past it fails the download.
     pub max_size: u64,
+    /// The fetch lease this replica holds for the blob (`cluster`): renewed while the
+    /// download runs, released once it is stored or failed.
+    pub lease: Option<LeaseHold>,
+}
+
+/// A held fetch lease ([`crate::store::FetchLease`]), renewed every third of its lifetime
+/// on a task of its own until released. Dropped without [`LeaseHold::release`] (the
+/// download was cancelled), it is released on a task of its own.
+pub struct LeaseHold {
+    lease: Arc<tokio::sync::Mutex<Option<Box<dyn crate::store::FetchLease>>>>,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LeaseHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseHold").finish_non_exhaustive()
+    }
+}
+
+impl LeaseHold {
+    /// Holds `lease` of blob `digest`, renewing it every `ttl / 3`.
+    pub fn start(lease: Box<dyn crate::store::FetchLease>, ttl: Duration, digest: Digest) -> Self {
+        let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
+        let held = lease.clone();
+        let renewal = tokio::spawn(async move {
+            let every = (ttl / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                let guard = held.lock().await;
+                let Some(l) = guard.as_ref() else { return };
+                if let Err(e) = l.renew().await {
+                    // Another replica may take the fetch over; this one carries on (a
+                    // duplicate fetch beats a failed client).
+                    tracing::warn!(%digest, error = %e, "could not renew the fetch lease");
+                }
+            }
+        });
+        LeaseHold { lease, renewal }
+    }
+
+    /// Stops renewing and gives the lease up.
+    pub async fn release(self) {
+        self.renewal.abort();
+        let lease = self.lease.lock().await.take();
+        if let Some(l) = lease
+            && let Err(e) = l.release().await
+        {
+            tracing::warn!(error = %e, "could not release the fetch lease; it expires on its own");
+        }
+    }
+}
+
+impl Drop for LeaseHold {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        let lease = self.lease.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let taken = lease.lock().await.take();
+                if let Some(l) = taken {
+                    let _ = l.release().await;
+                }
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -387,7 +452,7 @@ impl Downloads {
             () = d.cancelled() => Err(cancelled(&d.digest)),
             r = fetch(d.clone()) => r,
         };
-        let src = match fetched {
+        let mut src = match fetched {
             Ok(src) => src,
             Err(e) => {
                 self.fail(&d, e);
@@ -396,7 +461,13 @@ impl Downloads {
         };
         let (upstream, repo) = (src.upstream.clone(), src.repo.clone());
         let started = std::time::Instant::now();
-        match self.fill(&store, &d, src).await {
+        let lease = src.lease.take();
+        let filled = self.fill(&store, &d, src).await;
+        // Stored (the other replicas now find it in the store) or failed: the fetch is free.
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        match filled {
             Ok(size) => {
                 tracing::info!(
                     registry = %upstream, repo = %repo, digest = %d.digest, size,
@@ -411,6 +482,19 @@ impl Downloads {
                 tracing::warn!(registry = %upstream, repo = %repo, digest = %d.digest, error = %e, "blob fetch failed; nothing stored")
             }
         }
+    }
+
+    /// Joins the download of `digest` running in this process, if any (never starts one):
+    /// for a peer replica that streams the blob from here.
+    pub fn join_running(&self, digest: &Digest) -> Option<Joined> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let d = running.get(digest).filter(|d| !d.failed())?;
+        let interest = d.enter(false)?;
+        Some(Joined {
+            download: d.clone(),
+            interest,
+            started: false,
+        })
     }
 
     /// Joins the running download of `digest`, or registers a new one that the caller runs
@@ -521,6 +605,7 @@ async fn write_verified(
         upstream,
         repo: _,
         max_size,
+        lease: _,
     } = src;
     let disk = |e: io::Error| MirrorError::CacheWrite(StoreError::from(e));
     let staged = d.staged.clone();
@@ -1150,6 +1235,7 @@ mod tests {
             upstream: "up".into(),
             repo: "app".into(),
             max_size: u64::MAX,
+            lease: None,
         }
     }
 
