@@ -310,7 +310,13 @@ impl ProxyBuilder {
             .arg(&image_path)
             .arg("--log-level")
             .arg(&self.log_level)
-            .args(["serve", "--port", &self.port.to_string(), "--host", "127.0.0.1"])
+            .args([
+                "serve",
+                "--port",
+                &self.port.to_string(),
+                "--host",
+                "127.0.0.1",
+            ])
             .args(&self.serve_args)
             .env("NO_COLOR", "1")
             .env_remove("HTTP_PROXY")
