@@ -304,7 +304,19 @@ const CLUSTER_TOKEN: &str = "e2e-cluster-token-5d1f0c9a";
 /// A replica of a cluster on `bucket`, pulling from the registry at `host` (plain http),
 /// advertising its own pull URL (a port chosen before the start).
 fn cluster_replica(host: &str, bucket: &S3Server, prefix: &str) -> Proxy {
+    cluster_replica_advertising(host, bucket, prefix, None)
+}
+
+/// [`cluster_replica`], advertising `advertise` instead of its own URL when given.
+fn cluster_replica_advertising(
+    host: &str,
+    bucket: &S3Server,
+    prefix: &str,
+    advertise: Option<&str>,
+) -> Proxy {
     let port = ociregistry_e2e::free_port();
+    let own = format!("http://127.0.0.1:{port}");
+    let advertise = advertise.unwrap_or(&own);
     let mut b = Proxy::builder()
         .registry(RegistryEntry::plain(host))
         .default_ns(host)
@@ -313,7 +325,7 @@ fn cluster_replica(host: &str, bucket: &S3Server, prefix: &str) -> Proxy {
         .serve_arg("0")
         .config_line(&bucket.storage_yaml(prefix))
         .config_line(&format!(
-            "cluster:\n  advertise: http://127.0.0.1:{port}\n  tokenFromEnv: CLUSTER_TOKEN\n  leaseTtl: 6s"
+            "cluster:\n  advertise: {advertise}\n  tokenFromEnv: CLUSTER_TOKEN\n  leaseTtl: 6s"
         ))
         .env("CLUSTER_TOKEN", CLUSTER_TOKEN);
     for (k, v) in S3Server::env() {
@@ -490,4 +502,47 @@ fn when_the_lease_owner_dies_mid_download_the_others_finish_from_the_upstream() 
     // A later pull through a survivor succeeds.
     c.pull_and_verify(Route::Ns(&host), &img);
     b.pull_and_verify(Route::Ns(&host), &img);
+}
+
+#[test]
+fn an_owner_that_cannot_be_reached_means_a_fetch_from_the_upstream() {
+    if !tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let repo = images::unique_repo("noowner");
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(1, 2_000_000));
+    let blob = img.largest_blob();
+    let throttle = Throttle::start(&up.host());
+    let host = throttle.host();
+    let bucket = S3Server::start("mirror-cache");
+    // a advertises an address where nothing listens: nobody can stream from it.
+    let nowhere = format!("http://127.0.0.1:{}", ociregistry_e2e::free_port());
+    let a = cluster_replica_advertising(&host, &bucket, "", Some(&nowhere));
+    let b = cluster_replica(&host, &bucket, "");
+    let target = Route::Ns(&host).target(&img.repo, "blobs", &blob.digest);
+    throttle.hold_after(Some(512 * 1024));
+    let on_a = StreamingGet::start(&a.host(), &target, Duration::from_secs(60));
+    on_a.wait_received(1, Duration::from_secs(30));
+    let on_b = StreamingGet::start(&b.host(), &target, Duration::from_secs(60));
+    b.wait_log(
+        "b giving up on the owner",
+        "could not be asked; fetching it from the upstream",
+        Duration::from_secs(30),
+    );
+    throttle.release();
+    for (name, get) in [("a", on_a), ("b", on_b)] {
+        let out = get.finish(Duration::from_secs(60));
+        assert!(
+            out.complete() && out.status == 200,
+            "client of {name}: {out:?}"
+        );
+        assert_eq!(out.sha256, blob.digest, "client of {name}");
+    }
+    assert_eq!(peer_fetches(&b, "peer_failed"), 1);
+    assert_eq!(
+        up.count_requests("GET", &format!("/blobs/{}", blob.digest)),
+        2,
+        "a's fetch and b's own"
+    );
 }
