@@ -379,6 +379,7 @@ async fn from_peer(
         repo: repo.to_string(),
         max_size: app.downloads.slots.limits().max_blob_size,
         lease: None,
+        other_source: Some(format!("replica {owner}")),
     })
 }
 
@@ -403,6 +404,7 @@ fn stored_body(
         repo: repo.to_string(),
         max_size: app.downloads.slots.limits().max_blob_size,
         lease: None,
+        other_source: Some("the store".to_owned()),
     }
 }
 
@@ -456,6 +458,7 @@ async fn from_upstream(
         repo: repo.to_string(),
         max_size,
         lease: None,
+        other_source: None,
     })
 }
 

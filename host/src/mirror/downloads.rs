@@ -72,6 +72,10 @@ pub struct UpstreamBody {
     /// The fetch lease this replica holds for the blob (`cluster`): renewed while the
     /// download runs, released once it is stored or failed.
     pub lease: Option<LeaseHold>,
+    /// Where the body comes from when not the upstream (`cluster`: the replica fetching it,
+    /// or the store): its bytes are not counted as upstream bytes (those of a resume, from
+    /// the upstream, are).
+    pub other_source: Option<String>,
 }
 
 /// A held fetch lease ([`crate::store::FetchLease`]), renewed every third of its lifetime
@@ -606,6 +610,7 @@ async fn write_verified(
         repo: _,
         max_size,
         lease: _,
+        other_source: mut peer,
     } = src;
     let disk = |e: io::Error| MirrorError::CacheWrite(StoreError::from(e));
     let staged = d.staged.clone();
@@ -664,13 +669,23 @@ async fn write_verified(
             match resumed {
                 Some(rest) => {
                     resumes += 1;
-                    tracing::info!(%upstream, digest = %d.digest, offset, attempt = resumes, "upstream {why}; resuming the download");
+                    match peer.take() {
+                        Some(peer) => {
+                            tracing::info!(%peer, %upstream, digest = %d.digest, offset, attempt = resumes,
+                            "the source of the blob {why}; resuming from the upstream")
+                        }
+                        None => {
+                            tracing::info!(%upstream, digest = %d.digest, offset, attempt = resumes,
+                            "upstream {why}; resuming the download")
+                        }
+                    }
                     body = rest;
                     continue;
                 }
                 None => {
                     return Err(MirrorError::BadUpstream(format!(
-                        "upstream {upstream} {why} while sending {} ({offset} bytes received); nothing stored",
+                        "{} {why} while sending {} ({offset} bytes received); nothing stored",
+                        source_name(peer.as_deref(), &upstream),
                         d.digest
                     )));
                 }
@@ -682,13 +697,16 @@ async fn write_verified(
         };
         let ended = chunk.is_none();
         if let Some(chunk) = chunk {
-            received.upstream_bytes.inc_by(chunk.len() as u64);
+            if peer.is_none() {
+                received.upstream_bytes.inc_by(chunk.len() as u64);
+            }
             let so_far = written + (buf.len() + chunk.len()) as u64;
             if so_far > max_size {
                 tracing::warn!(registry = %upstream, digest = %d.digest, max_blob_size = max_size,
                     "blob larger than maxBlobSize; download cut, nothing stored");
                 return Err(MirrorError::BadUpstream(format!(
-                    "upstream {upstream} sent more than maxBlobSize ({max_size} bytes) for {}; nothing stored",
+                    "{} sent more than maxBlobSize ({max_size} bytes) for {}; nothing stored",
+                    source_name(peer.as_deref(), &upstream),
                     d.digest
                 )));
             }
@@ -702,7 +720,8 @@ async fn write_verified(
                 && written + (buf.len() + chunk.len()) as u64 > t
             {
                 return Err(MirrorError::BadUpstream(format!(
-                    "upstream {upstream} sent more than the announced {t} bytes for {}",
+                    "{} sent more than the announced {t} bytes for {}",
+                    source_name(peer.as_deref(), &upstream),
                     d.digest
                 )));
             }
@@ -732,14 +751,16 @@ async fn write_verified(
         && written != t
     {
         return Err(MirrorError::BadUpstream(format!(
-            "upstream {upstream} sent {written} of {t} bytes for {}",
+            "{} sent {written} of {t} bytes for {}",
+            source_name(peer.as_deref(), &upstream),
             d.digest
         )));
     }
     let (file, got) = file.finish().await.map_err(disk)?;
     if got != d.digest {
         return Err(MirrorError::BadUpstream(format!(
-            "upstream {upstream} sent content with digest {got} for {}; not stored",
+            "{} sent content with digest {got} for {}; not stored",
+            source_name(peer.as_deref(), &upstream),
             d.digest
         )));
     }
@@ -755,6 +776,12 @@ async fn write_verified(
         .await
         .map_err(MirrorError::CacheWrite)?;
     Ok(written)
+}
+
+/// What a body's source is called in messages: the replica or store it comes from, else
+/// the upstream.
+fn source_name(other: Option<&str>, upstream: &str) -> String {
+    other.map_or_else(|| format!("upstream {upstream}"), str::to_owned)
 }
 
 fn cancelled(digest: &Digest) -> MirrorError {
@@ -1236,6 +1263,7 @@ mod tests {
             repo: "app".into(),
             max_size: u64::MAX,
             lease: None,
+            other_source: None,
         }
     }
 
