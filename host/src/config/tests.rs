@@ -687,6 +687,12 @@ fn cluster_keys() {
     assert_eq!(c.advertise, "http://10.0.0.5:8080");
     assert_eq!(c.lease_ttl, Duration::from_secs(60));
     assert!(resolve_text("").unwrap().cluster.is_none());
+    // Written empty: refused, not silently off.
+    let e = resolve_text(&format!("{base}")).unwrap_err();
+    assert!(
+        e.contains("cluster (line 3)") && e.contains("needs advertise"),
+        "{e}"
+    );
 }
 
 /// `advertiseFromEnv` and `tokenFromEnv`: the test runs itself again with the variables set
