@@ -688,7 +688,7 @@ fn cluster_keys() {
     assert_eq!(c.lease_ttl, Duration::from_secs(60));
     assert!(resolve_text("").unwrap().cluster.is_none());
     // Written empty: refused, not silently off.
-    let e = resolve_text(&format!("{base}")).unwrap_err();
+    let e = resolve_text(base).unwrap_err();
     assert!(
         e.contains("cluster (line 3)") && e.contains("needs advertise"),
         "{e}"
