@@ -8,7 +8,10 @@
 //! concurrent creators all succeed), so after a successful write the claimer waits a short
 //! settle time and reads the lease back: only the writer whose random `id` is there owns
 //! it. This also guards S3-compatible stores with weak conditional writes; on AWS S3 the
-//! conditional create alone decides. Expiry compares Unix seconds of the replicas' clocks:
+//! conditional create alone decides. A loser may be told of another loser whose write it
+//! read back before the last write landed; that one is itself downloading the blob (from
+//! the owner), so the chain ends at the owner: every write read back is later than the
+//! reader's own, so no two claimers point at each other. Expiry compares Unix seconds of the replicas' clocks:
 //! they must agree to well within the lease's lifetime.
 
 use std::sync::{Arc, Mutex};
@@ -110,13 +113,19 @@ impl S3Store {
     ) -> Result<Claim, StoreError> {
         let key = self.key(&layout::blob_lease_key(digest.hex()))?;
         let id = nonce();
-        for _ in 0..CLAIM_ATTEMPTS {
+        for attempt in 1..=CLAIM_ATTEMPTS {
             let mode = match read(&self.bucket, &key).await? {
                 None => PutMode::Create,
                 Some((Some(r), _)) if r.owner != owner && r.expires_at > unix_now() => {
                     return Ok(Claim::Taken { owner: r.owner });
                 }
-                // Expired, unreadable, or left by an earlier life of this replica.
+                // Unreadable: maybe read while another claimer's write was landing (not
+                // every server swaps objects atomically); look again before taking it.
+                Some((None, _)) if attempt < CLAIM_ATTEMPTS => {
+                    tokio::time::sleep(SETTLE).await;
+                    continue;
+                }
+                // Expired, left by an earlier life of this replica, or garbage.
                 Some((_, e_tag)) => update(e_tag),
             };
             let record = LeaseRecord {
