@@ -24,11 +24,13 @@
 //!   in-path host, `defaultNs`), and maps every answer and error to HTTP.
 //! - [`mirror`] answers "this manifest", "this blob": from the [`store`] or, on a miss,
 //!   through one shared upstream fetch per manifest and one shared download per blob that
-//!   clients read while it runs.
+//!   clients read while it runs; with `cluster`, replicas on one bucket share that download
+//!   (a fetch lease in the store, the others streaming from the owner's peer endpoint).
 //! - [`store`] is the storage seam: the `Store` trait and its filesystem backend; content
 //!   becomes visible under its digest only once verified.
 //! - [`upstream`] talks to upstream registries with the right TLS and credentials, answering
-//!   Basic and Bearer-token challenges and following redirects itself under a host policy.
+//!   Basic and Bearer-token challenges and following redirects itself under a host policy;
+//!   its `peer` client streams blobs from other replicas.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
 //! - [`inventory`] knows what is cached and when it was last pulled: list, prune, `maxSize`

@@ -15,6 +15,7 @@
 //! | `disk_bytes` / `disk_items` | `kind` | what the cache holds (blobs, manifests) |
 //! | `evictions_total` | | images removed by pruning or size-bounded eviction |
 //! | `store_errors_total` | `backend`, `op` | calls to the storage backend (the bucket) that failed |
+//! | `peer_fetches_total` | `result` | blob downloads shared among replicas (`cluster`): `served_to_peer` (this replica streamed a blob to a peer), `from_peer` (fetched from the lease owner instead of the upstream), `peer_failed` (the owner could not be reached: fetched from the upstream) |
 //! | `upstream_fetches` | | upstream blob downloads holding a slot now (`maxUpstreamFetches`) |
 //! | `upstream_fetch_refusals_total` | | blob requests answered 503 because no download slot came free in time |
 //!
@@ -128,6 +129,22 @@ struct StoreLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabels {
+    result: &'static str,
+}
+
+/// What happened to a blob download shared among replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerFetch {
+    /// This replica streamed a blob to a peer.
+    ServedToPeer,
+    /// This replica fetched a blob from the lease owner instead of the upstream.
+    FromPeer,
+    /// The lease owner could not be reached: fetched from the upstream.
+    PeerFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabels {
     kind: ContentKind,
 }
@@ -186,6 +203,7 @@ pub struct Metrics {
     disk_blobs: DiskGauges,
     disk_manifests: DiskGauges,
     store_errors: Family<StoreLabels, Counter>,
+    peer_fetches: Family<PeerLabels, Counter>,
     /// Images removed from the cache by pruning or size-bounded eviction: call
     /// `metrics::global().evictions.inc_by(n)` after removing `n`.
     pub evictions: Counter,
@@ -237,6 +255,7 @@ impl Metrics {
             disk_blobs,
             disk_manifests,
             store_errors: Family::default(),
+            peer_fetches: Family::default(),
             evictions: Counter::default(),
             inflight_manifest_fetches: Gauge::default(),
             registries: RwLock::new(RegistryTable::default()),
@@ -346,6 +365,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a blob download shared among replicas.
+    pub fn peer_fetch(&self, what: PeerFetch) {
+        let result = match what {
+            PeerFetch::ServedToPeer => "served_to_peer",
+            PeerFetch::FromPeer => "from_peer",
+            PeerFetch::PeerFailed => "peer_failed",
+        };
+        self.peer_fetches
+            .get_or_create(&PeerLabels { result })
+            .inc();
+    }
+
     /// Sets the disk gauges from a full count of the cache.
     pub fn disk_set(&self, kind: ContentKind, bytes: u64, items: u64) {
         let g = self.disk(kind);
@@ -404,6 +435,11 @@ impl Metrics {
             "store_errors",
             "Calls to the storage backend (the bucket) that failed, by call",
             self.store_errors.clone(),
+        );
+        registry.register(
+            "peer_fetches",
+            "Blob downloads shared among replicas, by result",
+            self.peer_fetches.clone(),
         );
         registry.register(
             "evictions",

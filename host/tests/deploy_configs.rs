@@ -139,6 +139,7 @@ fn full_example_shows_every_accepted_key() {
             "storage.localCache",
             "storage:\n  localCache:\n    zzzNoSuchKey: 1\n",
         ),
+        ("cluster", "cluster:\n  zzzNoSuchKey: 1\n"),
     ];
     let mut missing = Vec::new();
     for (place, probe) in probes {
@@ -191,6 +192,15 @@ fn kubernetes_example_config_parses_and_matches_the_deployment() {
     let storage = cfg.storage.expect("the example uses storage");
     assert_eq!(storage.s3.expect("storage.s3").bucket, "mirror-cache");
     assert_eq!(cfg.health, Some(8081));
+    let cluster = cfg.cluster.expect("the example runs a cluster");
+    assert_eq!(
+        cluster.advertise_from_env.as_deref(),
+        Some("OCIREGISTRY_ADVERTISE")
+    );
+    assert_eq!(
+        cluster.token_from_env.as_deref(),
+        Some("OCIREGISTRY_CLUSTER_TOKEN")
+    );
 
     let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).expect("read");
     let d: serde_yaml_ng::Value = serde_yaml_ng::from_str(&deployment).expect("YAML");
@@ -205,11 +215,32 @@ fn kubernetes_example_config_parses_and_matches_the_deployment() {
         .filter_map(|e| e["name"].as_str())
         .collect();
     assert!(env_names.contains(&"AWS_EC2_METADATA_DISABLED"));
+    // Each pod advertises its own address: POD_IP from the downward API, before the
+    // variable that uses it.
+    let env = c["env"].as_sequence().expect("env");
+    let pod_ip = env
+        .iter()
+        .position(|e| e["name"] == "POD_IP")
+        .expect("POD_IP in env");
+    assert_eq!(
+        env[pod_ip]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    let advertise = env
+        .iter()
+        .position(|e| e["name"] == "OCIREGISTRY_ADVERTISE")
+        .expect("OCIREGISTRY_ADVERTISE in env");
+    assert!(pod_ip < advertise);
+    assert_eq!(env[advertise]["value"], "http://$(POD_IP):8080");
     let secret: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(dir.join("secret.yaml")).expect("read secret.yaml"),
     )
     .expect("YAML");
-    for key in ["S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"] {
+    for key in [
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+        "OCIREGISTRY_CLUSTER_TOKEN",
+    ] {
         assert!(
             text.contains(key) && !secret["stringData"][key].is_null(),
             "{key}: named in the config and given by the Secret"

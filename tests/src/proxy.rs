@@ -160,6 +160,7 @@ pub struct ProxyBuilder {
     extra_config: Vec<String>,
     serve_args: Vec<String>,
     log_file: Option<PathBuf>,
+    port: u16,
 }
 
 impl Default for ProxyBuilder {
@@ -175,6 +176,7 @@ impl Default for ProxyBuilder {
             extra_config: Vec::new(),
             serve_args: Vec::new(),
             log_file: None,
+            port: 0,
         }
     }
 }
@@ -187,6 +189,13 @@ impl ProxyBuilder {
     /// Adds a registries entry for `up` (http, its credentials).
     pub fn upstream(mut self, up: &Upstream) -> Self {
         self.registries.push(RegistryEntry::for_upstream(up));
+        self
+    }
+
+    /// `--port`: a fixed pull port (e.g. from [`crate::free_port`], for a config that must
+    /// name it before the start); 0 (the default) takes any free port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
         self
     }
 
@@ -301,7 +310,13 @@ impl ProxyBuilder {
             .arg(&image_path)
             .arg("--log-level")
             .arg(&self.log_level)
-            .args(["serve", "--port", "0", "--host", "127.0.0.1"])
+            .args([
+                "serve",
+                "--port",
+                &self.port.to_string(),
+                "--host",
+                "127.0.0.1",
+            ])
             .args(&self.serve_args)
             .env("NO_COLOR", "1")
             .env_remove("HTTP_PROXY")

@@ -2,14 +2,17 @@
 //! What one replica cached is served by the others without the upstream; content appears in
 //! the bucket only under its verified digest; the bucket going away leaves the local copies
 //! served and the rest failing cleanly, and its return needs no restart of the replicas.
+//! With `cluster`, replicas pulling the same cold blob at once fetch it upstream once: one
+//! holds the lease in the bucket, the others stream from its peer endpoint.
 
 use std::time::Duration;
 
 use ociregistry_e2e::images::{self, ImageKind};
-use ociregistry_e2e::proxy::Route;
+use ociregistry_e2e::proxy::{RegistryEntry, Route};
 use ociregistry_e2e::raw::{self, RawResponse};
 use ociregistry_e2e::s3::{self, S3Server};
 use ociregistry_e2e::skopeo;
+use ociregistry_e2e::throttle::{StreamingGet, Throttle};
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{Proxy, require_upstream_tools, sha256_digest, wait_for};
 
@@ -293,4 +296,253 @@ fn a_bucket_that_cannot_be_used_stops_serve_at_start_with_a_clear_line() {
         failed.stderr
     );
     assert!(failed.stderr.contains("unreachable"), "{}", failed.stderr);
+}
+
+/// The peer endpoint's token in the cluster tests.
+const CLUSTER_TOKEN: &str = "e2e-cluster-token-5d1f0c9a";
+
+/// A replica of a cluster on `bucket`, pulling from the registry at `host` (plain http),
+/// advertising its own pull URL (a port chosen before the start).
+fn cluster_replica(host: &str, bucket: &S3Server, prefix: &str) -> Proxy {
+    cluster_replica_advertising(host, bucket, prefix, None)
+}
+
+/// [`cluster_replica`], advertising `advertise` instead of its own URL when given.
+fn cluster_replica_advertising(
+    host: &str,
+    bucket: &S3Server,
+    prefix: &str,
+    advertise: Option<&str>,
+) -> Proxy {
+    let port = ociregistry_e2e::free_port();
+    let own = format!("http://127.0.0.1:{port}");
+    let advertise = advertise.unwrap_or(&own);
+    let mut b = Proxy::builder()
+        .registry(RegistryEntry::plain(host))
+        .default_ns(host)
+        .port(port)
+        .serve_arg("--metrics")
+        .serve_arg("0")
+        .config_line(&bucket.storage_yaml(prefix))
+        .config_line(&format!(
+            "cluster:\n  advertise: {advertise}\n  tokenFromEnv: CLUSTER_TOKEN\n  leaseTtl: 6s"
+        ))
+        .env("CLUSTER_TOKEN", CLUSTER_TOKEN);
+    for (k, v) in S3Server::env() {
+        b = b.env(k, v);
+    }
+    b.start()
+}
+
+/// `ociregistry_peer_fetches_total{result}` of a replica.
+fn peer_fetches(p: &Proxy, result: &str) -> u64 {
+    let metrics = get(p.logged_port("metrics endpoint at "), "/metrics").body_str();
+    let prefix = format!("ociregistry_peer_fetches_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn peer_get(p: &Proxy, digest: &str, headers: &[(&str, &str)]) -> RawResponse {
+    raw::request_timeout(
+        &p.host(),
+        "GET",
+        &format!("/_ociregistry/peer/v1/blobs/{digest}"),
+        headers,
+        None,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("peer GET {digest}: {e}"))
+}
+
+#[test]
+fn twenty_clients_on_three_replicas_make_one_upstream_fetch_per_blob() {
+    if !tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let repo = images::unique_repo("fleet");
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(3, 3_000_000));
+    // Slow enough that the downloads overlap: the clients of every replica arrive while
+    // the first fetch of each blob still runs.
+    let throttle = Throttle::start(&up.host());
+    throttle.rate(Some(3 * 1024 * 1024));
+    let host = throttle.host();
+    let bucket = S3Server::start("mirror-cache");
+    let prefix = "fleet/";
+    let replicas = [
+        cluster_replica(&host, &bucket, prefix),
+        cluster_replica(&host, &bucket, prefix),
+        cluster_replica(&host, &bucket, prefix),
+    ];
+    let before = up.access_log().len();
+    std::thread::scope(|s| {
+        for i in 0..20 {
+            let (p, img, host) = (&replicas[i % 3], &img, &host);
+            s.spawn(move || p.pull_and_verify(Route::Ns(host), img));
+        }
+    });
+    let log = up.access_log();
+    for blob in img.blobs() {
+        let gets = up.count_requests("GET", &format!("/blobs/{}", blob.digest));
+        assert_eq!(
+            gets,
+            1,
+            "blob {} fetched {gets} times from the upstream:\n{:#?}",
+            blob.digest,
+            &log[before..]
+        );
+    }
+    let from_peer: u64 = replicas.iter().map(|p| peer_fetches(p, "from_peer")).sum();
+    let served: u64 = replicas
+        .iter()
+        .map(|p| peer_fetches(p, "served_to_peer"))
+        .sum();
+    assert!(
+        from_peer > 0 && served > 0,
+        "no blob went from one replica to another (from_peer {from_peer}, served {served})"
+    );
+    let (blobs, _) = verify_bucket(&bucket, prefix);
+    assert!(blobs <= img.blobs().len());
+
+    // The peer endpoint: the token or nothing.
+    let blob = img.largest_blob();
+    let a = &replicas[0];
+    assert_eq!(peer_get(a, &blob.digest, &[]).status, 401);
+    let wrong = format!("Bearer {}x", &CLUSTER_TOKEN[..CLUSTER_TOKEN.len() - 1]);
+    assert_eq!(
+        peer_get(a, &blob.digest, &[("Authorization", &wrong)]).status,
+        401
+    );
+    let bearer = format!("Bearer {CLUSTER_TOKEN}");
+    let r = peer_get(a, &blob.digest, &[("Authorization", &bearer)]);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(sha256_digest(&r.body), blob.digest);
+    // A range of it, and a blob nobody has.
+    let r = peer_get(
+        a,
+        &blob.digest,
+        &[("Authorization", &bearer), ("Range", "bytes=10-19")],
+    );
+    assert_eq!((r.status, r.body.len()), (206, 10));
+    let unknown = sha256_digest(b"nobody has this");
+    assert_eq!(
+        peer_get(a, &unknown, &[("Authorization", &bearer)]).status,
+        404
+    );
+    assert_eq!(
+        up.access_log().len(),
+        log.len(),
+        "the peer endpoint never asks the upstream"
+    );
+    for p in &replicas {
+        assert!(
+            !p.log().contains(CLUSTER_TOKEN),
+            "the cluster token appears in a log"
+        );
+    }
+}
+
+#[test]
+fn when_the_lease_owner_dies_mid_download_the_others_finish_from_the_upstream() {
+    if !tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let repo = images::unique_repo("ownerdies");
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(1, 4_000_000));
+    let blob = img.largest_blob();
+    let throttle = Throttle::start(&up.host());
+    let host = throttle.host();
+    let bucket = S3Server::start("mirror-cache");
+    let mut a = cluster_replica(&host, &bucket, "");
+    let b = cluster_replica(&host, &bucket, "");
+    let c = cluster_replica(&host, &bucket, "");
+    let target = Route::Ns(&host).target(&img.repo, "blobs", &blob.digest);
+    const MIB: u64 = 1024 * 1024;
+    // The upstream sends a's download 1 MiB, then holds.
+    throttle.hold_after(Some(MIB));
+    let on_a = StreamingGet::start(&a.host(), &target, Duration::from_secs(60));
+    on_a.wait_received(1, Duration::from_secs(30));
+    // b and c find a holding the lease and stream from it.
+    let on_b = StreamingGet::start(&b.host(), &target, Duration::from_secs(60));
+    let on_c = StreamingGet::start(&c.host(), &target, Duration::from_secs(60));
+    on_b.wait_received(1, Duration::from_secs(30));
+    on_c.wait_received(1, Duration::from_secs(30));
+    assert!(peer_fetches(&b, "from_peer") + peer_fetches(&c, "from_peer") == 2);
+    // The owner dies mid-download; the upstream flows again.
+    a.kill();
+    throttle.release();
+    for (name, get) in [("b", on_b), ("c", on_c)] {
+        let out = get.finish(Duration::from_secs(60));
+        assert!(
+            out.complete() && out.status == 200,
+            "client of {name}: {out:?}"
+        );
+        assert_eq!(out.sha256, blob.digest, "client of {name}");
+    }
+    drop(on_a);
+    // a's fetch, then b and c each resumed from the upstream where the owner's bytes
+    // stopped (no fetch from the start).
+    let gets = up
+        .access_log()
+        .iter()
+        .filter(|l| l.method == "GET" && l.uri.contains(&format!("/blobs/{}", blob.digest)))
+        .count();
+    assert_eq!(gets, 3, "{:#?}", up.access_log());
+    // Nothing under a wrong digest; the blob is there once verified.
+    wait_for(
+        "the blob in the bucket",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (verify_bucket(&bucket, "").0 == 1).then_some(()),
+    );
+    // A later pull through a survivor succeeds.
+    c.pull_and_verify(Route::Ns(&host), &img);
+    b.pull_and_verify(Route::Ns(&host), &img);
+}
+
+#[test]
+fn an_owner_that_cannot_be_reached_means_a_fetch_from_the_upstream() {
+    if !tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let repo = images::unique_repo("noowner");
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(1, 2_000_000));
+    let blob = img.largest_blob();
+    let throttle = Throttle::start(&up.host());
+    let host = throttle.host();
+    let bucket = S3Server::start("mirror-cache");
+    // a advertises an address where nothing listens: nobody can stream from it.
+    let nowhere = format!("http://127.0.0.1:{}", ociregistry_e2e::free_port());
+    let a = cluster_replica_advertising(&host, &bucket, "", Some(&nowhere));
+    let b = cluster_replica(&host, &bucket, "");
+    let target = Route::Ns(&host).target(&img.repo, "blobs", &blob.digest);
+    throttle.hold_after(Some(512 * 1024));
+    let on_a = StreamingGet::start(&a.host(), &target, Duration::from_secs(60));
+    on_a.wait_received(1, Duration::from_secs(30));
+    let on_b = StreamingGet::start(&b.host(), &target, Duration::from_secs(60));
+    b.wait_log(
+        "b giving up on the owner",
+        "could not be asked; fetching it from the upstream",
+        Duration::from_secs(30),
+    );
+    throttle.release();
+    for (name, get) in [("a", on_a), ("b", on_b)] {
+        let out = get.finish(Duration::from_secs(60));
+        assert!(
+            out.complete() && out.status == 200,
+            "client of {name}: {out:?}"
+        );
+        assert_eq!(out.sha256, blob.digest, "client of {name}");
+    }
+    assert_eq!(peer_fetches(&b, "peer_failed"), 1);
+    assert_eq!(
+        up.count_requests("GET", &format!("/blobs/{}", blob.digest)),
+        2,
+        "a's fetch and b's own"
+    );
 }

@@ -193,6 +193,10 @@ pub struct FileConfig {
     pub idle_timeout: Option<ConfigDuration>,
     /// Where the cache lives: the filesystem at `imagePath` (absent) or an S3 bucket.
     pub storage: Option<super::storage::StorageConfig>,
+    /// Replicas sharing the bucket: one upstream fetch per blob among them (written empty,
+    /// it is refused, not read as absent).
+    #[serde(default, deserialize_with = "super::storage::present")]
+    pub cluster: Option<super::cluster::ClusterConfig>,
 }
 
 /// `upstreams`: the upstream policy as written.

@@ -8,11 +8,12 @@
 //! `file` is the file as written, `resolve` merges it with the flags section by section,
 //! `position` finds lines with the YAML parser's marks, `error` says what is wrong;
 //! `server_tls` reads the PEM files of `serverTlsConfig`, [`inventory`] the inventory's keys,
-//! [`storage`] the `storage` section.
+//! [`storage`] the `storage` section, [`cluster`] the `cluster` section.
 
 use std::path::Path;
 use std::time::Duration;
 
+pub mod cluster;
 mod error;
 mod file;
 mod host_pattern;
@@ -25,6 +26,7 @@ pub mod storage;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::ClusterSettings;
 pub use error::{ConfigError, HostPatternError, ParseError, SizeError, UnreadableFile};
 pub use file::{
     AuthConfig, ClientAuth, ConfigDuration, FileConfig, HostName, ReadableFile, RegistryConfig,

@@ -90,6 +90,11 @@ pub fn resolve(
         .or(cfg.image_path)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE_PATH));
     let storage = StorageSettings::resolve(src, cfg.storage.as_ref(), &image_path)?;
+    let cluster = super::cluster::ClusterSettings::resolve(
+        src,
+        cfg.cluster.as_ref(),
+        matches!(storage.backend, super::storage::Backend::S3(_)),
+    )?;
     Ok(Settings {
         preload,
         inventory,
@@ -135,6 +140,7 @@ pub fn resolve(
         header_timeout,
         idle_timeout,
         storage,
+        cluster,
     })
 }
 

@@ -148,6 +148,9 @@ pub struct Settings {
     /// Where the cache lives (`storage`): the filesystem at `image_path`, or a bucket with a
     /// local copy.
     pub storage: super::storage::StorageSettings,
+    /// `cluster`: replicas sharing the bucket fetch each blob upstream once (a lease in the
+    /// bucket, peers streaming from its owner); `None`: each replica fetches on its own.
+    pub cluster: Option<super::cluster::ClusterSettings>,
 }
 
 /// `maxBlobSize`, `maxUpstreamFetches`, `maxUpstreamFetchesPerRegistry`, `upstreamFetchWait`.

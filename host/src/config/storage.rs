@@ -66,7 +66,9 @@ pub struct LocalCacheConfig {
 
 /// A key that, once written, is read as its type even when empty: `s3:` with nothing under it
 /// is a bucket-less `s3`, refused, not a silent "no s3".
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
 

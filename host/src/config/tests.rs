@@ -665,3 +665,126 @@ fn storage_credentials_from_env() {
         "{e}"
     );
 }
+
+#[test]
+fn cluster_keys() {
+    let base = "storage:\n  s3: {bucket: abc}\ncluster:\n";
+    let s = resolve_text(&format!(
+        "{base}  advertise: http://10.0.0.5:8080/\n  token: 0123456789abcdef\n"
+    ))
+    .unwrap();
+    let c = s.cluster.clone().unwrap();
+    assert_eq!(c.advertise, "http://10.0.0.5:8080");
+    assert_eq!(c.token.expose(), "0123456789abcdef");
+    assert_eq!(c.lease_ttl, cluster::DEFAULT_LEASE_TTL);
+    assert!(!format!("{s:?}").contains("0123456789abcdef"));
+    // host:port reads as http, leaseTtl is taken.
+    let s = resolve_text(&format!(
+        "{base}  advertise: 10.0.0.5:8080\n  token: 0123456789abcdef\n  leaseTtl: 1m\n"
+    ))
+    .unwrap();
+    let c = s.cluster.unwrap();
+    assert_eq!(c.advertise, "http://10.0.0.5:8080");
+    assert_eq!(c.lease_ttl, Duration::from_secs(60));
+    assert!(resolve_text("").unwrap().cluster.is_none());
+    // Written empty: refused, not silently off.
+    let e = resolve_text(base).unwrap_err();
+    assert!(
+        e.contains("cluster (line 3)") && e.contains("needs advertise"),
+        "{e}"
+    );
+}
+
+/// `advertiseFromEnv` and `tokenFromEnv`: the test runs itself again with the variables set
+/// (as [`storage_credentials_from_env`]).
+#[test]
+fn cluster_keys_from_env() {
+    if std::env::var_os("OCIREG_TEST_CLUSTER_CHILD").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "config::tests::cluster_keys_from_env",
+                "--test-threads=1",
+            ])
+            .env("OCIREG_TEST_CLUSTER_CHILD", "1")
+            .env("OCIREG_TEST_CLUSTER_ADV", "https://replica-1:8443")
+            .env("OCIREG_TEST_CLUSTER_TOKEN", "from-env-token-0123")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let s = resolve_text("storage:\n  s3: {bucket: abc}\ncluster:\n  advertiseFromEnv: OCIREG_TEST_CLUSTER_ADV\n  tokenFromEnv: OCIREG_TEST_CLUSTER_TOKEN\n").unwrap();
+    let c = s.cluster.unwrap();
+    assert_eq!(c.advertise, "https://replica-1:8443");
+    assert_eq!(c.token.expose(), "from-env-token-0123");
+}
+
+#[test]
+fn cluster_errors_name_key_and_line() {
+    let tok = "  token: 0123456789abcdef\n";
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            format!("port: 1\ncluster:\n  advertise: http://a:1\n{tok}"),
+            &["cluster (line 2)", "needs storage.s3"],
+        ),
+        (
+            format!("storage:\n  s3: {{bucket: abc}}\ncluster:\n{tok}"),
+            &["line 3", "needs advertise or advertiseFromEnv"],
+        ),
+        (
+            "storage:\n  s3: {bucket: abc}\ncluster:\n  advertise: http://a:1\n".to_owned(),
+            &["line 3", "needs token or tokenFromEnv"],
+        ),
+        (
+            "storage:\n  s3: {bucket: abc}\ncluster:\n  advertise: http://a:1\n  token: short\n"
+                .to_owned(),
+            &["cluster.token", "line 5", "at least 16 characters"],
+        ),
+        (
+            format!("storage:\n  s3: {{bucket: abc}}\ncluster:\n{tok}  advertise: http://a:1/x\n"),
+            &["cluster.advertise", "line 5", "no path"],
+        ),
+        (
+            format!("storage:\n  s3: {{bucket: abc}}\ncluster:\n{tok}  advertise: ftp://a:1\n"),
+            &["cluster.advertise", "line 5", "http or https"],
+        ),
+        (
+            format!(
+                "storage:\n  s3: {{bucket: abc}}\ncluster:\n{tok}  advertise: a:1\n  leaseTtl: 1s\n"
+            ),
+            &["cluster.leaseTtl", "line 6", "between 5s and 10m"],
+        ),
+        (
+            format!(
+                "storage:\n  s3: {{bucket: abc}}\ncluster:\n{tok}  advertise: a:1\n  tokenFromEnv: X\n"
+            ),
+            &["line 3", "either token or tokenFromEnv"],
+        ),
+        (
+            format!(
+                "storage:\n  s3: {{bucket: abc}}\ncluster:\n{tok}  advertiseFromEnv: OCIREG_TEST_NOT_SET_EVER\n"
+            ),
+            &[
+                "cluster.advertiseFromEnv",
+                "line 5",
+                "OCIREG_TEST_NOT_SET_EVER is not set",
+            ],
+        ),
+        (
+            format!("storage:\n  s3: {{bucket: abc}}\ncluster:\n{tok}  advertize: a:1\n"),
+            &["line 5", "unknown field `advertize`"],
+        ),
+    ];
+    for (text, wanted) in cases {
+        let e = resolve_text(&text).unwrap_err();
+        for w in wanted {
+            assert!(e.contains(w), "{text:?}: {e:?} lacks {w:?}");
+        }
+    }
+}

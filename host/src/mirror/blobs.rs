@@ -1,17 +1,20 @@
 //! Blobs: from the store, else join or start the single download of the digest (and read
-//! along while it runs); [`ensure_blob_watching`] for callers inside the process.
+//! along while it runs); [`ensure_blob_watching`] for callers inside the process;
+//! [`peer_blob`] for the other replicas. With `cluster`, a download asks the replica holding
+//! the blob's fetch lease before the upstream ([`fetch_blob`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::metrics::ContentKind;
+use crate::metrics::{ContentKind, PeerFetch};
 use crate::mirror::downloads::{self, Progress, Resume, UpstreamBody};
 use crate::mirror::{Mirror, MirrorError, disk_error};
 use crate::oci::reference::{Digest, RepoName};
-use crate::store::StoredBlob;
+use crate::store::{Claim, StoredBlob};
 use crate::upstream::calls::BlobBody;
+use crate::upstream::peer::PeerClient;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Where a requested blob's bytes come from.
@@ -133,6 +136,42 @@ pub async fn blob(
         idle,
         fallback,
     }))
+}
+
+/// Blob `digest` for a peer replica: stored, or the download of it running here (read
+/// along while it runs); `None` when neither (a peer never starts a download here).
+pub async fn peer_blob(
+    app: &Arc<Mirror>,
+    digest: &Digest,
+) -> Result<Option<BlobAnswer>, MirrorError> {
+    if let Some(stored) = app.store.open_blob(digest).await.map_err(disk_error)? {
+        return Ok(Some(BlobAnswer::Stored(stored)));
+    }
+    let Some(joined) = app.downloads.join_running(digest) else {
+        // It may have been stored between the two looks.
+        return Ok(app
+            .store
+            .open_blob(digest)
+            .await
+            .map_err(disk_error)?
+            .map(BlobAnswer::Stored));
+    };
+    let idle = app.settings.pull_timeout;
+    let total = match first_state(&joined.download, Some(idle)).await? {
+        Progress::Receiving { total, .. } => total,
+        Progress::Verified { total } | Progress::Complete { total } => Some(total),
+        Progress::Starting | Progress::Failed(_) => None,
+    };
+    let downloads::Joined {
+        download, interest, ..
+    } = joined;
+    Ok(Some(BlobAnswer::Downloading(Following {
+        total,
+        download,
+        interest,
+        idle,
+        fallback: None,
+    })))
 }
 
 /// The download's first state past `Starting`; a failure as an error, and so is no answer
@@ -260,8 +299,13 @@ fn join_download(
     )
 }
 
-/// Asks the upstream for blob `download.digest`: its answer, once it is one worth
-/// downloading (a success, not larger than `maxBlobSize`, with room for it on the disk).
+/// Asks for blob `download.digest`: its answer, once it is one worth downloading (a
+/// success, not larger than `maxBlobSize`, with room for it on the disk). With `cluster`,
+/// the replicas sharing the bucket fetch it upstream once: the one whose claim of the
+/// fetch lease wins asks the upstream (and holds the lease until the blob is stored); the
+/// others stream it from that one, verified as any upstream body, resuming from the
+/// upstream if it breaks off. A lease that cannot be claimed, or an owner that cannot be
+/// reached, means a fetch from the upstream (a duplicate fetch beats a failed client).
 async fn fetch_blob(
     app: Arc<Mirror>,
     upstream: Arc<Upstream>,
@@ -269,7 +313,110 @@ async fn fetch_blob(
     download: Arc<downloads::Download>,
 ) -> Result<UpstreamBody, MirrorError> {
     let digest = download.digest.clone();
-    let BlobBody { total, body } = match upstream.get_blob(&repo, &digest).await {
+    let mut lease = None;
+    if let (Some(cluster), Some(peers)) = (&app.settings.cluster, &app.peers) {
+        match app
+            .store
+            .claim_fetch(&digest, &cluster.advertise, cluster.lease_ttl)
+            .await
+        {
+            Ok(Claim::Owner(l)) => {
+                let held = downloads::LeaseHold::start(l, cluster.lease_ttl, digest.clone());
+                // Another replica may have stored it and released the lease since this
+                // download looked: read it from the store then, not from the upstream.
+                if let Some(stored) = app.store.open_blob(&digest).await.map_err(disk_error)? {
+                    held.release().await;
+                    return Ok(stored_body(&app, &upstream, &repo, stored));
+                }
+                lease = Some(held);
+            }
+            Ok(Claim::Taken { owner }) => {
+                match from_peer(&app, peers, &upstream, &repo, &digest, &owner).await {
+                    Ok(body) => return Ok(body),
+                    Err(e) => {
+                        crate::metrics::global().peer_fetch(PeerFetch::PeerFailed);
+                        tracing::warn!(registry = %upstream.name, %digest, %owner, error = %e,
+                            "the replica fetching this blob could not be asked; fetching it from the upstream");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(registry = %upstream.name, %digest, error = %e,
+                    "could not claim the fetch lease; fetching from the upstream");
+            }
+        }
+    }
+    let mut body = from_upstream(&app, &upstream, &repo, &digest).await?;
+    body.lease = lease;
+    Ok(body)
+}
+
+/// The body of blob `digest` from the replica `owner` that fetches it upstream, with the
+/// upstream as the resumer.
+async fn from_peer(
+    app: &Mirror,
+    peers: &PeerClient,
+    upstream: &Arc<Upstream>,
+    repo: &RepoName,
+    digest: &Digest,
+    owner: &str,
+) -> Result<UpstreamBody, crate::upstream::peer::PeerError> {
+    let BlobBody { total, body } = peers.get_blob(owner, digest).await?;
+    tracing::info!(registry = %upstream.name, %repo, %digest, %owner,
+        "another replica is fetching this blob; streaming it from there");
+    crate::metrics::global().peer_fetch(PeerFetch::FromPeer);
+    Ok(UpstreamBody {
+        total,
+        body,
+        resume: Some(resumer(
+            upstream.clone(),
+            repo.clone(),
+            digest.clone(),
+            total,
+        )),
+        idle_timeout: upstream.timeout(),
+        upstream: upstream.name.clone(),
+        repo: repo.to_string(),
+        max_size: app.downloads.slots.limits().max_blob_size,
+        lease: None,
+        other_source: Some(format!("replica {owner}")),
+    })
+}
+
+/// A blob found stored after all, read as the download's body (verified again on the way).
+fn stored_body(
+    app: &Mirror,
+    upstream: &Arc<Upstream>,
+    repo: &RepoName,
+    stored: StoredBlob,
+) -> UpstreamBody {
+    use futures_util::TryStreamExt;
+    let total = stored.size();
+    let body = stored
+        .read(0, total)
+        .map_err(crate::upstream::BodyError::from);
+    UpstreamBody {
+        total: Some(total),
+        body: Box::pin(body),
+        resume: None,
+        idle_timeout: upstream.timeout(),
+        upstream: upstream.name.clone(),
+        repo: repo.to_string(),
+        max_size: app.downloads.slots.limits().max_blob_size,
+        lease: None,
+        other_source: Some("the store".to_owned()),
+    }
+}
+
+/// Asks the upstream for blob `digest`.
+async fn from_upstream(
+    app: &Mirror,
+    upstream: &Arc<Upstream>,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<UpstreamBody, MirrorError> {
+    let digest = digest.clone();
+    let BlobBody { total, body } = match upstream.get_blob(repo, &digest).await {
         Ok(b) => b,
         Err(e @ UpstreamError::Refused { .. }) => {
             tracing::warn!(registry = %upstream.name, repo = %repo, %digest, error = %e, "blob fetch refused");
@@ -310,6 +457,8 @@ async fn fetch_blob(
         upstream: upstream.name.clone(),
         repo: repo.to_string(),
         max_size,
+        lease: None,
+        other_source: None,
     })
 }
 

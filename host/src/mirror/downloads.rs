@@ -70,6 +70,75 @@ pub struct UpstreamBody {
     pub repo: String,
     /// Largest size accepted (`maxBlobSize`): a body that goes past it fails the download.
     pub max_size: u64,
+    /// The fetch lease this replica holds for the blob (`cluster`): renewed while the
+    /// download runs, released once it is stored or failed.
+    pub lease: Option<LeaseHold>,
+    /// Where the body comes from when not the upstream (`cluster`: the replica fetching it,
+    /// or the store): its bytes are not counted as upstream bytes (those of a resume, from
+    /// the upstream, are).
+    pub other_source: Option<String>,
+}
+
+/// A held fetch lease ([`crate::store::FetchLease`]), renewed every third of its lifetime
+/// on a task of its own until released. Dropped without [`LeaseHold::release`] (the
+/// download was cancelled), it is released on a task of its own.
+pub struct LeaseHold {
+    lease: Arc<tokio::sync::Mutex<Option<Box<dyn crate::store::FetchLease>>>>,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LeaseHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseHold").finish_non_exhaustive()
+    }
+}
+
+impl LeaseHold {
+    /// Holds `lease` of blob `digest`, renewing it every `ttl / 3`.
+    pub fn start(lease: Box<dyn crate::store::FetchLease>, ttl: Duration, digest: Digest) -> Self {
+        let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
+        let held = lease.clone();
+        let renewal = tokio::spawn(async move {
+            let every = (ttl / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                let guard = held.lock().await;
+                let Some(l) = guard.as_ref() else { return };
+                if let Err(e) = l.renew().await {
+                    // Another replica may take the fetch over; this one carries on (a
+                    // duplicate fetch beats a failed client).
+                    tracing::warn!(%digest, error = %e, "could not renew the fetch lease");
+                }
+            }
+        });
+        LeaseHold { lease, renewal }
+    }
+
+    /// Stops renewing and gives the lease up.
+    pub async fn release(self) {
+        self.renewal.abort();
+        let lease = self.lease.lock().await.take();
+        if let Some(l) = lease
+            && let Err(e) = l.release().await
+        {
+            tracing::warn!(error = %e, "could not release the fetch lease; it expires on its own");
+        }
+    }
+}
+
+impl Drop for LeaseHold {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        let lease = self.lease.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let taken = lease.lock().await.take();
+                if let Some(l) = taken {
+                    let _ = l.release().await;
+                }
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -372,6 +441,8 @@ impl Downloads {
                     upstream: "the shared store".into(),
                     repo: String::new(),
                     max_size: self.slots.limits().max_blob_size,
+                    lease: None,
+                    other_source: Some("the store".to_owned()),
                 };
                 self.finish(&store, &d, src).await;
                 return;
@@ -418,10 +489,16 @@ impl Downloads {
     }
 
     /// Fills a download from `src` and logs how it ended.
-    async fn finish(&self, store: &Arc<dyn Store>, d: &Arc<Download>, src: UpstreamBody) {
+    async fn finish(&self, store: &Arc<dyn Store>, d: &Arc<Download>, mut src: UpstreamBody) {
         let (upstream, repo) = (src.upstream.clone(), src.repo.clone());
         let started = std::time::Instant::now();
-        match self.fill(store, d, src).await {
+        let lease = src.lease.take();
+        let filled = self.fill(store, d, src).await;
+        // Stored (the other replicas now find it in the store) or failed: the fetch is free.
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        match filled {
             Ok(size) => {
                 tracing::info!(
                     registry = %upstream, repo = %repo, digest = %d.digest, size,
@@ -436,6 +513,19 @@ impl Downloads {
                 tracing::warn!(registry = %upstream, repo = %repo, digest = %d.digest, error = %e, "blob fetch failed; nothing stored")
             }
         }
+    }
+
+    /// Joins the download of `digest` running in this process, if any (never starts one):
+    /// for a peer replica that streams the blob from here.
+    pub fn join_running(&self, digest: &Digest) -> Option<Joined> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let d = running.get(digest).filter(|d| !d.failed())?;
+        let interest = d.enter(false)?;
+        Some(Joined {
+            download: d.clone(),
+            interest,
+            started: false,
+        })
     }
 
     /// Joins the running download of `digest`, or registers a new one that the caller runs
@@ -546,6 +636,8 @@ async fn write_verified(
         upstream,
         repo: _,
         max_size,
+        lease: _,
+        other_source: mut peer,
     } = src;
     let disk = |e: io::Error| MirrorError::CacheWrite(StoreError::from(e));
     let staged = d.staged.clone();
@@ -604,13 +696,23 @@ async fn write_verified(
             match resumed {
                 Some(rest) => {
                     resumes += 1;
-                    tracing::info!(%upstream, digest = %d.digest, offset, attempt = resumes, "upstream {why}; resuming the download");
+                    match peer.take() {
+                        Some(peer) => {
+                            tracing::info!(%peer, %upstream, digest = %d.digest, offset, attempt = resumes,
+                            "the source of the blob {why}; resuming from the upstream")
+                        }
+                        None => {
+                            tracing::info!(%upstream, digest = %d.digest, offset, attempt = resumes,
+                            "upstream {why}; resuming the download")
+                        }
+                    }
                     body = rest;
                     continue;
                 }
                 None => {
                     return Err(MirrorError::BadUpstream(format!(
-                        "upstream {upstream} {why} while sending {} ({offset} bytes received); nothing stored",
+                        "{} {why} while sending {} ({offset} bytes received); nothing stored",
+                        source_name(peer.as_deref(), &upstream),
                         d.digest
                     )));
                 }
@@ -622,13 +724,16 @@ async fn write_verified(
         };
         let ended = chunk.is_none();
         if let Some(chunk) = chunk {
-            received.upstream_bytes.inc_by(chunk.len() as u64);
+            if peer.is_none() {
+                received.upstream_bytes.inc_by(chunk.len() as u64);
+            }
             let so_far = written + (buf.len() + chunk.len()) as u64;
             if so_far > max_size {
                 tracing::warn!(registry = %upstream, digest = %d.digest, max_blob_size = max_size,
                     "blob larger than maxBlobSize; download cut, nothing stored");
                 return Err(MirrorError::BadUpstream(format!(
-                    "upstream {upstream} sent more than maxBlobSize ({max_size} bytes) for {}; nothing stored",
+                    "{} sent more than maxBlobSize ({max_size} bytes) for {}; nothing stored",
+                    source_name(peer.as_deref(), &upstream),
                     d.digest
                 )));
             }
@@ -642,7 +747,8 @@ async fn write_verified(
                 && written + (buf.len() + chunk.len()) as u64 > t
             {
                 return Err(MirrorError::BadUpstream(format!(
-                    "upstream {upstream} sent more than the announced {t} bytes for {}",
+                    "{} sent more than the announced {t} bytes for {}",
+                    source_name(peer.as_deref(), &upstream),
                     d.digest
                 )));
             }
@@ -672,14 +778,16 @@ async fn write_verified(
         && written != t
     {
         return Err(MirrorError::BadUpstream(format!(
-            "upstream {upstream} sent {written} of {t} bytes for {}",
+            "{} sent {written} of {t} bytes for {}",
+            source_name(peer.as_deref(), &upstream),
             d.digest
         )));
     }
     let (file, got) = file.finish().await.map_err(disk)?;
     if got != d.digest {
         return Err(MirrorError::BadUpstream(format!(
-            "upstream {upstream} sent content with digest {got} for {}; not stored",
+            "{} sent content with digest {got} for {}; not stored",
+            source_name(peer.as_deref(), &upstream),
             d.digest
         )));
     }
@@ -695,6 +803,12 @@ async fn write_verified(
         .await
         .map_err(MirrorError::CacheWrite)?;
     Ok(written)
+}
+
+/// What a body's source is called in messages: the replica or store it comes from, else
+/// the upstream.
+fn source_name(other: Option<&str>, upstream: &str) -> String {
+    other.map_or_else(|| format!("upstream {upstream}"), str::to_owned)
 }
 
 fn cancelled(digest: &Digest) -> MirrorError {
@@ -1175,6 +1289,8 @@ mod tests {
             upstream: "up".into(),
             repo: "app".into(),
             max_size: u64::MAX,
+            lease: None,
+            other_source: None,
         }
     }
 

@@ -49,6 +49,9 @@ pub struct Mirror {
     pub upstreams: Upstreams,
     /// Running blob downloads.
     pub downloads: Arc<Downloads>,
+    /// The other replicas' peer endpoints (`cluster`), for blobs whose fetch another
+    /// replica holds.
+    pub peers: Option<Arc<crate::upstream::peer::PeerClient>>,
     /// Event counters.
     pub stats: Stats,
     /// In-memory copies of hot tag records and manifests.
@@ -62,7 +65,17 @@ impl Mirror {
     /// Assembles the mirror.
     pub fn new(settings: Settings, store: Arc<dyn Store>, upstreams: Upstreams) -> Self {
         let downloads = Arc::new(Downloads::new(&settings.fetch_limits));
+        let peers = settings.cluster.as_ref().and_then(|c| {
+            match crate::upstream::peer::PeerClient::new(c.token.clone(), settings.pull_timeout) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    tracing::error!(error = %e, "no peer client: each replica fetches blobs from the upstream on its own");
+                    None
+                }
+            }
+        });
         Mirror {
+            peers,
             settings,
             store,
             upstreams,

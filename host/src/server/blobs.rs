@@ -21,8 +21,20 @@ pub(super) async fn blob(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
+    let found = crate::mirror::blobs::blob(app, registry, repo, &digest, head).await?;
+    answer(&digest, found, headers, head)
+}
+
+/// The response for `found`, the blob `digest` as the mirror has it, by `Range`.
+pub(super) fn answer(
+    digest: &Digest,
+    found: BlobAnswer,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<Body>, RegistryError> {
+    let digest = digest.clone();
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    match crate::mirror::blobs::blob(app, registry, repo, &digest, head).await? {
+    match found {
         BlobAnswer::Stored(stored) => {
             blob_response(&digest, stored.size(), range_header, head, |start, end| {
                 response::stream(stored.read(start, end))

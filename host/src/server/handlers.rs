@@ -19,6 +19,9 @@ pub async fn handle(
     uri: &http::Uri,
     headers: &HeaderMap,
 ) -> Response<Body> {
+    if uri.path().starts_with(super::peer::PREFIX) {
+        return super::peer::handle(&app, method, uri.path(), headers).await;
+    }
     let head = method == Method::HEAD;
     let mut kind = RouteKind::Invalid;
     let resp = match route(&app, method, uri, headers, &mut kind).await {

@@ -5,7 +5,8 @@
 //!
 //! [`router`] maps paths to routes; [`handlers`] dispatches them to [`manifests`], [`blobs`]
 //! and [`passthrough`]; [`range`] reads `Range` headers; [`response`] builds bodies and OCI
-//! error answers; [`error`] maps the lower layers' typed errors to statuses and OCI error
+//! error answers; [`peer`] is the endpoint the other replicas (`cluster`) stream blobs
+//! from; [`error`] maps the lower layers' typed errors to statuses and OCI error
 //! codes, the only place that does. No pull-through logic lives here (that is
 //! [`crate::mirror`]), and no file of the cache is touched but through it.
 
@@ -17,6 +18,7 @@ pub mod listener;
 pub mod local_only;
 pub mod manifests;
 pub mod passthrough;
+pub mod peer;
 pub mod range;
 pub mod response;
 pub mod router;

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -74,6 +74,43 @@ pub struct TagKey<'a> {
     pub repo: &'a RepoName,
     /// Tag.
     pub tag: &'a str,
+}
+
+/// Who fetches a blob from the upstream, among the replicas sharing a store.
+#[derive(Debug)]
+pub enum Claim {
+    /// The caller does: it renews the lease while it downloads and releases it once the
+    /// blob is committed (or the download failed).
+    Owner(Box<dyn FetchLease>),
+    /// Another replica does; `owner` is how it is reached (its advertised URL).
+    Taken {
+        /// The owner's advertised pull URL.
+        owner: String,
+    },
+}
+
+/// A held fetch lease. Dropping it without [`FetchLease::release`] lets it expire.
+pub trait FetchLease: Send + Sync + fmt::Debug {
+    /// Extends the lease by its lifetime again; an error when it is no longer ours.
+    fn renew(&self) -> StoreFuture<'_, ()>;
+
+    /// Gives the lease up (only if it is still ours), so that the next claim owns it.
+    fn release(self: Box<Self>) -> StoreFuture<'static, ()>;
+}
+
+/// The lease of a store with one writer (the filesystem): the process's own single flight
+/// is all the coordination there is.
+#[derive(Debug)]
+pub struct LocalLease;
+
+impl FetchLease for LocalLease {
+    fn renew(&self) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn release(self: Box<Self>) -> StoreFuture<'static, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// A cache backend. Content is visible under its digest only once verified; nothing under
@@ -151,4 +188,18 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Forgets a tag so that its next pull asks the upstream; `false` when there was none.
     fn remove_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, bool>;
+
+    /// Claims the upstream fetch of blob `digest` for `owner` (this replica's advertised
+    /// URL) for `ttl`, unless another live claim holds it. A lease of `owner` itself (left
+    /// by an earlier life of this replica) counts as expired. The default (one machine):
+    /// always [`Claim::Owner`].
+    fn claim_fetch<'a>(
+        &'a self,
+        digest: &'a Digest,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        let _ = (digest, owner, ttl);
+        Box::pin(std::future::ready(Ok(Claim::Owner(Box::new(LocalLease)))))
+    }
 }

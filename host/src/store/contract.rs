@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 
-use super::backend::{Manifest, Store, TagKey};
+use super::backend::{Claim, Manifest, Store, TagKey};
 use super::error::StoreError;
 use crate::oci::reference::{Digest, RepoName};
 
@@ -16,6 +16,19 @@ pub(crate) async fn check(store: Arc<dyn Store>) {
     manifests_are_verified_and_round_trip(&*store).await;
     blobs_become_visible_at_commit_and_read_by_range(&*store).await;
     tag_records_keep_one_entry_per_media_type(&*store).await;
+    a_first_fetch_claim_owns_the_fetch(&*store).await;
+}
+
+async fn a_first_fetch_claim_owns_the_fetch(store: &dyn Store) {
+    let digest = Digest::of(b"claimed blob");
+    let ttl = std::time::Duration::from_secs(30);
+    match store.claim_fetch(&digest, "http://127.0.0.1:1", ttl).await {
+        Ok(Claim::Owner(lease)) => {
+            lease.renew().await.unwrap();
+            lease.release().await.unwrap();
+        }
+        other => panic!("first claim: {other:?}"),
+    }
 }
 
 async fn manifests_are_verified_and_round_trip(store: &dyn Store) {

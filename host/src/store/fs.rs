@@ -329,6 +329,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn on_the_filesystem_every_fetch_claim_owns_the_fetch() {
+        // One machine: the process's own single flight is the coordination.
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"x");
+        let ttl = std::time::Duration::from_secs(30);
+        for owner in ["http://a:1", "http://b:1"] {
+            let claim = store.claim_fetch(&digest, owner, ttl).await.unwrap();
+            assert!(matches!(claim, crate::store::Claim::Owner(_)), "{claim:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn blobs_open_from_the_kernels_caches_when_they_can() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).unwrap();

@@ -95,6 +95,12 @@ pub(super) fn tag_record_key(registry: &str, repo: &str, tag: &str) -> String {
     format!("tags/{registry}/{repo}/{TAG_DIR}/{tag}{TAG_SUFFIX}")
 }
 
+/// The object key of the fetch lease of blob `hex` (who downloads it from the upstream),
+/// relative to the bucket prefix.
+pub(super) fn blob_lease_key(hex: &str) -> String {
+    format!("leases/blobs/{hex}")
+}
+
 /// The key prefix [`super::s3::S3Store::open`] lists to check the bucket (nothing is
 /// stored under it).
 pub(super) const PROBE_KEY: &str = "ociregistry-probe/";

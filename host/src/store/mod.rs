@@ -22,7 +22,7 @@ pub mod staging;
 pub mod tags;
 
 pub use access::AccessRecord;
-pub use backend::{Manifest, Store, StoredBlob, TagKey};
+pub use backend::{Claim, FetchLease, Manifest, Store, StoredBlob, TagKey};
 pub use error::StoreError;
 pub(crate) use files::read_chunk;
 pub use fs::{FsStore, probe_write};

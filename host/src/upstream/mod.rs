@@ -14,6 +14,7 @@ pub mod auth;
 pub mod calls;
 pub mod challenge;
 pub mod error;
+pub mod peer;
 pub mod policy;
 
 use std::collections::HashMap;

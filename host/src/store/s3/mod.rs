@@ -4,7 +4,8 @@
 //! nothing else: the inventory (scan, prune, evict) does not work on a bucket.
 //!
 //! Blob bytes move in [`blobs`], the bucket client is built and checked in [`client`], tag
-//! records are updated in [`records`]; [`fallback`] keeps local copies of manifests and tag
+//! records are updated in [`records`], fetch leases (one upstream fetch per blob across
+//! replicas) live in [`leases`]; [`fallback`] keeps local copies of manifests and tag
 //! records and serves them while the bucket cannot be reached.
 //!
 //! Content appears under a digest key only once verified and fully sent (a conditional
@@ -15,6 +16,7 @@
 mod blobs;
 mod client;
 mod fallback;
+mod leases;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -22,13 +24,13 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use object_store::aws::AmazonS3;
 use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
-use super::backend::{Manifest, Store, StoreFuture, StoredBlob, TagKey};
+use super::backend::{Claim, Manifest, Store, StoreFuture, StoredBlob, TagKey};
 use super::error::StoreError;
 use super::layout;
 use super::staging::{self, Staged, temp_path_in};
@@ -459,5 +461,14 @@ impl Store for S3Store {
 
     fn remove_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, bool> {
         counted("remove_tag", self.forget_tag(tag))
+    }
+
+    fn claim_fetch<'a>(
+        &'a self,
+        digest: &'a Digest,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        counted("claim_fetch", self.claim(digest, owner, ttl))
     }
 }

@@ -436,3 +436,120 @@ async fn with_the_bucket_gone_the_local_copies_are_served_and_the_rest_fails() {
     let missing = TagKey { tag: "2.0", ..tag };
     assert!(store.get_tag(missing).await.is_err());
 }
+
+const TTL: Duration = Duration::from_secs(30);
+
+async fn owned(claim: Claim) -> Box<dyn crate::store::FetchLease> {
+    match claim {
+        Claim::Owner(lease) => lease,
+        Claim::Taken { owner } => panic!("taken by {owner}"),
+    }
+}
+
+#[tokio::test]
+async fn a_second_fetch_claimer_is_told_the_owner() {
+    let Some(s3) = S3sFs::start() else { return };
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = S3Store::open(s3.options(), root_a.path()).await.unwrap();
+    let b = S3Store::open(s3.options(), root_b.path()).await.unwrap();
+    let digest = Digest::of(b"leased");
+    let lease = owned(a.claim_fetch(&digest, "http://a:1", TTL).await.unwrap()).await;
+    // The lease is an object under the prefix naming the owner.
+    let text =
+        std::fs::read_to_string(s3.object_file(&format!("{PREFIX}leases/blobs/{}", digest.hex())))
+            .unwrap();
+    assert!(text.contains("\"owner\":\"http://a:1\""), "{text}");
+    match b.claim_fetch(&digest, "http://b:1", TTL).await.unwrap() {
+        Claim::Taken { owner } => assert_eq!(owner, "http://a:1"),
+        Claim::Owner(_) => panic!("two owners"),
+    }
+    lease.renew().await.unwrap();
+    // Released: the next claim owns it.
+    lease.release().await.unwrap();
+    let next = owned(b.claim_fetch(&digest, "http://b:1", TTL).await.unwrap()).await;
+    next.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_fetch_claims_have_one_owner() {
+    let Some(s3) = S3sFs::start() else { return };
+    let mut stores = Vec::new();
+    let mut roots = Vec::new();
+    for _ in 0..6 {
+        let root = tempfile::tempdir().unwrap();
+        stores.push(Arc::new(
+            S3Store::open(s3.options(), root.path()).await.unwrap(),
+        ));
+        roots.push(root);
+    }
+    for round in 0..5 {
+        let digest = Digest::of(format!("raced {round}").as_bytes());
+        let claims = futures_util::future::join_all(stores.iter().enumerate().map(|(i, s)| {
+            let (s, digest) = (s.clone(), digest.clone());
+            async move { s.claim_fetch(&digest, &format!("http://r{i}:1"), TTL).await }
+        }))
+        .await;
+        let mut owners = Vec::new();
+        let mut named = Vec::new();
+        for (i, c) in claims.into_iter().enumerate() {
+            match c.unwrap() {
+                Claim::Owner(_) => owners.push(format!("http://r{i}:1")),
+                Claim::Taken { owner } => named.push(owner),
+            }
+        }
+        assert_eq!(
+            owners.len(),
+            1,
+            "round {round}: owners {owners:?}, taken {named:?}"
+        );
+        // A claimer may be told of one whose write it read back before a later write
+        // landed: that one claimed too (and streams from the owner), never an outsider.
+        assert!(
+            named
+                .iter()
+                .all(|o| (0..6).any(|i| *o == format!("http://r{i}:1"))),
+            "{owners:?} {named:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_fetch_lease_is_taken_over() {
+    let Some(s3) = S3sFs::start() else { return };
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = S3Store::open(s3.options(), root_a.path()).await.unwrap();
+    let b = S3Store::open(s3.options(), root_b.path()).await.unwrap();
+    let digest = Digest::of(b"expiring");
+    // A one-second lease whose owner died (never renewed nor released).
+    let dead = owned(
+        a.claim_fetch(&digest, "http://a:1", Duration::from_secs(1))
+            .await
+            .unwrap(),
+    )
+    .await;
+    drop(dead);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match b.claim_fetch(&digest, "http://b:1", TTL).await.unwrap() {
+            Claim::Owner(lease) => {
+                // The old owner can neither renew nor remove it.
+                let text = std::fs::read_to_string(
+                    s3.object_file(&format!("{PREFIX}leases/blobs/{}", digest.hex())),
+                )
+                .unwrap();
+                assert!(text.contains("http://b:1"), "{text}");
+                lease.release().await.unwrap();
+                break;
+            }
+            Claim::Taken { owner } => {
+                assert_eq!(owner, "http://a:1");
+                assert!(Instant::now() < deadline, "lease never expired");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    // A stale lease of one's own earlier life counts as expired.
+    let _mine = owned(a.claim_fetch(&digest, "http://a:1", TTL).await.unwrap()).await;
+    let again = owned(a.claim_fetch(&digest, "http://a:1", TTL).await.unwrap()).await;
+    again.release().await.unwrap();
+}
