@@ -554,11 +554,12 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Three `ociregistry serve` replicas on one bucket of a fresh `s3s-fs`.
-    fn start_replicas(&self) -> R<(S3Fs, [Ours; 3])> {
+    /// Three `ociregistry serve` replicas on one bucket of a fresh `s3s-fs` (`cluster`: with
+    /// the one-fetch-per-blob lease and peer streaming).
+    fn start_replicas(&self, cluster: bool) -> R<(S3Fs, [Ours; 3])> {
         let s3 = S3Fs::start(self.work)?;
         let host = self.up.host();
-        let start = || Ours::start_on(self.work, self.bin, &host, Some(&s3));
+        let start = || Ours::start_on(self.work, self.bin, &host, Some(&s3), cluster);
         let replicas = [start()?, start()?, start()?];
         Ok((s3, replicas))
     }
@@ -583,7 +584,7 @@ impl Bench<'_> {
                 r.fs_warm_s.push(secs(warm));
                 r.fs_rss.push(fs.proc.peak_rss_mib()?);
             }
-            let (s3, replicas) = self.start_replicas()?;
+            let (s3, replicas) = self.start_replicas(false)?;
             let (mut gets_total, mut reqs_total) = (0, 0);
             for (i, replica) in replicas.iter().enumerate() {
                 let a = self.up.sync_log()?;
@@ -652,7 +653,7 @@ impl Bench<'_> {
                 got?;
             }
             self.res.replicas.par_direct_s.push(secs(d));
-            let (s3, replicas) = self.start_replicas()?;
+            let (s3, replicas) = self.start_replicas(true)?;
             let bases: Vec<String> = replicas.iter().map(Ours::url).collect();
             let a = self.up.sync_log()?;
             let (all, each) = self.rt.block_on(client::pulls_at_once(&bases, &img, CONNS));
@@ -1596,7 +1597,7 @@ fn replica_tables(r: &ReplicaResults, p: &Plan, n_blobs: f64, img_bytes: u64) ->
         dash(),
     );
     row(
-        &format!("3 clients at once, one per fresh replica, cold {img} ({runs_text})"),
+        &format!("3 clients at once, one per fresh `cluster` replica, cold {img} ({runs_text})"),
         "wall time (s; all three: to the last finish)",
         each(&r.par_each_s, 2),
         r.par_s.cell(2),
@@ -1649,9 +1650,8 @@ fn replica_tables(r: &ReplicaResults, p: &Plan, n_blobs: f64, img_bytes: u64) ->
     );
     let _ = writeln!(
         s,
-        "- {} — one upstream fetch per blob across the fleet when three replicas miss at once: \
-         {} blob GETs for {n_blobs} blobs, up to {} of one blob (the bucket lease that makes it \
-         one is not built yet: each replica fetches once)",
+        "- {} — one upstream fetch per blob across the fleet when three replicas (with \
+         `cluster`) miss at once: {} blob GETs for {n_blobs} blobs, up to {} of one blob",
         mark(r.par_gets.all_eq(n_blobs)),
         r.par_gets.cell(0),
         r.par_max_per_blob.cell(0),

@@ -363,18 +363,37 @@ pub struct Ours {
 
 impl Ours {
     pub fn start(work: &Path, bin: &Path, upstream_host: &str) -> R<Ours> {
-        Ours::start_on(work, bin, upstream_host, None)
+        Ours::start_on(work, bin, upstream_host, None, false)
     }
 
     /// [`Ours::start`], or with `Some(s3)` a replica on `s3`'s bucket (`storage.s3` with the
     /// keys from the environment), its local copy at its own `--image-path`.
-    pub fn start_on(work: &Path, bin: &Path, upstream_host: &str, s3: Option<&S3Fs>) -> R<Ours> {
+    /// With `cluster` (only with a bucket), the replica takes part in the one-fetch-per-blob
+    /// lease: it listens on a port picked here and advertises it to its peers.
+    pub fn start_on(
+        work: &Path,
+        bin: &Path,
+        upstream_host: &str,
+        s3: Option<&S3Fs>,
+        cluster: bool,
+    ) -> R<Ours> {
         let dir = open_tempdir(work, "ociregistry")?;
         let cache = dir.path().join("cache");
         let cfg = dir.path().join("config.yaml");
         let storage = s3.map(S3Fs::storage_yaml).unwrap_or_default();
+        let mut listen_port = 0u16;
+        let mut cluster_yaml = String::new();
+        if cluster && s3.is_some() {
+            listen_port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("no free port: {e}"))?
+                .port();
+            cluster_yaml = format!(
+                "cluster:\n  advertise: http://127.0.0.1:{listen_port}\n  token: bench-peer-token-0123456789\n"
+            );
+        }
         let config = format!(
-            "imagePath: \"{}\"\ndefaultNs: \"{upstream_host}\"\nregistries:\n- name: \"{upstream_host}\"\n  scheme: http\n{storage}",
+            "imagePath: \"{}\"\ndefaultNs: \"{upstream_host}\"\nregistries:\n- name: \"{upstream_host}\"\n  scheme: http\n{storage}{cluster_yaml}",
             cache.display()
         );
         std::fs::write(&cfg, config).map_err(|e| format!("{}: {e}", cfg.display()))?;
@@ -391,7 +410,7 @@ impl Ours {
             "info",
             "serve",
             "--port",
-            "0",
+            &listen_port.to_string(),
             "--host",
             "127.0.0.1",
         ])
