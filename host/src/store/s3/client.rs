@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use super::S3Options;
 use crate::store::error::StoreError;
@@ -87,6 +87,25 @@ pub(super) async fn probe(bucket: &AmazonS3, key: &Key) -> Result<(), String> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(failure(&e)),
     }
+}
+
+/// A small JSON object (tag record, lease) as read (`None` inside: unreadable) and the
+/// ETag it was read with, for a conditional write back; `None` when there is none.
+pub(super) type Versioned<T> = Option<(Option<T>, Option<String>)>;
+
+/// Reads the JSON object `key` with its ETag.
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    bucket: &AmazonS3,
+    key: &Key,
+) -> Result<Versioned<T>, StoreError> {
+    let got = match bucket.get(key).await {
+        Ok(got) => got,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let e_tag = got.meta.e_tag.clone();
+    let bytes = got.bytes().await?;
+    Ok(Some((serde_json::from_slice(&bytes).ok(), e_tag)))
 }
 
 /// What an error at open means, for the operator (no secret: object_store's messages

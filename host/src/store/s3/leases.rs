@@ -60,17 +60,11 @@ fn nonce() -> String {
 }
 
 /// A lease (`None`: unreadable) and the ETag it was read with; `None` when there is none.
-type Read = Option<(Option<LeaseRecord>, Option<String>)>;
-
-async fn read(bucket: &AmazonS3, key: &Key) -> Result<Read, StoreError> {
-    let got = match bucket.get(key).await {
-        Ok(got) => got,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let e_tag = got.meta.e_tag.clone();
-    let bytes = got.bytes().await?;
-    Ok(Some((serde_json::from_slice(&bytes).ok(), e_tag)))
+async fn read(
+    bucket: &AmazonS3,
+    key: &Key,
+) -> Result<super::client::Versioned<LeaseRecord>, StoreError> {
+    super::client::read_json(bucket, key).await
 }
 
 /// Writes `record` with `mode`; the new ETag, or `None` when another writer was first.

@@ -28,18 +28,8 @@ impl S3Store {
 
     /// A tag record (`None` when unreadable) and the ETag it was read with; `None` when
     /// there is no record.
-    async fn read_tag(
-        &self,
-        key: &Key,
-    ) -> Result<Option<(Option<TagRecord>, Option<String>)>, StoreError> {
-        let got = match self.bucket.get(key).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let e_tag = got.meta.e_tag.clone();
-        let bytes = got.bytes().await?;
-        Ok(Some((serde_json::from_slice(&bytes).ok(), e_tag)))
+    async fn read_tag(&self, key: &Key) -> Result<super::client::Versioned<TagRecord>, StoreError> {
+        super::client::read_json(&self.bucket, key).await
     }
 
     /// Reads a tag record, lets `change` edit it (it returns whether to write), and writes
