@@ -546,3 +546,54 @@ fn an_owner_that_cannot_be_reached_means_a_fetch_from_the_upstream() {
         "a's fetch and b's own"
     );
 }
+
+/// `ociregistry invalidate` with the replicas' config removes the tag's record from the
+/// bucket: the next pull through another replica asks the upstream for the tag again.
+#[test]
+fn invalidate_from_the_command_line_is_seen_by_every_replica() {
+    if !tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let repo = images::unique_repo("invalidate");
+    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let bucket = S3Server::start("mirror-cache");
+    let a = replica(&up, &bucket, "");
+    let b = replica(&up, &bucket, "");
+    let host = up.host();
+    a.pull_and_verify(Route::Ns(&host), &img);
+    let tag_path = format!("/manifests/{}", img.tag);
+    let asked = up.count_requests("", &tag_path);
+    b.pull_and_verify(Route::Ns(&host), &img);
+    assert_eq!(
+        up.count_requests("", &tag_path),
+        asked,
+        "b used the bucket's record"
+    );
+
+    let mut cmd = std::process::Command::new(ociregistry_e2e::proxy::ociregistry_bin());
+    cmd.arg("--config-file")
+        .arg(&a.config_path)
+        .args(["invalidate", &format!("{host}/{}:{}", img.repo, img.tag)])
+        .env("NO_COLOR", "1");
+    for (k, v) in S3Server::env() {
+        cmd.env(k, v);
+    }
+    let (ok, out, err) = ociregistry_e2e::procs::run_with_timeout(cmd, Duration::from_secs(60));
+    assert!(ok, "invalidate failed:\nstdout: {out}\nstderr: {err}");
+    assert!(out.contains("invalidated"), "{out}");
+    assert!(!format!("{out}{err}").contains(s3::SECRET_KEY));
+    assert!(
+        !bucket
+            .keys()
+            .iter()
+            .any(|k| k.ends_with(&format!("/{}.json", img.tag))),
+        "the record is gone from the bucket: {:?}",
+        bucket.keys()
+    );
+    b.pull_and_verify(Route::Ns(&host), &img);
+    assert!(
+        up.count_requests("", &tag_path) > asked,
+        "b did not ask the upstream for the invalidated tag"
+    );
+}

@@ -1,5 +1,6 @@
 //! `ociregistry invalidate`: forgets one cached tag ([`crate::inventory::invalidate`]) under
-//! the inventory lock, so that its next pull fetches it from the upstream again.
+//! the inventory lock, so that its next pull fetches it from the upstream again; with
+//! `storage.s3`, removes its record from the bucket, for every replica.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,9 @@ use clap::Args;
 
 use super::FatalError;
 use crate::config::Settings;
+use crate::config::storage::Backend;
 use crate::inventory::invalidate::{remove_blocking, tag_reference};
+use crate::store::TagKey;
 
 /// `invalidate` arguments.
 #[derive(Debug, Args)]
@@ -17,13 +20,33 @@ pub struct InvalidateArgs {
 }
 
 /// `ociregistry invalidate`.
-pub fn invalidate(settings: &Settings, args: &InvalidateArgs) -> Result<ExitCode, FatalError> {
-    super::storage::check_inventory(settings, "invalidate")?;
-    let root = &settings.image_path;
+pub async fn invalidate(
+    settings: &Settings,
+    args: &InvalidateArgs,
+) -> Result<ExitCode, FatalError> {
     let refs = tag_reference(&args.reference)?;
-    super::require_cache(root)?;
-    let _lock = super::inventory_lock(root)?;
-    let removed = remove_blocking(root, refs)?;
+    let removed = if matches!(settings.storage.backend, Backend::S3(_)) {
+        // The bucket's record is the one every replica reads; their local copies are read
+        // only while the bucket cannot be reached.
+        let store = super::storage::open(settings, super::storage::Opener::Alongside).await?;
+        let mut removed = Vec::new();
+        for (registry, repo, tag) in refs {
+            let key = TagKey {
+                registry: &registry,
+                repo: &repo,
+                tag: &tag,
+            };
+            if store.remove_tag(key).await.map_err(FatalError::Storage)? {
+                removed.push(format!("{registry}/{repo}:{tag}"));
+            }
+        }
+        removed
+    } else {
+        let root = &settings.image_path;
+        super::require_cache(root)?;
+        let _lock = super::inventory_lock(root)?;
+        remove_blocking(root, refs)?
+    };
     if removed.is_empty() {
         return Err(FatalError::NotCached(args.reference.clone()));
     }

@@ -304,6 +304,6 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         Command::Load(args) => runtime.block_on(load::load(settings, usize::from(args.parallel))),
         Command::List(args) => list::list(&settings, &args),
         Command::Prune(args) => prune::prune(&settings, &args),
-        Command::Invalidate(args) => invalidate::invalidate(&settings, &args),
+        Command::Invalidate(args) => runtime.block_on(invalidate::invalidate(&settings, &args)),
     }
 }

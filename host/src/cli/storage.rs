@@ -86,8 +86,8 @@ const INVENTORY_ON_S3: &str = "works on the filesystem store only so far; with s
      would see only this machine's local copy (remove it, or use the filesystem store)";
 
 /// Refuses, before anything starts, inventory features the configured backend cannot do:
-/// `verb` is the command (`list`, `prune`, `invalidate`), or `serve` for the background
-/// features of the config (`pruneConfig`, `maxSize`).
+/// `verb` is the command (`list`, `prune`), or `serve` for the background features of the
+/// config (`pruneConfig`, `maxSize`). (`invalidate` works on a bucket.)
 pub(crate) fn check_inventory(settings: &Settings, verb: &str) -> Result<(), FatalError> {
     if !matches!(settings.storage.backend, Backend::S3(_)) {
         return Ok(());
