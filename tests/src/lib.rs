@@ -34,7 +34,7 @@ pub use token_server::{TokenServer, TokenServerOptions};
 pub use upstream::{Upstream, UpstreamAuth};
 
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// OCI and Docker media types used throughout.
@@ -110,6 +110,39 @@ pub fn require_upstream_tools() -> bool {
 }
 
 /// `sha256:<hex>` of some bytes.
+/// Where a tool the tests run is: `$<env>`, else `<repo>/<in_repo>`, else `name` on `PATH`.
+pub fn locate_tool(env: &str, in_repo: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let local = fixture_plugins::repo_root().join(in_repo);
+    if local.is_file() {
+        return Some(local);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Whether the tool `name` was found. Under CI a missing one FAILS the test (panics);
+/// otherwise a loud message (`looked`: where) is printed and the caller skips.
+pub fn require_located(name: &str, found: bool, looked: &str) -> bool {
+    if found {
+        return true;
+    }
+    let msg = format!(
+        "required tool missing: {name} (looked at {looked}); run scripts/install-test-deps.sh (or scripts/test.sh)"
+    );
+    if in_ci() {
+        panic!("{msg} (CI=true: missing tools fail the test)");
+    }
+    eprintln!("\n!!!!!!!!!! SKIPPING TEST: {msg} !!!!!!!!!!\n");
+    false
+}
+
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }

@@ -19,34 +19,16 @@ pub const ECR_TOKEN: &str = "QVdTOjEyMzQ1Njc4OTAxMi1hdXRoLXRva2Vu";
 
 /// Where `moto_server` is: `$MOTO_SERVER`, else `<repo>/.venv/bin/moto_server`, else `PATH`.
 pub fn moto_server_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MOTO_SERVER") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let venv = crate::fixture_plugins::repo_root().join(".venv/bin/moto_server");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("moto_server"))
-            .find(|p| p.is_file())
-    })
+    crate::locate_tool("MOTO_SERVER", ".venv/bin/moto_server", "moto_server")
 }
 
-/// Whether `moto_server` can be run. Under CI a missing one FAILS the test (panics);
-/// otherwise a loud message is printed and the caller skips.
+/// Whether `moto_server` can be run (under CI a missing one fails the test).
 pub fn require_moto() -> bool {
-    if moto_server_bin().is_some() {
-        return true;
-    }
-    let msg = "required tool missing: moto_server (looked at $MOTO_SERVER, <repo>/.venv/bin, PATH); \
-               run scripts/install-test-deps.sh (or scripts/test.sh)";
-    if crate::in_ci() {
-        panic!("{msg} (CI=true: missing tools fail the test)");
-    }
-    eprintln!("\n!!!!!!!!!! SKIPPING TEST: {msg} !!!!!!!!!!\n");
-    false
+    crate::require_located(
+        "moto_server",
+        moto_server_bin().is_some(),
+        "$MOTO_SERVER, <repo>/.venv/bin, PATH",
+    )
 }
 
 /// A running `moto_server`; killed on drop.

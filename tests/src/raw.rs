@@ -198,3 +198,17 @@ fn parse_response(buf: &[u8], method: &str) -> std::io::Result<RawResponse> {
     };
     Ok(RawResponse { body, ..resp })
 }
+
+/// `GET path` on `127.0.0.1:port` (a metrics, health or admin port), bounded by 20 s;
+/// panics when nothing answers.
+pub fn get_local(port: u16, path: &str) -> RawResponse {
+    request_timeout(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        path,
+        &[],
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("GET 127.0.0.1:{port}{path}: {e}"))
+}

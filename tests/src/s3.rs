@@ -16,34 +16,16 @@ pub const SECRET_KEY: &str = "s3cr3t-TEST-never-logged-9f3a";
 
 /// Where `s3s-fs` is: `$S3S_FS`, else `<repo>/.tools/bin/s3s-fs`, else `PATH`.
 pub fn s3s_fs_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("S3S_FS") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let tools = crate::fixture_plugins::repo_root().join(".tools/bin/s3s-fs");
-    if tools.is_file() {
-        return Some(tools);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("s3s-fs"))
-            .find(|p| p.is_file())
-    })
+    crate::locate_tool("S3S_FS", ".tools/bin/s3s-fs", "s3s-fs")
 }
 
-/// Whether `s3s-fs` can be run. Under CI a missing one FAILS the test (panics); otherwise a
-/// loud message is printed and the caller skips.
+/// Whether `s3s-fs` can be run (under CI a missing one fails the test).
 pub fn require_s3s_fs() -> bool {
-    if s3s_fs_bin().is_some() {
-        return true;
-    }
-    let msg = "required tool missing: s3s-fs (looked at $S3S_FS, <repo>/.tools/bin, PATH); \
-               run scripts/install-test-deps.sh (or scripts/test.sh)";
-    if crate::in_ci() {
-        panic!("{msg} (CI=true: missing tools fail the test)");
-    }
-    eprintln!("\n!!!!!!!!!! SKIPPING TEST: {msg} !!!!!!!!!!\n");
-    false
+    crate::require_located(
+        "s3s-fs",
+        s3s_fs_bin().is_some(),
+        "$S3S_FS, <repo>/.tools/bin, PATH",
+    )
 }
 
 /// A running (or stopped) `s3s-fs` with one bucket.

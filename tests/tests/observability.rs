@@ -10,22 +10,12 @@ use std::time::Duration;
 use ociregistry_e2e::fixture_plugins::{self, build_fixture_plugins};
 use ociregistry_e2e::images::{self, ImageKind};
 use ociregistry_e2e::proxy::Route;
-use ociregistry_e2e::raw::{self, RawResponse};
+use ociregistry_e2e::raw;
 use ociregistry_e2e::{
     Proxy, ProxyBuilder, RegistryEntry, Upstream, free_port, require_upstream_tools, wait_for,
 };
 
-fn get(port: u16, path: &str) -> RawResponse {
-    raw::request_timeout(
-        &format!("127.0.0.1:{port}"),
-        "GET",
-        path,
-        &[],
-        None,
-        Duration::from_secs(10),
-    )
-    .unwrap_or_else(|e| panic!("GET 127.0.0.1:{port}{path}: {e}"))
-}
+use raw::get_local as get;
 
 /// A scrape: series (`name{labels}`, labels as written) to value.
 #[derive(Debug)]

@@ -16,18 +16,7 @@ use ociregistry_e2e::throttle::{StreamingGet, Throttle};
 use ociregistry_e2e::upstream::Upstream;
 use ociregistry_e2e::{Proxy, require_upstream_tools, sha256_digest, wait_for};
 
-/// `GET path` on a replica's metrics or health port.
-fn get(port: u16, path: &str) -> RawResponse {
-    raw::request_timeout(
-        &format!("127.0.0.1:{port}"),
-        "GET",
-        path,
-        &[],
-        None,
-        Duration::from_secs(20),
-    )
-    .unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
-}
+use raw::get_local as get;
 
 /// `/readyz` of a replica, as JSON.
 fn readyz(p: &Proxy) -> (u16, serde_json::Value) {

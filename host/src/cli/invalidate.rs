@@ -9,8 +9,7 @@ use clap::Args;
 use super::FatalError;
 use crate::config::Settings;
 use crate::config::storage::Backend;
-use crate::inventory::invalidate::{remove_blocking, tag_reference};
-use crate::store::TagKey;
+use crate::inventory::invalidate::{remove_blocking, remove_in_store, tag_reference};
 
 /// `invalidate` arguments.
 #[derive(Debug, Args)]
@@ -29,18 +28,9 @@ pub async fn invalidate(
         // The bucket's record is the one every replica reads; their local copies are read
         // only while the bucket cannot be reached.
         let store = super::storage::open(settings, super::storage::Opener::Alongside).await?;
-        let mut removed = Vec::new();
-        for (registry, repo, tag) in refs {
-            let key = TagKey {
-                registry: &registry,
-                repo: &repo,
-                tag: &tag,
-            };
-            if store.remove_tag(key).await.map_err(FatalError::Storage)? {
-                removed.push(format!("{registry}/{repo}:{tag}"));
-            }
-        }
-        removed
+        remove_in_store(&*store, refs)
+            .await
+            .map_err(FatalError::Storage)?
     } else {
         let root = &settings.image_path;
         super::require_cache(root)?;

@@ -1,13 +1,14 @@
 //! Forgetting a cached tag so that its next pull asks the upstream: the `REGISTRY/REPO:TAG`
 //! a person types, as the cache names it ([`tag_reference`]), and removing its tag records
-//! from the cache directory. The `invalidate` verb and the admin API call it; neither the
-//! lock nor what is printed is decided here.
+//! from the cache directory or through the store (a bucket). The `invalidate` verb and the
+//! admin API call it; neither the lock nor what is printed is decided here.
 
 use std::path::Path;
 
 use crate::oci::reference::{self, ReferenceError, RepoName};
 use crate::store::tags;
 pub use crate::store::tags::RemoveError;
+use crate::store::{Store, StoreError, TagKey};
 use crate::upstream::canonical_name;
 
 /// A reference that does not name a cached tag.
@@ -74,6 +75,26 @@ pub fn remove_blocking(
     let mut removed = Vec::new();
     for (registry, repo, tag) in refs {
         if tags::remove_in(root, &registry, &repo, &tag)? {
+            removed.push(format!("{registry}/{repo}:{tag}"));
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes the tag records `refs` through the store (the bucket's, for every replica);
+/// the references removed, `registry/repo:tag`.
+pub async fn remove_in_store(
+    store: &dyn Store,
+    refs: Vec<(String, RepoName, String)>,
+) -> Result<Vec<String>, StoreError> {
+    let mut removed = Vec::new();
+    for (registry, repo, tag) in refs {
+        let key = TagKey {
+            registry: &registry,
+            repo: &repo,
+            tag: &tag,
+        };
+        if store.remove_tag(key).await? {
             removed.push(format!("{registry}/{repo}:{tag}"));
         }
     }

@@ -34,7 +34,6 @@ use crate::inventory::invalidate::tag_reference;
 use crate::inventory::prune;
 use crate::mirror::Mirror;
 use crate::server::response::{self, Body};
-use crate::store::TagKey;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -333,16 +332,9 @@ async fn handle(
                     );
                 }
             };
-            let mut removed = Vec::new();
-            for (registry, repo, tag) in refs {
-                let key = TagKey {
-                    registry: &registry,
-                    repo: &repo,
-                    tag: &tag,
-                };
-                match app.store.remove_tag(key).await {
-                    Ok(true) => removed.push(format!("{registry}/{repo}:{tag}")),
-                    Ok(false) => {}
+            let removed =
+                match crate::inventory::invalidate::remove_in_store(&*app.store, refs).await {
+                    Ok(removed) => removed,
                     Err(e) => {
                         return error(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -350,8 +342,7 @@ async fn handle(
                             format!("cache error: {e}"),
                         );
                     }
-                }
-            }
+                };
             if removed.is_empty() {
                 return error(
                     StatusCode::NOT_FOUND,
