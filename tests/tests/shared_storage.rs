@@ -257,9 +257,12 @@ fn a_bucket_that_cannot_be_used_stops_serve_at_start_with_a_clear_line() {
             "maxSize",
         ),
         (
-            format!("{}\n  redirect: true", bucket.storage_yaml("")),
+            format!(
+                "{}\n  localCache:\n    maxSize: 1GiB",
+                bucket.storage_yaml("")
+            ),
             s3::SECRET_KEY,
-            "storage.redirect",
+            "storage.localCache.maxSize",
         ),
     ];
     for (yaml, secret, expected) in cases {
@@ -584,5 +587,90 @@ fn invalidate_from_the_command_line_is_seen_by_every_replica() {
     assert!(
         up.count_requests("", &tag_path) > asked,
         "b did not ask the upstream for the invalidated tag"
+    );
+}
+
+/// `url` with the first hex digit of its `X-Amz-Signature` changed.
+fn flip_signature(url: &str) -> String {
+    let at = url.find("X-Amz-Signature=").expect("a presigned URL") + "X-Amz-Signature=".len();
+    let first = &url[at..=at];
+    let other = if first == "0" { "1" } else { "0" };
+    format!("{}{other}{}", &url[..at], &url[at + 1..])
+}
+
+/// `storage.redirect: true`: a blob in the bucket is answered with a 307 to a presigned URL
+/// of the bucket that serves the right bytes (and refuses a tampered signature); a blob not
+/// in the bucket yet is served by the mirror; skopeo follows the redirects.
+#[test]
+fn with_redirect_warm_blobs_answer_307_to_a_presigned_bucket_url() {
+    if !tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let repo = images::unique_repo("redirect");
+    let img = images::seed(&up, &repo, "v1", ImageKind::oci(2, 300_000));
+    let bucket = S3Server::start("mirror-cache");
+    let mut b = Proxy::builder()
+        .upstream(&up)
+        .default_ns(&up.host())
+        .config_line(&format!("{}\n  redirect: true", bucket.storage_yaml("")));
+    for (k, v) in S3Server::env() {
+        b = b.env(k, v);
+    }
+    let a = b.start();
+    let host = up.host();
+    // Cold: not in the bucket yet, so the mirror streams it.
+    a.pull_and_verify(Route::Ns(&host), &img);
+    wait_for(
+        "every blob in the bucket",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (verify_bucket(&bucket, "").0 >= img.blobs().len()).then_some(()),
+    );
+    for blob in img.blobs() {
+        let r = a.get_blob(Route::Ns(&host), &img.repo, &blob.digest, &[]);
+        assert_eq!(
+            r.status,
+            307,
+            "{} not redirected: {}",
+            blob.digest,
+            r.body_str()
+        );
+        assert_eq!(
+            r.header("docker-content-digest"),
+            Some(blob.digest.as_str())
+        );
+        let location = r.header("location").expect("Location").to_owned();
+        let rest = location
+            .strip_prefix(&format!("{}/", bucket.endpoint()))
+            .unwrap_or_else(|| panic!("not a URL of the bucket: {location}"));
+        let got = raw::request_timeout(
+            &bucket.endpoint()["http://".len()..],
+            "GET",
+            &format!("/{rest}"),
+            &[],
+            None,
+            Duration::from_secs(20),
+        )
+        .expect("GET the presigned URL");
+        assert_eq!(got.status, 200, "{}", got.body_str());
+        assert_eq!(sha256_digest(&got.body), blob.digest);
+        assert!(!location.contains(s3::SECRET_KEY));
+        let tampered = raw::request_timeout(
+            &bucket.endpoint()["http://".len()..],
+            "GET",
+            &format!("/{}", flip_signature(rest)),
+            &[],
+            None,
+            Duration::from_secs(20),
+        )
+        .expect("GET a tampered URL");
+        assert_eq!(tampered.status, 403, "a tampered signature is refused");
+    }
+    // A real client follows the redirects to the bucket.
+    skopeo::pull_and_verify(
+        &format!("{}/{}:{}", a.host(), img.repo, img.tag),
+        &img,
+        "through redirects",
     );
 }

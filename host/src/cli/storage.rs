@@ -63,13 +63,6 @@ pub(crate) async fn open(
 /// Refuses the `storage` keys that are read but not carried out yet, rather than
 /// ignoring them.
 fn not_yet(settings: &Settings) -> Result<(), FatalError> {
-    if settings.storage.redirect {
-        return Err(FatalError::StorageUnsupported {
-            what: "storage.redirect".into(),
-            why: "presigned redirects are not implemented yet; remove the key (blobs are \
-                  then streamed by the mirror)",
-        });
-    }
     if settings.storage.local_max_size.is_some() {
         return Err(FatalError::StorageUnsupported {
             what: "storage.localCache.maxSize".into(),

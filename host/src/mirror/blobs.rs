@@ -24,6 +24,11 @@ pub enum BlobAnswer {
     Stored(StoredBlob),
     /// Being downloaded: read along while it runs.
     Downloading(Following),
+    /// Stored where the client can fetch it itself (`storage.redirect`): a presigned URL.
+    Elsewhere {
+        /// Where to GET it.
+        url: String,
+    },
     /// Not cached, and only its headers were asked for: what the upstream said of its size.
     AtUpstream {
         /// The upstream's `Content-Length`, when it sent one.
@@ -73,6 +78,9 @@ impl Following {
     }
 }
 
+/// How long a presigned URL given to a client (`storage.redirect`) stays valid.
+const REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Blob `digest` of `registry/repo`: stored, or joined (or started) as a download; with
 /// `head`, an uncached blob is only asked about at the upstream, never downloaded.
 pub async fn blob(
@@ -83,6 +91,19 @@ pub async fn blob(
     head: bool,
 ) -> Result<BlobAnswer, MirrorError> {
     let counters = crate::metrics::global().registry(registry);
+    if app.settings.storage.redirect && !head {
+        match app.store.blob_url(digest, REDIRECT_TTL).await {
+            Ok(Some(url)) => {
+                counters.cache(ContentKind::Blob, true);
+                return Ok(BlobAnswer::Elsewhere { url });
+            }
+            Ok(None) => {}
+            // The bytes may still be here: served as without `redirect`.
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "no presigned URL for the blob; serving it")
+            }
+        }
+    }
     if let Some(stored) = app.store.open_blob(digest).await.map_err(disk_error)? {
         counters.cache(ContentKind::Blob, true);
         return Ok(BlobAnswer::Stored(stored));

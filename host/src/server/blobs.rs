@@ -40,6 +40,16 @@ pub(super) fn answer(
                 response::stream(stored.read(start, end))
             })
         }
+        BlobAnswer::Elsewhere { url } => {
+            let location = HeaderValue::from_str(&url).map_err(|_| {
+                RegistryError::internal("the store gave a URL that is not a header value")
+            })?;
+            let mut out = Response::new(response::empty());
+            *out.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            response::digest_headers(out.headers_mut(), &digest);
+            out.headers_mut().insert(header::LOCATION, location);
+            Ok(out)
+        }
         BlobAnswer::AtUpstream { size } => {
             let mut out = Response::new(response::empty());
             blob_headers(out.headers_mut(), &digest);

@@ -189,6 +189,18 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Forgets a tag so that its next pull asks the upstream; `false` when there was none.
     fn remove_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, bool>;
 
+    /// A URL from which a client can GET the stored blob `digest` itself for `ttl` (a
+    /// presigned bucket URL), when the backend can give one and holds the blob; the default
+    /// (local disk): `None`, the mirror serves the bytes.
+    fn blob_url<'a>(
+        &'a self,
+        digest: &'a Digest,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<String>> {
+        let _ = (digest, ttl);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Claims the upstream fetch of blob `digest` for `owner` (this replica's advertised
     /// URL) for `ttl`, unless another live claim holds it. A lease of `owner` itself (left
     /// by an earlier life of this replica) counts as expired. The default (one machine):

@@ -463,6 +463,29 @@ impl Store for S3Store {
         counted("remove_tag", self.forget_tag(tag))
     }
 
+    fn blob_url<'a>(
+        &'a self,
+        digest: &'a Digest,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<String>> {
+        counted("blob_url", async move {
+            let key = self.blob_key(digest)?;
+            match self.bucket.head(&key).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            let url = object_store::signer::Signer::signed_url(
+                &*self.bucket,
+                http::Method::GET,
+                &key,
+                ttl,
+            )
+            .await?;
+            Ok(Some(url.to_string()))
+        })
+    }
+
     fn claim_fetch<'a>(
         &'a self,
         digest: &'a Digest,
