@@ -256,14 +256,6 @@ fn a_bucket_that_cannot_be_used_stops_serve_at_start_with_a_clear_line() {
             s3::SECRET_KEY,
             "maxSize",
         ),
-        (
-            format!(
-                "{}\n  localCache:\n    maxSize: 1GiB",
-                bucket.storage_yaml("")
-            ),
-            s3::SECRET_KEY,
-            "storage.localCache.maxSize",
-        ),
     ];
     for (yaml, secret, expected) in cases {
         let failed = start(&yaml, secret);

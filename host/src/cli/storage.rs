@@ -40,7 +40,6 @@ pub(crate) async fn open(
             Ok(Arc::new(store))
         }
         Backend::S3(s3) => {
-            not_yet(settings)?;
             let opts = S3Options {
                 bucket: s3.bucket.clone(),
                 prefix: s3.prefix.clone(),
@@ -54,23 +53,11 @@ pub(crate) async fn open(
             };
             let store = S3Store::open(opts, &settings.storage.local_path)
                 .await
-                .map_err(FatalError::Storage)?;
+                .map_err(FatalError::Storage)?
+                .with_local_bound(settings.storage.local_max_size);
             Ok(Arc::new(store))
         }
     }
-}
-
-/// Refuses the `storage` keys that are read but not carried out yet, rather than
-/// ignoring them.
-fn not_yet(settings: &Settings) -> Result<(), FatalError> {
-    if settings.storage.local_max_size.is_some() {
-        return Err(FatalError::StorageUnsupported {
-            what: "storage.localCache.maxSize".into(),
-            why: "the local copy is not bounded yet; remove the key and size the volume \
-                  holding localCache.path instead",
-        });
-    }
-    Ok(())
 }
 
 /// Why the inventory cannot work on a bucket yet (it reads the filesystem layout, so on a

@@ -152,6 +152,8 @@ pub(super) struct FillTarget {
     /// The local root (staging) and the local copy's path.
     pub(super) local_root: PathBuf,
     pub(super) local: PathBuf,
+    /// The local copy's bound, if any.
+    pub(super) bound: Option<Arc<super::bound::LocalBound>>,
 }
 
 /// Starts filling the local copy of blob `digest` from the bucket in the background,
@@ -196,7 +198,11 @@ async fn fill(t: &FillTarget, digest: &Digest) -> Result<(), StoreError> {
         file.sync_all().await?;
         drop(file);
         tokio::fs::rename(&temp, &t.local).await?;
-        Ok::<_, StoreError>(sync_dir(t.local.parent()).await?)
+        sync_dir(t.local.parent()).await?;
+        if let Some(b) = &t.bound {
+            b.added(&t.local_root);
+        }
+        Ok::<_, StoreError>(())
     }
     .await;
     if result.is_err() {

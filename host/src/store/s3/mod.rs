@@ -14,6 +14,7 @@
 //! entries.
 
 mod blobs;
+mod bound;
 mod client;
 mod fallback;
 mod leases;
@@ -117,6 +118,8 @@ pub struct S3Store {
     /// Uploads running at once: each holds up to one part in memory, and clients already
     /// have their bytes, so a queue costs only how soon the others see the blob.
     uploads: tokio::sync::Semaphore,
+    /// `storage.localCache.maxSize`, when set.
+    bound: Option<Arc<bound::LocalBound>>,
     /// Serialises this process's tag record updates (the conditional writes handle the
     /// other processes).
     tag_lock: tokio::sync::Mutex<()>,
@@ -180,8 +183,23 @@ impl S3Store {
             local_root: local_root.to_owned(),
             fills: Arc::default(),
             uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
+            bound: None,
             tag_lock: tokio::sync::Mutex::const_new(()),
         })
+    }
+
+    /// Bounds the local copy of blobs to `max` bytes (`storage.localCache.maxSize`): the least
+    /// recently used copies go (the bucket keeps every blob).
+    pub fn with_local_bound(mut self, max: Option<u64>) -> Self {
+        self.bound = max.map(bound::LocalBound::new);
+        self
+    }
+
+    /// A local copy was added: trims the copies when bounded.
+    fn copy_added(&self) {
+        if let Some(b) = &self.bound {
+            b.added(&self.local_root);
+        }
     }
 
     /// The object key of `relative` (a layout key) under the prefix.
@@ -211,6 +229,9 @@ impl S3Store {
 
     async fn open_stored(&self, digest: &Digest) -> Result<Option<StoredBlob>, StoreError> {
         if let Some(local) = super::fs::open_blob_file(self.local_blob(digest)).await? {
+            if self.bound.is_some() {
+                bound::touch(self.local_blob(digest));
+            }
             return Ok(Some(local));
         }
         let key = self.blob_key(digest)?;
@@ -226,6 +247,7 @@ impl S3Store {
                 key: key.clone(),
                 local_root: self.local_root.clone(),
                 local: self.local_blob(digest),
+                bound: self.bound.clone(),
             },
             digest.clone(),
         );
@@ -257,6 +279,7 @@ impl S3Store {
         // themselves.
         tokio::fs::rename(temp, &local).await?;
         super::files::sync_dir(local.parent()).await?;
+        self.copy_added();
         if uploaded? {
             crate::metrics::global().disk_added(ContentKind::Blob, size);
         }

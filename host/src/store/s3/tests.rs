@@ -553,3 +553,48 @@ async fn an_expired_fetch_lease_is_taken_over() {
     let again = owned(a.claim_fetch(&digest, "http://a:1", TTL).await.unwrap()).await;
     again.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_local_copy_keeps_the_recently_used_and_reads_the_rest_from_the_bucket() {
+    let Some(s3) = S3sFs::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let store = S3Store::open(s3.options(), local.path())
+        .await
+        .unwrap()
+        .with_local_bound(Some(1_000_000));
+    let blobs: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 400_000]).collect();
+    let mut digests = Vec::new();
+    for data in &blobs {
+        digests.push(commit_bytes(&store, data).await);
+    }
+    let copies = || -> Vec<PathBuf> {
+        std::fs::read_dir(local.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let size = |files: &[PathBuf]| -> u64 {
+        files
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let mut settled = false;
+    for _ in 0..500 {
+        if size(&copies()) <= 900_000 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(settled, "local copies still hold {} bytes", size(&copies()));
+    assert!(!copies().is_empty(), "the newest copy stays");
+    assert!(
+        layout::blob(local.path(), digests[3].hex()).is_file(),
+        "the most recently written copy stays"
+    );
+    // Every blob is still served, from the copy or from the bucket.
+    for (data, digest) in blobs.iter().zip(&digests) {
+        assert_eq!(&read_all(&store, digest).await, data);
+    }
+}
