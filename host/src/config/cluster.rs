@@ -10,7 +10,7 @@ use ociregistry_plugin_api::Secret;
 use serde::Deserialize;
 
 use super::ConfigError;
-use super::error::Source;
+use super::error::{Rejected, Source};
 use super::file::{ConfigDuration, SecretString};
 use super::position::Step::Key;
 
@@ -109,7 +109,7 @@ impl ClusterSettings {
                 ));
             }
         };
-        let advertise = check_advertise(&advertise).map_err(|m| invalid(advertise_key, m))?;
+        let advertise = check_advertise(&advertise).map_err(|m| invalid(advertise_key, m.0))?;
         let (token, token_key) = match (&c.token, &c.token_from_env) {
             (Some(_), Some(_)) => {
                 return Err(src.invalid(
@@ -148,7 +148,7 @@ impl ClusterSettings {
 
 /// `http(s)://host[:port]` or `host[:port]` (read as `http://`), no path, query or user:
 /// the base URL peers reach this replica's pull port at.
-fn check_advertise(raw: &str) -> Result<String, String> {
+fn check_advertise(raw: &str) -> Result<String, Rejected> {
     let raw = raw.trim();
     let with_scheme = if raw.contains("://") {
         raw.to_owned()
@@ -156,20 +156,22 @@ fn check_advertise(raw: &str) -> Result<String, String> {
         format!("http://{raw}")
     };
     let url = url::Url::parse(&with_scheme)
-        .map_err(|e| format!("{raw:?} is not a URL or host[:port] ({e})"))?;
+        .map_err(|e| Rejected(format!("{raw:?} is not a URL or host[:port] ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{raw:?}: the scheme must be http or https"));
+        return Err(Rejected(format!(
+            "{raw:?}: the scheme must be http or https"
+        )));
     }
     let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-        return Err(format!("{raw:?} names no host"));
+        return Err(Rejected(format!("{raw:?} names no host")));
     };
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{raw:?}: no user or password here"));
+        return Err(Rejected(format!("{raw:?}: no user or password here")));
     }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{raw:?}: scheme://host[:port] only (no path or query)"
-        ));
+        )));
     }
     Ok(match url.port() {
         Some(p) => format!("{}://{host}:{p}", url.scheme()),

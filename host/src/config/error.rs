@@ -145,3 +145,9 @@ impl Source<'_> {
         }
     }
 }
+
+/// Why a value was not accepted, in words for its key's error (the value checks of the
+/// `storage` and `cluster` sections; the key and line are added where it is reported).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use super::ConfigError;
-use super::error::Source;
+use super::error::{Rejected, Source};
 use super::inventory::ByteSize;
 use super::position::Step::{self, Key};
 
@@ -215,13 +215,13 @@ fn s3_at(key: &str) -> [Step<'_>; 3] {
 fn s3_settings(src: Source<'_>, s3: &S3Config) -> Result<S3Settings, ConfigError> {
     let invalid =
         |key: &str, message: String| src.invalid(format!("storage.s3.{key}"), &s3_at(key), message);
-    check_bucket(&s3.bucket).map_err(|m| invalid("bucket", m))?;
+    check_bucket(&s3.bucket).map_err(|m| invalid("bucket", m.0))?;
     let prefix = match &s3.prefix {
-        Some(p) => normalise_prefix(p).map_err(|m| invalid("prefix", m))?,
+        Some(p) => normalise_prefix(p).map_err(|m| invalid("prefix", m.0))?,
         None => String::new(),
     };
     let region = match &s3.region {
-        Some(r) => check_region(r).map_err(|m| invalid("region", m))?,
+        Some(r) => check_region(r).map_err(|m| invalid("region", m.0))?,
         None => DEFAULT_S3_REGION.to_owned(),
     };
     let endpoint = s3
@@ -229,7 +229,7 @@ fn s3_settings(src: Source<'_>, s3: &S3Config) -> Result<S3Settings, ConfigError
         .as_deref()
         .map(check_endpoint)
         .transpose()
-        .map_err(|m| invalid("endpoint", m))?;
+        .map_err(|m| invalid("endpoint", m.0))?;
     Ok(S3Settings {
         bucket: s3.bucket.clone(),
         prefix,
@@ -296,33 +296,37 @@ fn credentials(src: Source<'_>, s3: &S3Config) -> Result<Option<S3Credentials>, 
 /// S3's bucket naming rules: 3 to 63 characters, lowercase letters, digits, `.` and `-`,
 /// starting and ending with a letter or digit, no `..`, not an IPv4 address, none of the
 /// reserved prefixes and suffixes.
-fn check_bucket(b: &str) -> Result<(), String> {
+fn check_bucket(b: &str) -> Result<(), Rejected> {
     let rules = "3 to 63 characters: lowercase letters, digits, '.' and '-', \
                  starting and ending with a letter or digit";
     if !(3..=63).contains(&b.len()) {
-        return Err(format!("{b:?} is not a valid bucket name ({rules})"));
+        return Err(Rejected(format!(
+            "{b:?} is not a valid bucket name ({rules})"
+        )));
     }
     if let Some(c) = b
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-')))
     {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{b:?} is not a valid bucket name: {c:?} is not allowed ({rules})"
-        ));
+        )));
     }
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !alnum(b.chars().next()) || !alnum(b.chars().last()) {
-        return Err(format!("{b:?} is not a valid bucket name ({rules})"));
+        return Err(Rejected(format!(
+            "{b:?} is not a valid bucket name ({rules})"
+        )));
     }
     if b.contains("..") {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{b:?} is not a valid bucket name: two periods in a row"
-        ));
+        )));
     }
     if b.parse::<std::net::Ipv4Addr>().is_ok() {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{b:?} is not a valid bucket name: it is formatted as an IP address"
-        ));
+        )));
     }
     let reserved = ["xn--", "sthree-", "amzn-s3-demo-"]
         .iter()
@@ -331,48 +335,50 @@ fn check_bucket(b: &str) -> Result<(), String> {
             .iter()
             .any(|s| b.ends_with(s));
     if reserved {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{b:?} is not a valid bucket name: it uses a prefix or suffix S3 reserves"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// The prefix without leading `/` and with one trailing `/` (empty stays empty); no empty,
 /// `.` or `..` segments, no control characters.
-fn normalise_prefix(p: &str) -> Result<String, String> {
+fn normalise_prefix(p: &str) -> Result<String, Rejected> {
     let trimmed = p.trim_matches('/');
     if trimmed.is_empty() {
         return Ok(String::new());
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(format!("{p:?} holds a control character"));
+        return Err(Rejected(format!("{p:?} holds a control character")));
     }
     if trimmed
         .split('/')
         .any(|s| s.is_empty() || s == "." || s == "..")
     {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{p:?}: empty, '.' and '..' segments are not allowed"
-        ));
+        )));
     }
     let prefix = format!("{trimmed}/");
     if prefix.len() > MAX_S3_PREFIX_LEN {
-        return Err(format!("is longer than {MAX_S3_PREFIX_LEN} bytes"));
+        return Err(Rejected(format!(
+            "is longer than {MAX_S3_PREFIX_LEN} bytes"
+        )));
     }
     Ok(prefix)
 }
 
 /// A region name: letters, digits, `-` and `_`, at most 64 characters.
-fn check_region(r: &str) -> Result<String, String> {
+fn check_region(r: &str) -> Result<String, Rejected> {
     let ok = !r.is_empty()
         && r.len() <= 64
         && r.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
     if !ok {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{r:?} is not a region name (letters, digits, '-' and '_', e.g. eu-west-1)"
-        ));
+        )));
     }
     Ok(r.to_owned())
 }
@@ -380,7 +386,7 @@ fn check_region(r: &str) -> Result<String, String> {
 /// An `http://` or `https://` URL with a host, an optional port and nothing else, as
 /// `scheme://host[:port]`. The value is not echoed when it holds user info (it may be a
 /// credential).
-fn check_endpoint(e: &str) -> Result<String, String> {
+fn check_endpoint(e: &str) -> Result<String, Rejected> {
     let example = "e.g. http://127.0.0.1:9000 or https://s3.example.com";
     // `user:secret@` may be there even when the URL does not parse: then it is not echoed.
     let shown = if e.contains('@') {
@@ -388,28 +394,28 @@ fn check_endpoint(e: &str) -> Result<String, String> {
     } else {
         format!("{e:?}")
     };
-    let url =
-        url::Url::parse(e).map_err(|err| format!("{shown} is not a URL ({err}; {example})"))?;
+    let url = url::Url::parse(e)
+        .map_err(|err| Rejected(format!("{shown} is not a URL ({err}; {example})")))?;
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(
+        return Err(Rejected(
             "holds user info: give credentials with accessKeyIdFromEnv and \
              secretAccessKeyFromEnv, never in the URL"
                 .to_owned(),
-        );
+        ));
     }
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{e:?}: the scheme must be http or https ({example})"
-        ));
+        )));
     }
     let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-        return Err(format!("{e:?} has no host ({example})"));
+        return Err(Rejected(format!("{e:?} has no host ({example})")));
     };
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
+        return Err(Rejected(format!(
             "{e:?} has a path, query or fragment: give only scheme, host and port \
              (the bucket goes in storage.s3.bucket, a key prefix in storage.s3.prefix)"
-        ));
+        )));
     }
     Ok(match url.port() {
         Some(port) => format!("{}://{host}:{port}", url.scheme()),
@@ -481,9 +487,11 @@ mod tests {
         ] {
             assert!(check_endpoint(bad).is_err(), "{bad}");
         }
-        let e = check_endpoint("http://AKIA:hunter2@a.example").unwrap_err();
+        let e = check_endpoint("http://AKIA:hunter2@a.example")
+            .unwrap_err()
+            .0;
         assert!(!e.contains("hunter2") && e.contains("user info"), "{e}");
-        let e = check_endpoint("http://AKIA:hunter2@").unwrap_err();
+        let e = check_endpoint("http://AKIA:hunter2@").unwrap_err().0;
         assert!(!e.contains("hunter2"), "{e}");
     }
 

@@ -79,14 +79,24 @@ pub(super) fn build(opts: &S3Options, profile: Profile) -> Result<Arc<AmazonS3>,
 
 /// Checks that the bucket exists and that the credentials may list and read it: one listing
 /// of a key prefix under which nothing is stored, bounded by [`OPEN_TIMEOUT`].
-/// Returns what failed, in words for the operator.
-pub(super) async fn probe(bucket: &AmazonS3, key: &Key) -> Result<(), String> {
+/// The failure is a [`StoreError::Bucket`] naming `name` at `place` and what failed.
+pub(super) async fn probe(
+    bucket: &AmazonS3,
+    key: &Key,
+    name: &str,
+    place: &str,
+) -> Result<(), StoreError> {
     let listing = bucket.list_with_delimiter(Some(key));
-    match tokio::time::timeout(OPEN_TIMEOUT, listing).await {
-        Err(_) => Err(format!("no answer within {} s", OPEN_TIMEOUT.as_secs())),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(failure(&e)),
-    }
+    let reason = match tokio::time::timeout(OPEN_TIMEOUT, listing).await {
+        Ok(Ok(_)) => return Ok(()),
+        Err(_) => format!("no answer within {} s", OPEN_TIMEOUT.as_secs()),
+        Ok(Err(e)) => failure(&e),
+    };
+    Err(StoreError::Bucket {
+        bucket: name.to_owned(),
+        endpoint: place.to_owned(),
+        reason,
+    })
 }
 
 /// A small JSON object (tag record, lease) as read (`None` inside: unreadable) and the

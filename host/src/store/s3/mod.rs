@@ -169,9 +169,7 @@ impl S3Store {
         let probe_key = Key::parse(format!("{}{}", opts.prefix, layout::PROBE_KEY))
             .map_err(|e| client::bucket_error(&opts, format!("bad prefix: {e}")))?;
         let probe = client::build(&opts, client::Profile::Probe)?;
-        client::probe(&probe, &probe_key)
-            .await
-            .map_err(|reason| client::bucket_error(&opts, reason))?;
+        client::probe(&probe, &probe_key, &opts.bucket, &client::where_is(&opts)).await?;
         Ok(S3Store {
             bucket: client::build(&opts, client::Profile::Requests)?,
             streams: client::build(&opts, client::Profile::Streams)?,
@@ -376,13 +374,7 @@ impl Store for S3Store {
     fn check_remote(&self) -> StoreFuture<'_, ()> {
         counted("check", async move {
             let key = self.key(layout::PROBE_KEY)?;
-            client::probe(&self.probe, &key)
-                .await
-                .map_err(|reason| StoreError::Bucket {
-                    bucket: self.bucket_name.clone(),
-                    endpoint: self.place.clone(),
-                    reason,
-                })
+            client::probe(&self.probe, &key, &self.bucket_name, &self.place).await
         })
     }
 
