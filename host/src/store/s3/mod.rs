@@ -41,7 +41,7 @@ use crate::oci::reference::Digest;
 use blobs::{FillTarget, Fills, ObjectBlob};
 
 /// Blob uploads to the bucket at once (memory: one part of [`blobs::PART_SIZE`] each).
-const UPLOADS_AT_ONCE: usize = 2;
+const UPLOADS_AT_ONCE: usize = 1;
 
 /// Where the bucket is and how to sign in to it (plain values; the configuration maps to
 /// it). Its `Debug` shows no secret (nor a password in the endpoint URL).
