@@ -411,22 +411,13 @@ fn stored_body(
     repo: &RepoName,
     stored: StoredBlob,
 ) -> UpstreamBody {
-    use futures_util::TryStreamExt;
-    let total = stored.size();
-    let body = stored
-        .read(0, total)
-        .map_err(crate::upstream::BodyError::from);
-    UpstreamBody {
-        total: Some(total),
-        body: Box::pin(body),
-        resume: None,
-        idle_timeout: upstream.timeout(),
-        upstream: upstream.name.clone(),
-        repo: repo.to_string(),
-        max_size: app.downloads.slots.limits().max_blob_size,
-        lease: None,
-        other_source: Some("the store".to_owned()),
-    }
+    UpstreamBody::from_stored(
+        stored,
+        upstream.timeout(),
+        upstream.name.clone(),
+        repo.to_string(),
+        app.downloads.slots.limits().max_blob_size,
+    )
 }
 
 /// Asks the upstream for blob `digest`.

@@ -141,6 +141,31 @@ impl Drop for LeaseHold {
     }
 }
 
+impl UpstreamBody {
+    /// A stored blob read as a download's body (copied here from a shared store, and
+    /// verified again on the way like any body).
+    pub fn from_stored(
+        stored: crate::store::StoredBlob,
+        idle_timeout: Duration,
+        upstream: String,
+        repo: String,
+        max_size: u64,
+    ) -> Self {
+        let total = stored.size();
+        UpstreamBody {
+            total: Some(total),
+            body: Box::pin(stored.read(0, total).map_err(BodyError::from)),
+            resume: None,
+            idle_timeout,
+            upstream,
+            repo,
+            max_size,
+            lease: None,
+            other_source: Some("the store".to_owned()),
+        }
+    }
+}
+
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
@@ -433,17 +458,13 @@ impl Downloads {
             // Stored by another replica in the shared store, not on this disk: copied here
             // through the same verified fill, which this download's readers follow.
             if let Ok(Some(blob)) = store.open_blob(&d.digest).await {
-                let src = UpstreamBody {
-                    total: Some(total),
-                    body: Box::pin(blob.read(0, total).map_err(BodyError::from)),
-                    resume: None,
-                    idle_timeout: STORE_IDLE_TIMEOUT,
-                    upstream: "the shared store".into(),
-                    repo: String::new(),
-                    max_size: self.slots.limits().max_blob_size,
-                    lease: None,
-                    other_source: Some("the store".to_owned()),
-                };
+                let src = UpstreamBody::from_stored(
+                    blob,
+                    STORE_IDLE_TIMEOUT,
+                    "the shared store".into(),
+                    String::new(),
+                    self.slots.limits().max_blob_size,
+                );
                 self.finish(&store, &d, src).await;
                 return;
             }

@@ -28,6 +28,22 @@ pub struct TagRecord {
     pub accessed_at: Option<u64>,
 }
 
+impl TagRecord {
+    /// Records that the tag resolved to `digest` of `media_type` at `fetched_at` (Unix
+    /// seconds): newest first, one entry per media type.
+    pub fn resolved(&mut self, media_type: &str, digest: &Digest, fetched_at: u64) {
+        self.entries.retain(|e| e.media_type != media_type);
+        self.entries.insert(
+            0,
+            TagEntry {
+                media_type: media_type.to_owned(),
+                digest: digest.to_string(),
+                fetched_at,
+            },
+        );
+    }
+}
+
 /// Serialises read-modify-write updates of tag records within this process (a fetch
 /// recording a new digest and a flush of access times must not undo each other).
 static RECORD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -100,15 +116,7 @@ pub(super) async fn put(
     let _guard = RECORD_LOCK.lock().await;
     let path = record_path(root, t);
     let mut record = read(&path).await.unwrap_or_default();
-    record.entries.retain(|e| e.media_type != media_type);
-    record.entries.insert(
-        0,
-        TagEntry {
-            media_type: media_type.to_owned(),
-            digest: digest.to_string(),
-            fetched_at: crate::timefmt::now(),
-        },
-    );
+    record.resolved(media_type, digest, crate::timefmt::now());
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }

@@ -118,6 +118,36 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     Ok(Some((serde_json::from_slice(&bytes).ok(), e_tag)))
 }
 
+/// Writes the JSON `json` as the object `key` with `mode` (a conditional create or
+/// update); `Some(new ETag)`, or `None` when another writer was first (the condition failed).
+pub(super) async fn write_json(
+    bucket: &AmazonS3,
+    key: &Key,
+    json: Vec<u8>,
+    mode: object_store::PutMode,
+) -> Result<Option<Option<String>>, StoreError> {
+    let mut attributes = object_store::Attributes::new();
+    attributes.insert(
+        object_store::Attribute::ContentType,
+        "application/json".into(),
+    );
+    let opts = object_store::PutOptions {
+        mode,
+        attributes,
+        ..object_store::PutOptions::default()
+    };
+    match bucket
+        .put_opts(key, bytes::Bytes::from(json).into(), opts)
+        .await
+    {
+        Ok(put) => Ok(Some(put.e_tag)),
+        Err(
+            object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. },
+        ) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What an error at open means, for the operator (no secret: object_store's messages
 /// carry the URL and the server's answer, never the signing key). Listing errors come back
 /// as generic ones, so the status and S3 code are read from the text.

@@ -17,12 +17,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use object_store::aws::AmazonS3;
 use object_store::path::Path as Key;
-use object_store::{
-    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion,
-};
+use object_store::{ObjectStoreExt, PutMode, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
 use super::S3Store;
@@ -74,21 +71,8 @@ async fn write(
     record: &LeaseRecord,
     mode: PutMode,
 ) -> Result<Option<Option<String>>, StoreError> {
-    let mut attributes = Attributes::new();
-    attributes.insert(Attribute::ContentType, "application/json".into());
-    let opts = PutOptions {
-        mode,
-        attributes,
-        ..PutOptions::default()
-    };
-    let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    match bucket.put_opts(key, Bytes::from(bytes).into(), opts).await {
-        Ok(put) => Ok(Some(put.e_tag)),
-        Err(
-            object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. },
-        ) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    super::client::write_json(bucket, key, json, mode).await
 }
 
 fn update(e_tag: Option<String>) -> PutMode {

@@ -5,18 +5,15 @@
 
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use object_store::path::Path as Key;
-use object_store::{
-    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion,
-};
+use object_store::{ObjectStoreExt, PutMode, UpdateVersion};
 
 use super::S3Store;
 use crate::oci::reference::Digest;
 use crate::store::backend::TagKey;
 use crate::store::error::StoreError;
 use crate::store::layout;
-use crate::store::tags::{TagEntry, TagRecord};
+use crate::store::tags::TagRecord;
 
 /// How many times a tag record update is tried when another writer changed it meanwhile.
 const TAG_ATTEMPTS: usize = 5;
@@ -42,7 +39,6 @@ impl S3Store {
     ) -> Result<Option<bool>, StoreError> {
         let _guard = self.tag_lock.lock().await;
         let key = self.tag_key(t)?;
-        let mut last = None;
         for _ in 0..TAG_ATTEMPTS {
             let read = self.read_tag(&key).await?;
             let (current, e_tag) = match read {
@@ -62,33 +58,22 @@ impl S3Store {
                 }),
                 None => PutMode::Create,
             };
-            let mut attributes = Attributes::new();
-            attributes.insert(Attribute::ContentType, "application/json".into());
-            let opts = PutOptions {
-                mode,
-                attributes,
-                ..PutOptions::default()
-            };
-            let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
-            match self
-                .bucket
-                .put_opts(&key, Bytes::from(bytes).into(), opts)
-                .await
+            let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+            if super::client::write_json(&self.bucket, &key, json, mode)
+                .await?
+                .is_some()
             {
-                Ok(_) => {
-                    self.keep_tag(t, &record).await;
-                    return Ok(Some(true));
-                }
-                Err(
-                    e @ (object_store::Error::Precondition { .. }
-                    | object_store::Error::AlreadyExists { .. }),
-                ) => last = Some(e),
-                Err(e) => return Err(e.into()),
+                self.keep_tag(t, &record).await;
+                return Ok(Some(true));
             }
         }
-        Err(last
-            .map(StoreError::from)
-            .unwrap_or_else(|| std::io::Error::other("tag record update kept losing").into()))
+        // As the bucket answered the last write: its condition failed.
+        Err(object_store::Error::Precondition {
+            path: key.to_string(),
+            source: format!("the record kept changing under {TAG_ATTEMPTS} conditional writes")
+                .into(),
+        }
+        .into())
     }
 
     pub(super) async fn tag_last_modified(
@@ -119,15 +104,7 @@ impl S3Store {
     ) -> Result<(), StoreError> {
         self.update_tag(tag, |current| {
             let mut record = current.unwrap_or_default();
-            record.entries.retain(|e| e.media_type != media_type);
-            record.entries.insert(
-                0,
-                TagEntry {
-                    media_type: media_type.to_owned(),
-                    digest: digest.to_string(),
-                    fetched_at: crate::timefmt::now(),
-                },
-            );
+            record.resolved(media_type, digest, crate::timefmt::now());
             Some((record, true))
         })
         .await?;
