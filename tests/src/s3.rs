@@ -172,6 +172,22 @@ impl S3Server {
         std::fs::read(self.data.path().join(&self.bucket).join(key)).ok()
     }
 
+    /// Writes object `key` (as another writer of the bucket would), through the server's
+    /// data directory.
+    pub fn put_object(&self, key: &str, bytes: &[u8]) {
+        let path = self.data.path().join(&self.bucket).join(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("object directory");
+        }
+        std::fs::write(path, bytes).expect("object written");
+    }
+
+    /// Removes object `key` through the server's data directory.
+    pub fn delete_object(&self, key: &str) {
+        std::fs::remove_file(self.data.path().join(&self.bucket).join(key))
+            .expect("object removed");
+    }
+
     /// The server's log.
     pub fn log(&self) -> String {
         self.proc

@@ -221,7 +221,7 @@ fn with_the_bucket_down_local_copies_are_served_and_its_return_needs_no_restart(
 
 /// A bucket `serve` cannot use stops it at start, with one line naming the bucket, where it
 /// is and what failed, and never the secret: wrong keys, a missing bucket, nothing
-/// listening. Inventory features that cannot work on a bucket yet are refused the same way.
+/// listening.
 #[test]
 fn a_bucket_that_cannot_be_used_stops_serve_at_start_with_a_clear_line() {
     if !tools() {
@@ -250,11 +250,6 @@ fn a_bucket_that_cannot_be_used_stops_serve_at_start_with_a_clear_line() {
                 .replace("mirror-cache", "no-such-bucket"),
             s3::SECRET_KEY,
             "no such bucket",
-        ),
-        (
-            format!("{}\nmaxSize: 1GiB", bucket.storage_yaml("")),
-            s3::SECRET_KEY,
-            "maxSize",
         ),
     ];
     for (yaml, secret, expected) in cases {
@@ -665,4 +660,232 @@ fn with_redirect_warm_blobs_answer_307_to_a_presigned_bucket_url() {
         &img,
         "through redirects",
     );
+}
+
+/// `ociregistry` run with the replicas' config (and the bucket's keys), for the inventory
+/// verbs; returns stdout after checking that it succeeded and showed no secret.
+fn verb_on_bucket(config: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(ociregistry_e2e::proxy::ociregistry_bin());
+    cmd.arg("--config-file")
+        .arg(config)
+        .args(args)
+        .env("NO_COLOR", "1");
+    for (k, v) in S3Server::env() {
+        cmd.env(k, v);
+    }
+    let (ok, out, err) = ociregistry_e2e::procs::run_with_timeout(cmd, Duration::from_secs(120));
+    assert!(ok, "{args:?} failed:\nstdout: {out}\nstderr: {err}");
+    assert!(!format!("{out}{err}").contains(s3::SECRET_KEY));
+    out
+}
+
+/// The references `list --output json` shows.
+fn listed(config: &std::path::Path) -> Vec<String> {
+    let out = verb_on_bucket(config, &["list", "--output", "json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("list: not JSON ({e}): {out}"));
+    let mut refs: Vec<String> = v["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| i["reference"].as_str().expect("reference").to_owned())
+        .collect();
+    refs.sort();
+    refs
+}
+
+/// `list` and `prune` run with the replicas' config see the bucket: what any replica cached
+/// is listed, and what a prune removes is gone for every replica (their next pull asks the
+/// upstream), while the rest stays served from the bucket.
+#[test]
+fn list_and_prune_on_the_bucket_are_seen_by_every_replica() {
+    if !tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let keep = images::seed(
+        &up,
+        &images::unique_repo("keep"),
+        "v1",
+        ImageKind::small_oci(),
+    );
+    let drop = images::seed(
+        &up,
+        &images::unique_repo("drop"),
+        "v1",
+        ImageKind::small_oci(),
+    );
+    let bucket = S3Server::start("mirror-cache");
+    let prefix = "fleet/";
+    let a = replica(&up, &bucket, prefix);
+    let b = replica(&up, &bucket, prefix);
+    let c = replica(&up, &bucket, prefix);
+    let host = up.host();
+    a.pull_and_verify(Route::Ns(&host), &keep);
+    b.pull_and_verify(Route::Ns(&host), &drop);
+    let all_blobs = keep.blobs().len() + drop.blobs().len();
+    wait_for(
+        "every blob in the bucket",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (verify_bucket(&bucket, prefix).0 >= all_blobs).then_some(()),
+    );
+
+    // Run beside replica a (whose local copy has only `keep`): the bucket has both.
+    let mut both = vec![keep.reference(), drop.reference()];
+    both.sort();
+    assert_eq!(listed(&a.config_path), both);
+
+    let out = verb_on_bucket(
+        &a.config_path,
+        &[
+            "prune",
+            "--pattern",
+            &format!("/{}:", drop.repo),
+            "--grace",
+            "0s",
+            "--output",
+            "json",
+        ],
+    );
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("prune plan JSON");
+    assert_eq!(plan["dryRun"], false, "{out}");
+    assert_eq!(plan["tags"], serde_json::json!([drop.reference()]), "{out}");
+    let mut gone: Vec<String> = drop.blobs().iter().map(|b| b.digest.clone()).collect();
+    gone.sort();
+    assert_eq!(plan["blobs"], serde_json::json!(gone), "{out}");
+    assert!(plan.get("errors").is_none(), "{out}");
+
+    // The bucket holds `keep` alone, every object still under its verified digest.
+    assert_eq!(verify_bucket(&bucket, prefix).0, keep.blobs().len());
+    let keys = bucket.keys();
+    assert!(
+        !keys.iter().any(|k| k.contains(&drop.repo)),
+        "the pruned tag record is gone: {keys:?}"
+    );
+    assert_eq!(listed(&b.config_path), vec![keep.reference()]);
+
+    // Every replica sees it: `keep` is served with no upstream request; `drop` is asked
+    // for again, manifest and blobs (replica c never pulled either; b cached `drop`).
+    let before = up.total_requests();
+    c.pull_and_verify(Route::Ns(&host), &keep);
+    assert_eq!(up.total_requests(), before, "keep came from the bucket");
+    let tag_path = format!("{}/manifests/{}", drop.repo, drop.tag);
+    let asked = up.count_requests("", &tag_path);
+    b.pull_and_verify(Route::Ns(&host), &drop);
+    assert!(
+        up.count_requests("", &tag_path) > asked,
+        "replica b did not ask the upstream for the pruned tag"
+    );
+    // b still has verified local copies of the pruned blobs (swept after a few idle
+    // minutes); c has none and fetches them again, for the bucket.
+    let blob_gets = up.count_requests("GET", "/blobs/");
+    c.pull_and_verify(Route::Ns(&host), &drop);
+    assert_eq!(
+        up.count_requests("GET", "/blobs/"),
+        blob_gets + drop.blobs().len(),
+        "c fetched each pruned blob once"
+    );
+    wait_for(
+        "the pruned blobs back in the bucket",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (verify_bucket(&bucket, prefix).0 == all_blobs).then_some(()),
+    );
+}
+
+/// `pruneConfig` on three replicas of one bucket runs under the inventory lease: while
+/// another holder has it (written here, as a replica elsewhere would), every replica skips
+/// its runs and the image stays; once it is free, one replica prunes the image from the
+/// bucket, and every replica's next pull asks the upstream.
+#[test]
+fn background_prune_runs_on_one_replica_of_the_bucket() {
+    if !tools() {
+        return;
+    }
+    let mut up = Upstream::anonymous();
+    let drop = images::seed(
+        &up,
+        &images::unique_repo("bgdrop"),
+        "v1",
+        ImageKind::small_oci(),
+    );
+    let bucket = S3Server::start("mirror-cache");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let lease =
+        serde_json::json!({"owner": "a replica elsewhere", "id": "e2e", "expiresAt": now + 3600});
+    bucket.put_object("leases/inventory", lease.to_string().as_bytes());
+    let prune = format!(
+        "pruneConfig:\n  enabled: true\n  type: pattern\n  expr: '/{}:'\n  frequency: 1s\npruneGrace: 0s",
+        drop.repo
+    );
+    let host = up.host();
+    let start = || {
+        let mut b = Proxy::builder()
+            .upstream(&up)
+            .default_ns(&host)
+            .log_level("debug")
+            .config_line(&bucket.storage_yaml(""))
+            .config_line(&prune);
+        for (k, v) in S3Server::env() {
+            b = b.env(k, v);
+        }
+        b.start()
+    };
+    let replicas = [start(), start(), start()];
+    replicas[0].pull_and_verify(Route::Ns(&host), &drop);
+    let record = |keys: &[String]| keys.iter().any(|k| k.contains(&drop.repo));
+    assert!(record(&bucket.keys()), "the tag record is in the bucket");
+
+    // Held elsewhere: each replica skips a run that started after the pull, and the image
+    // stays.
+    const SKIP: &str = "another replica holds the inventory lease";
+    let seen: Vec<usize> = replicas
+        .iter()
+        .map(|r| r.log().matches(SKIP).count())
+        .collect();
+    for (r, before) in replicas.iter().zip(&seen) {
+        wait_for(
+            "a skipped background prune",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || (r.log().matches(SKIP).count() > *before).then_some(()),
+        );
+    }
+    assert!(
+        record(&bucket.keys()),
+        "a replica pruned while another held the inventory lease"
+    );
+    assert!(replicas.iter().all(|r| !r.log().contains("pruned")));
+
+    bucket.delete_object("leases/inventory");
+    wait_for(
+        "the background prune of the image",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let keys = bucket.keys();
+            (!record(&keys) && !keys.iter().any(|k| k.starts_with("blobs/"))).then_some(())
+        },
+    );
+    let pruned_it: Vec<usize> = (0..3)
+        .filter(|&i| {
+            replicas[i]
+                .log()
+                .lines()
+                .any(|l| l.contains("pruned") && l.contains("images=1"))
+        })
+        .collect();
+    assert_eq!(
+        pruned_it.len(),
+        1,
+        "exactly one replica pruned the image: {pruned_it:?}"
+    );
+    let tag_path = format!("{}/manifests/{}", drop.repo, drop.tag);
+    let asked = up.count_requests("", &tag_path);
+    replicas[2].pull_and_verify(Route::Ns(&host), &drop);
+    assert!(up.count_requests("", &tag_path) > asked);
 }

@@ -1,6 +1,7 @@
 //! `ociregistry list`: the cached images ([`crate::inventory::images`]) as a table or JSON.
-//! It reads the cache directory directly, so it works whether or not a server is running on
-//! it (a running server's last-pull times reach the disk within 30 seconds).
+//! It reads the store directly (the cache directory, or the bucket every replica shares), so
+//! it works whether or not servers are running on it (a running server's last-pull times
+//! reach the store within 30 seconds).
 
 use std::process::ExitCode;
 
@@ -25,11 +26,9 @@ pub struct ListArgs {
 }
 
 /// `ociregistry list`.
-pub fn list(settings: &Settings, args: &ListArgs) -> Result<ExitCode, FatalError> {
-    super::storage::check_inventory(settings, "list")?;
-    let root = &settings.image_path;
-    super::require_cache(root)?;
-    let images = images::list_images(root, args.pattern.as_deref())?;
+pub async fn list(settings: &Settings, args: &ListArgs) -> Result<ExitCode, FatalError> {
+    let store = super::storage::open_existing(settings).await?;
+    let images = images::list_images(&*store, args.pattern.as_deref()).await?;
     match args.output {
         Output::Json => {
             let total: u64 = images.iter().map(|i| i.size).sum();

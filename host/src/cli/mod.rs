@@ -21,11 +21,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, ConfigError, Overrides};
 use crate::inventory::images::ListError;
 use crate::inventory::invalidate::{RemoveError, TagReferenceError};
-use crate::inventory::lock::{InventoryLock, LOCK_FILE};
 use crate::logging::{self, LogFormat};
 use crate::preload::list::ListError as ImageListError;
 use crate::providers::ProviderSetupError;
 use crate::server::admin::StartError as AdminStartError;
+use crate::store::lock::{InventoryLock, LOCK_FILE};
 use crate::upstream::SetupError as UpstreamSetupError;
 use invalidate::InvalidateArgs;
 use list::ListArgs;
@@ -154,14 +154,6 @@ pub enum FatalError {
     /// The storage backend could not be opened (a bucket that cannot be reached, wrong keys).
     #[error("storage: {0}")]
     Storage(#[source] crate::store::StoreError),
-    /// A storage backend or feature this build cannot provide.
-    #[error("{what}: {why}")]
-    StorageUnsupported {
-        /// The config key (and value) asked for.
-        what: String,
-        /// Why it cannot be had.
-        why: &'static str,
-    },
     /// `list`, `prune` or `invalidate` on a directory that holds no cache.
     #[error("no cache at {} (set --image-path or imagePath)", .0.display())]
     NoCache(PathBuf),
@@ -302,8 +294,8 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         }
         Command::Providers(args) => runtime.block_on(providers::run(&settings, &args)),
         Command::Load(args) => runtime.block_on(load::load(settings, usize::from(args.parallel))),
-        Command::List(args) => list::list(&settings, &args),
-        Command::Prune(args) => prune::prune(&settings, &args),
+        Command::List(args) => runtime.block_on(list::list(&settings, &args)),
+        Command::Prune(args) => runtime.block_on(prune::prune(&settings, &args)),
         Command::Invalidate(args) => runtime.block_on(invalidate::invalidate(&settings, &args)),
     }
 }

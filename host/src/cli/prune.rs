@@ -1,5 +1,6 @@
 //! `ociregistry prune`: removes cached images by pattern or age through
-//! [`crate::inventory::prune`], under the inventory lock, and prints the plan.
+//! [`crate::inventory::prune`], under the inventory lock (on a bucket: the lease every
+//! replica's background prune takes too), and prints the plan.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,10 +45,7 @@ pub struct PruneArgs {
 }
 
 /// `ociregistry prune`.
-pub fn prune(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, FatalError> {
-    super::storage::check_inventory(settings, "prune")?;
-    let root = &settings.image_path;
-    super::require_cache(root)?;
+pub async fn prune(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, FatalError> {
     let spec = CriteriaSpec {
         pattern: args.pattern.clone(),
         accessed_before: args.accessed_before,
@@ -57,12 +55,21 @@ pub fn prune(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, FatalErr
         return Err(FatalError::NoCriteria);
     }
     let grace = args.grace.unwrap_or(settings.inventory.grace);
-    // A server on the same cache may be writing back last-pull times: wait for it.
-    let _lock = (!args.dry_run)
-        .then(|| super::inventory_lock(root))
-        .transpose()?;
-    let plan = prune::run_blocking(root, &spec, args.count, grace, args.dry_run)
-        .map_err(FatalError::Prune)?;
+    let store = super::storage::open_existing(settings).await?;
+    let run = prune::run(&*store, &spec, args.count, grace, args.dry_run);
+    let plan = if args.dry_run {
+        run.await.map(Some)
+    } else {
+        // A server on the same cache may be writing back last-pull times, or (on a bucket)
+        // another replica pruning: wait for it.
+        let owner = format!("ociregistry prune (pid {})", std::process::id());
+        prune::with_lock(&*store, "prune", &owner, true, async {
+            run.await.map(Some)
+        })
+        .await
+    }
+    .map_err(FatalError::Prune)?
+    .ok_or(FatalError::Prune(prune::PruneError::NothingPlanned))?;
     match args.output {
         Output::Json => print_json(&plan)?,
         Output::Table => print_plan(&plan),

@@ -69,7 +69,6 @@ pub async fn serve(settings: Settings) -> Result<(), FatalError> {
         .as_ref()
         .map(server::tls::acceptor_of)
         .transpose()?;
-    super::storage::check_inventory(&settings, "serve")?;
     let store = super::storage::open(&settings, super::storage::Opener::Server).await?;
     let preload_list = match &settings.preload.preload_images {
         Some(path) => Some(preload::read_list(path, &settings.default_ns)?),

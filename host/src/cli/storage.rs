@@ -1,6 +1,5 @@
 //! Opening the cache the config asks for (`storage:`): the filesystem store at `imagePath`
-//! by default, or the S3-compatible bucket with its local copy; and refusing, at start, the
-//! features that do not work on the chosen backend yet. What a store does is
+//! by default, or the S3-compatible bucket with its local copy. What a store does is
 //! [`crate::store`]'s; this file only chooses and opens one.
 
 use std::sync::Arc;
@@ -60,26 +59,12 @@ pub(crate) async fn open(
     }
 }
 
-/// Why the inventory cannot work on a bucket yet (it reads the filesystem layout, so on a
-/// bucket it would see only this machine's local copy).
-const INVENTORY_ON_S3: &str = "works on the filesystem store only so far; with storage.s3 it \
-     would see only this machine's local copy (remove it, or use the filesystem store)";
-
-/// Refuses, before anything starts, inventory features the configured backend cannot do:
-/// `verb` is the command (`list`, `prune`), or `serve` for the background features of the
-/// config (`pruneConfig`, `maxSize`). (`invalidate` works on a bucket.)
-pub(crate) fn check_inventory(settings: &Settings, verb: &str) -> Result<(), FatalError> {
-    if !matches!(settings.storage.backend, Backend::S3(_)) {
-        return Ok(());
+/// Opens the configured store for a verb that reads or prunes an existing cache beside
+/// running servers: on the filesystem, the image path must hold a cache already (nothing
+/// is created there).
+pub(crate) async fn open_existing(settings: &Settings) -> Result<Arc<dyn Store>, FatalError> {
+    if matches!(settings.storage.backend, Backend::Filesystem) {
+        super::require_cache(&settings.image_path)?;
     }
-    let what = match verb {
-        "serve" if settings.inventory.prune.is_some() => "pruneConfig".to_owned(),
-        "serve" if settings.inventory.max_size.is_some() => "maxSize".to_owned(),
-        "serve" => return Ok(()),
-        other => format!("`ociregistry {other}`"),
-    };
-    Err(FatalError::StorageUnsupported {
-        what,
-        why: INVENTORY_ON_S3,
-    })
+    open(settings, Opener::Alongside).await
 }

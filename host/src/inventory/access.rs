@@ -8,25 +8,26 @@
 //! gone.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 pub use crate::mirror::pulls::AccessTracker;
-use crate::oci::reference::RepoName;
-use crate::store::{self, Store, TagKey};
+use crate::oci::reference::{Digest, RepoName};
+use crate::store::{Store, TagKey};
 
 /// Writes every time `tracker` holds to disk; returns how many records were updated. A
 /// write that fails is logged and dropped (access times are advisory).
 pub async fn flush(tracker: &AccessTracker, store: &dyn Store) -> usize {
-    // Held for the whole flush: a prune in another process cannot remove a record
-    // between our read and our write-back.
-    let _lock = match super::lock::InventoryLock::acquire_async(store.local_root().to_owned()).await
-    {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::debug!(error = %e, "no inventory lock for the access flush");
-            None
-        }
-    };
+    // Held for the whole flush: a prune in another process on the same directory cannot
+    // remove a record between our read and our write-back. (On a bucket, tag records are
+    // written back only if unchanged, and access records only for manifests still there.)
+    let _lock =
+        match crate::store::lock::InventoryLock::acquire_async(store.local_root().to_owned()).await
+        {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!(error = %e, "no inventory lock for the access flush");
+                None
+            }
+        };
     let pending = tracker.take();
     let mut written = 0;
     for ((registry, repo, tag), at) in pending.tags {
@@ -46,18 +47,13 @@ pub async fn flush(tracker: &AccessTracker, store: &dyn Store) -> usize {
             }
         }
     }
-    if !pending.digests.is_empty() {
-        let root = store.local_root().to_owned();
-        let digests = pending.digests;
-        let n = tokio::task::spawn_blocking(move || flush_digests(&root, digests))
-            .await
-            .unwrap_or(0);
-        written += n;
-    }
-    written
+    written + flush_digests(store, pending.digests).await
 }
 
-fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -> usize {
+async fn flush_digests(
+    store: &dyn Store,
+    digests: HashMap<(String, String, String), u64>,
+) -> usize {
     let mut by_hex: HashMap<String, (u64, Vec<String>)> = HashMap::new();
     for ((registry, repo, hex), at) in digests {
         let e = by_hex.entry(hex).or_default();
@@ -66,10 +62,21 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
     }
     let mut written = 0;
     for (hex, (at, repos)) in by_hex {
-        if !store::listing::has_manifest(root, &hex) {
+        let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else {
             continue;
+        };
+        match store.has_manifest(&digest).await {
+            Ok(true) => {}
+            // Pruned meanwhile (it stays gone), or the store cannot tell: try later.
+            Ok(false) | Err(_) => continue,
         }
-        let mut rec = store::access::read(root, &hex).unwrap_or_default();
+        let mut rec = match store.get_access(&digest).await {
+            Ok(r) => r.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "could not read the last pull time");
+                continue;
+            }
+        };
         rec.accessed_at = rec.accessed_at.max(at);
         for r in repos {
             if !rec.repositories.contains(&r) {
@@ -77,10 +84,10 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
             }
         }
         rec.repositories.sort();
-        match store::access::write(root, &hex, &rec) {
+        match store.set_access(&digest, Some(&rec)).await {
             Ok(()) => written += 1,
             Err(e) => {
-                tracing::warn!(digest = %hex, error = %e, "could not record the last pull time")
+                tracing::warn!(%digest, error = %e, "could not record the last pull time")
             }
         }
     }
@@ -90,7 +97,6 @@ fn flush_digests(root: &Path, digests: HashMap<(String, String, String), u64>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::reference::Digest;
     use crate::store::FsStore;
     use bytes::Bytes;
 
@@ -146,12 +152,15 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let acc = store::access::read(dir.path(), m.digest.hex()).unwrap();
+        let acc = store.get_access(&m.digest).await.unwrap().unwrap();
         assert_eq!(acc.repositories, vec!["r.io/org/app".to_owned()]);
-        assert!(!store::access::exists(
-            dir.path(),
-            Digest::of(b"not cached").hex()
-        ));
+        assert!(
+            store
+                .get_access(&Digest::of(b"not cached"))
+                .await
+                .unwrap()
+                .is_none()
+        );
         // A second flush with nothing pending writes nothing.
         assert_eq!(flush(&t, &store).await, 0);
     }

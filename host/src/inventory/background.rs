@@ -1,5 +1,7 @@
 //! What the inventory runs inside `serve`: the periodic flush of last-pull times,
 //! `pruneConfig` runs, and the `maxSize` check (periodically and after each stored blob).
+//! Replicas sharing a bucket each run these; the inventory lease lets one at a time prune
+//! or evict.
 //! It starts no listener (the admin API is the HTTP layer's).
 
 use std::sync::Arc;
@@ -20,6 +22,19 @@ pub fn start(app: &Arc<Mirror>) {
             super::access::flush(&a.inventory.access, &*a.store).await;
         }
     });
+    if app.store.kind() != "filesystem" {
+        // Local copies of blobs another replica pruned from the shared store.
+        let a = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(super::LOCAL_SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = a.store.sweep_local_copies().await {
+                    tracing::debug!(error = %e, "local copies not swept this time");
+                }
+            }
+        });
+    }
     if let Some(schedule) = app.settings.inventory.prune.clone() {
         let a = app.clone();
         tracing::info!(every = %crate::duration::format(schedule.frequency), dry_run = schedule.dry_run, "background pruning on");
@@ -27,12 +42,15 @@ pub fn start(app: &Arc<Mirror>) {
             let grace = a.settings.inventory.grace;
             loop {
                 tokio::time::sleep(schedule.frequency).await;
+                // On a shared bucket the replica that holds the inventory lease prunes;
+                // the others skip this round.
                 let run = prune::run_in_server(
                     &a,
                     schedule.spec.clone().into(),
                     schedule.count,
                     grace,
                     schedule.dry_run,
+                    false,
                 )
                 .await;
                 if let Err(e) = run {

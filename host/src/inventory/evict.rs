@@ -65,41 +65,37 @@ pub fn select(cache: &Cache, max: u64) -> Vec<usize> {
     out
 }
 
-/// Evicts until the cache fits `max`; `None` when it already fits.
+/// Evicts until the cache fits `max`; `None` when it already fits, or when another
+/// replica holds the inventory lease (it evicts, on the same numbers).
 pub async fn run_in_server(
     app: &Arc<crate::mirror::Mirror>,
     max: u64,
 ) -> Result<Option<PrunePlan>, PruneError> {
-    // Most checks find the cache within bounds: a directory count settles that without the
-    // flush, the lock and the full scan (which reads every manifest and record).
-    let root = app.store.local_root().to_owned();
-    let counted = tokio::task::spawn_blocking(move || crate::store::listing::usage(&root))
-        .await
-        .map_err(|source| PruneError::Task {
-            what: "eviction",
-            source,
-        })?;
-    if let Ok((blobs, manifests)) = counted
+    // Most checks find the cache within bounds: counting settles that without the flush,
+    // the lock and the full scan (which reads every manifest and record).
+    if let Ok((blobs, manifests)) = app.store.usage().await
         && blobs.bytes + manifests.bytes <= max
     {
         return Ok(None);
     }
     let grace = app.settings.inventory.grace;
-    prune::run_locked(app, "eviction", move |root| {
-        let cache = scan::scan(root)?;
-        let sel = select(&cache, max);
-        if sel.is_empty() {
-            return Ok(None);
-        }
-        let total = cache.total_bytes();
-        let plan = prune::finish(root, &cache, &sel, grace, timefmt::now(), false);
-        tracing::info!(
-            total,
-            max_size = max,
-            evicted = ?plan.images.iter().map(|i| i.reference.as_str()).collect::<Vec<_>>(),
-            "cache above maxSize: evicted the least recently pulled images"
-        );
-        Ok(Some(plan))
+    prune::run_locked(app, "eviction", false, move |store| {
+        Box::pin(async move {
+            let cache = scan::scan(store).await?;
+            let sel = select(&cache, max);
+            if sel.is_empty() {
+                return Ok(None);
+            }
+            let total = cache.total_bytes();
+            let plan = prune::finish(store, &cache, &sel, grace, timefmt::now(), false).await;
+            tracing::info!(
+                total,
+                max_size = max,
+                evicted = ?plan.images.iter().map(|i| i.reference.as_str()).collect::<Vec<_>>(),
+                "cache above maxSize: evicted the least recently pulled images"
+            );
+            Ok(Some(plan))
+        })
     })
     .await
 }
@@ -142,7 +138,7 @@ mod tests {
             };
             store.set_tag_accessed(key, at).await.unwrap();
         }
-        let cache = scan::scan(root).unwrap();
+        let cache = scan::scan(&store).await.unwrap();
         let total = cache.total_bytes();
         assert!(select(&cache, total).is_empty());
         let refs = |sel: Vec<usize>| -> Vec<String> {

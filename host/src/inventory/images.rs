@@ -57,9 +57,9 @@ pub enum ListError {
     /// The pattern is not a regular expression.
     #[error(transparent)]
     Pattern(#[from] CriteriaError),
-    /// The cache directory could not be read.
-    #[error(transparent)]
-    Scan(#[from] std::io::Error),
+    /// The cache could not be read.
+    #[error("cannot read the cache: {0}")]
+    Scan(#[from] crate::store::StoreError),
 }
 
 /// Whether `root` looks like a cache directory (it has manifests or tag records).
@@ -67,10 +67,13 @@ pub fn is_cache(root: &Path) -> bool {
     crate::store::is_cache(root)
 }
 
-/// The images under `root` matching `pattern`.
-pub fn list_images(root: &Path, pattern: Option<&str>) -> Result<Vec<ImageView>, ListError> {
+/// The images in `store` matching `pattern`.
+pub async fn list_images(
+    store: &dyn crate::store::Store,
+    pattern: Option<&str>,
+) -> Result<Vec<ImageView>, ListError> {
     let criteria = Criteria::pattern(pattern).map_err(ListError::Pattern)?;
-    let cache = scan::scan(root)?;
+    let cache = scan::scan(store).await?;
     Ok(cache
         .images
         .iter()

@@ -10,8 +10,10 @@
 //!   the blobs no remaining manifest references) and carries the plan out; [`evict`] picks
 //!   least-recently-pulled images until the cache fits `maxSize`.
 //! - [`images`] lists the cached images as people see them; [`invalidate`] forgets a tag.
-//! - [`lock`] is the file lock that keeps record writers in different processes apart (the
-//!   server's flush and prunes, the `prune` and `invalidate` verbs).
+//! - Who may prune: [`crate::store::Store::lock_inventory`] (on the filesystem the file
+//!   lock of [`crate::store::lock`], which also keeps the access flush and the `prune` and
+//!   `invalidate` verbs apart; on a bucket a lease object, so that one replica at a time
+//!   prunes or evicts).
 //! - [`background`] runs the access flush, `pruneConfig` and `maxSize` inside `serve`;
 //!   [`crate::config::inventory`] holds their settings (timestamps: [`crate::timefmt`]). The admin API's
 //!   routes and the `list`, `prune` and `invalidate` verbs live in the layers above; this
@@ -35,12 +37,13 @@ pub mod criteria;
 pub mod evict;
 pub mod images;
 pub mod invalidate;
-pub mod lock;
 pub mod prune;
 pub mod scan;
 
 /// How often last-access times are written to disk.
 pub const ACCESS_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a replica on a shared store removes its local copies of blobs pruned from it.
+pub const LOCAL_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 /// How often `maxSize` is checked besides after downloads.
 pub const MAX_SIZE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 

@@ -7,7 +7,7 @@
 //! within it. Those are reported under `keptBlobs` and go in a later run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::criteria::{Criteria, CriteriaError, CriteriaSpec};
 use super::scan::{self, Cache, Image, ImageType, Origin};
-use crate::oci::reference::Digest;
-use crate::store;
+use crate::oci::reference::{Digest, RepoName};
+use crate::store::{Claim, INVENTORY_LEASE_TTL, Store, StoreError, TagKey};
 use crate::timefmt;
 
 /// One image in a plan.
@@ -143,42 +143,86 @@ pub fn plan(cache: &Cache, selected: &[usize], grace: Duration, now: u64) -> Pru
 
 /// Carries a plan out: tag records and access-record names first (so no new pull finds the
 /// image), then manifests, then blobs. Failures are collected in `plan.errors`.
-pub fn execute(root: &Path, plan: &mut PrunePlan) {
+pub async fn execute(store: &dyn Store, plan: &mut PrunePlan) {
     plan.dry_run = false;
     let mut errors = Vec::new();
     for origin in &plan.origins {
-        match origin {
-            Origin::Tag(file) => {
-                if let Err(e) = file.remove() {
-                    errors.push(format!("{file}: {e}"));
-                }
-            }
-            Origin::Digest { hex, repository } => {
-                if let Some(mut rec) = store::access::read(root, hex) {
-                    rec.repositories.retain(|r| r != repository);
-                    let result = if rec.repositories.is_empty() {
-                        store::access::remove(root, hex)
-                    } else {
-                        store::access::write(root, hex, &rec)
-                    };
-                    if let Err(e) = result {
-                        errors.push(format!("access record of sha256:{hex}: {e}"));
-                    }
-                }
-            }
-            Origin::Untracked(_) => {}
+        if let Err(e) = forget(store, origin).await {
+            errors.push(e);
         }
     }
     for d in &plan.manifests {
-        store::listing::remove_manifest(root, d.trim_start_matches("sha256:"), &mut errors);
+        let removed = match parse(d) {
+            Ok(digest) => store
+                .remove_manifest(&digest)
+                .await
+                .map_err(|e| format!("{d}: {e}")),
+            Err(e) => Err(e),
+        };
+        errors.extend(removed.err());
     }
     for d in &plan.blobs {
-        store::listing::remove_blob(root, d.trim_start_matches("sha256:"), &mut errors);
+        let removed = match parse(d) {
+            Ok(digest) => store
+                .remove_blob(&digest)
+                .await
+                .map_err(|e| format!("{d}: {e}")),
+            Err(e) => Err(e),
+        };
+        errors.extend(removed.err());
     }
     crate::metrics::global()
         .evictions
         .inc_by(plan.images.len() as u64);
     plan.errors = errors;
+}
+
+/// Removes what keeps an image: its tag record, or its repository's name in a manifest's
+/// access record. An error, one line, when that failed.
+async fn forget(store: &dyn Store, origin: &Origin) -> Result<(), String> {
+    match origin {
+        Origin::Tag {
+            registry,
+            repository,
+            tag,
+        } => {
+            let reference = format!("{registry}/{repository}:{tag}");
+            let repo = RepoName::parse(repository).map_err(|e| format!("{reference}: {e}"))?;
+            let key = TagKey {
+                registry,
+                repo: &repo,
+                tag,
+            };
+            store
+                .remove_tag(key)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{reference}: {e}"))
+        }
+        Origin::Digest { hex, repository } => {
+            let what = format!("access record of sha256:{hex}");
+            let digest = parse(&format!("sha256:{hex}")).map_err(|e| format!("{what}: {e}"))?;
+            let Some(mut rec) = store
+                .get_access(&digest)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?
+            else {
+                return Ok(());
+            };
+            rec.repositories.retain(|r| r != repository);
+            let keep = (!rec.repositories.is_empty()).then_some(&rec);
+            store
+                .set_access(&digest, keep)
+                .await
+                .map_err(|e| format!("{what}: {e}"))
+        }
+        Origin::Untracked(_) => Ok(()),
+    }
+}
+
+/// A digest of the plan (`sha256:...`), or an error line.
+fn parse(digest: &str) -> Result<Digest, String> {
+    Digest::parse(digest).map_err(|e| format!("{digest}: {e}"))
 }
 
 /// Why a prune or an eviction did not run.
@@ -193,32 +237,33 @@ pub enum PruneError {
     #[error(transparent)]
     Criteria(#[from] CriteriaError),
     /// The cache could not be read.
-    #[error(transparent)]
-    Scan(#[from] std::io::Error),
-    /// The inventory lock could not be taken.
+    #[error("cannot read the cache: {0}")]
+    Scan(#[from] StoreError),
+    /// The inventory lock (a file lock, or the lease in the bucket) could not be taken.
     #[error("{what}: cannot take the inventory lock: {source}")]
     Lock {
         /// `prune` or `eviction`.
         what: &'static str,
         /// Why.
-        source: std::io::Error,
+        source: StoreError,
     },
-    /// The blocking task died.
-    #[error("{what} failed: {source}")]
-    Task {
+    /// Another replica holds the inventory lease (and kept it while this one waited).
+    #[error("{what}: another replica is pruning ({holder}); try again later")]
+    Busy {
         /// `prune` or `eviction`.
         what: &'static str,
-        /// Why.
-        source: tokio::task::JoinError,
+        /// The holder's name.
+        holder: String,
     },
     /// A prune that planned nothing (cannot happen: a prune always plans).
     #[error("prune planned nothing")]
     NothingPlanned,
 }
 
-/// Scans, selects, plans and (unless `dry_run`) prunes the cache under `root`. Blocking.
-pub fn run_blocking(
-    root: &Path,
+/// Scans, selects, plans and (unless `dry_run`) prunes the cache in `store`. The caller
+/// holds the inventory lock ([`Store::lock_inventory`]) unless `dry_run`.
+pub async fn run(
+    store: &dyn Store,
     spec: &CriteriaSpec,
     count: Option<usize>,
     grace: Duration,
@@ -229,14 +274,14 @@ pub fn run_blocking(
     }
     let now = timefmt::now();
     let criteria = spec.compile(now).map_err(PruneError::Criteria)?;
-    let cache = scan::scan(root)?;
+    let cache = scan::scan(store).await?;
     let sel = select(&cache, &criteria, count);
-    Ok(finish(root, &cache, &sel, grace, now, dry_run))
+    Ok(finish(store, &cache, &sel, grace, now, dry_run).await)
 }
 
 /// Plans the removal of `sel` and carries it out unless `dry_run`.
-pub fn finish(
-    root: &Path,
+pub async fn finish(
+    store: &dyn Store,
     cache: &Cache,
     sel: &[usize],
     grace: Duration,
@@ -247,53 +292,123 @@ pub fn finish(
     if dry_run {
         p.dry_run = true;
     } else {
-        execute(root, &mut p);
+        execute(store, &mut p).await;
     }
     p
 }
 
-/// A prune inside the server (see [`run_locked`]).
+/// A prune inside the server (see [`run_locked`]); `None` when `wait` is false and another
+/// replica holds the inventory lease.
 pub async fn run_in_server(
     app: &Arc<crate::mirror::Mirror>,
     spec: CriteriaSpec,
     count: Option<usize>,
     grace: Duration,
     dry_run: bool,
-) -> Result<PrunePlan, PruneError> {
-    let plan = run_locked(app, "prune", move |root| {
-        run_blocking(root, &spec, count, grace, dry_run).map(Some)
+    wait: bool,
+) -> Result<Option<PrunePlan>, PruneError> {
+    let plan = run_locked(app, "prune", wait, |store| {
+        Box::pin(async move { run(store, &spec, count, grace, dry_run).await.map(Some) })
     })
-    .await?
-    .ok_or(PruneError::NothingPlanned)?;
-    log_plan(&plan, "prune");
+    .await?;
+    if let Some(plan) = &plan {
+        log_plan(plan, "prune");
+    }
     Ok(plan)
 }
 
-/// Runs `work` (a prune or an eviction on the cache directory, on a blocking thread) inside
-/// the server: one at a time, after the access times were flushed so that they count, and
-/// under the inventory lock. Manifests it removed leave the in-memory cache as well, so that
-/// they are not served from there afterwards.
+/// What [`run_locked`] runs: a prune or an eviction on the store.
+pub type Work<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Option<PrunePlan>, PruneError>> + Send + 'a>>;
+
+/// Takes the inventory lock of `store` for `what`: the filesystem's file lock, or the
+/// bucket's lease (`wait`: for a while; else `Ok(None)` when another replica holds it).
+pub async fn lock(
+    store: &dyn Store,
+    what: &'static str,
+    owner: &str,
+    wait: bool,
+) -> Result<Option<Box<dyn crate::store::Lease>>, PruneError> {
+    match store.lock_inventory(owner, wait).await {
+        Ok(Claim::Owner(lease)) => Ok(Some(lease)),
+        Ok(Claim::Taken { owner: holder }) if wait => Err(PruneError::Busy { what, holder }),
+        Ok(Claim::Taken { owner: holder }) => {
+            tracing::debug!(
+                what,
+                holder,
+                "another replica holds the inventory lease; not this time"
+            );
+            Ok(None)
+        }
+        Err(source) => Err(PruneError::Lock { what, source }),
+    }
+}
+
+/// Runs `work` under the inventory lock, renewing it every third of its lifetime, and
+/// releases it after.
+pub async fn with_lock(
+    store: &dyn Store,
+    what: &'static str,
+    owner: &str,
+    wait: bool,
+    work: impl Future<Output = Result<Option<PrunePlan>, PruneError>>,
+) -> Result<Option<PrunePlan>, PruneError> {
+    let Some(lease) = lock(store, what, owner, wait).await? else {
+        return Ok(None);
+    };
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval(INVENTORY_LEASE_TTL / 3);
+    renew.tick().await;
+    let result = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            _ = renew.tick() => {
+                if let Err(e) = lease.renew().await {
+                    tracing::warn!(what, error = %e, "could not renew the inventory lease");
+                }
+            }
+        }
+    };
+    if let Err(e) = lease.release().await {
+        tracing::warn!(what, error = %e, "could not release the inventory lease (it expires)");
+    }
+    result
+}
+
+/// Runs `work` (a prune or an eviction) inside the server: one at a time in this process,
+/// after the access times were flushed so that they count, and under the inventory lock
+/// (see [`with_lock`]); `None` when `wait` is false and another replica holds it. Manifests
+/// it removed leave the in-memory cache as well, so that they are not served from there
+/// afterwards.
 pub async fn run_locked(
     app: &Arc<crate::mirror::Mirror>,
     what: &'static str,
-    work: impl FnOnce(&Path) -> Result<Option<PrunePlan>, PruneError> + Send + 'static,
+    wait: bool,
+    work: impl for<'s> FnOnce(&'s dyn Store) -> Work<'s>,
 ) -> Result<Option<PrunePlan>, PruneError> {
     let _one = app.inventory.prune_lock.lock().await;
     crate::inventory::access::flush(&app.inventory.access, &*app.store).await;
-    let root = app.store.local_root().to_owned();
-    let plan = tokio::task::spawn_blocking(move || {
-        let _lock = super::lock::InventoryLock::acquire(&root, || {})
-            .map_err(|source| PruneError::Lock { what, source })?;
-        work(&root)
-    })
-    .await
-    .map_err(|source| PruneError::Task { what, source })??;
+    let owner = owner_name(app);
+    let store = &*app.store;
+    let plan = with_lock(store, what, &owner, wait, work(store)).await?;
     if let Some(p) = plan.as_ref().filter(|p| !p.dry_run) {
         for d in p.manifests.iter().filter_map(|m| Digest::parse(m).ok()) {
             app.hot.forget_manifest(&d);
         }
     }
     Ok(plan)
+}
+
+/// How this process is named as the holder of the inventory lease: its advertised peer
+/// URL when it has one, and its process id.
+fn owner_name(app: &crate::mirror::Mirror) -> String {
+    let host = app
+        .settings
+        .cluster
+        .as_ref()
+        .map(|c| c.advertise.clone())
+        .unwrap_or_else(|| "ociregistry serve".to_owned());
+    format!("{host} (pid {})", std::process::id())
 }
 
 /// One log line per prune.
@@ -347,7 +462,9 @@ mod tests {
             pattern: Some("/org/a:".into()),
             ..CriteriaSpec::default()
         };
-        let dry = run_blocking(root, &spec, None, Duration::ZERO, true).unwrap();
+        let dry = run(&store, &spec, None, Duration::ZERO, true)
+            .await
+            .unwrap();
         assert!(dry.dry_run);
         assert_eq!(dry.tags, vec!["r.io/org/a:v1".to_owned()]);
         assert_eq!(dry.manifests, vec![a.to_string()]);
@@ -359,7 +476,9 @@ mod tests {
             "dry run removed"
         );
 
-        let real = run_blocking(root, &spec, None, Duration::ZERO, false).unwrap();
+        let real = run(&store, &spec, None, Duration::ZERO, false)
+            .await
+            .unwrap();
         assert!(!real.dry_run && real.errors.is_empty(), "{real:?}");
         assert!(!root.join("blobs/sha256").join(&ca).exists());
         assert!(root.join("blobs/sha256").join(&shared).exists());
@@ -375,9 +494,11 @@ mod tests {
             pattern: Some(".".into()),
             ..CriteriaSpec::default()
         };
-        let last = run_blocking(root, &all, None, Duration::ZERO, false).unwrap();
+        let last = run(&store, &all, None, Duration::ZERO, false)
+            .await
+            .unwrap();
         assert!(last.blobs.contains(&format!("sha256:{shared}")));
-        let cache = scan::scan(root).unwrap();
+        let cache = scan::scan(&store).await.unwrap();
         assert!(cache.images.is_empty() && cache.blobs.is_empty() && cache.manifests.is_empty());
     }
 
@@ -393,11 +514,17 @@ mod tests {
             pattern: Some(".".into()),
             ..CriteriaSpec::default()
         };
-        let p = run_blocking(root, &spec, None, Duration::from_secs(600), false).unwrap();
+        let p = run(&store, &spec, None, Duration::from_secs(600), false)
+            .await
+            .unwrap();
         assert_eq!(p.manifests.len(), 1);
         assert!(p.blobs.is_empty());
         assert_eq!(p.kept_blobs, vec![format!("sha256:{c}")]);
         assert!(root.join("blobs/sha256").join(&c).exists());
-        assert!(run_blocking(root, &CriteriaSpec::default(), None, Duration::ZERO, true).is_err());
+        assert!(
+            run(&store, &CriteriaSpec::default(), None, Duration::ZERO, true)
+                .await
+                .is_err()
+        );
     }
 }

@@ -1,18 +1,18 @@
-//! Reading the cache directory into images: one per tag record, one per manifest pulled by
+//! Reading the cache (through [`Store`]'s listing: a directory, or a bucket every replica
+//! shares) into images: one per tag record, one per manifest pulled by
 //! digest under a repository that no tag of it covers, and one per manifest that nothing
 //! names ("untracked"). Each image knows its manifests (an index and its cached children),
 //! its blobs, when it was first fetched, when it was last pulled and how many bytes it
 //! holds on disk.
 //!
-//! Reading only: it takes no lock and writes nothing, so `list` and `prune` work while a
-//! server runs on the same directory.
+//! Reading only: it takes no lock and writes nothing, so `list` and `prune` work while
+//! servers run on the same store.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io;
-use std::path::Path;
 
 use crate::oci::manifest::{self, Contents};
-use crate::store::{self, AccessRecord, tags::TagFile};
+use crate::store::tags::ListedTag;
+use crate::store::{AccessRecord, Store, StoreError};
 
 /// What a manifest holds, as far as the inventory cares.
 #[derive(Debug, Clone, Default)]
@@ -43,8 +43,15 @@ pub struct BlobEntry {
 /// What keeps an image in the cache: removing it is what pruning the image means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// A tag record file.
-    Tag(TagFile),
+    /// A tag record: `registry/repository:tag`.
+    Tag {
+        /// Registry.
+        registry: String,
+        /// Repository.
+        repository: String,
+        /// Tag.
+        tag: String,
+    },
     /// One repository name in the access record of manifest `hex`.
     Digest {
         /// The manifest.
@@ -148,18 +155,10 @@ pub fn parse_manifest(bytes: &[u8], media_type: &str) -> (bool, Vec<String>, Vec
     }
 }
 
-/// Reads the cache under `root`.
-pub fn scan(root: &Path) -> io::Result<Cache> {
-    let mut cache = Cache { ..Cache::default() };
-    read_blobs(root, &mut cache)?;
-    read_manifests(root, &mut cache)?;
-    let tag_files = store::tags::list(root);
-    build_images(&mut cache, tag_files);
-    Ok(cache)
-}
-
-fn read_blobs(root: &Path, cache: &mut Cache) -> io::Result<()> {
-    for b in store::listing::blobs(root)? {
+/// Reads the cache in `store`.
+pub async fn scan(store: &dyn Store) -> Result<Cache, StoreError> {
+    let mut cache = Cache::default();
+    for b in store.list_blobs().await? {
         cache.blobs.insert(
             b.hex,
             BlobEntry {
@@ -168,13 +167,8 @@ fn read_blobs(root: &Path, cache: &mut Cache) -> io::Result<()> {
             },
         );
     }
-    Ok(())
-}
-
-fn read_manifests(root: &Path, cache: &mut Cache) -> io::Result<()> {
-    for m in store::listing::manifests(root)? {
+    for m in store.list_manifests().await? {
         let (is_index, children, blobs) = parse_manifest(&m.bytes, &m.media_type);
-        let access = store::access::read(root, &m.hex);
         cache.manifests.insert(
             m.hex,
             ManifestEntry {
@@ -183,11 +177,13 @@ fn read_manifests(root: &Path, cache: &mut Cache) -> io::Result<()> {
                 is_index,
                 children,
                 blobs,
-                access,
+                access: m.access,
             },
         );
     }
-    Ok(())
+    let tags = store.list_tags().await?;
+    build_images(&mut cache, tags);
+    Ok(cache)
 }
 
 /// A manifest and, for an index, its cached children.
@@ -264,11 +260,11 @@ fn image_of(
     }
 }
 
-fn build_images(cache: &mut Cache, tag_files: Vec<store::tags::Listed>) {
+fn build_images(cache: &mut Cache, tag_records: Vec<ListedTag>) {
     let mut images = Vec::new();
     // (registry/repository, manifest hex) already shown as part of an image.
     let mut covered: HashSet<(String, String)> = HashSet::new();
-    for t in tag_files {
+    for t in tag_records {
         let mut tops: Vec<String> = Vec::new();
         for e in &t.record.entries {
             if let Some(h) = e.digest().map(|d| d.hex().to_owned())
@@ -285,13 +281,17 @@ fn build_images(cache: &mut Cache, tag_files: Vec<store::tags::Listed>) {
             .iter()
             .map(|e| e.fetched_at)
             .min()
-            .unwrap_or(t.mtime);
+            .unwrap_or(t.modified);
         let img = image_of(
             cache,
             (&t.registry, &t.repository),
-            Some(t.tag),
+            Some(t.tag.clone()),
             &tops,
-            Origin::Tag(t.file),
+            Origin::Tag {
+                registry: t.registry.clone(),
+                repository: t.repository.clone(),
+                tag: t.tag,
+            },
             fallback,
             t.record.accessed_at,
         );
@@ -378,6 +378,7 @@ pub(crate) mod tests {
     use crate::oci::reference::{Digest, RepoName};
     use crate::store::{FsStore, Manifest, Store};
     use bytes::Bytes;
+    use std::path::Path;
 
     /// Writes a blob of `content`; returns its hex.
     pub fn blob(root: &Path, content: &[u8]) -> String {
@@ -456,18 +457,14 @@ pub(crate) mod tests {
         let idx = index(&store, &[&a, &b]).await;
         tag(&store, "org/app", "v1", &idx, media::OCI_INDEX).await;
         // b pulled by digest in another repository; a pulled by digest within the index's.
-        store::access::write(
-            root,
-            b.hex(),
-            &AccessRecord {
-                accessed_at: 5,
-                repositories: vec!["r.io/other".into(), "r.io/org/app".into()],
-            },
-        )
-        .unwrap();
+        let access = AccessRecord {
+            accessed_at: 5,
+            repositories: vec!["r.io/other".into(), "r.io/org/app".into()],
+        };
+        store.set_access(&b, Some(&access)).await.unwrap();
         let lone = image(&store, &[&c1]).await;
 
-        let cache = scan(root).unwrap();
+        let cache = scan(&store).await.unwrap();
         let refs: Vec<String> = cache.images.iter().map(Image::reference).collect();
         assert_eq!(
             refs,

@@ -79,11 +79,11 @@ pub struct UpstreamBody {
     pub other_source: Option<String>,
 }
 
-/// A held fetch lease ([`crate::store::FetchLease`]), renewed every third of its lifetime
+/// A held fetch lease ([`crate::store::Lease`]), renewed every third of its lifetime
 /// on a task of its own until released. Dropped without [`LeaseHold::release`] (the
 /// download was cancelled), it is released on a task of its own.
 pub struct LeaseHold {
-    lease: Arc<tokio::sync::Mutex<Option<Box<dyn crate::store::FetchLease>>>>,
+    lease: Arc<tokio::sync::Mutex<Option<Box<dyn crate::store::Lease>>>>,
     renewal: tokio::task::JoinHandle<()>,
 }
 
@@ -95,7 +95,7 @@ impl std::fmt::Debug for LeaseHold {
 
 impl LeaseHold {
     /// Holds `lease` of blob `digest`, renewing it every `ttl / 3`.
-    pub fn start(lease: Box<dyn crate::store::FetchLease>, ttl: Duration, digest: Digest) -> Self {
+    pub fn start(lease: Box<dyn crate::store::Lease>, ttl: Duration, digest: Digest) -> Self {
         let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
         let held = lease.clone();
         let renewal = tokio::spawn(async move {

@@ -29,9 +29,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::inventory::criteria::{CriteriaSpec, Cutoff};
-use crate::inventory::images;
+use crate::inventory::images::{self, ListError};
 use crate::inventory::invalidate::tag_reference;
-use crate::inventory::prune;
+use crate::inventory::prune::{self, PruneError};
 use crate::mirror::Mirror;
 use crate::server::response::{self, Body};
 
@@ -254,36 +254,24 @@ async fn handle(
         "/admin/v1/invalidate",
         "/admin/v1/stop",
     ];
-    let on_bucket = matches!(
-        app.settings.storage.backend,
-        crate::config::storage::Backend::S3(_)
-    );
-    if on_bucket && matches!(path, "/admin/v1/images" | "/admin/v1/prune") {
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            "UNSUPPORTED",
-            "listing and pruning work on the filesystem store only so far; with storage.s3 \
-             they would see only this replica's local copy",
-        );
-    }
     match (&parts.method, path) {
         (&Method::GET, "/admin/v1/images") => {
             let pattern = query_param(parts.uri.query(), "pattern").filter(|p| !p.is_empty());
-            let root = app.store.local_root().to_owned();
             crate::inventory::access::flush(&app.inventory.access, &*app.store).await;
-            let listed =
-                tokio::task::spawn_blocking(move || images::list_images(&root, pattern.as_deref()))
-                    .await;
-            match listed {
-                Ok(Ok(images)) => {
+            match images::list_images(&*app.store, pattern.as_deref()).await {
+                Ok(images) => {
                     let total: u64 = images.iter().map(|i| i.size).sum();
                     json(
                         StatusCode::OK,
                         &serde_json::json!({"images": images, "totalBytes": total}),
                     )
                 }
-                Ok(Err(e)) => bad_request(e.to_string()),
-                Err(e) => bad_request(e.to_string()),
+                Err(ListError::Pattern(e)) => bad_request(e.to_string()),
+                Err(e @ ListError::Scan(_)) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    e.to_string(),
+                ),
             }
         }
         (&Method::POST, "/admin/v1/prune") => {
@@ -304,8 +292,21 @@ async fn handle(
                 Ok(g) => g.unwrap_or(app.settings.inventory.grace),
                 Err(e) => return bad_request(e.to_string()),
             };
-            match prune::run_in_server(app, spec, r.count, grace, r.dry_run).await {
-                Ok(plan) => json(StatusCode::OK, &plan),
+            match prune::run_in_server(app, spec, r.count, grace, r.dry_run, true).await {
+                Ok(Some(plan)) => json(StatusCode::OK, &plan),
+                Ok(None) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNAVAILABLE",
+                    "prune planned nothing",
+                ),
+                Err(e @ PruneError::Busy { .. }) => {
+                    error(StatusCode::CONFLICT, "BUSY", e.to_string())
+                }
+                Err(e @ (PruneError::Scan(_) | PruneError::Lock { .. })) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    e.to_string(),
+                ),
                 Err(e) => bad_request(e.to_string()),
             }
         }
@@ -318,7 +319,7 @@ async fn handle(
                 Ok(x) => x,
                 Err(e) => return bad_request(e.to_string()),
             };
-            let _lock = match crate::inventory::lock::InventoryLock::acquire_async(
+            let _lock = match crate::store::lock::InventoryLock::acquire_async(
                 app.store.local_root().to_owned(),
             )
             .await

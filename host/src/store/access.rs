@@ -51,9 +51,3 @@ pub fn write(root: &Path, hex: &str, rec: &AccessRecord) -> io::Result<()> {
 pub fn remove(root: &Path, hex: &str) -> io::Result<()> {
     super::listing::remove(&layout::manifest_access(root, hex))
 }
-
-/// Whether the access record of manifest `hex` exists (tests).
-#[cfg(test)]
-pub(crate) fn exists(root: &Path, hex: &str) -> bool {
-    layout::manifest_access(root, hex).exists()
-}

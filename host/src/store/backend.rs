@@ -16,9 +16,11 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
+use super::access::AccessRecord;
 use super::error::StoreError;
+use super::listing::{ListedBlob, ListedManifest, Usage};
 use super::staging::Staged;
-use super::tags::TagRecord;
+use super::tags::{ListedTag, TagRecord};
 use crate::oci::reference::{Digest, RepoName};
 
 /// What a [`Store`] method returns: a boxed future of a result.
@@ -76,21 +78,27 @@ pub struct TagKey<'a> {
     pub tag: &'a str,
 }
 
-/// Who fetches a blob from the upstream, among the replicas sharing a store.
+/// How long the inventory lease ([`Store::lock_inventory`]) lives unless renewed; its
+/// holder renews it every third of that while it prunes.
+pub const INVENTORY_LEASE_TTL: Duration = Duration::from_secs(600);
+
+/// Who does a job that one replica at a time must do (fetch a blob from the upstream,
+/// prune), among the processes sharing a store.
 #[derive(Debug)]
 pub enum Claim {
-    /// The caller does: it renews the lease while it downloads and releases it once the
-    /// blob is committed (or the download failed).
-    Owner(Box<dyn FetchLease>),
-    /// Another replica does; `owner` is how it is reached (its advertised URL).
+    /// The caller does: it renews the lease while it works and releases it when done.
+    Owner(Box<dyn Lease>),
+    /// Another process does; `owner` names it (for a blob fetch: its advertised URL, how
+    /// it is reached).
     Taken {
-        /// The owner's advertised pull URL.
+        /// The holder's name.
         owner: String,
     },
 }
 
-/// A held fetch lease. Dropping it without [`FetchLease::release`] lets it expire.
-pub trait FetchLease: Send + Sync + fmt::Debug {
+/// A held lease (a blob fetch, the inventory). Dropping it without [`Lease::release`] lets
+/// it expire.
+pub trait Lease: Send + Sync + fmt::Debug {
     /// Extends the lease by its lifetime again; an error when it is no longer ours.
     fn renew(&self) -> StoreFuture<'_, ()>;
 
@@ -98,12 +106,12 @@ pub trait FetchLease: Send + Sync + fmt::Debug {
     fn release(self: Box<Self>) -> StoreFuture<'static, ()>;
 }
 
-/// The lease of a store with one writer (the filesystem): the process's own single flight
-/// is all the coordination there is.
+/// The fetch lease of a store with one writer (the filesystem): the process's own single
+/// flight is all the coordination there is.
 #[derive(Debug)]
 pub struct LocalLease;
 
-impl FetchLease for LocalLease {
+impl Lease for LocalLease {
     fn renew(&self) -> StoreFuture<'_, ()> {
         Box::pin(std::future::ready(Ok(())))
     }
@@ -213,5 +221,54 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> StoreFuture<'a, Claim> {
         let _ = (digest, owner, ttl);
         Box::pin(std::future::ready(Ok(Claim::Owner(Box::new(LocalLease)))))
+    }
+
+    // The inventory's view (`list`, `prune`, `maxSize`): everything listed with its size
+    // and times, content removed, and who may prune. Listing only reads, so it works while
+    // other processes serve from the same store.
+
+    /// Every stored blob, with its size and when it was stored.
+    fn list_blobs(&self) -> StoreFuture<'_, Vec<ListedBlob>>;
+
+    /// Every stored manifest, with its bytes, media type, time and access record.
+    fn list_manifests(&self) -> StoreFuture<'_, Vec<ListedManifest>>;
+
+    /// Every tag record (unreadable ones skipped and logged).
+    fn list_tags(&self) -> StoreFuture<'_, Vec<ListedTag>>;
+
+    /// Bytes and number of the stored blobs and manifests (blobs first): cheaper than
+    /// listing them with their contents.
+    fn usage(&self) -> StoreFuture<'_, (Usage, Usage)>;
+
+    /// The access record of manifest `digest` (last pull by digest); missing or unreadable
+    /// is `None`.
+    fn get_access<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<AccessRecord>>;
+
+    /// Writes the access record of manifest `digest`, or removes it (`None`).
+    fn set_access<'a>(
+        &'a self,
+        digest: &'a Digest,
+        record: Option<&'a AccessRecord>,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Removes manifest `digest` with its media type and access record (gone already is
+    /// fine).
+    fn remove_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()>;
+
+    /// Removes blob `digest` (gone already is fine). A read in progress keeps its bytes.
+    fn remove_blob<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()>;
+
+    /// Takes the right to prune and evict, as `owner` (a name for logs), for
+    /// [`INVENTORY_LEASE_TTL`] unless renewed. On the filesystem this waits for the file
+    /// lock (other processes on the directory hold it briefly); on a shared store it is a
+    /// lease that one replica holds at a time: [`Claim::Taken`] names the holder when
+    /// `wait` is false, or when it still holds it after a bounded wait.
+    fn lock_inventory<'a>(&'a self, owner: &'a str, wait: bool) -> StoreFuture<'a, Claim>;
+
+    /// Removes local copies of blobs the shared store no longer holds (pruned through
+    /// another replica) and that were not used for a while; how many went. The default (the
+    /// local disk is the store): none.
+    fn sweep_local_copies(&self) -> StoreFuture<'_, usize> {
+        Box::pin(std::future::ready(Ok(0)))
     }
 }

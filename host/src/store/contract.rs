@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 
+use super::access::AccessRecord;
 use super::backend::{Claim, Manifest, Store, TagKey};
 use super::error::StoreError;
 use crate::oci::reference::{Digest, RepoName};
@@ -17,6 +18,85 @@ pub(crate) async fn check(store: Arc<dyn Store>) {
     blobs_become_visible_at_commit_and_read_by_range(&*store).await;
     tag_records_keep_one_entry_per_media_type(&*store).await;
     a_first_fetch_claim_owns_the_fetch(&*store).await;
+    the_inventory_lists_and_removes_what_is_stored(&*store).await;
+}
+
+/// Runs after the checks above, on what they left: the manifest `{"schemaVersion":2}` and
+/// the 600 000-byte blob.
+async fn the_inventory_lists_and_removes_what_is_stored(store: &dyn Store) {
+    let manifest = Digest::of(br#"{"schemaVersion":2}"#);
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let blob = Digest::of(&data);
+
+    let blobs = store.list_blobs().await.unwrap();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    assert_eq!(
+        (blobs[0].hex.as_str(), blobs[0].size),
+        (blob.hex(), 600_000)
+    );
+    assert!(blobs[0].stored > 1_600_000_000, "stored at a Unix time");
+
+    let access = AccessRecord {
+        accessed_at: 1_700_000_000,
+        repositories: vec!["registry.example/team/app".into()],
+    };
+    assert!(store.get_access(&manifest).await.unwrap().is_none());
+    store.set_access(&manifest, Some(&access)).await.unwrap();
+    assert_eq!(
+        store.get_access(&manifest).await.unwrap(),
+        Some(access.clone())
+    );
+    let manifests = store.list_manifests().await.unwrap();
+    assert_eq!(manifests.len(), 1, "access records are not manifests");
+    assert_eq!(manifests[0].hex, manifest.hex());
+    assert_eq!(manifests[0].bytes, br#"{"schemaVersion":2}"#);
+    assert_eq!(
+        manifests[0].media_type,
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(manifests[0].access, Some(access));
+
+    let repo = RepoName::parse("team/app").unwrap();
+    let key = TagKey {
+        registry: "registry.example",
+        repo: &repo,
+        tag: "2.0",
+    };
+    store.put_tag(key, "type/one", &manifest).await.unwrap();
+    let tags = store.list_tags().await.unwrap();
+    assert_eq!(tags.len(), 1, "{tags:?}");
+    let t = &tags[0];
+    assert_eq!(
+        (t.registry.as_str(), t.repository.as_str(), t.tag.as_str()),
+        ("registry.example", "team/app", "2.0")
+    );
+    assert_eq!(t.record.entries[0].digest(), Some(manifest.clone()));
+    assert!(t.modified > 1_600_000_000);
+
+    let (b, m) = store.usage().await.unwrap();
+    assert_eq!((b.items, b.bytes), (1, 600_000));
+    assert_eq!((m.items, m.bytes), (1, 19));
+
+    let claim = store.lock_inventory("contract", false).await.unwrap();
+    let Claim::Owner(lease) = claim else {
+        panic!("nobody else holds the inventory: {claim:?}");
+    };
+    store.remove_manifest(&manifest).await.unwrap();
+    store.remove_manifest(&manifest).await.unwrap(); // gone already is fine
+    store.remove_blob(&blob).await.unwrap();
+    store.remove_blob(&blob).await.unwrap();
+    assert!(store.remove_tag(key).await.unwrap());
+    lease.release().await.unwrap();
+    assert!(!store.has_manifest(&manifest).await.unwrap());
+    assert!(store.get_manifest(&manifest).await.unwrap().is_none());
+    assert!(store.get_access(&manifest).await.unwrap().is_none());
+    assert_eq!(store.stat_blob(&blob).await.unwrap(), None);
+    assert!(store.open_blob(&blob).await.unwrap().is_none());
+    assert!(store.list_blobs().await.unwrap().is_empty());
+    assert!(store.list_manifests().await.unwrap().is_empty());
+    assert!(store.list_tags().await.unwrap().is_empty());
+    let (b, m) = store.usage().await.unwrap();
+    assert_eq!((b.items, m.items), (0, 0));
 }
 
 async fn a_first_fetch_claim_owns_the_fetch(store: &dyn Store) {

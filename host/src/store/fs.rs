@@ -1,6 +1,7 @@
 //! The filesystem backend ([`FsStore`]): the whole cache in one directory on local disk,
-//! laid out as [`super::layout`] says. It implements [`Store`] and nothing else; the
-//! inventory's listing and removal work on the same directory ([`super::listing`]).
+//! laid out as [`super::layout`] says. It implements [`Store`] and nothing else; its
+//! listing and removal for the inventory are [`super::listing`]'s, its inventory lock
+//! [`super::lock`]'s.
 //!
 //! A file appears under `blobs/` or `manifests/` only after its sha256 matched, through a
 //! temp file, fsync and rename; nothing there is ever rewritten.
@@ -13,12 +14,15 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
-use super::backend::{BlobReader, Manifest, Store, StoreFuture, StoredBlob, TagKey};
+use super::access::AccessRecord;
+use super::backend::{BlobReader, Claim, Manifest, Store, StoreFuture, StoredBlob, TagKey};
 use super::error::StoreError;
 use super::files::{open_from_caches, read_chunk, sync_dir, write_atomically};
 use super::layout;
+use super::listing::{self, ListedBlob, ListedManifest, Usage};
+use super::lock::InventoryLock;
 use super::staging::{self, Staged, temp_path_in};
-use super::tags::{self, TagRecord};
+use super::tags::{self, ListedTag, TagRecord};
 use crate::metrics::ContentKind;
 use crate::oci::reference::Digest;
 
@@ -246,6 +250,72 @@ impl Store for FsStore {
     fn remove_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, bool> {
         Box::pin(async move { Ok(tags::remove(&self.root, tag).await?) })
     }
+
+    fn list_blobs(&self) -> StoreFuture<'_, Vec<ListedBlob>> {
+        let root = self.root.clone();
+        Box::pin(blocking(move || listing::blobs(&root)))
+    }
+
+    fn list_manifests(&self) -> StoreFuture<'_, Vec<ListedManifest>> {
+        let root = self.root.clone();
+        Box::pin(blocking(move || listing::manifests(&root)))
+    }
+
+    fn list_tags(&self) -> StoreFuture<'_, Vec<ListedTag>> {
+        let root = self.root.clone();
+        Box::pin(blocking(move || Ok(tags::list(&root))))
+    }
+
+    fn usage(&self) -> StoreFuture<'_, (Usage, Usage)> {
+        let root = self.root.clone();
+        Box::pin(blocking(move || listing::usage(&root)))
+    }
+
+    fn get_access<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<AccessRecord>> {
+        let (root, hex) = (self.root.clone(), digest.hex().to_owned());
+        Box::pin(blocking(move || Ok(super::access::read(&root, &hex))))
+    }
+
+    fn set_access<'a>(
+        &'a self,
+        digest: &'a Digest,
+        record: Option<&'a AccessRecord>,
+    ) -> StoreFuture<'a, ()> {
+        let (root, hex, record) = (self.root.clone(), digest.hex().to_owned(), record.cloned());
+        Box::pin(blocking(move || match record {
+            Some(r) => super::access::write(&root, &hex, &r),
+            None => super::access::remove(&root, &hex),
+        }))
+    }
+
+    fn remove_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()> {
+        let (root, hex) = (self.root.clone(), digest.hex().to_owned());
+        Box::pin(blocking(move || listing::remove_manifest(&root, &hex)))
+    }
+
+    fn remove_blob<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()> {
+        let (root, hex) = (self.root.clone(), digest.hex().to_owned());
+        Box::pin(blocking(move || listing::remove_blob(&root, &hex)))
+    }
+
+    fn lock_inventory<'a>(&'a self, owner: &'a str, _wait: bool) -> StoreFuture<'a, Claim> {
+        // Every holder of the file lock holds it briefly (a flush, an invalidate) or is a
+        // prune the caller would wait for anyway: always wait.
+        let _ = owner;
+        Box::pin(async move {
+            let lock = InventoryLock::acquire_async(self.root.clone()).await?;
+            Ok(Claim::Owner(Box::new(lock)))
+        })
+    }
+}
+
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    Ok(tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)??)
 }
 
 /// Opens the blob file at `path` for reading by range; `None` when it is not there.

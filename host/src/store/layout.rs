@@ -14,9 +14,10 @@
 //! ```
 //!
 //! In a bucket, under its prefix: `blobs/sha256/<hex>`, `manifests/sha256/<hex>` (the media
-//! type is the object's Content-Type, no `.type` object) and the tag records, at the same
-//! relative keys; no access records, no `tmp/` (downloads stage on local disk, whose
-//! `blobs/sha256/` holds the read-through copy).
+//! type is the object's Content-Type, no `.type` object), `manifests/sha256/<hex>.access`
+//! and the tag records, at the same relative keys; `leases/` (who fetches a blob, who
+//! prunes); no `tmp/` (downloads stage on local disk, whose `blobs/sha256/` holds the
+//! read-through copy).
 
 use std::path::{Path, PathBuf};
 
@@ -55,7 +56,7 @@ pub(super) fn manifest_type(root: &Path, hex: &str) -> PathBuf {
 
 /// Where the access record of manifest `hex` lives.
 pub(super) fn manifest_access(root: &Path, hex: &str) -> PathBuf {
-    manifests_dir(root).join(format!("{hex}.access"))
+    manifests_dir(root).join(format!("{hex}{ACCESS_SUFFIX}"))
 }
 
 /// Where the tag records live.
@@ -80,19 +81,37 @@ pub(super) fn tmp_dir(root: &Path) -> PathBuf {
 
 /// The object key of verified blob `hex`, relative to the bucket prefix.
 pub(super) fn blob_key(hex: &str) -> String {
-    format!("blobs/sha256/{hex}")
+    format!("{BLOBS_PREFIX}{hex}")
 }
 
 /// The object key of manifest `hex`, relative to the bucket prefix (its media type is the
 /// object's Content-Type).
 pub(super) fn manifest_key(hex: &str) -> String {
-    format!("manifests/sha256/{hex}")
+    format!("{MANIFESTS_PREFIX}{hex}")
 }
+
+/// The key prefix of blobs, relative to the bucket prefix.
+pub(super) const BLOBS_PREFIX: &str = "blobs/sha256/";
+/// The key prefix of manifests and their access records, relative to the bucket prefix.
+pub(super) const MANIFESTS_PREFIX: &str = "manifests/sha256/";
+/// The key prefix of tag records, relative to the bucket prefix.
+pub(super) const TAGS_PREFIX: &str = "tags/";
+/// The name ending of an access record (after the manifest's hex).
+pub(super) const ACCESS_SUFFIX: &str = ".access";
+
+/// The object key of the access record of manifest `hex`, relative to the bucket prefix.
+pub(super) fn manifest_access_key(hex: &str) -> String {
+    format!("{MANIFESTS_PREFIX}{hex}{ACCESS_SUFFIX}")
+}
+
+/// The object key of the inventory lease (who prunes and evicts), relative to the bucket
+/// prefix.
+pub(super) const INVENTORY_LEASE_KEY: &str = "leases/inventory";
 
 /// The object key of the record of `registry/repo:tag`, relative to the bucket prefix.
 pub(super) fn tag_record_key(registry: &str, repo: &str, tag: &str) -> String {
     // registry, repo and tag are validated: no component can be empty, `.` or `..`.
-    format!("tags/{registry}/{repo}/{TAG_DIR}/{tag}{TAG_SUFFIX}")
+    format!("{TAGS_PREFIX}{registry}/{repo}/{TAG_DIR}/{tag}{TAG_SUFFIX}")
 }
 
 /// The object key of the fetch lease of blob `hex` (who downloads it from the upstream),

@@ -1,6 +1,8 @@
-//! The store as the inventory sees it: every blob and manifest file with its size and
-//! time, what they add up to ([`usage`], for the disk gauges and `maxSize`) (reading only, blocking, fine while a server runs on the same directory), and their
-//! removal by a prune. Tag records are listed by [`super::tags::list`].
+//! The filesystem store as the inventory sees it ([`super::FsStore`]'s listing methods):
+//! every blob and manifest file with its size and time, what they add up to ([`usage`],
+//! for the disk gauges and `maxSize`), and their removal by a prune. Blocking; reading
+//! only, fine while a server runs on the same directory. Tag records are listed by
+//! [`super::tags`]. The listed types are every backend's.
 
 use std::io;
 use std::path::Path;
@@ -30,13 +32,15 @@ pub struct ListedManifest {
     pub media_type: String,
     /// When it was stored (Unix seconds).
     pub created: u64,
+    /// Its access record, if it was pulled by digest.
+    pub access: Option<super::AccessRecord>,
 }
 
 fn mtime(meta: &std::fs::Metadata) -> u64 {
     meta.modified().map_or(0, crate::timefmt::unix_secs)
 }
 
-fn is_hex_name(name: &str) -> bool {
+pub(super) fn is_hex_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -52,7 +56,7 @@ fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
 }
 
 /// Every blob stored under the image path `root`.
-pub fn blobs(root: &Path) -> io::Result<Vec<ListedBlob>> {
+pub(super) fn blobs(root: &Path) -> io::Result<Vec<ListedBlob>> {
     let mut out = Vec::new();
     for e in read_dir_or_empty(&layout::blobs_dir(root))? {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -73,7 +77,7 @@ pub fn blobs(root: &Path) -> io::Result<Vec<ListedBlob>> {
 }
 
 /// Every manifest stored under the image path `root`, with its bytes.
-pub fn manifests(root: &Path) -> io::Result<Vec<ListedManifest>> {
+pub(super) fn manifests(root: &Path) -> io::Result<Vec<ListedManifest>> {
     let mut out = Vec::new();
     for e in read_dir_or_empty(&layout::manifests_dir(root))? {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -90,6 +94,7 @@ pub fn manifests(root: &Path) -> io::Result<Vec<ListedManifest>> {
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| crate::oci::media::sniff(&bytes));
         out.push(ListedManifest {
+            access: super::access::read(root, &name),
             hex: name,
             bytes,
             media_type,
@@ -144,11 +149,6 @@ fn count_dir(dir: &Path) -> io::Result<Usage> {
     Ok(u)
 }
 
-/// Whether manifest `hex` is stored under the image path `root` (blocking).
-pub fn has_manifest(root: &Path, hex: &str) -> bool {
-    layout::manifest(root, hex).is_file()
-}
-
 /// Removes `path` (gone already is fine).
 pub(super) fn remove(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
@@ -158,33 +158,27 @@ pub(super) fn remove(path: &Path) -> io::Result<()> {
 }
 
 /// Removes manifest `hex` with its media type and access record (the manifest first:
-/// whoever still sees it also finds its media type); failures, one line each, are added to
-/// `errors`.
-pub fn remove_manifest(root: &Path, hex: &str, errors: &mut Vec<String>) {
-    remove_counted(
-        &layout::manifest(root, hex),
-        Some(ContentKind::Manifest),
-        errors,
-    );
-    remove_counted(&layout::manifest_type(root, hex), None, errors);
-    remove_counted(&layout::manifest_access(root, hex), None, errors);
+/// whoever still sees it also finds its media type); the first failure, after trying all.
+pub(super) fn remove_manifest(root: &Path, hex: &str) -> io::Result<()> {
+    let results = [
+        remove_counted(&layout::manifest(root, hex), Some(ContentKind::Manifest)),
+        remove_counted(&layout::manifest_type(root, hex), None),
+        remove_counted(&layout::manifest_access(root, hex), None),
+    ];
+    results.into_iter().collect()
 }
 
-/// Removes blob `hex`; a failure is added to `errors`.
-pub fn remove_blob(root: &Path, hex: &str, errors: &mut Vec<String>) {
-    remove_counted(&layout::blob(root, hex), Some(ContentKind::Blob), errors);
+/// Removes blob `hex`.
+pub(super) fn remove_blob(root: &Path, hex: &str) -> io::Result<()> {
+    remove_counted(&layout::blob(root, hex), Some(ContentKind::Blob))
 }
 
-/// Removes `p` (gone already is fine), taking its bytes off the `kind` disk gauge; a failure
-/// is added to `errors`.
-fn remove_counted(p: &Path, kind: Option<ContentKind>, errors: &mut Vec<String>) {
+/// Removes `p` (gone already is fine), taking its bytes off the `kind` disk gauge.
+fn remove_counted(p: &Path, kind: Option<ContentKind>) -> io::Result<()> {
     let size = kind.and(std::fs::metadata(p).ok()).map(|m| m.len());
-    match remove(p) {
-        Err(e) => errors.push(format!("{}: {e}", p.display())),
-        Ok(()) => {
-            if let (Some(kind), Some(size)) = (kind, size) {
-                crate::metrics::global().disk_removed(kind, size);
-            }
-        }
+    remove(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+    if let (Some(kind), Some(size)) = (kind, size) {
+        crate::metrics::global().disk_removed(kind, size);
     }
+    Ok(())
 }

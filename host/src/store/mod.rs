@@ -4,9 +4,9 @@
 //! ([`files`]) it rests on. Every path of the cache layout is built in [`layout`]; nothing
 //! outside the store sees one. It knows nothing of HTTP, upstreams or the mirror.
 //!
-//! The inventory (scan, prune, evict, access times) works on the filesystem layout directly,
-//! through [`listing`], [`access`] and [`tags`]'s listing: those serve the filesystem
-//! backend only.
+//! The inventory (scan, prune, evict, access times) works through the trait as well: every
+//! backend lists its content, removes it and hands out the inventory lock (the
+//! filesystem's: [`listing`], [`access`], [`tags`]'s listing and [`lock`]).
 
 pub mod access;
 pub mod backend;
@@ -17,12 +17,13 @@ mod files;
 pub mod fs;
 pub mod layout;
 pub mod listing;
+pub mod lock;
 pub mod s3;
 pub mod staging;
 pub mod tags;
 
 pub use access::AccessRecord;
-pub use backend::{Claim, FetchLease, Manifest, Store, StoredBlob, TagKey};
+pub use backend::{Claim, INVENTORY_LEASE_TTL, Lease, Manifest, Store, StoredBlob, TagKey};
 pub use error::StoreError;
 pub(crate) use files::read_chunk;
 pub use fs::{FsStore, probe_write};

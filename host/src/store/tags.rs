@@ -149,47 +149,35 @@ pub(super) async fn remove(root: &Path, t: TagKey<'_>) -> io::Result<bool> {
     }
 }
 
-/// A tag record file found by [`list`]: shown (in messages) as its path, removed by
-/// [`TagFile::remove`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagFile(PathBuf);
-
-impl std::fmt::Display for TagFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.display().fmt(f)
-    }
-}
-
-impl TagFile {
-    /// Removes the record (gone already is fine; blocking).
-    pub fn remove(&self) -> io::Result<()> {
-        match std::fs::remove_file(&self.0) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// A tag record read by [`list`].
-#[derive(Debug)]
-pub struct Listed {
+/// A tag record as the inventory lists it ([`super::Store::list_tags`]).
+#[derive(Debug, Clone)]
+pub struct ListedTag {
     /// Registry (canonical name).
     pub registry: String,
     /// Repository.
     pub repository: String,
     /// Tag.
     pub tag: String,
-    /// The record's file.
-    pub file: TagFile,
     /// The record.
     pub record: TagRecord,
     /// When the record was last written (Unix seconds).
-    pub mtime: u64,
+    pub modified: u64,
+}
+
+/// Splits a tag record's key or path relative to `tags/` (`<registry>/<repo>/@tags/<tag>.json`)
+/// into registry, repository and tag; `None` for anything else.
+pub(super) fn parse_relative(rel: &str) -> Option<(&str, &str, &str)> {
+    let (dir, file) = rel.rsplit_once('/')?;
+    let tag = file.strip_suffix(layout::TAG_SUFFIX)?;
+    let repo_path = dir.strip_suffix(layout::TAG_DIR)?.strip_suffix('/')?;
+    let (registry, repository) = repo_path.split_once('/')?;
+    (!registry.is_empty() && !repository.is_empty() && !tag.is_empty())
+        .then_some((registry, repository, tag))
 }
 
 /// Every tag record under the image path `root` (blocking; reading only). Unreadable
 /// records are skipped (and logged); past a million directory entries the listing stops.
-pub fn list(root: &Path) -> Vec<Listed> {
+pub(super) fn list(root: &Path) -> Vec<ListedTag> {
     let base = layout::tags_dir(root);
     let mut out = Vec::new();
     let mut stack = vec![base.clone()];
@@ -205,48 +193,39 @@ pub fn list(root: &Path) -> Vec<Listed> {
                 return out;
             }
             let Ok(ft) = e.file_type() else { continue };
-            if !ft.is_dir() {
-                continue;
-            }
-            if e.file_name() != layout::TAG_DIR {
+            if ft.is_dir() {
                 stack.push(e.path());
                 continue;
             }
-            let Ok(rel) = dir.strip_prefix(&base) else {
+            let path = e.path();
+            let Some(rel) = path
+                .strip_prefix(&base)
+                .ok()
+                .map(|r| r.to_string_lossy().replace('\\', "/"))
+            else {
                 continue;
             };
-            let rel = rel.to_string_lossy().replace('\\', "/");
-            let Some((registry, repository)) = rel.split_once('/') else {
+            let Some((registry, repository, tag)) = parse_relative(&rel) else {
                 continue;
             };
-            let Ok(files) = std::fs::read_dir(e.path()) else {
+            let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            for f in files.filter_map(Result::ok) {
-                let fname = f.file_name().to_string_lossy().into_owned();
-                let Some(tag) = fname.strip_suffix(layout::TAG_SUFFIX) else {
-                    continue;
-                };
-                let Ok(bytes) = std::fs::read(f.path()) else {
-                    continue;
-                };
-                let Ok(record) = serde_json::from_slice::<TagRecord>(&bytes) else {
-                    tracing::warn!(path = %f.path().display(), "unreadable tag record; skipped");
-                    continue;
-                };
-                out.push(Listed {
-                    registry: registry.to_owned(),
-                    repository: repository.to_owned(),
-                    tag: tag.to_owned(),
-                    file: TagFile(f.path()),
-                    mtime: f
-                        .metadata()
-                        .ok()
-                        .and_then(|m| m.modified().ok())
-                        .map_or(0, crate::timefmt::unix_secs),
-                    record,
-                });
-            }
+            let Ok(record) = serde_json::from_slice::<TagRecord>(&bytes) else {
+                tracing::warn!(path = %path.display(), "unreadable tag record; skipped");
+                continue;
+            };
+            out.push(ListedTag {
+                registry: registry.to_owned(),
+                repository: repository.to_owned(),
+                tag: tag.to_owned(),
+                modified: e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .map_or(0, crate::timefmt::unix_secs),
+                record,
+            });
         }
     }
     out

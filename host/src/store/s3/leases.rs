@@ -1,6 +1,7 @@
-//! Fetch leases in the bucket for [`super::S3Store`]: which replica downloads a blob from the
-//! upstream while the others stream it from that one. A lease is the object
-//! `leases/blobs/<hex>` (key from [`crate::store::layout`]) holding `{owner, id, expiresAt}`:
+//! Leases in the bucket for [`super::S3Store`]: which replica downloads a blob from the
+//! upstream while the others stream it from that one (`leases/blobs/<hex>`), and which one
+//! prunes and evicts (`leases/inventory`; keys from [`crate::store::layout`]). A lease is
+//! an object holding `{owner, id, expiresAt}`:
 //! created with a conditional create (`If-None-Match: *`), taken over when expired with a
 //! conditional update against the ETag read, renewed the same way, deleted on release.
 //!
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::S3Store;
 use crate::oci::reference::Digest;
-use crate::store::backend::{Claim, FetchLease, StoreFuture};
+use crate::store::backend::{Claim, Lease, StoreFuture};
 use crate::store::error::StoreError;
 use crate::store::layout;
 
@@ -83,6 +84,7 @@ fn update(e_tag: Option<String>) -> PutMode {
 }
 
 impl S3Store {
+    /// Claims the fetch lease of blob `digest`.
     pub(super) async fn claim(
         &self,
         digest: &Digest,
@@ -90,6 +92,17 @@ impl S3Store {
         ttl: Duration,
     ) -> Result<Claim, StoreError> {
         let key = self.key(&layout::blob_lease_key(digest.hex()))?;
+        self.claim_key(key, owner, ttl).await
+    }
+
+    /// Claims the lease object `key` for `owner` for `ttl`, unless another owner's lease
+    /// there is live.
+    pub(super) async fn claim_key(
+        &self,
+        key: Key,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
         let id = nonce();
         for attempt in 1..=CLAIM_ATTEMPTS {
             let mode = match read(&self.bucket, &key).await? {
@@ -132,13 +145,13 @@ impl S3Store {
             }
         }
         Err(std::io::Error::other(format!(
-            "the fetch lease of {digest} kept changing; gave up after {CLAIM_ATTEMPTS} attempts"
+            "the lease {key} kept changing; gave up after {CLAIM_ATTEMPTS} attempts"
         ))
         .into())
     }
 }
 
-/// A fetch lease this replica holds in the bucket.
+/// A lease this replica holds in the bucket.
 #[derive(Debug)]
 struct S3Lease {
     bucket: Arc<AmazonS3>,
@@ -173,7 +186,7 @@ impl S3Lease {
                 Ok(())
             }
             None => Err(std::io::Error::other(format!(
-                "the fetch lease {} was taken over by another replica",
+                "the lease {} was taken over by another replica",
                 self.key
             ))
             .into()),
@@ -193,7 +206,7 @@ impl S3Lease {
     }
 }
 
-impl FetchLease for S3Lease {
+impl Lease for S3Lease {
     fn renew(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.extend())
     }

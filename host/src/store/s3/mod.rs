@@ -1,11 +1,12 @@
 //! The S3-compatible backend ([`S3Store`]): blobs, manifests and tag records as objects in a
 //! bucket under a key prefix (the keys of [`crate::store::layout`]), with downloads staged
 //! on local disk and a local read-through copy of blobs. It implements [`Store`] and
-//! nothing else: the inventory (scan, prune, evict) does not work on a bucket.
+//! nothing else.
 //!
 //! Blob bytes move in [`blobs`], the bucket client is built and checked in [`client`], tag
-//! records are updated in [`records`], fetch leases (one upstream fetch per blob across
-//! replicas) live in [`leases`]; [`fallback`] keeps local copies of manifests and tag
+//! records are updated in [`records`], leases (one upstream fetch per blob across replicas,
+//! one pruning replica) live in [`leases`]; [`inventory`] lists and removes content for
+//! `list`, `prune` and `maxSize`; [`fallback`] keeps local copies of manifests and tag
 //! records and serves them while the bucket cannot be reached.
 //!
 //! Content appears under a digest key only once verified and fully sent (a conditional
@@ -17,6 +18,7 @@ mod blobs;
 mod bound;
 mod client;
 mod fallback;
+mod inventory;
 mod leases;
 mod records;
 #[cfg(test)]
@@ -31,11 +33,13 @@ use object_store::aws::AmazonS3;
 use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
+use super::access::AccessRecord;
 use super::backend::{Claim, Manifest, Store, StoreFuture, StoredBlob, TagKey};
 use super::error::StoreError;
 use super::layout;
+use super::listing::{ListedBlob, ListedManifest, Usage};
 use super::staging::{self, Staged, temp_path_in};
-use super::tags::TagRecord;
+use super::tags::{ListedTag, TagRecord};
 use crate::metrics::ContentKind;
 use crate::oci::reference::Digest;
 use blobs::{FillTarget, Fills, ObjectBlob};
@@ -508,5 +512,49 @@ impl Store for S3Store {
         ttl: Duration,
     ) -> StoreFuture<'a, Claim> {
         counted("claim_fetch", self.claim(digest, owner, ttl))
+    }
+
+    fn list_blobs(&self) -> StoreFuture<'_, Vec<ListedBlob>> {
+        counted("list", self.list_blob_objects())
+    }
+
+    fn list_manifests(&self) -> StoreFuture<'_, Vec<ListedManifest>> {
+        counted("list", self.list_manifest_objects())
+    }
+
+    fn list_tags(&self) -> StoreFuture<'_, Vec<ListedTag>> {
+        counted("list", self.list_tag_objects())
+    }
+
+    fn usage(&self) -> StoreFuture<'_, (Usage, Usage)> {
+        counted("list", self.bucket_usage())
+    }
+
+    fn get_access<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<AccessRecord>> {
+        counted("get_access", self.read_access(digest))
+    }
+
+    fn set_access<'a>(
+        &'a self,
+        digest: &'a Digest,
+        record: Option<&'a AccessRecord>,
+    ) -> StoreFuture<'a, ()> {
+        counted("set_access", self.write_access(digest, record))
+    }
+
+    fn remove_manifest<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()> {
+        counted("remove", self.delete_manifest(digest))
+    }
+
+    fn remove_blob<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()> {
+        counted("remove", self.delete_blob(digest))
+    }
+
+    fn lock_inventory<'a>(&'a self, owner: &'a str, wait: bool) -> StoreFuture<'a, Claim> {
+        counted("lock_inventory", self.claim_inventory(owner, wait))
+    }
+
+    fn sweep_local_copies(&self) -> StoreFuture<'_, usize> {
+        counted("list", self.sweep())
     }
 }

@@ -169,11 +169,36 @@ async fn the_s3_store_keeps_the_contract() {
     );
     crate::store::contract::check(Arc::new(store)).await;
     assert_eq!(tmp_file_count(local.path()), 0);
-    // The bucket holds the layout under the prefix.
+    // The contract ends by removing what it stored: from the bucket (under the prefix,
+    // where the layout put it) and from the local copy.
     let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
-    let blob = s3.object_file(&format!("{PREFIX}blobs/sha256/{}", Digest::of(&data).hex()));
-    assert_eq!(std::fs::read(blob).unwrap(), data);
+    let hex = Digest::of(&data).hex().to_owned();
+    assert!(
+        !s3.object_file(&format!("{PREFIX}blobs/sha256/{hex}"))
+            .exists()
+    );
+    assert!(!local.path().join("blobs/sha256").join(&hex).exists());
     let manifest = Digest::of(br#"{"schemaVersion":2}"#);
+    assert!(
+        !s3.object_file(&format!("{PREFIX}manifests/sha256/{}", manifest.hex()))
+            .exists()
+    );
+    assert!(
+        !local
+            .path()
+            .join("manifests/sha256")
+            .join(manifest.hex())
+            .exists()
+    );
+    // Stored again, it is where the layout says, under the prefix.
+    let store = S3Store::open(s3.options(), local.path()).await.unwrap();
+    let bytes = bytes::Bytes::from_static(br#"{"schemaVersion":2}"#);
+    let m = crate::store::Manifest {
+        digest: manifest.clone(),
+        media_type: crate::oci::media::OCI_MANIFEST.into(),
+        bytes,
+    };
+    store.put_manifest(&m).await.unwrap();
     assert!(
         s3.object_file(&format!("{PREFIX}manifests/sha256/{}", manifest.hex()))
             .is_file()
@@ -439,7 +464,7 @@ async fn with_the_bucket_gone_the_local_copies_are_served_and_the_rest_fails() {
 
 const TTL: Duration = Duration::from_secs(30);
 
-async fn owned(claim: Claim) -> Box<dyn crate::store::FetchLease> {
+async fn owned(claim: Claim) -> Box<dyn crate::store::Lease> {
     match claim {
         Claim::Owner(lease) => lease,
         Claim::Taken { owner } => panic!("taken by {owner}"),
@@ -597,4 +622,70 @@ async fn a_bounded_local_copy_keeps_the_recently_used_and_reads_the_rest_from_th
     for (data, digest) in blobs.iter().zip(&digests) {
         assert_eq!(&read_all(&store, digest).await, data);
     }
+}
+
+#[tokio::test]
+async fn one_replica_at_a_time_holds_the_inventory_and_a_removal_is_seen_by_all() {
+    let Some(s3) = S3sFs::start() else { return };
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = S3Store::open(s3.options(), root_a.path()).await.unwrap();
+    let b = S3Store::open(s3.options(), root_b.path()).await.unwrap();
+
+    let held = owned(a.lock_inventory("replica a", false).await.unwrap()).await;
+    match b.lock_inventory("replica b", false).await.unwrap() {
+        Claim::Taken { owner } => assert_eq!(owner, "replica a"),
+        Claim::Owner(_) => panic!("two replicas hold the inventory lease"),
+    }
+    held.release().await.unwrap();
+    let next = owned(b.lock_inventory("replica b", false).await.unwrap()).await;
+
+    // What A stored, B lists; what B removes, A no longer has (nor B's local copy).
+    let data = vec![9u8; 70_000];
+    let digest = commit_bytes(&a, &data).await;
+    let listed = b.list_blobs().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].hex.as_str(), listed[0].size),
+        (digest.hex(), 70_000)
+    );
+    assert_eq!(read_all(&b, &digest).await, data);
+    local_copy(root_b.path(), &digest).await;
+    b.remove_blob(&digest).await.unwrap();
+    next.release().await.unwrap();
+    assert!(!layout::blob(root_b.path(), digest.hex()).exists());
+    assert!(a.list_blobs().await.unwrap().is_empty());
+    let (blobs, _) = a.usage().await.unwrap();
+    assert_eq!(blobs.items, 0);
+}
+
+#[tokio::test]
+async fn local_copies_of_blobs_pruned_elsewhere_are_swept_once_idle() {
+    let Some(s3) = S3sFs::start() else { return };
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = S3Store::open(s3.options(), root_a.path()).await.unwrap();
+    let b = S3Store::open(s3.options(), root_b.path()).await.unwrap();
+    let (kept, pruned) = (vec![1u8; 5_000], vec![2u8; 6_000]);
+    let (kept, pruned) = (
+        commit_bytes(&a, &kept).await,
+        commit_bytes(&a, &pruned).await,
+    );
+    b.remove_blob(&pruned).await.unwrap();
+    let copy = |d: &Digest| layout::blob(root_a.path(), d.hex());
+    // Just written: used within the idle time, kept.
+    assert_eq!(a.sweep_local_copies().await.unwrap(), 0);
+    assert!(copy(&pruned).exists());
+    // Idle for longer: the copy of the pruned blob goes, the other stays.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for d in [&kept, &pruned] {
+        std::fs::File::options()
+            .write(true)
+            .open(copy(d))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    assert_eq!(a.sweep_local_copies().await.unwrap(), 1);
+    assert!(!copy(&pruned).exists());
+    assert!(copy(&kept).exists());
+    assert_eq!(a.stat_blob(&pruned).await.unwrap(), None);
 }

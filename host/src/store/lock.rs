@@ -3,12 +3,15 @@
 //! server's access flush, its prunes and evictions, the admin API's invalidate, and the
 //! `prune` and `invalidate` verbs run beside a server. It keeps a flush from writing back a
 //! tag record that a prune in another process has just removed. Pulls never take it.
+//! [`super::FsStore`]'s [`super::Store::lock_inventory`] hands it out as a [`Lease`].
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, flock};
+
+use super::backend::{Lease, StoreFuture};
 
 /// The lock file's name, in the cache directory.
 pub const LOCK_FILE: &str = "inventory.lock";
@@ -50,6 +53,18 @@ impl InventoryLock {
         })
         .await
         .map_err(io::Error::other)?
+    }
+}
+
+impl Lease for InventoryLock {
+    fn renew(&self) -> StoreFuture<'_, ()> {
+        // A file lock does not expire.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn release(self: Box<Self>) -> StoreFuture<'static, ()> {
+        drop(self);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
