@@ -137,6 +137,17 @@ mod tests {
         }
     }
 
+    /// The image is the same on every build and machine: a change of this digest is a change
+    /// of the image (the generator, the message, or the pinned compressor), to be made on
+    /// purpose (users may pin it).
+    #[test]
+    fn the_index_digest_is_stable() {
+        assert_eq!(
+            index().digest,
+            "sha256:7c5bcd3996c030934dfecaa8e3f6405f7b36aa6a8289e05b07d3ca55ecbdbbac"
+        );
+    }
+
     #[test]
     fn the_index_lists_both_platforms_and_every_descriptor_is_exact() {
         let described = |v: &serde_json::Value| {
