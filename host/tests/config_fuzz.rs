@@ -11,6 +11,7 @@ fn yamlish() -> impl Strategy<Value = String> {
         "defaultNs",
         "airGapped",
         "alwaysPullLatest",
+        "helloWorld",
         "pullTimeout",
         "tagTtl",
         "revalidateTimeout",

@@ -133,6 +133,8 @@ pub struct FileConfig {
     pub air_gapped: Option<bool>,
     /// Re-check `:latest` upstream on every pull.
     pub always_pull_latest: Option<bool>,
+    /// Serve the built-in hello-world image on the default registry (default true).
+    pub hello_world: Option<bool>,
     /// Upstream answer timeout.
     pub pull_timeout: Option<ConfigDuration>,
     /// Log level (`error`..`trace`).

@@ -127,6 +127,7 @@ pub fn resolve(
         default_ns,
         air_gapped: o.air_gapped || cfg.air_gapped.unwrap_or(false),
         always_pull_latest: o.always_pull_latest || cfg.always_pull_latest.unwrap_or(false),
+        hello_world: cfg.hello_world.unwrap_or(true),
         pull_timeout,
         registries,
         log_level: cfg.log_level,

@@ -107,6 +107,8 @@ pub struct Settings {
     pub air_gapped: bool,
     /// Re-check `:latest` upstream.
     pub always_pull_latest: bool,
+    /// `helloWorld`: `hello-world` on the default registry is the built-in image.
+    pub hello_world: bool,
     /// Upstream answer timeout.
     pub pull_timeout: Duration,
     /// Configured upstreams.

@@ -788,3 +788,18 @@ fn cluster_errors_name_key_and_line() {
         }
     }
 }
+
+#[test]
+fn hello_world_is_on_unless_switched_off() {
+    assert!(resolve_text("").unwrap().hello_world);
+    assert!(resolve_text("helloWorld: true\n").unwrap().hello_world);
+    assert!(!resolve_text("helloWorld: false\n").unwrap().hello_world);
+    for (bad, needle) in [
+        ("port: 8080\nhelloWorld: nope\n", "line 2"),
+        ("helloWorld: 1\n", "helloWorld"),
+        ("hellowWorld: false\n", "hellowWorld"),
+    ] {
+        let e = resolve_text(bad).unwrap_err();
+        assert!(e.contains(needle), "{bad}: {e}");
+    }
+}

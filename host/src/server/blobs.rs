@@ -82,7 +82,7 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
     response::digest_headers(h, digest);
 }
 
-fn blob_response(
+pub(super) fn blob_response(
     digest: &Digest,
     total: u64,
     range_header: Option<&str>,

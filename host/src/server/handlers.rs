@@ -1,5 +1,6 @@
 //! Dispatching a request to its route ([`super::manifests`], [`super::blobs`],
-//! [`super::passthrough`]) and answering its failure as an OCI error.
+//! [`super::passthrough`], or [`super::hello`] for the built-in image) and answering its
+//! failure as an OCI error.
 
 use std::sync::Arc;
 
@@ -63,6 +64,9 @@ async fn route(
     let Some(repo) = repo else {
         return Ok(json_ok(b"{}", head));
     };
+    if super::hello::wanted(app.settings.hello_world, &via, &repo) {
+        return super::hello::answer(route, &repo, headers, head);
+    }
     let registry = canonical_name(&registry);
     match route {
         Route::Base => Ok(json_ok(b"{}", head)),

@@ -33,7 +33,7 @@ pub(super) async fn manifest(
     Ok(manifest_response(&m, head))
 }
 
-fn manifest_response(m: &Manifest, head: bool) -> Response<Body> {
+pub(super) fn manifest_response(m: &Manifest, head: bool) -> Response<Body> {
     let mut resp = response::bytes(m.bytes.clone(), head);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&m.media_type) {

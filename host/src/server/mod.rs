@@ -4,7 +4,7 @@
 //! to finish before the rest is cut.
 //!
 //! [`router`] maps paths to routes; [`handlers`] dispatches them to [`manifests`], [`blobs`]
-//! and [`passthrough`]; [`range`] reads `Range` headers; [`response`] builds bodies and OCI
+//! and [`passthrough`], or to [`hello`] for the built-in hello-world image; [`range`] reads `Range` headers; [`response`] builds bodies and OCI
 //! error answers; [`peer`] is the endpoint the other replicas (`cluster`) stream blobs
 //! from; [`error`] maps the lower layers' typed errors to statuses and OCI error
 //! codes, the only place that does. No pull-through logic lives here (that is
@@ -14,6 +14,7 @@ pub mod admin;
 pub mod blobs;
 pub mod error;
 pub mod handlers;
+pub mod hello;
 pub mod listener;
 pub mod local_only;
 pub mod manifests;
