@@ -56,7 +56,7 @@ impl FsStore {
         for dir in layout::DIRS {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        let cleaned = staging::prepare(root, loose)?;
+        let cleaned = staging::prepare(root, loose)?.cleaned;
         if cleaned > 0 {
             tracing::info!(
                 cleaned,

@@ -6,7 +6,9 @@
 //! Every process writes its temp files into a directory of its own under `tmp/`, on which
 //! it holds an exclusive `flock` for its whole life. Start-up removes only the directories
 //! whose lock it can take (their process is gone), so a second `serve` that fails to bind,
-//! or an `ociregistry load` beside a server, never removes a file in use.
+//! or an `ociregistry load` beside a server, never removes a file in use. Notes a process
+//! leaves there (named [`NOTE_PREFIX`]..., such as the multipart uploads a bucket store had
+//! open) are read before their directory goes, for the store to finish their business.
 
 use std::collections::HashMap;
 use std::io;
@@ -59,14 +61,33 @@ impl Staged {
     }
 }
 
+/// The name start of a note a process keeps in its temp directory while some business is
+/// open (see [`prepare`]).
+pub(super) const NOTE_PREFIX: &str = "note-";
+
+/// What [`prepare`] found.
+#[derive(Debug, Default)]
+pub(super) struct Prepared {
+    /// Temp files removed.
+    pub(super) cleaned: usize,
+    /// The contents of the notes left by processes that are gone.
+    pub(super) notes: Vec<Vec<u8>>,
+}
+
 /// Removes temp files under `root` left by processes that are gone (with `loose`, also
-/// loose ones left by versions before per-process directories), then claims this process's
-/// own directory, so that a start-up failure is seen here rather than at the first pull.
-/// Returns how many files went.
-pub(super) fn prepare(root: &Path, loose: bool) -> io::Result<usize> {
-    let cleaned = clean_tmp(&layout::tmp_dir(root), loose)?;
+/// loose ones left by versions before per-process directories), reading their notes first,
+/// then claims this process's own directory, so that a start-up failure is seen here rather
+/// than at the first pull.
+pub(super) fn prepare(root: &Path, loose: bool) -> io::Result<Prepared> {
+    let prepared = clean_tmp(&layout::tmp_dir(root), loose)?;
     own_tmp_dir(root)?;
-    Ok(cleaned)
+    Ok(prepared)
+}
+
+/// A fresh path for a note labelled `label` in this process's own temp directory (see
+/// [`prepare`]).
+pub(super) fn note_path_in(root: &Path, label: &str) -> PathBuf {
+    temp_path_in(root, &format!("{NOTE_PREFIX}{label}"))
 }
 
 /// A fresh, unique temp file path in the cache at `root` (not yet created), in this
@@ -131,11 +152,11 @@ fn claim_tmp_dir(tmp: &Path) -> io::Result<(PathBuf, std::fs::File)> {
     Err(last)
 }
 
-/// Removes from `tmp` every directory whose lock can be taken (its process is gone) and,
-/// with `loose`, every file directly in it. Returns how many files went.
-fn clean_tmp(tmp: &Path, loose: bool) -> io::Result<usize> {
+/// Removes from `tmp` every directory whose lock can be taken (its process is gone), after
+/// reading its notes, and, with `loose`, every file directly in it.
+fn clean_tmp(tmp: &Path, loose: bool) -> io::Result<Prepared> {
     use rustix::fs::{FlockOperation, flock};
-    let mut cleaned = 0usize;
+    let mut out = Prepared::default();
     for entry in std::fs::read_dir(tmp)? {
         let entry = entry?;
         let path = entry.path();
@@ -147,13 +168,20 @@ fn clean_tmp(tmp: &Path, loose: bool) -> io::Result<usize> {
             if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
                 continue;
             }
-            cleaned += std::fs::read_dir(&path).map_or(0, |rd| rd.count());
+            for file in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                out.cleaned += 1;
+                if file.file_name().to_string_lossy().starts_with(NOTE_PREFIX)
+                    && let Ok(note) = std::fs::read(file.path())
+                {
+                    out.notes.push(note);
+                }
+            }
             let _ = std::fs::remove_dir_all(&path);
         } else if loose && std::fs::remove_file(&path).is_ok() {
-            cleaned += 1;
+            out.cleaned += 1;
         }
     }
-    Ok(cleaned)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Blob bytes between the bucket and local disk for [`super::S3Store`]: the ranged, streamed
 //! read of a blob object, the upload of a verified staged file (one put, or a multipart
-//! upload in parts read from the file), and the background fill of the local read-through
-//! copy. It does not decide where anything lives (the store and [`crate::store::layout`] do).
+//! upload in parts read from the file, noted in the staging directory while open so that a
+//! process killed mid-upload has it aborted at the next start), and the background fill of
+//! the local read-through copy. It does not decide where anything lives (the store and [`crate::store::layout`] do).
 
 use std::collections::HashSet;
 use std::io;
@@ -12,10 +13,10 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
 use object_store::{
-    GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload,
+    GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +25,7 @@ use crate::oci::reference::Digest;
 use crate::store::backend::BlobReader;
 use crate::store::error::StoreError;
 use crate::store::files::sync_dir;
-use crate::store::staging::temp_path_in;
+use crate::store::staging::{note_path_in, temp_path_in};
 
 /// Blobs of this size and above are uploaded in parts of this size (bounded memory; S3
 /// wants parts of 5 MiB at least).
@@ -55,14 +56,27 @@ impl BlobReader for ObjectBlob {
     }
 }
 
+/// An open multipart upload, as noted in the staging directory (see
+/// [`crate::store::staging`]) while it runs.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadNote {
+    /// The object key.
+    key: String,
+    /// The bucket's id of the upload.
+    upload_id: String,
+}
+
 /// Uploads the verified file at `path` (`size` bytes) as the object `key`. Nothing appears
 /// under `key` unless every byte was sent. Returns whether this upload stored it (`false`:
-/// it was there already, another replica stored it).
+/// it was there already, another replica stored it). A multipart upload is noted under
+/// `local_root`'s staging while it is open.
 pub(super) async fn upload(
     bucket: &AmazonS3,
     key: &Key,
     path: &Path,
     size: u64,
+    local_root: &Path,
 ) -> Result<bool, StoreError> {
     let mut file = tokio::fs::File::open(path).await?;
     let len = file.metadata().await?.len();
@@ -90,38 +104,96 @@ pub(super) async fn upload(
         Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    let mut upload = bucket.put_multipart(key).await?;
-    match send_parts(&mut *upload, &mut file, size).await {
-        Ok(()) => match upload.complete().await {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                let _ = upload.abort().await;
-                Err(e.into())
-            }
-        },
+    let id = bucket.create_multipart(key).await?;
+    let note = note_path_in(local_root, "multipart");
+    let noted = UploadNote {
+        key: key.to_string(),
+        upload_id: id.clone(),
+    };
+    if let Err(e) = write_note(&note, &noted).await {
+        let _ = bucket.abort_multipart(key, &id).await;
+        return Err(e.into());
+    }
+    let sent = match send_parts(bucket, key, &id, &mut file, size).await {
+        Ok(parts) => bucket
+            .complete_multipart(key, &id, parts)
+            .await
+            .map_err(Into::into),
+        Err(e) => Err(e),
+    };
+    let result = match sent {
+        Ok(_) => Ok(true),
         Err(e) => {
             // Nothing becomes visible under the key; the parts sent so far are dropped.
-            let _ = upload.abort().await;
+            if let Err(abort) = bucket.abort_multipart(key, &id).await {
+                tracing::warn!(%key, error = %abort, "could not abort a failed multipart upload \
+                    (a lifecycle rule on the bucket removes it)");
+            }
             Err(e)
         }
+    };
+    let _ = tokio::fs::remove_file(&note).await;
+    result
+}
+
+/// Writes `note` to `path`, synced: it must outlive a crash.
+async fn write_note(path: &Path, note: &UploadNote) -> io::Result<()> {
+    let json = serde_json::to_vec(note).map_err(io::Error::other)?;
+    let mut f = tokio::fs::File::create(path).await?;
+    f.write_all(&json).await?;
+    f.sync_all().await
+}
+
+/// Aborts the multipart uploads noted by processes that are gone (killed mid-upload); a
+/// failure is logged (a lifecycle rule on the bucket is the backstop).
+pub(super) async fn abort_left_uploads(bucket: &AmazonS3, notes: &[Vec<u8>]) {
+    let mut aborted = 0usize;
+    for note in notes {
+        let Ok(n) = serde_json::from_slice::<UploadNote>(note) else {
+            continue;
+        };
+        let Ok(key) = Key::parse(&n.key) else {
+            continue;
+        };
+        let id: MultipartId = n.upload_id;
+        match bucket.abort_multipart(&key, &id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => aborted += 1,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "could not abort a multipart upload left by a process \
+                    that is gone (a lifecycle rule on the bucket removes it)");
+            }
+        }
+    }
+    if aborted > 0 {
+        tracing::info!(
+            aborted,
+            "aborted multipart uploads left by processes that are gone"
+        );
     }
 }
 
-/// Sends `size` bytes of `file` as parts of [`PART_SIZE`], one at a time.
+/// Sends `size` bytes of `file` as parts of [`PART_SIZE`], one at a time; their ids.
 async fn send_parts(
-    upload: &mut dyn MultipartUpload,
+    bucket: &AmazonS3,
+    key: &Key,
+    id: &MultipartId,
     file: &mut tokio::fs::File,
     size: u64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<PartId>, StoreError> {
     let mut sent = 0u64;
+    let mut parts = Vec::new();
     while sent < size {
         let want = (size - sent).min(PART_SIZE as u64) as usize;
         let mut buf = vec![0u8; want];
         file.read_exact(&mut buf).await?;
-        upload.put_part(PutPayload::from(buf)).await?;
+        parts.push(
+            bucket
+                .put_part(key, id, parts.len(), PutPayload::from(buf))
+                .await?,
+        );
         sent += want as u64;
     }
-    Ok(())
+    Ok(parts)
 }
 
 /// The digests whose local copy is being filled, so that each is filled once at a time.

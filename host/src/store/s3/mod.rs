@@ -156,7 +156,7 @@ impl S3Store {
             ));
         }
         let root = local_root.to_owned();
-        let cleaned = tokio::task::spawn_blocking(move || {
+        let prepared = tokio::task::spawn_blocking(move || {
             for dir in layout::DIRS {
                 std::fs::create_dir_all(root.join(dir))?;
             }
@@ -164,9 +164,9 @@ impl S3Store {
         })
         .await
         .map_err(std::io::Error::other)??;
-        if cleaned > 0 {
+        if prepared.cleaned > 0 {
             tracing::info!(
-                cleaned,
+                cleaned = prepared.cleaned,
                 "removed temp files left by processes that are gone"
             );
         }
@@ -174,8 +174,10 @@ impl S3Store {
             .map_err(|e| client::bucket_error(&opts, format!("bad prefix: {e}")))?;
         let probe = client::build(&opts, client::Profile::Probe)?;
         client::probe(&probe, &probe_key, &opts.bucket, &client::where_is(&opts)).await?;
+        let bucket = client::build(&opts, client::Profile::Requests)?;
+        blobs::abort_left_uploads(&bucket, &prepared.notes).await;
         Ok(S3Store {
-            bucket: client::build(&opts, client::Profile::Requests)?,
+            bucket,
             streams: client::build(&opts, client::Profile::Streams)?,
             probe,
             local: super::fs::FsStore::at(local_root),
@@ -269,7 +271,8 @@ impl S3Store {
             return Ok(());
         }
         let permit = self.uploads.acquire().await;
-        let uploaded = blobs::upload(&self.bucket, &self.blob_key(digest)?, temp, size).await;
+        let key = self.blob_key(digest)?;
+        let uploaded = blobs::upload(&self.bucket, &key, temp, size, &self.local_root).await;
         drop(permit);
         let uploaded = match uploaded {
             // The staged file itself is wrong (short, gone): nothing is kept.

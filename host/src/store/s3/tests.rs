@@ -689,3 +689,58 @@ async fn local_copies_of_blobs_pruned_elsewhere_are_swept_once_idle() {
     assert!(copy(&kept).exists());
     assert_eq!(a.stat_blob(&pruned).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn multipart_uploads_left_by_a_killed_process_are_aborted_at_the_next_start() {
+    use object_store::multipart::MultipartStore;
+    let Some(s3) = S3sFs::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let raw = client::build(&s3.options(), client::Profile::Requests).unwrap();
+    let key = |name: &str| Key::parse(format!("{PREFIX}blobs/sha256/{name}")).unwrap();
+    let part = || object_store::PutPayload::from(vec![7u8; 5 * 1024 * 1024]);
+    // Two uploads open, as a killed replica leaves them; one is in its notes.
+    let (left, other) = (key("left"), key("other"));
+    let left_id = raw.create_multipart(&left).await.unwrap();
+    let left_part = raw.put_part(&left, &left_id, 0, part()).await.unwrap();
+    let other_id = raw.create_multipart(&other).await.unwrap();
+    let other_part = raw.put_part(&other, &other_id, 0, part()).await.unwrap();
+    let dead = local.path().join("tmp/99999.deadbeefdeadbeef");
+    std::fs::create_dir_all(&dead).unwrap();
+    let note = serde_json::json!({"key": left.to_string(), "uploadId": left_id});
+    std::fs::write(dead.join("note-multipart.0.part"), note.to_string()).unwrap();
+
+    let _store = S3Store::open(s3.options(), local.path()).await.unwrap();
+    assert!(!dead.exists(), "the dead process's directory is cleaned");
+    // The noted upload is gone: it can no longer be completed; the other one can.
+    assert!(
+        raw.complete_multipart(&left, &left_id, vec![left_part])
+            .await
+            .is_err(),
+        "the left upload was not aborted"
+    );
+    assert!(raw.head(&left).await.is_err());
+    raw.complete_multipart(&other, &other_id, vec![other_part])
+        .await
+        .unwrap();
+    assert!(raw.head(&other).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_large_upload_leaves_no_note_once_done() {
+    let Some(s3) = S3sFs::start() else { return };
+    let local = tempfile::tempdir().unwrap();
+    let store = S3Store::open(s3.options(), local.path()).await.unwrap();
+    let data: Vec<u8> = (0..(blobs::PART_SIZE as u32 + 1000))
+        .map(|i| (i % 241) as u8)
+        .collect();
+    let digest = commit_bytes(&store, &data).await;
+    assert_eq!(
+        std::fs::read(s3.object_file(&format!("{PREFIX}blobs/sha256/{}", digest.hex()))).unwrap(),
+        data
+    );
+    assert_eq!(
+        tmp_file_count(local.path()),
+        0,
+        "no note nor temp file left"
+    );
+}
