@@ -1,7 +1,8 @@
 //! The Helm chart (`deploy/helm/ociregistry`), the Grafana dashboard (`deploy/grafana`) and
 //! the `Dockerfile` stay consistent with the server: the chart's config parses with the
 //! server's own parser, every metric the alerts and the dashboard query is one the server
-//! exports, the probes hit paths the server answers, and the image puts the bundled plugins
+//! exports (and every query is PromQL, by the promql-parser crate), the probes hit paths
+//! the server answers, and the image puts the bundled plugins
 //! where the config looks for them.
 //!
 //! Static checks run everywhere. The chart is also rendered and linted with Helm's own
@@ -144,6 +145,13 @@ fn assert_series_exist(text: &str, what: &str) -> BTreeSet<String> {
         "{what} uses series the server does not export: {unknown:?}\nexported: {exported:?}"
     );
     named
+}
+
+/// `expr` is valid PromQL (Prometheus' grammar, as the promql-parser crate implements it).
+fn assert_promql(expr: &str, what: &str) {
+    if let Err(e) = promql_parser::parser::parse(expr) {
+        panic!("{what}: not PromQL: {e}\n{expr}");
+    }
 }
 
 fn workspace_version() -> String {
@@ -517,6 +525,11 @@ fn alerts_and_dashboard_use_series_the_server_exports() {
         for t in targets {
             let e = t["expr"].as_str().expect("expr");
             assert!(e.contains("ociregistry_"), "{e}");
+            // Grafana replaces its range variable before Prometheus sees the query.
+            assert_promql(
+                &e.replace("$__rate_interval", "5m"),
+                &format!("panel {}", p["title"]),
+            );
             exprs.push_str(e);
             exprs.push('\n');
         }
@@ -830,6 +843,25 @@ fn check_workload(path: &str, o: &Value) {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
 }
 
+/// The rendered PrometheusRule: each expr is PromQL naming only exported series. Returns
+/// the rule as text and the alert names.
+fn check_rules(rule: &Value) -> (String, BTreeSet<String>) {
+    let mut alerts = BTreeSet::new();
+    for r in rule["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .expect("rules")
+    {
+        let alert = str_of(&r["alert"], "alert");
+        let expr = str_of(&r["expr"], "expr");
+        assert_promql(expr, alert);
+        assert_series_exist(expr, alert);
+        alerts.insert(alert.to_owned());
+    }
+    let text = serde_yaml_ng::to_string(rule).unwrap();
+    assert_series_exist(&text, "the rendered PrometheusRule");
+    (text, alerts)
+}
+
 fn container(w: &Value) -> &Value {
     &w["spec"]["template"]["spec"]["containers"][0]
 }
@@ -1025,15 +1057,7 @@ fn s3_cluster_values_render_a_deployment_of_peers_with_secrets_and_monitoring() 
         .expect("the ServiceMonitor's port is on the Service");
     assert_eq!(port["targetPort"].as_u64(), cfg.metrics.map(u64::from));
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
-    // The alerts as rendered name only exported series.
-    let rule = serde_yaml_ng::to_string(r.one("PrometheusRule")).unwrap();
-    assert_series_exist(&rule, "the rendered PrometheusRule");
-    let alerts: BTreeSet<&str> = r.one("PrometheusRule")["spec"]["groups"][0]["rules"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|r| r["alert"].as_str().unwrap())
-        .collect();
+    let (rule, alerts) = check_rules(r.one("PrometheusRule"));
     for a in [
         "OciregistryProviderCredentialFailing",
         "OciregistryCacheNearFull",
@@ -1090,7 +1114,23 @@ fn a_secret_the_config_reads_but_nobody_gives_fails_the_rendering() {
 }
 
 #[test]
-fn persistence_off_renders_a_deployment_and_monitoring_without_metrics_is_refused() {
+fn monitoring_of_a_statefulset_and_persistence_off_and_monitoring_without_metrics() {
+    let Some(r) = Rendered::of(json!({
+        "prometheusRule": {"enabled": true, "diskFullRatio": 0.9},
+        "serviceMonitor": {"enabled": true}
+    })) else {
+        return;
+    };
+    // A StatefulSet's alerts include the kubelet's view of its volumes, 20Gi by default.
+    let (rule, alerts) = check_rules(r.one("PrometheusRule"));
+    assert!(alerts.contains("OciregistryVolumeNearFull"), "{alerts:?}");
+    assert!(
+        rule.contains(&format!(" / {} > 0.9", 20u64 << 30)),
+        "{rule}"
+    );
+    assert!(rule.contains("persistentvolumeclaim=~\"cache-mirror-ociregistry-[0-9]+\""));
+    assert!(rule.contains("< 0.1"), "{rule}");
+
     let Some(r) = Rendered::of(json!({"persistence": {"enabled": false}})) else {
         return;
     };
