@@ -14,7 +14,9 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 # ---- build: the server and the bundled plugins, in release ----
 FROM ${RUST_IMAGE} AS build
-# aws-lc-sys (rustls' crypto) compiles C: a C toolchain, cmake and perl.
+# aws-lc-sys (rustls' crypto) compiles C: a C toolchain, cmake and perl. Not pinned: this
+# stage only compiles, and the base image's Debian release fixes what these resolve to.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake g++ make perl \
  && rm -rf /var/lib/apt/lists/*

