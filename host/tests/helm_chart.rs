@@ -572,6 +572,27 @@ fn alerts_and_dashboard_use_series_the_server_exports() {
         }
         assert_eq!(p["datasource"]["uid"], "${datasource}");
     }
+    // Panels lie on Grafana's 24-column grid without overlapping.
+    let mut cells = BTreeSet::new();
+    for p in panels {
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64().expect("x"),
+            g["y"].as_u64().expect("y"),
+            g["w"].as_u64().expect("w"),
+            g["h"].as_u64().expect("h"),
+        );
+        assert!(w > 0 && h > 0 && x + w <= 24, "panel {} at {g}", p["title"]);
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(
+                    cells.insert((cx, cy)),
+                    "panel {} overlaps another",
+                    p["title"]
+                );
+            }
+        }
+    }
     let used = assert_series_exist(&text, "deploy/grafana/ociregistry.json");
     for needed in [
         "ociregistry_requests_total",
