@@ -191,11 +191,15 @@ fn chart_files_outside_templates_parse() {
             } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
                 yaml(&read(&p), &p.display().to_string());
                 seen.push(p.file_name().unwrap().to_string_lossy().into_owned());
+            } else if p.extension().is_some_and(|x| x == "json") {
+                serde_json::from_str::<Json>(&read(&p))
+                    .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()));
+                seen.push(p.file_name().unwrap().to_string_lossy().into_owned());
             }
         }
     }
     seen.sort();
-    assert_eq!(seen, ["Chart.yaml", "values.yaml"]);
+    assert_eq!(seen, ["Chart.yaml", "values.schema.json", "values.yaml"]);
     let chart = yaml(&read(chart_dir().join("Chart.yaml")), "Chart.yaml");
     assert_eq!(chart["apiVersion"], "v2");
     assert_eq!(chart["name"], "ociregistry");
@@ -1164,11 +1168,16 @@ fn a_secret_the_config_reads_but_nobody_gives_fails_the_rendering() {
     .unwrap()
     .expect_err("cluster without s3");
     assert!(e.contains("storage.s3"), "{e}");
-    // No health port, no probes: refused.
+    // No health port, no probes: refused by the values' schema.
     let e = render(&json!({"config": {"health": null}}))
         .unwrap()
         .expect_err("no health port");
-    assert!(e.contains("config.health"), "{e}");
+    assert!(e.contains("'/config'") && e.contains("'health'"), "{e}");
+    // A misspelt value is refused rather than ignored.
+    let e = render(&json!({"replica": 3}))
+        .unwrap()
+        .expect_err("misspelt value");
+    assert!(e.contains("'replica' not allowed"), "{e}");
 }
 
 #[test]
