@@ -328,6 +328,16 @@ fn chart_config_parses_with_the_server_loader() {
     });
     assert_eq!(cfg.registries.len(), 2, "{block}");
     assert!(cfg.storage.is_some() && cfg.cluster.is_some() && cfg.admin.is_some());
+
+    // And the S3 cluster example's.
+    let example = yaml(
+        &read(repo().join("deploy/helm/values-s3-cluster.yaml")),
+        "values-s3-cluster.yaml",
+    );
+    let text = serde_yaml_ng::to_string(&example["config"]).unwrap();
+    let cfg = config::parse_text(&text)
+        .unwrap_or_else(|e| panic!("values-s3-cluster.yaml config does not parse: {e}\n{text}"));
+    assert_eq!(cfg.storage.unwrap().s3.unwrap().bucket, "mirror-cache");
 }
 
 /// Instructions of a Dockerfile: continuation lines joined, comments dropped.
@@ -1133,6 +1143,40 @@ fn s3_cluster_values_render_a_deployment_of_peers_with_secrets_and_monitoring() 
         rule.contains(&format!(" / {} > 0.85", 24u64 << 30)),
         "{rule}"
     );
+}
+
+/// The S3 cluster example values (`deploy/helm/values-s3-cluster.yaml`) render and lint:
+/// a Deployment of three peers, each advertising its pod address, the bucket's keys and
+/// the peer token from the Secret, monitoring on.
+#[test]
+fn the_s3_cluster_example_values_render() {
+    let path = repo().join("deploy/helm/values-s3-cluster.yaml");
+    let values: Json = serde_yaml_ng::from_str(&read(&path)).expect("example values are YAML");
+    let Some(r) = Rendered::of(values) else {
+        return;
+    };
+    let (cfg, text) = r.config();
+    assert!(cfg.cluster.is_some() && cfg.storage.is_some());
+    let d = r.one("Deployment");
+    assert_eq!(d["spec"]["replicas"], 3);
+    let c = container(d);
+    assert_eq!(mount_path(c, "cache"), Some("/var/cache/ociregistry"));
+    let env = c["env"].as_sequence().expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "OCIREGISTRY_ADVERTISE" && e["value"] == "http://$(POD_IP):8080")
+    );
+    let secret = r.one("Secret");
+    for name in [
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+        "OCIREGISTRY_CLUSTER_TOKEN",
+    ] {
+        assert!(text.contains(name) && secret["stringData"][name].is_string());
+    }
+    check_rules(r.one("PrometheusRule"));
+    r.one("ServiceMonitor");
+    r.named("Service", "mirror-ociregistry-headless");
 }
 
 #[test]
