@@ -889,3 +889,90 @@ fn background_prune_runs_on_one_replica_of_the_bucket() {
     replicas[2].pull_and_verify(Route::Ns(&host), &drop);
     assert!(up.count_requests("", &tag_path) > asked);
 }
+
+/// `maxSize` on a bucket bounds the bucket: the replicas count its objects, and one of them
+/// evicts the least recently pulled image when it is exceeded.
+#[test]
+fn max_size_on_the_bucket_evicts_from_the_bucket() {
+    if !tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let old = images::seed(
+        &up,
+        &images::unique_repo("old"),
+        "v1",
+        ImageKind::oci(2, 300_000),
+    );
+    let new = images::seed(
+        &up,
+        &images::unique_repo("new"),
+        "v1",
+        ImageKind::oci(2, 300_000),
+    );
+    let bucket = S3Server::start("mirror-cache");
+    let host = up.host();
+    // Room for one image of about 600 kB, not two.
+    let start = || {
+        let mut b = Proxy::builder()
+            .upstream(&up)
+            .default_ns(&host)
+            .config_line(&bucket.storage_yaml(""))
+            .config_line("maxSize: 900000\npruneGrace: 0s");
+        for (k, v) in S3Server::env() {
+            b = b.env(k, v);
+        }
+        b.start()
+    };
+    let (a, b) = (start(), start());
+    a.pull_and_verify(Route::Ns(&host), &old);
+    let holds = |img: &images::PushedImage| bucket.keys().iter().any(|k| k.contains(&img.repo));
+    assert!(holds(&old));
+    // Times in the store have one-second resolution: pull the newer image a second later,
+    // so that which one was pulled least recently is not a tie.
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let pulled = unix();
+    wait_for(
+        "a later second",
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        || (unix() > pulled).then_some(()),
+    );
+    b.pull_and_verify(Route::Ns(&host), &new);
+    let evicted = || {
+        !holds(&old)
+            && old.blobs().iter().all(|bl| {
+                bucket
+                    .object(&format!("blobs/sha256/{}", bl.hex()))
+                    .is_none()
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !evicted() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the older image was not evicted from the bucket within 30 s: {:?}\n--- a:\n{}\n--- b:\n{}",
+            bucket.keys(),
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(holds(&new), "the newer image stays");
+    let evicted: Vec<bool> = [&a, &b]
+        .iter()
+        .map(|r| r.log().contains("cache above maxSize"))
+        .collect();
+    assert_eq!(
+        evicted.iter().filter(|e| **e).count(),
+        1,
+        "one replica evicted: {evicted:?}"
+    );
+    // The bucket holds the newer image's blobs alone, each under its verified digest.
+    assert_eq!(verify_bucket(&bucket, "").0, new.blobs().len());
+}

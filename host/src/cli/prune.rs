@@ -58,18 +58,14 @@ pub async fn prune(settings: &Settings, args: &PruneArgs) -> Result<ExitCode, Fa
     let store = super::storage::open_existing(settings).await?;
     let run = prune::run(&*store, &spec, args.count, grace, args.dry_run);
     let plan = if args.dry_run {
-        run.await.map(Some)
+        run.await
     } else {
         // A server on the same cache may be writing back last-pull times, or (on a bucket)
         // another replica pruning: wait for it.
         let owner = format!("ociregistry prune (pid {})", std::process::id());
-        prune::with_lock(&*store, "prune", &owner, true, async {
-            run.await.map(Some)
-        })
-        .await
+        prune::with_lock(&*store, "prune", &owner, true, run).await
     }
-    .map_err(FatalError::Prune)?
-    .ok_or(FatalError::Prune(prune::PruneError::NothingPlanned))?;
+    .map_err(FatalError::Prune)?;
     match args.output {
         Output::Json => print_json(&plan)?,
         Output::Table => print_plan(&plan),

@@ -11,6 +11,10 @@ use super::{ACCESS_FLUSH_EVERY, MAX_SIZE_CHECK_EVERY};
 use super::{evict, prune};
 use crate::mirror::Mirror;
 
+/// How soon a `maxSize` check that found the inventory lease held looks again (the holder
+/// may have counted before this replica's last additions).
+const EVICT_RETRY: Duration = Duration::from_secs(10);
+
 /// Starts the background tasks.
 pub fn start(app: &Arc<Mirror>) {
     let a = app.clone();
@@ -53,8 +57,15 @@ pub fn start(app: &Arc<Mirror>) {
                     false,
                 )
                 .await;
-                if let Err(e) = run {
-                    tracing::warn!(error = %e, "background prune failed");
+                match run {
+                    Ok(_) => {}
+                    Err(prune::PruneError::Busy { holder, .. }) => {
+                        tracing::debug!(
+                            holder,
+                            "another replica holds the inventory lease; not this time"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "background prune failed"),
                 }
             }
         });
@@ -63,15 +74,26 @@ pub fn start(app: &Arc<Mirror>) {
         let a = app.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = evict::run_in_server(&a, max).await {
-                    tracing::warn!(error = %e, "maxSize check failed");
-                }
+                let next = match evict::run_in_server(&a, max).await {
+                    Ok(_) => MAX_SIZE_CHECK_EVERY,
+                    Err(prune::PruneError::Busy { holder, .. }) => {
+                        tracing::debug!(
+                            holder,
+                            "another replica holds the inventory lease; not this time"
+                        );
+                        EVICT_RETRY
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "maxSize check failed");
+                        MAX_SIZE_CHECK_EVERY
+                    }
+                };
                 tokio::select! {
                     () = a.downloads.stored.notified() => {
                         // Let a burst of downloads finish before scanning again.
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
-                    () = tokio::time::sleep(MAX_SIZE_CHECK_EVERY) => {}
+                    () = tokio::time::sleep(next) => {}
                 }
             }
         });

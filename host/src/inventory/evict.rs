@@ -65,8 +65,9 @@ pub fn select(cache: &Cache, max: u64) -> Vec<usize> {
     out
 }
 
-/// Evicts until the cache fits `max`; `None` when it already fits, or when another
-/// replica holds the inventory lease (it evicts, on the same numbers).
+/// Evicts until the cache fits `max`; `None` when it already fits; [`PruneError::Busy`] when
+/// another replica holds the inventory lease (the caller tries again soon: the holder may
+/// have counted before the last additions).
 pub async fn run_in_server(
     app: &Arc<crate::mirror::Mirror>,
     max: u64,

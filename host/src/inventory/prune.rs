@@ -297,8 +297,8 @@ pub async fn finish(
     p
 }
 
-/// A prune inside the server (see [`run_locked`]); `None` when `wait` is false and another
-/// replica holds the inventory lease.
+/// A prune inside the server (see [`run_locked`]); [`PruneError::Busy`] when another
+/// replica holds the inventory lease (after waiting for it a while, with `wait`).
 pub async fn run_in_server(
     app: &Arc<crate::mirror::Mirror>,
     spec: CriteriaSpec,
@@ -306,14 +306,13 @@ pub async fn run_in_server(
     grace: Duration,
     dry_run: bool,
     wait: bool,
-) -> Result<Option<PrunePlan>, PruneError> {
+) -> Result<PrunePlan, PruneError> {
     let plan = run_locked(app, "prune", wait, |store| {
         Box::pin(async move { run(store, &spec, count, grace, dry_run).await.map(Some) })
     })
-    .await?;
-    if let Some(plan) = &plan {
-        log_plan(plan, "prune");
-    }
+    .await?
+    .ok_or(PruneError::NothingPlanned)?;
+    log_plan(&plan, "prune");
     Ok(plan)
 }
 
@@ -322,40 +321,31 @@ pub type Work<'a> =
     std::pin::Pin<Box<dyn Future<Output = Result<Option<PrunePlan>, PruneError>> + Send + 'a>>;
 
 /// Takes the inventory lock of `store` for `what`: the filesystem's file lock, or the
-/// bucket's lease (`wait`: for a while; else `Ok(None)` when another replica holds it).
+/// bucket's lease (with `wait`, waiting for it a while); [`PruneError::Busy`] when another
+/// replica holds it.
 pub async fn lock(
     store: &dyn Store,
     what: &'static str,
     owner: &str,
     wait: bool,
-) -> Result<Option<Box<dyn crate::store::Lease>>, PruneError> {
+) -> Result<Box<dyn crate::store::Lease>, PruneError> {
     match store.lock_inventory(owner, wait).await {
-        Ok(Claim::Owner(lease)) => Ok(Some(lease)),
-        Ok(Claim::Taken { owner: holder }) if wait => Err(PruneError::Busy { what, holder }),
-        Ok(Claim::Taken { owner: holder }) => {
-            tracing::debug!(
-                what,
-                holder,
-                "another replica holds the inventory lease; not this time"
-            );
-            Ok(None)
-        }
+        Ok(Claim::Owner(lease)) => Ok(lease),
+        Ok(Claim::Taken { owner: holder }) => Err(PruneError::Busy { what, holder }),
         Err(source) => Err(PruneError::Lock { what, source }),
     }
 }
 
 /// Runs `work` under the inventory lock, renewing it every third of its lifetime, and
 /// releases it after.
-pub async fn with_lock(
+pub async fn with_lock<T>(
     store: &dyn Store,
     what: &'static str,
     owner: &str,
     wait: bool,
-    work: impl Future<Output = Result<Option<PrunePlan>, PruneError>>,
-) -> Result<Option<PrunePlan>, PruneError> {
-    let Some(lease) = lock(store, what, owner, wait).await? else {
-        return Ok(None);
-    };
+    work: impl Future<Output = Result<T, PruneError>>,
+) -> Result<T, PruneError> {
+    let lease = lock(store, what, owner, wait).await?;
     tokio::pin!(work);
     let mut renew = tokio::time::interval(INVENTORY_LEASE_TTL / 3);
     renew.tick().await;
@@ -377,8 +367,8 @@ pub async fn with_lock(
 
 /// Runs `work` (a prune or an eviction) inside the server: one at a time in this process,
 /// after the access times were flushed so that they count, and under the inventory lock
-/// (see [`with_lock`]); `None` when `wait` is false and another replica holds it. Manifests
-/// it removed leave the in-memory cache as well, so that they are not served from there
+/// (see [`with_lock`]; [`PruneError::Busy`] when another replica holds it). Manifests it
+/// removed leave the in-memory cache as well, so that they are not served from there
 /// afterwards.
 pub async fn run_locked(
     app: &Arc<crate::mirror::Mirror>,

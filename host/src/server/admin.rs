@@ -293,12 +293,7 @@ async fn handle(
                 Err(e) => return bad_request(e.to_string()),
             };
             match prune::run_in_server(app, spec, r.count, grace, r.dry_run, true).await {
-                Ok(Some(plan)) => json(StatusCode::OK, &plan),
-                Ok(None) => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "UNAVAILABLE",
-                    "prune planned nothing",
-                ),
+                Ok(plan) => json(StatusCode::OK, &plan),
                 Err(e @ PruneError::Busy { .. }) => {
                     error(StatusCode::CONFLICT, "BUSY", e.to_string())
                 }
