@@ -9,7 +9,7 @@
 //!  |     HTTP: listener, routes,   metrics/health   warm the cache   scan, prune, evict,
 //!  |     admin API, status codes   endpoints        from a list      access times
 //!  |-> mirror                           the pull-through logic, no HTTP types
-//!  |-> store        upstream            the cache backend (trait + filesystem) / registries
+//!  |-> store        upstream            the cache backend (trait, filesystem, S3) / registries
 //!  |-> providers                        auth plugins and the credential scheduler
 //!  `-> leaves: config oci duration timefmt metrics logging
 //! ```
@@ -26,15 +26,17 @@
 //!   through one shared upstream fetch per manifest and one shared download per blob that
 //!   clients read while it runs; with `cluster`, replicas on one bucket share that download
 //!   (a fetch lease in the store, the others streaming from the owner's peer endpoint).
-//! - [`store`] is the storage seam: the `Store` trait and its filesystem backend; content
-//!   becomes visible under its digest only once verified.
+//!   It also holds the built-in hello-world image (`mirror::hello`, made by `build.rs`).
+//! - [`store`] is the storage seam: the `Store` trait, its filesystem backend and its
+//!   S3-compatible one (replicas sharing a bucket); content becomes visible under its
+//!   digest only once verified. The inventory lists and removes content through it too.
 //! - [`upstream`] talks to upstream registries with the right TLS and credentials, answering
 //!   Basic and Bearer-token challenges and following redirects itself under a host policy;
 //!   its `peer` client streams blobs from other replicas.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
 //! - [`inventory`] knows what is cached and when it was last pulled: list, prune, `maxSize`
-//!   eviction, invalidation.
+//!   eviction, invalidation; on a shared bucket one replica at a time prunes (a lease).
 //! - [`metrics`] counts what happens on those paths; [`observability`] serves it
 //!   (`--metrics`) with liveness and readiness (`--health`).
 //! - [`oci`] is the shared vocabulary: names, digests, media types, the OCI error body, and

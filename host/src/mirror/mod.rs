@@ -1,9 +1,9 @@
 //! The pull-through mirror: answers "this manifest" and "this blob" from the [`crate::store`]
 //! or, on a miss, from the upstream ([`crate::upstream`]), through one shared fetch per
 //! manifest ([`manifests`]) and one shared download per blob ([`downloads`], driven by
-//! [`blobs`]), keeping hot copies in memory ([`hot`]); [`hello`] holds the built-in hello-world image. It owns the shared state of a running
-//! server ([`Mirror`]); it speaks no HTTP to clients (the HTTP layer above does, and maps
-//! the mirror's errors to statuses).
+//! [`blobs`]), keeping hot copies in memory ([`hot`]); [`hello`] holds the built-in
+//! hello-world image. It owns the shared state of a running server ([`Mirror`]); it speaks
+//! no HTTP to clients (the HTTP layer above does, and maps the mirror's errors to statuses).
 
 pub mod blobs;
 pub mod downloads;
