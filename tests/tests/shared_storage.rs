@@ -33,6 +33,11 @@ fn tools() -> bool {
 /// A replica on `bucket` under `prefix`, pulling from `up`, with metrics and health on
 /// ports of their own.
 fn replica(up: &Upstream, bucket: &S3Server, prefix: &str) -> Proxy {
+    replica_with(up, bucket, prefix, "")
+}
+
+/// [`replica`] with `extra` config lines.
+fn replica_with(up: &Upstream, bucket: &S3Server, prefix: &str, extra: &str) -> Proxy {
     let mut b = Proxy::builder()
         .upstream(up)
         .default_ns(&up.host())
@@ -41,6 +46,9 @@ fn replica(up: &Upstream, bucket: &S3Server, prefix: &str) -> Proxy {
         .serve_arg("--health")
         .serve_arg("0")
         .config_line(&bucket.storage_yaml(prefix));
+    if !extra.is_empty() {
+        b = b.config_line(extra);
+    }
     for (k, v) in S3Server::env() {
         b = b.env(k, v);
     }
@@ -823,18 +831,7 @@ fn background_prune_runs_on_one_replica_of_the_bucket() {
         drop.repo
     );
     let host = up.host();
-    let start = || {
-        let mut b = Proxy::builder()
-            .upstream(&up)
-            .default_ns(&host)
-            .log_level("debug")
-            .config_line(&bucket.storage_yaml(""))
-            .config_line(&prune);
-        for (k, v) in S3Server::env() {
-            b = b.env(k, v);
-        }
-        b.start()
-    };
+    let start = || replica_with(&up, &bucket, "", &prune);
     let replicas = [start(), start(), start()];
     replicas[0].pull_and_verify(Route::Ns(&host), &drop);
     let record = |keys: &[String]| keys.iter().any(|k| k.contains(&drop.repo));
@@ -913,17 +910,7 @@ fn max_size_on_the_bucket_evicts_from_the_bucket() {
     let bucket = S3Server::start("mirror-cache");
     let host = up.host();
     // Room for one image of about 600 kB, not two.
-    let start = || {
-        let mut b = Proxy::builder()
-            .upstream(&up)
-            .default_ns(&host)
-            .config_line(&bucket.storage_yaml(""))
-            .config_line("maxSize: 900000\npruneGrace: 0s");
-        for (k, v) in S3Server::env() {
-            b = b.env(k, v);
-        }
-        b.start()
-    };
+    let start = || replica_with(&up, &bucket, "", "maxSize: 900000\npruneGrace: 0s");
     let (a, b) = (start(), start());
     a.pull_and_verify(Route::Ns(&host), &old);
     let holds = |img: &images::PushedImage| bucket.keys().iter().any(|k| k.contains(&img.repo));

@@ -61,10 +61,11 @@ pub(crate) async fn open(
 
 /// Opens the configured store for a verb that reads or prunes an existing cache beside
 /// running servers: on the filesystem, the image path must hold a cache already (nothing
-/// is created there).
+/// is created there, so that `list` works on a cache it may only read).
 pub(crate) async fn open_existing(settings: &Settings) -> Result<Arc<dyn Store>, FatalError> {
     if matches!(settings.storage.backend, Backend::Filesystem) {
         super::require_cache(&settings.image_path)?;
+        return Ok(Arc::new(FsStore::at(&settings.image_path)));
     }
     open(settings, Opener::Alongside).await
 }

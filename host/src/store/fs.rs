@@ -68,9 +68,10 @@ impl FsStore {
         })
     }
 
-    /// The store at `root`, opened already (by this process, as another backend's local
-    /// copy): nothing on disk is touched.
-    pub(super) fn at(root: &Path) -> Self {
+    /// The store at `root` as it is: nothing on disk is created or cleaned (a cache another
+    /// process opened, read by `list`; another backend's local copy). Staging into it
+    /// needs [`FsStore::open`] or [`FsStore::open_alongside`].
+    pub fn at(root: &Path) -> Self {
         FsStore {
             root: root.to_owned(),
         }
