@@ -46,6 +46,7 @@
 // `cargo doc --document-private-items`.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub(crate) mod archive;
 pub mod cli;
 pub mod config;
 pub(crate) mod duration;
