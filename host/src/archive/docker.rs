@@ -115,7 +115,11 @@ mod tests {
             size: 10,
             gzip: false,
         };
-        let a = build_manifest(format!("sha256:{}", "a".repeat(64)), 5, &[l.clone()]);
+        let a = build_manifest(
+            format!("sha256:{}", "a".repeat(64)),
+            5,
+            std::slice::from_ref(&l),
+        );
         let b = build_manifest(format!("sha256:{}", "a".repeat(64)), 5, &[l]);
         assert_eq!(a, b);
         let parsed = crate::oci::manifest::parse(media::OCI_MANIFEST, &a).unwrap();

@@ -24,5 +24,7 @@ pub mod layout;
 pub mod names;
 pub mod read;
 pub mod report;
+#[cfg(test)]
+mod tests;
 
 pub use error::ArchiveError;
