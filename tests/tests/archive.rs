@@ -451,3 +451,103 @@ fn export_wipe_import_serves_the_same_digests_offline_and_since_selects_recent_i
     assert!(out.contains("3 images"), "{out}");
     assert!(!listed(&inc).iter().any(|(r, _)| *r == old.reference()));
 }
+
+/// `load --archive` and `export` on a `storage: s3` bucket (a real s3s-fs server): what is
+/// imported through one machine is served by a replica on the bucket with zero upstream
+/// requests; a corrupt archive leaves no object; an export from another machine's view of
+/// the bucket holds the same digests.
+#[test]
+fn archives_on_an_s3_bucket() {
+    if !require_upstream_tools() || !ociregistry_e2e::s3::require_s3s_fs() {
+        return;
+    }
+    use ociregistry_e2e::s3::{self, S3Server};
+    let mut up = Upstream::anonymous();
+    let bucket = S3Server::start("archives");
+    let repo = images::unique_repo("archive-s3");
+    let img = images::seed(&up, &repo, "index", ImageKind::OciIndex);
+    let work = tempfile::tempdir().unwrap();
+    let good = oci_archive(work.path(), "good", &img);
+    let bad = work.path().join("bad.tar");
+    flip_a_layer_byte(&good, &bad);
+    let config = |name: &str| {
+        let path = work.path().join(format!("{name}.yaml"));
+        let text = format!(
+            "imagePath: {}\n{}\n",
+            work.path().join(name).display(),
+            bucket.storage_yaml("")
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |cfg: &Path, args: &[&str]| {
+        let mut cmd = Command::new(ociregistry_bin());
+        cmd.arg("--config-file")
+            .arg(cfg)
+            .args(args)
+            .env("NO_COLOR", "1");
+        for (k, v) in S3Server::env() {
+            cmd.env(k, v);
+        }
+        let (ok, out, err) = run_with_timeout(cmd, SECS(120));
+        assert!(!format!("{out}{err}").contains(s3::SECRET_KEY));
+        (ok, out, err)
+    };
+    let a = config("a");
+    let (ok, out, _) = run(&a, &["load", "--archive", bad.to_str().unwrap()]);
+    assert!(!ok && out.contains("the archive is corrupt"), "{out}");
+    assert!(
+        bucket
+            .keys()
+            .iter()
+            .all(|k| !k.contains("sha256/") && !k.contains("tags/")),
+        "objects after a refused import: {:?}",
+        bucket.keys()
+    );
+    let (ok, out, err) = run(&a, &["load", "--archive", good.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(printed_digest(&out, &img.reference()), img.manifest.digest);
+
+    let before = up.total_requests();
+    let mut b = Proxy::builder()
+        .upstream(&up)
+        .default_ns(&up.host())
+        .config_line(&bucket.storage_yaml(""));
+    for (k, v) in S3Server::env() {
+        b = b.env(k, v);
+    }
+    let replica = b.start();
+    skopeo::pull_and_verify(
+        &format!("{}/{}:{}", replica.host(), img.repo, img.tag),
+        &img,
+        " from the bucket after load --archive",
+    );
+    assert_eq!(up.total_requests(), before, "served from the bucket");
+    up.stop();
+
+    let c = config("c");
+    let out_tar = work.path().join("export.tar");
+    let (ok, out, err) = run(
+        &c,
+        &[
+            "export",
+            "-o",
+            out_tar.to_str().unwrap(),
+            "--pattern",
+            &repo,
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "exported {} {}",
+            img.reference(),
+            img.manifest.digest
+        )),
+        "{out}"
+    );
+    let fresh = work.path().join("fresh");
+    let out = cli_ok(&fresh, &["load", "--archive", out_tar.to_str().unwrap()]);
+    assert_eq!(printed_digest(&out, &img.reference()), img.manifest.digest);
+    verify_cache(&fresh);
+}
