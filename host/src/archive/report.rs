@@ -16,10 +16,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A bar of `total` bytes labelled `label` when stderr is a terminal, else nothing.
+    /// A bar of `total` bytes (0: not known yet) labelled `label` when stderr is a
+    /// terminal, else nothing.
     pub fn for_stderr(label: &str, total: u64) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            let bar = ProgressBar::with_draw_target(
+                (total > 0).then_some(total),
+                ProgressDrawTarget::stderr(),
+            );
             bar.set_style(
                 ProgressStyle::with_template(
                     "{prefix:>7} [{bar:30.green/blue}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed} {wide_msg}",
@@ -61,7 +65,7 @@ impl Progress {
     /// More bytes are now known to be needed.
     pub fn grow(&self, n: u64) {
         if let Some(b) = &self.bar {
-            b.inc_length(n);
+            b.set_length(b.length().unwrap_or(0) + n);
         }
     }
 

@@ -249,14 +249,18 @@ async fn docker_save_25_names_come_from_manifest_json() {
     assert_eq!(done.images[0].digest, digest(&a.manifest));
 }
 
-/// A legacy `docker save`: `<id>/layer.tar` (one a symlink), `<hex>.json` config.
+/// A legacy `docker save`: `<id>/layer.tar` (a symlink), `<hex>.json` config.
 fn legacy_tar(images: &[(&Img, &str)], flip: bool) -> Vec<u8> {
+    legacy_tar_with(images, flip, false)
+}
+
+fn legacy_tar_with(images: &[(&Img, &str)], flip: bool, gzip: bool) -> Vec<u8> {
     let mut t = tar::Builder::new(Vec::new());
     let mut entries = Vec::new();
     for (n, (i, name)) in images.iter().enumerate() {
         let cfg = format!("{}.json", digest(&i.config).hex());
         add(&mut t, &cfg, &i.config);
-        let mut layer = i.layer.clone();
+        let mut layer = if gzip { i.gz.clone() } else { i.layer.clone() };
         if flip {
             layer[600] ^= 1;
         }
@@ -312,6 +316,22 @@ async fn legacy_docker_save_builds_an_oci_manifest_and_checks_diff_ids() {
     // Again: the same digest (the built manifest is stable).
     let again = run(&store, &path, &opts(None)).await.unwrap();
     assert_eq!(&again.images[0].digest, d);
+
+    // Gzip-compressed layer tars are stored as they are, checked against the diff_id
+    // once uncompressed.
+    let gz = dir.path().join("gz.tar");
+    std::fs::write(&gz, legacy_tar_with(&[(&a, "r.io/gz:1")], false, true)).unwrap();
+    let done = run(&store, &gz, &opts(None)).await.unwrap();
+    let m = store
+        .get_manifest(&done.images[0].digest)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(m.bytes.to_vec()).unwrap();
+    assert!(
+        text.contains(&digest(&a.gz).to_string()) && text.contains("tar+gzip"),
+        "{text}"
+    );
 
     // A flipped byte in a layer: refused, naming the entry, nothing visible.
     let root2 = dir.path().join("c2");

@@ -119,7 +119,9 @@ pub enum FatalError {
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
     /// `load` without an image list.
-    #[error("no image list: give --image-file FILE or imageFile in the config file")]
+    #[error(
+        "no image list: give --image-file FILE or imageFile in the config file (or --archive FILE... to import image archives)"
+    )]
     NoImageList,
     /// The image list could not be read.
     #[error(transparent)]
