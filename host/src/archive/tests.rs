@@ -475,3 +475,44 @@ async fn export_then_import_reproduces_the_cache_and_a_corrupt_blob_aborts() {
     );
     assert!(!out2.exists() && !dir.path().join("out2.tar.tmp").exists());
 }
+
+#[tokio::test]
+async fn an_image_cached_by_digest_only_round_trips_with_its_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = img("a");
+    let src = dir.path().join("src.tar");
+    let name = format!("r.io/org/a@{}", digest(&a.manifest));
+    std::fs::write(&src, oci_tar(&[(&a, named(&name))], &[])).unwrap();
+    let store = Arc::new(FsStore::open(&dir.path().join("c1")).unwrap());
+    let done = run(&store, &src, &opts(None)).await.unwrap();
+    assert_eq!(done.images[0].names, [name.clone()]);
+    assert!(store.list_tags().await.unwrap().is_empty());
+    let sel = Selection {
+        pattern: Some(".".into()),
+        default_ns: "docker.io".into(),
+        ..Selection::default()
+    };
+    let (cache, images) = export::select(&*store, &sel).await.unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].reference(), name, "listed as repository@digest");
+    let out = dir.path().join("out.tar");
+    export::export(
+        &*store,
+        &cache,
+        &images,
+        &out,
+        &Progress::for_stderr("t", 0),
+    )
+    .await
+    .unwrap();
+    let store2 = Arc::new(FsStore::open(&dir.path().join("c2")).unwrap());
+    run(&store2, &out, &opts(None)).await.unwrap();
+    let access = store2
+        .get_access(&digest(&a.manifest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(access.repositories, ["r.io/org/a"]);
+    let (_, again) = export::select(&*store2, &sel).await.unwrap();
+    assert_eq!(again[0].reference(), name);
+}
