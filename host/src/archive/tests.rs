@@ -485,7 +485,7 @@ async fn an_image_cached_by_digest_only_round_trips_with_its_repository() {
     std::fs::write(&src, oci_tar(&[(&a, named(&name))], &[])).unwrap();
     let store = Arc::new(FsStore::open(&dir.path().join("c1")).unwrap());
     let done = run(&store, &src, &opts(None)).await.unwrap();
-    assert_eq!(done.images[0].names, [name.clone()]);
+    assert_eq!(done.images[0].names, std::slice::from_ref(&name));
     assert!(store.list_tags().await.unwrap().is_empty());
     let sel = Selection {
         pattern: Some(".".into()),
