@@ -42,7 +42,7 @@ use serve::ServeArgs;
 #[derive(Debug, Parser)]
 #[command(name = "ociregistry", version, about, long_about = None)]
 #[command(
-    after_help = "Examples:\n  ociregistry serve                          # defaults: port 8080, cache in ./ociregistry-cache\n  ociregistry --config-file config.yaml serve\n  ociregistry providers --output json\n  ociregistry --config-file config.yaml load --image-file images.txt --platform linux/arm64\n\nPull through it:\n  skopeo copy --src-tls-verify=false docker://localhost:8080/quay.io/org/img:tag oci:img\n  curl 'http://localhost:8080/v2/library/alpine/manifests/3.20?ns=docker.io'"
+    after_help = "Examples:\n  ociregistry serve                          # defaults: port 8080, cache in ./ociregistry-cache\n  ociregistry --config-file config.yaml serve\n  ociregistry providers --output json\n  ociregistry --config-file config.yaml load --image-file images.txt --platform linux/arm64\n  ociregistry load --archive alpine.tar      # a docker save or OCI layout tar\n  ociregistry export --output cache.tar --pattern .\n\nPull through it:\n  skopeo copy --src-tls-verify=false docker://localhost:8080/quay.io/org/img:tag oci:img\n  curl 'http://localhost:8080/v2/library/alpine/manifests/3.20?ns=docker.io'"
 )]
 pub struct Cli {
     /// Ociregistry config file (YAML); flags given here beat its values.
@@ -76,8 +76,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// List the provider plugins found in the plugin directory, or check configured credentials.
     Providers(ProvidersArgs),
-    /// Pull the images listed in a file into the cache (warm it), then exit; exit code 0 only
-    /// when every line was valid and every image is cached. Safe beside a running server.
+    /// Pull the images listed in a file into the cache (warm it), or import image archives
+    /// (--archive: docker save, OCI layouts), then exit; exit code 0 only when every line
+    /// was valid and every image is cached. Safe beside a running server.
     Load(LoadArgs),
     /// List the cached images: repository, tag or digest, type, created, last pulled, size.
     List(ListArgs),
