@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! cli                                   verbs, flags, everything printed
-//!  |-> server  observability  preload  inventory
+//!  |-> server  observability  preload  inventory  archive
 //!  |     HTTP: listener, routes,   metrics/health   warm the cache   scan, prune, evict,
 //!  |     admin API, status codes   endpoints        from a list      access times
+//!  |                                                                 (archive: import and
+//!  |                                                                 export image archives)
 //!  |-> mirror                           the pull-through logic, no HTTP types
 //!  |-> store        upstream            the cache backend (trait, filesystem, S3) / registries
 //!  |-> providers                        auth plugins and the credential scheduler
@@ -35,6 +37,9 @@
 //!   its `peer` client streams blobs from other replicas.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).
+//! - [`archive`] imports `docker save` and OCI layout archives into the store (verified,
+//!   visible only once complete) and exports cached images as an OCI layout tar
+//!   (`load --archive`, `export`).
 //! - [`inventory`] knows what is cached and when it was last pulled: list, prune, `maxSize`
 //!   eviction, invalidation; on a shared bucket one replica at a time prunes (a lease).
 //! - [`metrics`] counts what happens on those paths; [`observability`] serves it
@@ -48,6 +53,7 @@
 // `cargo doc --document-private-items`.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub(crate) mod archive;
 pub mod cli;
 pub mod config;
 pub(crate) mod duration;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// Layers from the top; a module may import its own layer (without circles) and any below.
 const LAYERS: &[&[&str]] = &[
     &["main", "cli"],
-    &["server", "observability", "preload", "inventory"],
+    &["server", "observability", "preload", "inventory", "archive"],
     &["mirror"],
     &["store", "upstream"],
     &["providers"],

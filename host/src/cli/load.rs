@@ -1,6 +1,6 @@
 //! `ociregistry load`: pulls the images of a list into the cache ([`crate::preload`]), beside
 //! a running server or not, prints what failed and a summary line, and exits 1 if anything
-//! failed.
+//! failed. `load --archive` is [`super::archive`]'s.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +17,20 @@ use crate::upstream::Upstreams;
 
 /// `load` flags.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  ociregistry load --image-file images.txt --platform linux/amd64 --platform linux/arm64\n  ociregistry load --archive alpine.tar                  # docker save alpine:3.20 > alpine.tar\n  ociregistry load --archive app.oci.tar --as quay.io/org/app:v1\n  ociregistry load --archive cache.tar.gz other/          # ociregistry export output, an OCI layout directory"
+)]
 pub struct LoadArgs {
+    /// Import image archives instead of pulling a list: `docker save` tarballs (legacy or
+    /// OCI form), OCI image layouts as a directory or a tar (`ctr export`, `skopeo copy
+    /// oci-archive:`, `podman save --format oci-archive`, `ociregistry export`), gzip or not.
+    /// Each image is stored under the name it carries. Needs no network.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "image_file")]
+    pub archive: Vec<PathBuf>,
+    /// With --archive: the name to store the archive's image under (REGISTRY/REPO:TAG), or
+    /// the repository to store its images under, each keeping its own tag (REGISTRY/REPO).
+    #[arg(long = "as", value_name = "REGISTRY/REPO[:TAG]", requires = "archive")]
+    pub as_name: Option<String>,
     /// Image list: one reference per line (`quay.io/org/img:tag`, `alpine:3.20`,
     /// `127.0.0.1:5000/app@sha256:...`), `#` comments and blank lines ignored
     /// [config: imageFile].

@@ -1,8 +1,10 @@
 //! The command line: the global flags, the verbs (one file each: [`serve`], [`load`],
-//! [`providers`], [`list`], [`prune`], [`invalidate`]), turning flags plus config file into
+//! [`providers`], [`list`], [`prune`], [`invalidate`], [`archive`]: `load --archive` and
+//! `export`), turning flags plus config file into
 //! [`crate::config::Settings`], and every line printed for people or scripts ([`output`]).
 //! What the verbs do is the other modules' job; a failure is one [`FatalError`] line.
 
+pub mod archive;
 pub mod invalidate;
 pub mod list;
 pub mod load;
@@ -27,6 +29,7 @@ use crate::providers::ProviderSetupError;
 use crate::server::admin::StartError as AdminStartError;
 use crate::store::lock::{InventoryLock, LOCK_FILE};
 use crate::upstream::SetupError as UpstreamSetupError;
+use archive::ExportArgs;
 use invalidate::InvalidateArgs;
 use list::ListArgs;
 use load::LoadArgs;
@@ -39,7 +42,7 @@ use serve::ServeArgs;
 #[derive(Debug, Parser)]
 #[command(name = "ociregistry", version, about, long_about = None)]
 #[command(
-    after_help = "Examples:\n  ociregistry serve                          # defaults: port 8080, cache in ./ociregistry-cache\n  ociregistry --config-file config.yaml serve\n  ociregistry providers --output json\n  ociregistry --config-file config.yaml load --image-file images.txt --platform linux/arm64\n\nPull through it:\n  skopeo copy --src-tls-verify=false docker://localhost:8080/quay.io/org/img:tag oci:img\n  curl 'http://localhost:8080/v2/library/alpine/manifests/3.20?ns=docker.io'"
+    after_help = "Examples:\n  ociregistry serve                          # defaults: port 8080, cache in ./ociregistry-cache\n  ociregistry --config-file config.yaml serve\n  ociregistry providers --output json\n  ociregistry --config-file config.yaml load --image-file images.txt --platform linux/arm64\n  ociregistry load --archive alpine.tar      # a docker save or OCI layout tar\n  ociregistry export --output cache.tar --pattern .\n\nPull through it:\n  skopeo copy --src-tls-verify=false docker://localhost:8080/quay.io/org/img:tag oci:img\n  curl 'http://localhost:8080/v2/library/alpine/manifests/3.20?ns=docker.io'"
 )]
 pub struct Cli {
     /// Ociregistry config file (YAML); flags given here beat its values.
@@ -73,8 +76,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// List the provider plugins found in the plugin directory, or check configured credentials.
     Providers(ProvidersArgs),
-    /// Pull the images listed in a file into the cache (warm it), then exit; exit code 0 only
-    /// when every line was valid and every image is cached. Safe beside a running server.
+    /// Pull the images listed in a file into the cache (warm it), or import image archives
+    /// (--archive: docker save, OCI layouts), then exit; exit code 0 only when every line
+    /// was valid and every image is cached. Safe beside a running server.
     Load(LoadArgs),
     /// List the cached images: repository, tag or digest, type, created, last pulled, size.
     List(ListArgs),
@@ -82,6 +86,9 @@ pub enum Command {
     Prune(PruneArgs),
     /// Forget one cached tag so that its next pull fetches it from the upstream again.
     Invalidate(InvalidateArgs),
+    /// Write cached images (every cached platform) to one OCI image layout tar, for
+    /// `load --archive` on another machine.
+    Export(ExportArgs),
 }
 
 /// Threads for blocking work (file reads and writes, plugin calls).
@@ -113,7 +120,9 @@ pub enum FatalError {
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
     /// `load` without an image list.
-    #[error("no image list: give --image-file FILE or imageFile in the config file")]
+    #[error(
+        "no image list: give --image-file FILE or imageFile in the config file (or --archive FILE... to import image archives)"
+    )]
     NoImageList,
     /// The image list could not be read.
     #[error(transparent)]
@@ -189,6 +198,21 @@ pub enum FatalError {
     /// `invalidate` of a tag that is not cached.
     #[error("{0} is not cached")]
     NotCached(String),
+    /// An archive could not be exported.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    /// `export`'s selection could not be made.
+    #[error(transparent)]
+    Select(#[from] crate::archive::export::SelectError),
+    /// A bad `--as`.
+    #[error(transparent)]
+    As(#[from] crate::archive::names::AsError),
+    /// `--as` with several archives.
+    #[error("--as names the images of one archive: import the archives one at a time")]
+    AsManyArchives,
+    /// `export` without a selection.
+    #[error("export needs --pattern, --since or REF... (--pattern . selects every image)")]
+    NoSelection,
 }
 
 /// Stops a cache verb when `root` holds no cache.
@@ -265,7 +289,7 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
         _ => {}
     }
     // `load` on a terminal draws progress bars: keep routine log lines out of their way.
-    let quiet = matches!(cli.command, Command::Load(_))
+    let quiet = matches!(cli.command, Command::Load(_) | Command::Export(_))
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
     logging::init(
         cli.log_level
@@ -293,9 +317,13 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             served.map(|()| ExitCode::SUCCESS)
         }
         Command::Providers(args) => runtime.block_on(providers::run(&settings, &args)),
+        Command::Load(args) if !args.archive.is_empty() => runtime.block_on(
+            archive::load_archives(settings, &args.archive, args.as_name.as_deref()),
+        ),
         Command::Load(args) => runtime.block_on(load::load(settings, usize::from(args.parallel))),
         Command::List(args) => runtime.block_on(list::list(&settings, &args)),
         Command::Prune(args) => runtime.block_on(prune::prune(&settings, &args)),
         Command::Invalidate(args) => runtime.block_on(invalidate::invalidate(&settings, &args)),
+        Command::Export(args) => runtime.block_on(archive::export(&settings, &args)),
     }
 }
