@@ -551,3 +551,50 @@ fn archives_on_an_s3_bucket() {
     assert_eq!(printed_digest(&out, &img.reference()), img.manifest.digest);
     verify_cache(&fresh);
 }
+
+/// A Docker Hub image stored under `docker.io/library/NAME` (as `load --archive` and
+/// `load` name it) is served to a client that asks for `NAME` or `library/NAME` on the
+/// default registry, docker.io: one cache key whichever way the name is spelt. Air-gapped:
+/// nothing is asked of docker.io (nor resolved).
+#[test]
+fn a_docker_hub_image_is_found_with_or_without_library() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let up = Upstream::anonymous();
+    let repo = images::unique_repo("hub");
+    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let work = tempfile::tempdir().unwrap();
+    let archive = oci_archive(work.path(), "hub", &img);
+    let single = repo.replace('/', "-");
+    let cache = work.path().join("cache");
+    let name = format!("docker.io/library/{single}:v1");
+    let out = cli_ok(
+        &cache,
+        &[
+            "load",
+            "--archive",
+            archive.to_str().unwrap(),
+            "--as",
+            &name,
+        ],
+    );
+    assert_eq!(printed_digest(&out, &name), img.manifest.digest);
+    let proxy = Proxy::builder()
+        .default_ns("docker.io")
+        .air_gapped(true)
+        .image_path(&cache)
+        .start();
+    for path in [single.clone(), format!("library/{single}")] {
+        let r = proxy.get(
+            &format!("/v2/{path}/manifests/v1"),
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        );
+        assert_eq!(r.status, 200, "{path}: {}", r.body_str());
+        assert_eq!(
+            r.header("docker-content-digest"),
+            Some(img.manifest.digest.as_str()),
+            "{path}"
+        );
+    }
+}

@@ -68,6 +68,14 @@ async fn route(
         return super::hello::answer(route, &repo, headers, head);
     }
     let registry = canonical_name(&registry);
+    // Docker Hub's one-component names live under `library/` there: cached under the same
+    // name whichever way a client spells it (`alpine` or `library/alpine`), as `load` and
+    // `load --archive` store them.
+    let repo = if registry == crate::upstream::DOCKER_HUB {
+        repo.with_library_prefix()
+    } else {
+        repo
+    };
     match route {
         Route::Base => Ok(json_ok(b"{}", head)),
         Route::Upload => Err(RegistryError::unsupported(
