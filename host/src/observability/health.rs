@@ -109,12 +109,41 @@ pub fn readiness(
     cache: &Result<(), CacheProbeError>,
     storage: &StorageState,
     registries: &[RegistryCredential],
+    endpoints: &HashMap<String, Vec<(String, crate::upstream::breaker::Status)>>,
 ) -> (u16, Value) {
     let mut degraded = storage.error.is_some();
     let regs: Vec<Value> = registries
         .iter()
         .map(|r| {
             let mut v = json!({ "name": r.name, "credential": r.kind });
+            if let Some(eps) = endpoints.get(&r.name) {
+                let shown: Vec<Value> = eps
+                    .iter()
+                    .map(|(url, st)| {
+                        let mut e = json!({
+                            "url": url,
+                            "state": st.state.as_str(),
+                            "consecutiveFailures": st.consecutive_failures,
+                        });
+                        if let Some(s) = st.retry_in {
+                            e["retryInSeconds"] = json!(s);
+                        }
+                        if let Some(err) = &st.last_error {
+                            e["lastError"] =
+                                json!(err.chars().take(MAX_ERROR_CHARS).collect::<String>());
+                        }
+                        e
+                    })
+                    .collect();
+                // Content still comes from the others (or from the cache): degraded, ready.
+                if eps
+                    .iter()
+                    .any(|(_, st)| st.state != crate::upstream::breaker::State::Closed)
+                {
+                    degraded = true;
+                }
+                v["endpoints"] = json!(shown);
+            }
             if let Some(p) = &r.provider {
                 v["provider"] = json!(p);
             }
@@ -216,14 +245,14 @@ mod tests {
     #[test]
     fn local_faults_make_it_unready() {
         let regs = [reg("none"), reg("basic")];
-        let (code, body) = readiness(true, &Ok(()), &FS, &regs);
+        let (code, body) = readiness(true, &Ok(()), &FS, &regs, &HashMap::new());
         assert_eq!(code, 200);
         assert_eq!(body["status"], "ready");
         assert_eq!(body["registries"][1]["credential"], "basic");
-        let (code, body) = readiness(false, &Ok(()), &FS, &regs);
+        let (code, body) = readiness(false, &Ok(()), &FS, &regs, &HashMap::new());
         assert_eq!((code, body["ready"].as_bool()), (503, Some(false)));
         let read_only = CacheProbeError::Write(std::io::Error::other("read-only"));
-        let (code, body) = readiness(true, &Err(read_only), &FS, &regs);
+        let (code, body) = readiness(true, &Err(read_only), &FS, &regs, &HashMap::new());
         assert_eq!(code, 503);
         assert_eq!(
             body["checks"]["cacheError"],
@@ -237,7 +266,7 @@ mod tests {
             backend: "s3",
             error: Some("bucket mirror-cache at http://127.0.0.1:9: connection refused".into()),
         };
-        let (code, body) = readiness(true, &Ok(()), &bucket, &[reg("none")]);
+        let (code, body) = readiness(true, &Ok(()), &bucket, &[reg("none")], &HashMap::new());
         assert_eq!(code, 200, "local copies are still served");
         assert_eq!(body["status"], "degraded");
         assert_eq!(body["checks"]["storage"]["backend"], "s3");
@@ -247,7 +276,7 @@ mod tests {
                 .as_str()
                 .is_some_and(|e| e.contains("connection refused"))
         );
-        let (_, body) = readiness(true, &Ok(()), &FS, &[reg("none")]);
+        let (_, body) = readiness(true, &Ok(()), &FS, &[reg("none")], &HashMap::new());
         assert_eq!(body["checks"]["storage"]["reachable"], true);
     }
 
@@ -279,7 +308,7 @@ mod tests {
             provider: Some("fixture".into()),
             managed: Some(managed.clone()),
         }];
-        let (code, body) = readiness(true, &Ok(()), &FS, &regs);
+        let (code, body) = readiness(true, &Ok(()), &FS, &regs, &HashMap::new());
         assert_eq!((code, &body["status"]), (200, &json!("degraded")));
         let entry = &body["registries"][0];
         assert_eq!(entry["state"], "failing");

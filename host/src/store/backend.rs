@@ -183,11 +183,24 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Records that the tag now resolves to `digest` for `media_type` (other media types'
     /// entries kept).
+    #[cfg(test)]
     fn put_tag<'a>(
         &'a self,
         tag: TagKey<'a>,
         media_type: &'a str,
         digest: &'a Digest,
+    ) -> StoreFuture<'a, ()> {
+        self.put_tag_from(tag, media_type, digest, None)
+    }
+
+    /// [`Store::put_tag`], noting which upstream endpoint answered (a registry with
+    /// `endpoints`).
+    fn put_tag_from<'a>(
+        &'a self,
+        tag: TagKey<'a>,
+        media_type: &'a str,
+        digest: &'a Digest,
+        endpoint: Option<&'a str>,
     ) -> StoreFuture<'a, ()>;
 
     /// Records that the tag was last pulled at `at` (Unix seconds; a later time already
