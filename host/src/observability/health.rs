@@ -1,5 +1,5 @@
 //! `/healthz` (liveness) and `/readyz` (readiness with each configured registry's
-//! credential state).
+//! credential state and, for one with `endpoints`, each endpoint's breaker).
 //!
 //! The readiness rule: **503 only for local faults** — the pull listener is not accepting
 //! (not yet started, or stopping) or the cache directory is not writable. A registry whose
@@ -9,7 +9,9 @@
 //! registry's state, last error (never a secret) and its kind (`lastErrorKind`:
 //! `invalid_options`, `failed`, `panicked`, `timed_out` or `hung`) in `registries`. A
 //! storage backend beyond the local disk (a bucket) that cannot be reached is reported the
-//! same way (`checks.storage`, degraded): the local copies are still served.
+//! same way (`checks.storage`, degraded): the local copies are still served. So is an
+//! upstream endpoint (`registries[].endpoints`) whose circuit breaker is not closed: its
+//! state, failures and last error are listed under the registry's `endpoints`.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -4,6 +4,11 @@
 //! stores nothing and decides nothing about caching (the mirror does); where credentials
 //! come from is [`crate::providers`]'.
 //!
+//! A registry's content comes from its endpoints ([`Endpoint`]: the name itself, or the
+//! `endpoints` of its entry, each with its own client, credential and [`breaker`]), tried in
+//! order by [`Upstream::request_at`]; the name stays what the cache is keyed by. Rate-limit
+//! headers are read off every answer ([`Upstream::budget_under_floor`]).
+//!
 //! Redirects (blob storage on another host) are followed here, not by reqwest: at most
 //! [`MAX_REDIRECTS`] hops, each checked by the upstream [`policy`], never from https down to
 //! http unless the registry is `scheme: http`, and without `Authorization` once a hop leaves
