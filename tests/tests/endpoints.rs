@@ -115,6 +115,8 @@ fn the_second_endpoint_serves_while_the_first_is_down_and_traffic_returns_after_
             img
         })
         .collect();
+    // Only on the second: a lagging first endpoint.
+    let only_b = images::seed(&b, &repo, "only-second", ImageKind::small_oci());
     let (first, second) = (a.url(), b.url());
     let mut entry = RegistryEntry::plain(HUB);
     entry.extra = vec![
@@ -129,7 +131,7 @@ fn the_second_endpoint_serves_while_the_first_is_down_and_traffic_returns_after_
         format!("ociregistry_upstream_endpoint_state{{registry=\"{HUB}\",endpoint=\"{first}\"}}");
 
     // Both up: the first endpoint serves.
-    let gets_b = |b: &mut Upstream| b.count_requests("GET", &format!("/v2/{repo}/"));
+    let gets_b = |b: &mut Upstream| b.count_requests("GET", &format!("/v2/{repo}/manifests/"));
     let seeded_b = gets_b(&mut b);
     proxy.pull_and_verify(route, &imgs[0]);
     assert!(a.count_requests("GET", &format!("/v2/{repo}/manifests/one")) > 0);
@@ -145,6 +147,18 @@ fn the_second_endpoint_serves_while_the_first_is_down_and_traffic_returns_after_
         recorded_endpoints(&tag_record(&proxy, HUB, &imgs[0])),
         [Some(first.clone())]
     );
+
+    // A 404 on the first falls through to the second; a 404 on the last is a 404. Neither
+    // opens a breaker.
+    proxy.pull_and_verify(route, &only_b);
+    assert_eq!(
+        recorded_endpoints(&tag_record(&proxy, HUB, &only_b)),
+        [Some(second.clone())]
+    );
+    let missing = proxy.get_manifest(route, &repo, "nowhere");
+    assert_eq!(missing.status, 404, "{}", missing.body_str());
+    ociregistry_e2e::assert_oci_error(&missing.body, "MANIFEST_UNKNOWN", "tag on no endpoint");
+    assert_eq!(metric(metrics, &state_a), Some(0.0), "a 404 is an answer");
 
     // The first stops: no client-visible error, the second serves, the breaker opens.
     a.stop();
