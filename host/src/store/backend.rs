@@ -181,8 +181,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A tag's record; missing or unreadable is `None`.
     fn get_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<TagRecord>>;
 
-    /// Records that the tag now resolves to `digest` for `media_type` (other media types'
-    /// entries kept).
+    /// `put_tag_from` without an endpoint (tests).
     #[cfg(test)]
     fn put_tag<'a>(
         &'a self,
@@ -193,8 +192,8 @@ pub trait Store: Send + Sync + fmt::Debug {
         self.put_tag_from(tag, media_type, digest, None)
     }
 
-    /// [`Store::put_tag`], noting which upstream endpoint answered (a registry with
-    /// `endpoints`).
+    /// Records that the tag now resolves to `digest` for `media_type` (other media types'
+    /// entries kept), noting which upstream endpoint answered (a registry with `endpoints`).
     fn put_tag_from<'a>(
         &'a self,
         tag: TagKey<'a>,
