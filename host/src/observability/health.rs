@@ -282,6 +282,37 @@ mod tests {
         assert_eq!(body["checks"]["storage"]["reachable"], true);
     }
 
+    #[test]
+    fn an_open_endpoint_degrades_and_is_listed() {
+        use crate::upstream::breaker::{Breaker, State};
+        let b = Breaker::new(crate::config::BreakerSettings::default());
+        b.failure("upstream r.example: cannot connect".into(), false, None);
+        let open = b.status();
+        assert_eq!(open.state, State::Open);
+        let closed = Breaker::new(crate::config::BreakerSettings::default()).status();
+        let mut eps = HashMap::new();
+        eps.insert(
+            "none.example".to_owned(),
+            vec![
+                ("https://a.example".to_owned(), open),
+                ("https://b.example".to_owned(), closed),
+            ],
+        );
+        let (code, body) = readiness(true, &Ok(()), &FS, &[reg("none")], &eps);
+        assert_eq!((code, &body["status"]), (200, &json!("degraded")));
+        let listed = &body["registries"][0]["endpoints"];
+        assert_eq!(listed[0]["url"], "https://a.example");
+        assert_eq!(listed[0]["state"], "open");
+        assert_eq!(listed[0]["consecutiveFailures"], 1);
+        assert!(listed[0]["retryInSeconds"].as_u64().is_some_and(|s| s >= 1));
+        assert!(
+            listed[0]["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot connect"))
+        );
+        assert_eq!(listed[1]["state"], "closed");
+    }
+
     struct Refused;
 
     impl crate::providers::CredentialFetcher for Refused {
