@@ -181,8 +181,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A tag's record; missing or unreadable is `None`.
     fn get_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<TagRecord>>;
 
-    /// `put_tag_from` without an endpoint (tests).
-    #[cfg(test)]
+    /// `put_tag_from` without an endpoint (content that came from no upstream: an archive,
+    /// tests).
+    #[allow(dead_code)]
     fn put_tag<'a>(
         &'a self,
         tag: TagKey<'a>,
