@@ -23,7 +23,7 @@
 //!   values).
 //! - [`server`] accepts connections through one listener (pull port, admin API, metrics and
 //!   health: the same timeouts and caps), routes a path and picks the upstream (`?ns=`,
-//!   in-path host, `defaultNs`), and maps every answer and error to HTTP.
+//!   in-path host or alias, `defaultNs`), and maps every answer and error to HTTP.
 //! - [`mirror`] answers "this manifest", "this blob": from the [`store`] or, on a miss,
 //!   through one shared upstream fetch per manifest and one shared download per blob that
 //!   clients read while it runs; with `cluster`, replicas on one bucket share that download
@@ -34,6 +34,8 @@
 //!   digest only once verified. The inventory lists and removes content through it too.
 //! - [`upstream`] talks to upstream registries with the right TLS and credentials, answering
 //!   Basic and Bearer-token challenges and following redirects itself under a host policy;
+//!   a registry's `endpoints` are tried in order, each behind a circuit breaker, and a 429
+//!   holds requests back until its `Retry-After`;
 //!   its `peer` client streams blobs from other replicas.
 //! - [`providers`] loads auth provider plugins and keeps their credentials fresh.
 //! - [`preload`] warms the cache from a list of images (`load`, `serve --preload-images`).

@@ -18,6 +18,9 @@
 //! | `peer_fetches_total` | `result` | blob downloads shared among replicas (`cluster`): `served_to_peer` (this replica streamed a blob to a peer), `from_peer` (fetched from the lease owner instead of the upstream), `peer_failed` (the owner could not be reached: fetched from the upstream) |
 //! | `upstream_fetches` | | upstream blob downloads holding a slot now (`maxUpstreamFetches`) |
 //! | `upstream_fetch_refusals_total` | | blob requests answered 503 because no download slot came free in time |
+//! | `upstream_endpoint_state` | `registry`, `endpoint` | circuit breaker of each configured endpoint: 0 closed, 1 open (skipped), 2 half-open (one probe) |
+//! | `upstream_ratelimit_limit` / `upstream_ratelimit_remaining` | `registry` | the last `ratelimit-limit` / `ratelimit-remaining` the registry sent (Docker Hub), once it sent one |
+//! | `tag_revalidations_deferred_total` | `registry` | stale tags served without revalidation because the remaining rate-limit budget was under `rateLimit.revalidateFloor` |
 //!
 //! [`crate::observability`] adds the series read at scrape time (in-flight fetches, tag
 //! revalidations, stale serves, provider tokens).
@@ -123,6 +126,12 @@ struct RegistryLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    registry: Arc<str>,
+    endpoint: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StoreLabels {
     backend: &'static str,
     op: &'static str,
@@ -167,6 +176,8 @@ pub struct RegistryMetrics {
     pub upstream_errors: Counter,
     /// Requests to it retried after a transient failure.
     pub upstream_retries: Counter,
+    /// Stale tags served unrevalidated to save the rate-limit budget.
+    pub revalidations_deferred: Counter,
 }
 
 impl RegistryMetrics {
@@ -204,6 +215,10 @@ pub struct Metrics {
     disk_manifests: DiskGauges,
     store_errors: Family<StoreLabels, Counter>,
     peer_fetches: Family<PeerLabels, Counter>,
+    endpoint_states: Family<EndpointLabels, Gauge>,
+    ratelimit_limit: Family<RegistryLabels, Gauge>,
+    ratelimit_remaining: Family<RegistryLabels, Gauge>,
+    revalidations_deferred: Family<RegistryLabels, Counter>,
     /// Images removed from the cache by pruning or size-bounded eviction: call
     /// `metrics::global().evictions.inc_by(n)` after removing `n`.
     pub evictions: Counter,
@@ -256,6 +271,10 @@ impl Metrics {
             disk_manifests,
             store_errors: Family::default(),
             peer_fetches: Family::default(),
+            endpoint_states: Family::default(),
+            ratelimit_limit: Family::default(),
+            ratelimit_remaining: Family::default(),
+            revalidations_deferred: Family::default(),
             evictions: Counter::default(),
             inflight_manifest_fetches: Gauge::default(),
             registries: RwLock::new(RegistryTable::default()),
@@ -332,6 +351,9 @@ impl Metrics {
             upstream_bytes: self.upstream_bytes.get_or_create_owned(&by_registry),
             upstream_errors: self.upstream_errors.get_or_create_owned(&by_registry),
             upstream_retries: self.upstream_retries.get_or_create_owned(&by_registry),
+            revalidations_deferred: self
+                .revalidations_deferred
+                .get_or_create_owned(&by_registry),
             label,
         }
     }
@@ -363,6 +385,30 @@ impl Metrics {
         self.store_errors
             .get_or_create(&StoreLabels { backend, op })
             .inc();
+    }
+
+    /// The breaker gauge of a configured endpoint (`endpoint` is its URL, never a secret).
+    pub fn endpoint_state(&self, registry: &str, endpoint: &str) -> Gauge {
+        self.endpoint_states.get_or_create_owned(&EndpointLabels {
+            registry: Arc::from(registry),
+            endpoint: Arc::from(endpoint),
+        })
+    }
+
+    /// Notes the rate-limit headers a registry (its label value) sent.
+    pub fn ratelimit(&self, label: &Arc<str>, limit: Option<u64>, remaining: Option<u64>) {
+        let labels = RegistryLabels {
+            registry: label.clone(),
+        };
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if let Some(l) = limit {
+            self.ratelimit_limit.get_or_create(&labels).set(as_i64(l));
+        }
+        if let Some(r) = remaining {
+            self.ratelimit_remaining
+                .get_or_create(&labels)
+                .set(as_i64(r));
+        }
     }
 
     /// Counts a blob download shared among replicas.
@@ -455,6 +501,26 @@ impl Metrics {
             "upstream_fetch_refusals",
             "Blob requests answered 503 because no upstream download slot came free in time",
             self.upstream_fetch_refusals.clone(),
+        );
+        registry.register(
+            "upstream_endpoint_state",
+            "Circuit breaker of each configured upstream endpoint: 0 closed, 1 open, 2 half-open",
+            self.endpoint_states.clone(),
+        );
+        registry.register(
+            "upstream_ratelimit_limit",
+            "The last ratelimit-limit an upstream registry sent",
+            self.ratelimit_limit.clone(),
+        );
+        registry.register(
+            "upstream_ratelimit_remaining",
+            "The last ratelimit-remaining an upstream registry sent",
+            self.ratelimit_remaining.clone(),
+        );
+        registry.register(
+            "tag_revalidations_deferred",
+            "Stale tags served without revalidation: the rate-limit budget was under rateLimit.revalidateFloor",
+            self.revalidations_deferred.clone(),
         );
         registry.register(
             "inflight_manifest_fetches",

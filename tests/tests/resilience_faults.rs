@@ -298,9 +298,10 @@ fn single_transient_failures_are_retried() {
     verify_cache(r.proxy.image_path());
 }
 
-/// Persistent 429 / 500 / 503: passed on as 429 (with Retry-After) / 502 / 503 with an OCI
+/// Persistent 500 / 503 / 429: passed on as 502 / 503 / 429 (with Retry-After) with an OCI
 /// body, retried a bounded number of times (never for 429), nothing stored; healed, the
-/// pull succeeds.
+/// pull succeeds (after a 429 only once its Retry-After is over: until then the mirror
+/// sends nothing and answers 429 itself).
 #[test]
 fn persistent_error_statuses_are_passed_on_and_nothing_is_stored() {
     if !require_upstream_tools() {
@@ -309,16 +310,16 @@ fn persistent_error_statuses_are_passed_on_and_nothing_is_stored() {
     let r = rig("fltstatus");
     let repo = r.img.repo.clone();
     let manifest_path = format!("/{repo}/manifests/v1");
-    for (status, want, want_code, max_requests) in [
-        (429u16, 429u16, "TOOMANYREQUESTS", 1usize),
-        (500, 502, "", 3),
-        (503, 503, "", 3),
+    for (status, want, want_code, max_requests, retry_after) in [
+        (500u16, 502u16, "", 3usize, "17"),
+        (503, 503, "", 3, "17"),
+        (429, 429, "TOOMANYREQUESTS", 1, "1"),
     ] {
         let before = r.fp.count("GET", &manifest_path);
         let rule = r.fp.add_rule(
             "GET",
             &manifest_path,
-            Fault::status(status).with_header("Retry-After", "17"),
+            Fault::status(status).with_header("Retry-After", retry_after),
             None,
         );
         let t = Instant::now();
@@ -335,7 +336,7 @@ fn persistent_error_statuses_are_passed_on_and_nothing_is_stored() {
             assert_oci_error(&m.body, want_code, &format!("upstream {status}"));
         }
         if status == 429 {
-            assert_eq!(m.header("Retry-After"), Some("17"), "Retry-After passed on");
+            assert_eq!(m.header("Retry-After"), Some("1"), "Retry-After passed on");
         }
         let n = r.fp.count("GET", &manifest_path) - before;
         assert!(
@@ -352,19 +353,33 @@ fn persistent_error_statuses_are_passed_on_and_nothing_is_stored() {
             "upstream {status}: the manifest was stored"
         );
     }
-    // Blob: 429 passed on.
+    // Blob: 429 passed on (once the manifest's Retry-After is over and the blob is asked).
     let rule = r.fp.add_rule(
         "GET",
         &r.blob_path(),
         Fault::status(429).with_header("Retry-After", "5"),
         None,
     );
-    let b = r.proxy.get_blob(r.route(), &repo, &r.blob().digest, &[]);
-    assert_eq!(b.status, 429, "blob 429: {}", b.body_str());
+    let b = ociregistry_e2e::wait_for(
+        "the blob request to reach the upstream",
+        SECS(10),
+        std::time::Duration::from_millis(200),
+        || {
+            let b = r.proxy.get_blob(r.route(), &repo, &r.blob().digest, &[]);
+            assert_eq!(b.status, 429, "blob 429: {}", b.body_str());
+            (r.fp.hits(rule) > 0).then_some(b)
+        },
+    );
     assert_oci_error(&b.body, "TOOMANYREQUESTS", "blob 429");
     assert_eq!(b.header("Retry-After"), Some("5"));
     r.fp.remove(rule);
     r.assert_nothing_stored("blob 429");
+    ociregistry_e2e::wait_for(
+        "the manifest once Retry-After is over",
+        SECS(15),
+        std::time::Duration::from_millis(250),
+        || (r.proxy.get_manifest(r.route(), &repo, "v1").status == 200).then_some(()),
+    );
     r.proxy.pull_and_verify(r.route(), &r.img);
     verify_cache(r.proxy.image_path());
 }

@@ -177,8 +177,8 @@ fn stale_tag_is_revalidated_with_a_head_and_refetched_only_when_moved() {
     ociregistry_e2e::cache::verify_cache(r.proxy.image_path());
 }
 
-/// Upstream answering 429 (or 503, or 401 with garbage) to the revalidation HEAD: the cached
-/// manifest is served, a WARN is logged, no GET. Upstream 404: the tag is gone, 404.
+/// Upstream answering 503, 500, 401 with garbage, or 429 to the revalidation HEAD: the
+/// cached manifest is served, a WARN is logged, no GET. Upstream 404: the tag is gone, 404.
 #[test]
 fn failed_revalidation_serves_the_cached_manifest() {
     if !require_upstream_tools() {
@@ -188,11 +188,12 @@ fn failed_revalidation_serves_the_cached_manifest() {
     let r = rig("revalfail", &[], &["tagTtl: 1h"]);
     check_manifest_response(&r.pull_tag(), &r.img.manifest, "cold pull");
     let mut expected = r.counts();
+    // The 429 comes last: its Retry-After holds every request to the upstream back.
     for (i, fault) in [
-        Fault::status(429).with_header("Retry-After", "30"),
         Fault::status(503),
         Fault::status(500),
         Fault::status(401).with_header("WWW-Authenticate", "Bearer realm=\"\u{7f}, ,,="),
+        Fault::status(429).with_header("Retry-After", "1"),
     ]
     .into_iter()
     .enumerate()
@@ -217,11 +218,20 @@ fn failed_revalidation_serves_the_cached_manifest() {
         r.fp.remove(rule);
         expected = r.counts();
     }
-    // Upstream says the tag does not exist (any more): 404.
+    // Upstream says the tag does not exist (any more): 404 (once the 429's Retry-After is
+    // over: until then the cached manifest is served without asking).
     let rule =
         r.fp.add_rule("HEAD", &r.tag_path(), Fault::status(404), None);
-    set_fetched_at(&r.record(), 1000);
-    let m = r.pull_tag();
+    let m = wait_for(
+        "the revalidation HEAD after Retry-After",
+        SECS(10),
+        Duration::from_millis(200),
+        || {
+            set_fetched_at(&r.record(), 1000);
+            let m = r.pull_tag();
+            (r.fp.hits(rule) > 0).then_some(m)
+        },
+    );
     assert_eq!(
         m.status,
         404,

@@ -231,6 +231,89 @@ pub struct RegistryConfig {
     /// Hosts this registry's redirects may reach on private addresses (patterns).
     #[serde(default)]
     pub redirect_hosts: Vec<HostPattern>,
+    /// Where the registry's content is fetched from, in order (default: the name itself).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Other names clients may write as the first path segment for this registry.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `rateLimit: {revalidateFloor: N}`: living within the upstream's pull budget.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// `breaker: {coolDown, maxCoolDown}`: how long a failing endpoint is skipped.
+    pub breaker: Option<BreakerConfig>,
+}
+
+/// `registries[].endpoints[]`: a URL (`https://mirror.gcr.io`), or a mapping with the URL
+/// and the endpoint's own `auth` and `tls` (else the entry's).
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// `scheme://host[:port]`.
+    pub url: String,
+    /// Credentials for this endpoint only.
+    pub auth: Option<AuthConfig>,
+    /// TLS towards this endpoint only.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The mapping form of an endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct EndpointMapping {
+    url: String,
+    auth: Option<AuthConfig>,
+    tls: Option<TlsConfig>,
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EndpointConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an endpoint URL, or a mapping with url and optional auth and tls")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(EndpointConfig {
+                    url: s.to_owned(),
+                    auth: None,
+                    tls: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let m = EndpointMapping::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(EndpointConfig {
+                    url: m.url,
+                    auth: m.auth,
+                    tls: m.tls,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `registries[].rateLimit`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitConfig {
+    /// While the upstream's `ratelimit-remaining` is below this, cached tags are served
+    /// without revalidation.
+    pub revalidate_floor: Option<u64>,
+}
+
+/// `registries[].breaker`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BreakerConfig {
+    /// First cool-down of a failing endpoint (default 5s); doubles while it keeps failing.
+    pub cool_down: Option<ConfigDuration>,
+    /// Longest cool-down (default 5m).
+    pub max_cool_down: Option<ConfigDuration>,
 }
 
 /// `registries[].auth`.

@@ -29,13 +29,17 @@ mod tests;
 pub use cluster::ClusterSettings;
 pub use error::{ConfigError, HostPatternError, ParseError, SizeError, UnreadableFile};
 pub use file::{
-    AuthConfig, ClientAuth, ConfigDuration, FileConfig, HostName, ReadableFile, RegistryConfig,
-    Scheme, SecretString, ServerTlsFileConfig, TlsConfig, TokenConfig, UpstreamsConfig,
+    AuthConfig, BreakerConfig, ClientAuth, ConfigDuration, EndpointConfig, FileConfig, HostName,
+    RateLimitConfig, ReadableFile, RegistryConfig, Scheme, SecretString, ServerTlsFileConfig,
+    TlsConfig, TokenConfig, UpstreamsConfig,
 };
 pub use host_pattern::{AllowRule, HostPattern, UpstreamPolicy};
 pub use resolve::{default_plugin_dir, resolve};
 pub use server_tls::{PemError, PrivateKey, ServerTls, TlsKey, TlsOrigin};
-pub use settings::{CredentialConfig, FetchLimits, Overrides, PreloadSettings, Registry, Settings};
+pub use settings::{
+    BreakerSettings, CredentialConfig, Endpoint, FetchLimits, Overrides, PreloadSettings, Registry,
+    Settings,
+};
 pub use storage::{Backend, DEFAULT_S3_REGION, S3Credentials, S3Settings, StorageSettings};
 
 /// The registry clients get when a request names none (docker's `registry-mirrors`).
@@ -78,6 +82,28 @@ pub const DEFAULT_UPSTREAM_FETCH_WAIT: Duration = Duration::from_secs(10);
 /// Default time from accept to the first request, and for each HTTP/1 request head
 /// (`headerTimeout`).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default first cool-down of a failing upstream endpoint (`breaker.coolDown`).
+pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
+/// Default longest cool-down of a failing upstream endpoint (`breaker.maxCoolDown`).
+pub const DEFAULT_BREAKER_MAX_COOL_DOWN: Duration = Duration::from_secs(300);
+/// Public registries no alias may take (their names mean themselves).
+pub const PUBLIC_REGISTRIES: &[&str] = &[
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+    "quay.io",
+    "ghcr.io",
+    "gcr.io",
+    "mirror.gcr.io",
+    "registry.k8s.io",
+    "k8s.gcr.io",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+    "registry.gitlab.com",
+    "docker.elastic.co",
+    "nvcr.io",
+];
 /// Default time a connection may sit with no request in flight (`idleTimeout`).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 

@@ -161,7 +161,73 @@ fn registries(src: Source<'_>, entries: &[RegistryConfig]) -> Result<Vec<Registr
         }
         registries.push(registry);
     }
+    // An alias names one registry: never another entry's name or alias, nor a public
+    // registry's name.
+    let names: HashSet<&str> = registries.iter().map(|r| r.name.as_str()).collect();
+    let mut aliases = HashSet::new();
+    for (i, r) in registries.iter().enumerate() {
+        for (j, a) in r.aliases.iter().enumerate() {
+            let clash = if names.contains(a.as_str()) {
+                Some(format!("{a} is the name of a registries entry"))
+            } else if PUBLIC_REGISTRIES.contains(&a.as_str()) {
+                Some(format!("{a} is a public registry's name"))
+            } else if !aliases.insert(a.as_str()) {
+                Some(format!("{a} is an alias of another entry too"))
+            } else {
+                None
+            };
+            if let Some(message) = clash {
+                return Err(src.invalid(
+                    format!("registries[{i}].aliases[{j}]"),
+                    &[Key("registries"), Index(i), Key("aliases"), Index(j)],
+                    message,
+                ));
+            }
+        }
+    }
     Ok(registries)
+}
+
+/// An alias: one path component (`corp`) or a host name without a port
+/// (`registry.corp.example`), lower case.
+fn valid_alias(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= 255
+        && a.split(['.', '_', '-']).all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// `endpoints[j].url`: `http(s)://host[:port]`, nothing else (no user info: credentials
+/// belong under `auth`, where they are kept secret).
+fn endpoint_url(raw: &str) -> Result<(String, Scheme), String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    let scheme = match url.scheme() {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => return Err(format!("scheme {other} is not http or https")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry user info; use the endpoint's auth".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() || !matches!(url.path(), "" | "/") {
+        return Err("must be scheme://host[:port] only (no path, query or fragment)".into());
+    }
+    let Some(host) = url.host_str() else {
+        return Err("has no host".into());
+    };
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    reference::parse_host(&authority).map_err(|e| e.to_string())?;
+    Ok((
+        format!("{scheme}://{}", authority.to_ascii_lowercase()),
+        scheme,
+    ))
 }
 
 /// A rule on `registries[i]` broken at `key` (`.tls`), reported at the entry's `name` line.
@@ -189,7 +255,92 @@ fn registry(src: Source<'_>, i: usize, r: &RegistryConfig) -> Result<Registry, C
     if r.scheme == Scheme::Http && r.tls.is_some() {
         return invalid(".tls", "tls settings need scheme: https");
     }
-    let credential = credential_of(src, i, r.auth.as_ref())?;
+    let credential = credential_of(src, i, "", r.auth.as_ref())?;
+    let mut endpoints = Vec::new();
+    for (j, e) in r.endpoints.iter().enumerate() {
+        let at = |k: &str| format!("registries[{i}].endpoints[{j}]{k}");
+        let (url, scheme) = endpoint_url(&e.url).map_err(|m| {
+            src.invalid(
+                at(""),
+                &[Key("registries"), Index(i), Key("endpoints"), Index(j)],
+                m,
+            )
+        })?;
+        if endpoints.iter().any(|x: &Endpoint| x.url == url) {
+            return Err(src.invalid(
+                at(""),
+                &[Key("registries"), Index(i), Key("endpoints"), Index(j)],
+                format!("{url} is listed twice"),
+            ));
+        }
+        let tls = match &e.tls {
+            Some(t) => t.clone(),
+            None if scheme == Scheme::Https => tls.clone(),
+            None => TlsConfig::default(),
+        };
+        if tls.cert.is_some() != tls.key.is_some() {
+            return invalid(
+                &format!(".endpoints[{j}].tls"),
+                "cert and key must be given together",
+            );
+        }
+        if scheme == Scheme::Http && e.tls.is_some() {
+            return invalid(
+                &format!(".endpoints[{j}].tls"),
+                "tls settings need an https URL",
+            );
+        }
+        let credential = match &e.auth {
+            None => credential.clone(),
+            Some(a) => {
+                if a.token.as_ref().is_some_and(|t| t.provider.is_some()) {
+                    return invalid(
+                        &format!(".endpoints[{j}].auth.token.provider"),
+                        "a provider credential belongs to the registries entry (its auth), not to one endpoint",
+                    );
+                }
+                credential_of(src, i, &format!(".endpoints[{j}]"), Some(a))?
+            }
+        };
+        endpoints.push(Endpoint {
+            url,
+            scheme,
+            credential,
+            tls,
+        });
+    }
+    let mut aliases: Vec<String> = Vec::new();
+    for (j, a) in r.aliases.iter().enumerate() {
+        let a = a.trim().to_ascii_lowercase();
+        if !valid_alias(&a) {
+            return Err(src.invalid(
+                format!("registries[{i}].aliases[{j}]"),
+                &[Key("registries"), Index(i), Key("aliases"), Index(j)],
+                format!("{a:?} is not a usable alias: lower-case letters, digits and . _ - (no port, no slash)"),
+            ));
+        }
+        if !aliases.contains(&a) {
+            aliases.push(a);
+        }
+    }
+    let revalidate_floor = r.rate_limit.as_ref().and_then(|l| l.revalidate_floor);
+    let mut breaker = BreakerSettings::default();
+    if let Some(b) = &r.breaker {
+        if let Some(d) = b.cool_down {
+            breaker.cool_down = d.0;
+        }
+        if let Some(d) = b.max_cool_down {
+            breaker.max_cool_down = d.0;
+        } else {
+            breaker.max_cool_down = breaker.max_cool_down.max(breaker.cool_down);
+        }
+        if breaker.cool_down.is_zero() {
+            return invalid(".breaker.coolDown", "must be more than zero");
+        }
+        if breaker.max_cool_down < breaker.cool_down {
+            return invalid(".breaker.maxCoolDown", "must not be shorter than coolDown");
+        }
+    }
     Ok(Registry {
         // Requests name docker.io's aliases as `docker.io`: so must the settings.
         name: crate::oci::registry::canonical_name(&r.name.0).to_owned(),
@@ -203,6 +354,10 @@ fn registry(src: Source<'_>, i: usize, r: &RegistryConfig) -> Result<Registry, C
             .as_ref()
             .map(|a| a.realms.clone())
             .unwrap_or_default(),
+        endpoints,
+        aliases,
+        revalidate_floor,
+        breaker,
     })
 }
 
@@ -342,12 +497,20 @@ fn fetch_limits(src: Source<'_>, cfg: &FileConfig) -> Result<FetchLimits, Config
 fn credential_of(
     src: Source<'_>,
     i: usize,
+    prefix: &str,
     auth: Option<&AuthConfig>,
 ) -> Result<CredentialConfig, ConfigError> {
     let Some(a) = auth else {
         return Ok(CredentialConfig::None);
     };
-    let err = |k: &str, m: &str| Err(entry_error(src, i, &format!(".auth{k}"), m.to_owned()));
+    let err = |k: &str, m: &str| {
+        Err(entry_error(
+            src,
+            i,
+            &format!("{prefix}.auth{k}"),
+            m.to_owned(),
+        ))
+    };
     if let Some(t) = &a.token {
         if a.user.is_some() || a.password.is_some() || a.password_from_env.is_some() {
             return err(".token", "use either token or user/password, not both");
@@ -391,7 +554,7 @@ fn credential_of(
                 return Err(entry_error(
                     src,
                     i,
-                    ".auth.passwordFromEnv",
+                    &format!("{prefix}.auth.passwordFromEnv"),
                     format!("environment variable {var} is not set"),
                 ));
             }

@@ -57,6 +57,46 @@ pub struct Registry {
     pub redirect_hosts: Vec<HostPattern>,
     /// `auth.realms`: extra token-realm hosts that may receive its credential.
     pub realms: Vec<HostPattern>,
+    /// `endpoints`: where its content is fetched from, in order; empty: the name itself.
+    pub endpoints: Vec<Endpoint>,
+    /// `aliases`: names clients may use for it (validated, lower-case).
+    pub aliases: Vec<String>,
+    /// `rateLimit.revalidateFloor`: below this remaining budget tags are not revalidated.
+    pub revalidate_floor: Option<u64>,
+    /// `breaker`: cool-downs of failing endpoints.
+    pub breaker: BreakerSettings,
+}
+
+/// One `endpoints[]` entry after validation.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `scheme://host[:port]` (no path, no user info, no query).
+    pub url: String,
+    /// http or https (from the URL).
+    pub scheme: Scheme,
+    /// Its credential (the entry's unless it has its own `auth`).
+    pub credential: CredentialConfig,
+    /// Its TLS settings (the entry's unless it has its own `tls`).
+    pub tls: TlsConfig,
+}
+
+/// How long a failing endpoint is skipped: `cool_down`, doubling while it keeps failing, up
+/// to `max_cool_down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// First cool-down.
+    pub cool_down: Duration,
+    /// Longest cool-down.
+    pub max_cool_down: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            cool_down: super::DEFAULT_BREAKER_COOL_DOWN,
+            max_cool_down: super::DEFAULT_BREAKER_MAX_COOL_DOWN,
+        }
+    }
 }
 
 /// Command-line values that override the file.
@@ -192,6 +232,14 @@ pub struct PreloadSettings {
 }
 
 impl Settings {
+    /// The registry (its name) `alias` stands for, if it is one of `registries[].aliases`.
+    pub fn alias_target(&self, alias: &str) -> Option<&str> {
+        self.registries
+            .iter()
+            .find(|r| r.aliases.iter().any(|a| a == alias))
+            .map(|r| r.name.as_str())
+    }
+
     /// How long a cached tag of `registry` is trusted; `None` means until forced.
     pub fn tag_ttl(&self, registry: &str) -> Option<Duration> {
         self.registries

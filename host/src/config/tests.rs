@@ -803,3 +803,84 @@ fn hello_world_is_on_unless_switched_off() {
         assert!(e.contains(needle), "{bad}: {e}");
     }
 }
+
+#[test]
+fn endpoints_aliases_rate_limit_and_breaker() {
+    let yaml = "registries:\n- name: docker.io\n  endpoints:\n  - https://mirror.gcr.io\n  - url: https://registry-1.docker.io:443/\n    auth: {user: u, password: p}\n  rateLimit: {revalidateFloor: 10}\n  breaker: {coolDown: 1s, maxCoolDown: 30s}\n- name: registry.corp.example:8443\n  aliases: [corp, Corp-Two]\n";
+    let s = resolve_text(yaml).unwrap();
+    let hub = &s.registries[0];
+    assert_eq!(hub.endpoints.len(), 2);
+    assert_eq!(hub.endpoints[0].url, "https://mirror.gcr.io");
+    assert_eq!(hub.endpoints[1].url, "https://registry-1.docker.io");
+    assert!(matches!(
+        hub.endpoints[0].credential,
+        CredentialConfig::None
+    ));
+    assert!(matches!(
+        hub.endpoints[1].credential,
+        CredentialConfig::Basic { .. }
+    ));
+    assert_eq!(hub.revalidate_floor, Some(10));
+    assert_eq!(hub.breaker.cool_down, Duration::from_secs(1));
+    assert_eq!(hub.breaker.max_cool_down, Duration::from_secs(30));
+    assert_eq!(s.registries[1].aliases, ["corp", "corp-two"]);
+    assert_eq!(s.alias_target("corp"), Some("registry.corp.example:8443"));
+    assert_eq!(s.alias_target("docker.io"), None);
+}
+
+#[test]
+fn endpoint_and_alias_mistakes_name_key_and_line() {
+    for (yaml, key, line) in [
+        (
+            "registries:\n- name: a.example\n  endpoints:\n  - ftp://x.example\n",
+            "registries[0].endpoints[0]",
+            4,
+        ),
+        (
+            "registries:\n- name: a.example\n  endpoints:\n  - https://u:p@x.example\n",
+            "registries[0].endpoints[0]",
+            4,
+        ),
+        (
+            "registries:\n- name: a.example\n  endpoints:\n  - https://x.example/v2/sub\n",
+            "registries[0].endpoints[0]",
+            4,
+        ),
+        (
+            "registries:\n- name: a.example\n  aliases: [quay.io]\n",
+            "registries[0].aliases[0]",
+            3,
+        ),
+        (
+            "registries:\n- name: a.example\n- name: b.example\n  aliases:\n  - a.example\n",
+            "registries[1].aliases[0]",
+            5,
+        ),
+        (
+            "registries:\n- name: a.example\n  aliases: [x]\n- name: b.example\n  aliases: [x]\n",
+            "registries[1].aliases[0]",
+            5,
+        ),
+        (
+            "registries:\n- name: a.example\n  aliases: [\"a/b\"]\n",
+            "registries[0].aliases[0]",
+            3,
+        ),
+    ] {
+        let e = resolve_text(yaml).unwrap_err();
+        assert!(
+            e.contains(key) && e.contains(&format!("line {line}")),
+            "{yaml}: {e}"
+        );
+    }
+    let e = parse_text(
+        "registries:\n- name: a.example\n  endpoints:\n  - {url: https://x.example, tsl: {}}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("tsl"), "{e}");
+    let e = parse_text("registries:\n- name: a.example\n  rateLimit: {floor: 3}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3") && e.contains("floor"), "{e}");
+}

@@ -87,6 +87,7 @@ async fn manifest_by_digest(
             &media::ALL_MANIFESTS.join(", "),
         )
         .await
+        .map(|(m, _)| m)
     })
     .await
 }
@@ -130,6 +131,15 @@ async fn manifest_by_tag(
     // The key carries the canonical set of acceptable types, never the client's raw header.
     let key = format!("{registry}/{repo}:{tag}|{}", accept.canonical_key());
     let upstream = app.upstreams.resolve(registry)?;
+    // Under the rate-limit floor the last pulls are kept for what is not cached: a cached
+    // tag is served as it is.
+    if let Some((m, _)) = &cached
+        && let Some((remaining, floor)) = upstream.budget_under_floor()
+    {
+        upstream.metrics.revalidations_deferred.inc();
+        tracing::debug!(registry = %upstream.name, repo = %repo, tag, remaining, floor, "rate-limit budget under rateLimit.revalidateFloor; cached tag served without revalidation");
+        return Ok(m.clone());
+    }
     let app2 = app.clone();
     let repo = repo.clone();
     let tag = tag.to_owned();
@@ -138,8 +148,8 @@ async fn manifest_by_tag(
         let cached = cached.map(|(m, _)| m);
         if let Some(m) = &cached {
             match revalidate(&app, &upstream, &repo, &tag, &accept_header, m).await {
-                Revalidation::Unchanged => {
-                    record_tag(&app, &upstream.name, &repo, &tag, m).await;
+                Revalidation::Unchanged(endpoint) => {
+                    record_tag(&app, &upstream.name, &repo, &tag, m, endpoint.as_deref()).await;
                     return Ok(m.clone());
                 }
                 Revalidation::Changed => {}
@@ -152,8 +162,8 @@ async fn manifest_by_tag(
             }
         }
         match fetch_manifest(&app, &upstream, &repo, &Reference::Tag(tag.clone()), &accept_header).await {
-            Ok(m) => {
-                record_tag(&app, &upstream.name, &repo, &tag, &m).await;
+            Ok((m, endpoint)) => {
+                record_tag(&app, &upstream.name, &repo, &tag, &m, endpoint.as_deref()).await;
                 Ok(m)
             }
             // The upstream answered HEAD but then failed the GET: still serve what we have.
@@ -168,14 +178,25 @@ async fn manifest_by_tag(
     .await
 }
 
-async fn record_tag(app: &Mirror, registry: &str, repo: &RepoName, tag: &str, m: &Manifest) {
+async fn record_tag(
+    app: &Mirror,
+    registry: &str,
+    repo: &RepoName,
+    tag: &str,
+    m: &Manifest,
+    endpoint: Option<&str>,
+) {
     app.hot.forget_tag(&tag_key(registry, repo, tag));
     let key = TagKey {
         registry,
         repo,
         tag,
     };
-    if let Err(e) = app.store.put_tag(key, &m.media_type, &m.digest).await {
+    if let Err(e) = app
+        .store
+        .put_tag_from(key, &m.media_type, &m.digest, endpoint)
+        .await
+    {
         tracing::warn!(registry, repo = %repo, tag, error = %e, "could not record tag");
     }
 }
@@ -198,8 +219,8 @@ async fn stored_manifest(app: &Mirror, digest: &Digest) -> Result<Option<Manifes
 
 /// What a revalidation of a cached tag found out.
 enum Revalidation {
-    /// The upstream's tag still points at the cached digest.
-    Unchanged,
+    /// The upstream's tag still points at the cached digest (said by this endpoint).
+    Unchanged(Option<String>),
     /// It moved (or the upstream did not say): fetch it.
     Changed,
     /// The upstream says the tag no longer exists.
@@ -228,8 +249,10 @@ async fn revalidate(
         Ok(Ok(answer)) => answer,
     };
     match answer {
-        TagHead::Points(Some(d)) if d == cached.digest => Revalidation::Unchanged,
-        TagHead::Points(_) => Revalidation::Changed,
+        TagHead::Points(Some(d), endpoint) if d == cached.digest => {
+            Revalidation::Unchanged(endpoint)
+        }
+        TagHead::Points(..) => Revalidation::Changed,
         TagHead::Gone(e) => Revalidation::Gone(e),
         TagHead::Refused(status) => Revalidation::Failed(format!("upstream answered {status}")),
     }
@@ -351,11 +374,12 @@ async fn fetch_manifest(
     repo: &RepoName,
     reference: &Reference,
     accept: &str,
-) -> Result<Manifest, MirrorError> {
+) -> Result<(Manifest, Option<String>), MirrorError> {
     let FetchedManifest {
         bytes,
         content_type,
         announced,
+        endpoint,
     } = upstream
         .get_manifest(repo, reference, accept, app.settings.max_manifest_size)
         .await?;
@@ -393,8 +417,8 @@ async fn fetch_manifest(
         bytes,
     };
     app.store.put_manifest(&m).await.map_err(disk_error)?;
-    tracing::info!(registry = %upstream.name, repo = %repo, reference = %reference, digest = %m.digest, "cached manifest");
-    Ok(m)
+    tracing::info!(registry = %upstream.name, repo = %repo, reference = %reference, digest = %m.digest, endpoint = endpoint.as_deref().unwrap_or("-"), "cached manifest");
+    Ok((m, endpoint))
 }
 
 #[cfg(test)]

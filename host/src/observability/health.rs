@@ -1,5 +1,5 @@
 //! `/healthz` (liveness) and `/readyz` (readiness with each configured registry's
-//! credential state).
+//! credential state and, for one with `endpoints`, each endpoint's breaker).
 //!
 //! The readiness rule: **503 only for local faults** — the pull listener is not accepting
 //! (not yet started, or stopping) or the cache directory is not writable. A registry whose
@@ -9,7 +9,9 @@
 //! registry's state, last error (never a secret) and its kind (`lastErrorKind`:
 //! `invalid_options`, `failed`, `panicked`, `timed_out` or `hung`) in `registries`. A
 //! storage backend beyond the local disk (a bucket) that cannot be reached is reported the
-//! same way (`checks.storage`, degraded): the local copies are still served.
+//! same way (`checks.storage`, degraded): the local copies are still served. So is an
+//! upstream endpoint (`registries[].endpoints`) whose circuit breaker is not closed: its
+//! state, failures and last error are listed under the registry's `endpoints`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -109,12 +111,41 @@ pub fn readiness(
     cache: &Result<(), CacheProbeError>,
     storage: &StorageState,
     registries: &[RegistryCredential],
+    endpoints: &HashMap<String, Vec<(String, crate::upstream::breaker::Status)>>,
 ) -> (u16, Value) {
     let mut degraded = storage.error.is_some();
     let regs: Vec<Value> = registries
         .iter()
         .map(|r| {
             let mut v = json!({ "name": r.name, "credential": r.kind });
+            if let Some(eps) = endpoints.get(&r.name) {
+                let shown: Vec<Value> = eps
+                    .iter()
+                    .map(|(url, st)| {
+                        let mut e = json!({
+                            "url": url,
+                            "state": st.state.as_str(),
+                            "consecutiveFailures": st.consecutive_failures,
+                        });
+                        if let Some(s) = st.retry_in {
+                            e["retryInSeconds"] = json!(s);
+                        }
+                        if let Some(err) = &st.last_error {
+                            e["lastError"] =
+                                json!(err.chars().take(MAX_ERROR_CHARS).collect::<String>());
+                        }
+                        e
+                    })
+                    .collect();
+                // Content still comes from the others (or from the cache): degraded, ready.
+                if eps
+                    .iter()
+                    .any(|(_, st)| st.state != crate::upstream::breaker::State::Closed)
+                {
+                    degraded = true;
+                }
+                v["endpoints"] = json!(shown);
+            }
             if let Some(p) = &r.provider {
                 v["provider"] = json!(p);
             }
@@ -216,14 +247,14 @@ mod tests {
     #[test]
     fn local_faults_make_it_unready() {
         let regs = [reg("none"), reg("basic")];
-        let (code, body) = readiness(true, &Ok(()), &FS, &regs);
+        let (code, body) = readiness(true, &Ok(()), &FS, &regs, &HashMap::new());
         assert_eq!(code, 200);
         assert_eq!(body["status"], "ready");
         assert_eq!(body["registries"][1]["credential"], "basic");
-        let (code, body) = readiness(false, &Ok(()), &FS, &regs);
+        let (code, body) = readiness(false, &Ok(()), &FS, &regs, &HashMap::new());
         assert_eq!((code, body["ready"].as_bool()), (503, Some(false)));
         let read_only = CacheProbeError::Write(std::io::Error::other("read-only"));
-        let (code, body) = readiness(true, &Err(read_only), &FS, &regs);
+        let (code, body) = readiness(true, &Err(read_only), &FS, &regs, &HashMap::new());
         assert_eq!(code, 503);
         assert_eq!(
             body["checks"]["cacheError"],
@@ -237,7 +268,7 @@ mod tests {
             backend: "s3",
             error: Some("bucket mirror-cache at http://127.0.0.1:9: connection refused".into()),
         };
-        let (code, body) = readiness(true, &Ok(()), &bucket, &[reg("none")]);
+        let (code, body) = readiness(true, &Ok(()), &bucket, &[reg("none")], &HashMap::new());
         assert_eq!(code, 200, "local copies are still served");
         assert_eq!(body["status"], "degraded");
         assert_eq!(body["checks"]["storage"]["backend"], "s3");
@@ -247,8 +278,39 @@ mod tests {
                 .as_str()
                 .is_some_and(|e| e.contains("connection refused"))
         );
-        let (_, body) = readiness(true, &Ok(()), &FS, &[reg("none")]);
+        let (_, body) = readiness(true, &Ok(()), &FS, &[reg("none")], &HashMap::new());
         assert_eq!(body["checks"]["storage"]["reachable"], true);
+    }
+
+    #[test]
+    fn an_open_endpoint_degrades_and_is_listed() {
+        use crate::upstream::breaker::{Breaker, State};
+        let b = Breaker::new(crate::config::BreakerSettings::default());
+        b.failure("upstream r.example: cannot connect".into(), false, None);
+        let open = b.status();
+        assert_eq!(open.state, State::Open);
+        let closed = Breaker::new(crate::config::BreakerSettings::default()).status();
+        let mut eps = HashMap::new();
+        eps.insert(
+            "none.example".to_owned(),
+            vec![
+                ("https://a.example".to_owned(), open),
+                ("https://b.example".to_owned(), closed),
+            ],
+        );
+        let (code, body) = readiness(true, &Ok(()), &FS, &[reg("none")], &eps);
+        assert_eq!((code, &body["status"]), (200, &json!("degraded")));
+        let listed = &body["registries"][0]["endpoints"];
+        assert_eq!(listed[0]["url"], "https://a.example");
+        assert_eq!(listed[0]["state"], "open");
+        assert_eq!(listed[0]["consecutiveFailures"], 1);
+        assert!(listed[0]["retryInSeconds"].as_u64().is_some_and(|s| s >= 1));
+        assert!(
+            listed[0]["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot connect"))
+        );
+        assert_eq!(listed[1]["state"], "closed");
     }
 
     struct Refused;
@@ -279,7 +341,7 @@ mod tests {
             provider: Some("fixture".into()),
             managed: Some(managed.clone()),
         }];
-        let (code, body) = readiness(true, &Ok(()), &FS, &regs);
+        let (code, body) = readiness(true, &Ok(()), &FS, &regs, &HashMap::new());
         assert_eq!((code, &body["status"]), (200, &json!("degraded")));
         let entry = &body["registries"][0];
         assert_eq!(entry["state"], "failing");

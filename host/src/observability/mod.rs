@@ -399,6 +399,7 @@ async fn answer(
                 &cache,
                 &storage,
                 &observed.registries,
+                &observed.app.upstreams.endpoint_status(),
             );
             let mut text = body.to_string();
             text.push('\n');

@@ -47,7 +47,9 @@ async fn route(
     headers: &HeaderMap,
     kind: &mut RouteKind,
 ) -> Result<Response<Body>, RegistryError> {
-    let target = router::parse(uri.path(), uri.query(), &app.settings.default_ns)?;
+    let target = router::parse(uri.path(), uri.query(), &app.settings.default_ns, |a| {
+        app.settings.alias_target(a).map(str::to_owned)
+    })?;
     *kind = RouteKind::from(&target.route);
     let head = *method == Method::HEAD;
     if !(head || *method == Method::GET) {

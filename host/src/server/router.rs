@@ -2,7 +2,9 @@
 //!
 //! The upstream is chosen, in order, by the `ns` query parameter (containerd mirrors), by a
 //! first path segment that looks like a host (`/v2/quay.io/org/img/...`, skopeo, crane and
-//! podman mirrors with a path), then by `defaultNs`. Every segment is percent-decoded and
+//! podman mirrors with a path) or is a registry's alias (`/v2/corp/team/app/...` for an
+//! entry with `aliases: [corp]`: docker references cannot carry a port in the path), then
+//! by `defaultNs`. An alias also works as the `ns` value. Every segment is percent-decoded and
 //! validated before use, so `..`, `%2e%2e` and friends are refused here.
 
 use percent_encoding::percent_decode_str;
@@ -56,12 +58,21 @@ pub struct Target {
     pub via: Via,
 }
 
-/// Parses a request path (`/v2/...`, still percent-encoded) and its query.
-pub fn parse(path: &str, query: Option<&str>, default_ns: &str) -> Result<Target, RegistryError> {
+/// Parses a request path (`/v2/...`, still percent-encoded) and its query; `alias` gives the
+/// registry an alias stands for.
+pub fn parse(
+    path: &str,
+    query: Option<&str>,
+    default_ns: &str,
+    alias: impl Fn(&str) -> Option<String>,
+) -> Result<Target, RegistryError> {
     if path.len() > MAX_PATH {
         return Err(RegistryError::name_invalid("request path too long"));
     }
-    let ns = query.and_then(|q| query_param(q, "ns")).transpose()?;
+    let ns = query
+        .and_then(|q| query_param(q, "ns"))
+        .transpose()?
+        .map(|ns| alias(&ns).unwrap_or(ns));
     let Some(rest) = path.strip_prefix("/v2") else {
         return Err(not_found());
     };
@@ -111,6 +122,11 @@ pub fn parse(path: &str, query: Option<&str>, default_ns: &str) -> Result<Target
     let name = &segments[..name_len];
     let (registry, name, via) = match ns {
         Some(ns) => (ns, name, Via::Ns),
+        None if name.len() > 1
+            && let Some(registry) = alias(&name[0]) =>
+        {
+            (registry, &name[1..], Via::Path)
+        }
         None if name.len() > 1 && reference::looks_like_host(&name[0]) => {
             (reference::parse_host(&name[0])?, &name[1..], Via::Path)
         }
@@ -162,7 +178,23 @@ mod tests {
     use super::*;
 
     fn p(path: &str, q: Option<&str>) -> Result<Target, RegistryError> {
-        parse(path, q, "docker.io")
+        parse(path, q, "docker.io", |a| {
+            (a == "corp").then(|| "registry.corp.example:8443".to_owned())
+        })
+    }
+
+    #[test]
+    fn an_alias_in_the_path_or_ns_names_its_registry() {
+        let t = p("/v2/corp/team/app/manifests/1", None).unwrap();
+        assert_eq!(t.registry, "registry.corp.example:8443");
+        assert_eq!(t.repo.unwrap().as_str(), "team/app");
+        assert_eq!(t.via, Via::Path);
+        let t = p("/v2/team/app/manifests/1", Some("ns=corp")).unwrap();
+        assert_eq!(t.registry, "registry.corp.example:8443");
+        assert_eq!(t.repo.unwrap().as_str(), "team/app");
+        // A one-segment name is a docker.io repository, alias or not.
+        let t = p("/v2/corp/manifests/1", None).unwrap();
+        assert_eq!(t.registry, "docker.io");
     }
 
     #[test]

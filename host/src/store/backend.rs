@@ -181,13 +181,26 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A tag's record; missing or unreadable is `None`.
     fn get_tag<'a>(&'a self, tag: TagKey<'a>) -> StoreFuture<'a, Option<TagRecord>>;
 
-    /// Records that the tag now resolves to `digest` for `media_type` (other media types'
-    /// entries kept).
+    /// `put_tag_from` without an endpoint (content that came from no upstream: an archive,
+    /// tests).
+    #[allow(dead_code)]
     fn put_tag<'a>(
         &'a self,
         tag: TagKey<'a>,
         media_type: &'a str,
         digest: &'a Digest,
+    ) -> StoreFuture<'a, ()> {
+        self.put_tag_from(tag, media_type, digest, None)
+    }
+
+    /// Records that the tag now resolves to `digest` for `media_type` (other media types'
+    /// entries kept), noting which upstream endpoint answered (a registry with `endpoints`).
+    fn put_tag_from<'a>(
+        &'a self,
+        tag: TagKey<'a>,
+        media_type: &'a str,
+        digest: &'a Digest,
+        endpoint: Option<&'a str>,
     ) -> StoreFuture<'a, ()>;
 
     /// Records that the tag was last pulled at `at` (Unix seconds; a later time already

@@ -235,13 +235,14 @@ impl Store for FsStore {
         Box::pin(async move { Ok(tags::get(&self.root, tag).await) })
     }
 
-    fn put_tag<'a>(
+    fn put_tag_from<'a>(
         &'a self,
         tag: TagKey<'a>,
         media_type: &'a str,
         digest: &'a Digest,
+        endpoint: Option<&'a str>,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(async move { Ok(tags::put(&self.root, tag, media_type, digest).await?) })
+        Box::pin(async move { Ok(tags::put(&self.root, tag, media_type, digest, endpoint).await?) })
     }
 
     fn set_tag_accessed<'a>(&'a self, tag: TagKey<'a>, at: u64) -> StoreFuture<'a, bool> {

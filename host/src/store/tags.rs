@@ -30,8 +30,15 @@ pub struct TagRecord {
 
 impl TagRecord {
     /// Records that the tag resolved to `digest` of `media_type` at `fetched_at` (Unix
-    /// seconds): newest first, one entry per media type.
-    pub fn resolved(&mut self, media_type: &str, digest: &Digest, fetched_at: u64) {
+    /// seconds), answered by `endpoint` (a registry with `endpoints`): newest first, one
+    /// entry per media type.
+    pub fn resolved(
+        &mut self,
+        media_type: &str,
+        digest: &Digest,
+        fetched_at: u64,
+        endpoint: Option<&str>,
+    ) {
         self.entries.retain(|e| e.media_type != media_type);
         self.entries.insert(
             0,
@@ -39,6 +46,7 @@ impl TagRecord {
                 media_type: media_type.to_owned(),
                 digest: digest.to_string(),
                 fetched_at,
+                endpoint: endpoint.map(str::to_owned),
             },
         );
     }
@@ -58,6 +66,10 @@ pub struct TagEntry {
     pub digest: String,
     /// When it was fetched from the upstream.
     pub fetched_at: u64,
+    /// The upstream endpoint that answered (`registries[].endpoints`); absent for a
+    /// registry reached at its own name, and in records written before endpoints existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 impl TagEntry {
@@ -106,17 +118,18 @@ pub(super) async fn save(root: &Path, t: TagKey<'_>, record: &TagRecord) -> io::
     write(root, &path, record).await
 }
 
-/// Records that the tag now resolves to `digest` for `media_type`.
+/// Records that the tag now resolves to `digest` for `media_type`, as `endpoint` said.
 pub(super) async fn put(
     root: &Path,
     t: TagKey<'_>,
     media_type: &str,
     digest: &Digest,
+    endpoint: Option<&str>,
 ) -> io::Result<()> {
     let _guard = RECORD_LOCK.lock().await;
     let path = record_path(root, t);
     let mut record = read(&path).await.unwrap_or_default();
-    record.resolved(media_type, digest, crate::timefmt::now());
+    record.resolved(media_type, digest, crate::timefmt::now(), endpoint);
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }

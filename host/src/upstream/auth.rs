@@ -173,12 +173,13 @@ impl super::Upstream {
     /// `credential` when one is configured, and puts it in this upstream's token cache.
     pub(super) async fn fetch_token(
         &self,
+        ep: &super::Endpoint,
         realm: &str,
         service: Option<&str>,
         scope: &str,
         credential: Option<&Credential>,
     ) -> Result<(), UpstreamError> {
-        let (client, registry, timeout) = (&self.client, &self.name, self.timeout);
+        let (client, registry, timeout) = (&ep.client, &self.name, self.timeout);
         let mut url = reqwest::Url::parse(realm).map_err(|_| {
             UpstreamError::Failed(format!("upstream {registry} sent an invalid token realm"))
         })?;
@@ -190,14 +191,14 @@ impl super::Upstream {
             q.append_pair("scope", scope);
         }
         self.policy
-            .check_hop(&url, &self.redirect_hosts, &self.base)
+            .check_hop(&url, &self.redirect_hosts, &ep.base)
             .map_err(|source| UpstreamError::RealmPolicy {
                 registry: registry.clone(),
                 source,
             })?;
         let mut req = client.get(url.clone());
         if let Some(c) = credential {
-            if realm_may_receive_credential(&self.base, &url, &self.realms) {
+            if realm_may_receive_credential(&ep.base, &url, &self.realms) {
                 req = req.header(http::header::AUTHORIZATION, header_for(c));
             } else {
                 tracing::warn!(
@@ -277,7 +278,7 @@ impl super::Upstream {
             .expires_in
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        self.tokens.put(scope, token, lifetime);
+        ep.tokens.put(scope, token, lifetime);
         Ok(())
     }
 }

@@ -26,13 +26,16 @@ pub struct FetchedManifest {
     pub content_type: Option<String>,
     /// The `Docker-Content-Digest` the upstream announced.
     pub announced: Option<Digest>,
+    /// The endpoint that answered (its URL), for a registry with `endpoints`.
+    pub endpoint: Option<String>,
 }
 
 /// Where the upstream says a tag points now.
 #[derive(Debug)]
 pub enum TagHead {
-    /// It answered, announcing this digest (or none).
-    Points(Option<Digest>),
+    /// It answered, announcing this digest (or none), from this endpoint (for a registry
+    /// with `endpoints`).
+    Points(Option<Digest>, Option<String>),
     /// It says the tag does not exist.
     Gone(UpstreamError),
     /// It answered with another failure status (shown as `503 Service Unavailable`).
@@ -72,12 +75,13 @@ impl Upstream {
         accept: &str,
         limit: usize,
     ) -> Result<FetchedManifest, UpstreamError> {
-        let resp = self
-            .request(
+        let (resp, endpoint) = self
+            .request_at(
                 Method::GET,
                 repo,
                 &format!("manifests/{reference}"),
                 Some(accept),
+                None,
             )
             .await?;
         if !resp.status().is_success() {
@@ -105,6 +109,7 @@ impl Upstream {
             bytes,
             content_type,
             announced,
+            endpoint,
         })
     }
 
@@ -115,17 +120,18 @@ impl Upstream {
         tag: &str,
         accept: &str,
     ) -> Result<TagHead, UpstreamError> {
-        let resp = self
-            .request(
+        let (resp, endpoint) = self
+            .request_at(
                 Method::HEAD,
                 repo,
                 &format!("manifests/{tag}"),
                 Some(accept),
+                None,
             )
             .await?;
         let status = resp.status();
         if status.is_success() {
-            return Ok(TagHead::Points(header_digest(&resp)));
+            return Ok(TagHead::Points(header_digest(&resp), endpoint));
         }
         if status == StatusCode::NOT_FOUND {
             let what = format!("manifest {repo}:{tag}");

@@ -4,6 +4,11 @@
 //! stores nothing and decides nothing about caching (the mirror does); where credentials
 //! come from is [`crate::providers`]'.
 //!
+//! A registry's content comes from its endpoints ([`Endpoint`]: the name itself, or the
+//! `endpoints` of its entry, each with its own client, credential and [`breaker`]), tried in
+//! order by [`Upstream::request_at`]; the name stays what the cache is keyed by. Rate-limit
+//! headers are read off every answer ([`Upstream::budget_under_floor`]).
+//!
 //! Redirects (blob storage on another host) are followed here, not by reqwest: at most
 //! [`MAX_REDIRECTS`] hops, each checked by the upstream [`policy`], never from https down to
 //! http unless the registry is `scheme: http`, and without `Authorization` once a hop leaves
@@ -11,6 +16,7 @@
 
 pub mod answer;
 pub mod auth;
+pub mod breaker;
 pub mod calls;
 pub mod challenge;
 pub mod error;
@@ -26,6 +32,7 @@ use http::Method;
 use crate::config::{CredentialConfig, HostPattern, Scheme, Settings, TlsConfig};
 use crate::oci::reference::RepoName;
 use auth::{CredentialSource, TokenCache};
+use breaker::{Admit, Breaker, RateLimit, State};
 pub use error::{BodyError, Refusal, SetupProblem, Subject, UpstreamError};
 use ociregistry_plugin_api::{Credential, Secret};
 use policy::{Policy, PolicyError, PolicyResolver};
@@ -75,21 +82,37 @@ impl From<reqwest::Error> for SendError {
     }
 }
 
-/// One upstream registry and how to reach it.
+/// One place a registry's content is fetched from: its address, client (TLS), credential
+/// and token cache, and its circuit breaker.
 #[derive(Debug)]
-pub struct Upstream {
-    /// Canonical name (`docker.io`, `127.0.0.1:5000`).
-    pub name: String,
+pub struct Endpoint {
+    /// `scheme://host[:port]` as configured (shown in `/readyz` and metrics; no secret).
+    pub url: String,
     base: reqwest::Url,
     client: reqwest::Client,
     credential: CredentialSource,
     tokens: TokenCache,
     /// One token fetch at a time: requests refused meanwhile use the token it brings.
     token_fetch: tokio::sync::Mutex<()>,
+    scheme: Scheme,
+    /// Skips it while it fails.
+    pub breaker: Breaker,
+    state_gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// One upstream registry and how to reach it.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Canonical name (`docker.io`, `127.0.0.1:5000`).
+    pub name: String,
+    /// Where its content comes from, in order (one: the name itself, unless `endpoints`).
+    endpoints: Vec<Endpoint>,
+    /// `endpoints` is configured: failing endpoints are skipped (the breaker); otherwise
+    /// only a 429 holds requests back.
+    listed_endpoints: bool,
     timeout: Duration,
     /// This registry's counters (requests, bytes received, errors).
     pub metrics: Arc<crate::metrics::RegistryMetrics>,
-    scheme: Scheme,
     policy: Arc<Policy>,
     /// `redirectHosts` of its registries entry.
     redirect_hosts: Vec<HostPattern>,
@@ -97,6 +120,38 @@ pub struct Upstream {
     realms: Vec<HostPattern>,
     /// Listed under `registries` (not an ad hoc name from a request).
     configured: bool,
+    /// The last `ratelimit-remaining` it sent.
+    rate: RateLimit,
+    /// `rateLimit.revalidateFloor`.
+    revalidate_floor: Option<u64>,
+}
+
+/// Reopens the half-open state for another probe when a probe's request goes away unanswered.
+struct ProbeGuard<'a> {
+    breaker: &'a Breaker,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.breaker.abandon_probe();
+        }
+    }
+}
+
+/// What one endpoint's answer means for the breaker and for trying the next one.
+enum Outcome {
+    /// Use it.
+    Answer,
+    /// A 404 on an endpoint that is not the last: the next may have it (mirrors lag).
+    NotHere,
+    /// A failure (5xx, 429): the breaker opens; the next endpoint is tried.
+    Failing {
+        reason: String,
+        rate_limited: bool,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl Upstream {
@@ -131,21 +186,185 @@ impl Upstream {
         accept: Option<&str>,
         range_from: Option<u64>,
     ) -> Result<reqwest::Response, UpstreamError> {
+        self.request_at(method, repo, path, accept, range_from)
+            .await
+            .map(|(resp, _)| resp)
+    }
+
+    /// [`Upstream::request_with`], also saying which endpoint answered (its URL, for a
+    /// registry with `endpoints`).
+    ///
+    /// Endpoints are tried in order, each at most once: one whose breaker is open is
+    /// skipped; one that fails (no answer, 5xx, 429) opens its breaker and the next is
+    /// tried; a 404 on one that is not the last falls through to the next. A 429 is never
+    /// retried here: its endpoint is held back until its `Retry-After`. When every endpoint
+    /// is held back, the answer is a 429 (rate-limited) or 503 with the time left as
+    /// `Retry-After`, without a request.
+    pub async fn request_at(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+    ) -> Result<(reqwest::Response, Option<String>), UpstreamError> {
+        let n = self.endpoints.len();
+        let mut last: Option<Result<reqwest::Response, UpstreamError>> = None;
+        let mut held: Option<(Duration, bool)> = None;
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let is_last = i + 1 == n;
+            let probe = match ep.breaker.admit() {
+                Admit::Skip { wait, rate_limited } => {
+                    let (w, r) = held.get_or_insert((wait, rate_limited));
+                    if wait < *w {
+                        *w = wait;
+                    }
+                    *r = *r && rate_limited;
+                    continue;
+                }
+                Admit::Probe => {
+                    ep.state_gauge.set(State::HalfOpen.gauge());
+                    tracing::debug!(registry = %self.name, endpoint = %ep.url, "cool-down over; probing the endpoint");
+                    true
+                }
+                Admit::Go => false,
+            };
+            let mut guard = ProbeGuard {
+                breaker: &ep.breaker,
+                armed: probe,
+            };
+            // With another endpoint to go to, a failure moves on at once.
+            let retries = if self.listed_endpoints && !is_last {
+                0
+            } else {
+                MAX_RETRIES
+            };
+            let result = self
+                .request_on(ep, &method, repo, path, accept, range_from, retries)
+                .await;
+            let outcome = match &result {
+                Ok(resp) => self.outcome(resp, is_last),
+                Err(UpstreamError::Failed(reason)) if self.listed_endpoints => Outcome::Failing {
+                    reason: reason.clone(),
+                    rate_limited: false,
+                    retry_after: None,
+                },
+                Err(_) => return result.map(|r| (r, None)),
+            };
+            guard.armed = false;
+            match outcome {
+                Outcome::Answer => {
+                    self.succeeded(ep, probe);
+                    let label = self.listed_endpoints.then(|| ep.url.clone());
+                    return result.map(|r| (r, label));
+                }
+                Outcome::NotHere => {
+                    self.succeeded(ep, probe);
+                    tracing::debug!(registry = %self.name, endpoint = %ep.url, path, "not found on this endpoint; trying the next");
+                }
+                Outcome::Failing {
+                    reason,
+                    rate_limited,
+                    retry_after,
+                } => {
+                    let wait = ep
+                        .breaker
+                        .failure(reason.clone(), rate_limited, retry_after);
+                    ep.state_gauge.set(State::Open.gauge());
+                    tracing::warn!(registry = %self.name, endpoint = %ep.url, %reason, cool_down_secs = wait.as_secs_f32(), "upstream endpoint failing; skipped until the cool-down ends");
+                }
+            }
+            last = Some(result);
+        }
+        if let Some(last) = last {
+            return last.map(|r| (r, None));
+        }
+        let (wait, rate_limited) = held.unwrap_or((Duration::ZERO, false));
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let (refusal, message) = if rate_limited {
+            (
+                Refusal::TooManyRequests,
+                format!(
+                    "upstream {} is rate-limiting this mirror; no request to it for {secs}s",
+                    self.name
+                ),
+            )
+        } else {
+            (
+                Refusal::Unavailable,
+                format!(
+                    "every endpoint of upstream {} is failing; the next try is in {secs}s",
+                    self.name
+                ),
+            )
+        };
+        Err(UpstreamError::Refused {
+            refusal,
+            message,
+            retry_after: Some(secs.to_string()),
+        })
+    }
+
+    fn succeeded(&self, ep: &Endpoint, probe: bool) {
+        if probe || ep.breaker.status().consecutive_failures > 0 {
+            tracing::info!(registry = %self.name, endpoint = %ep.url, "upstream endpoint answers again; breaker closed");
+        }
+        ep.breaker.success();
+        ep.state_gauge.set(State::Closed.gauge());
+    }
+
+    /// What an endpoint's answer means (see [`Upstream::request_at`]).
+    fn outcome(&self, resp: &reqwest::Response, is_last: bool) -> Outcome {
+        let status = resp.status().as_u16();
+        let retry_after = || {
+            resp.headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(breaker::parse_retry_after)
+        };
+        match status {
+            429 => Outcome::Failing {
+                reason: "answered 429 Too Many Requests".into(),
+                rate_limited: true,
+                retry_after: retry_after(),
+            },
+            500..=599 if self.listed_endpoints => Outcome::Failing {
+                reason: format!("answered {}", resp.status()),
+                rate_limited: false,
+                retry_after: if status == 503 { retry_after() } else { None },
+            },
+            404 if !is_last => Outcome::NotHere,
+            _ => Outcome::Answer,
+        }
+    }
+
+    /// One endpoint: the request with its credential, answering one round of challenges.
+    #[allow(clippy::too_many_arguments)]
+    async fn request_on(
+        &self,
+        ep: &Endpoint,
+        method: &Method,
+        repo: &RepoName,
+        path: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+        retries: u32,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let repo = self.repo_path(repo);
         let url = format!(
             "{}/v2/{}/{}",
-            self.base.as_str().trim_end_matches('/'),
+            ep.base.as_str().trim_end_matches('/'),
             repo,
             path
         );
         let scope = format!("repository:{repo}:pull");
-        let mut credential = self.credential.current(&self.name).await?;
+        let mut credential = ep.credential.current(&self.name).await?;
         let mut refreshed = false;
         // At most: plain try, token fetch + retry, credential refresh + retry.
         for _ in 0..4 {
-            let token = self.tokens.get(&scope);
+            let token = ep.tokens.get(&scope);
             let sent_credential = token.is_none() && credential.is_some();
-            let mut req = self.client.request(method.clone(), &url);
+            let mut req = ep.client.request(method.clone(), &url);
             if let Some(t) = &token {
                 req = req.header(
                     http::header::AUTHORIZATION,
@@ -160,13 +379,13 @@ impl Upstream {
             if let Some(from) = range_from {
                 req = req.header(http::header::RANGE, format!("bytes={from}-"));
             }
-            let resp = self.send(req).await?;
+            let resp = self.send(ep, req, retries).await?;
             if resp.status() != http::StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
             // A 401 from where a redirect led (blob storage) is that host's business: passed
             // on as is, and never a reason to send a credential anywhere.
-            if !same_origin(resp.url(), &self.base) {
+            if !same_origin(resp.url(), &ep.base) {
                 return Ok(resp);
             }
             let challenge = resp
@@ -177,26 +396,26 @@ impl Upstream {
                 .find_map(challenge::parse);
             match challenge {
                 Some(challenge::Challenge::Bearer { realm, service, .. }) => {
-                    let _fetching = self.token_fetch.lock().await;
+                    let _fetching = ep.token_fetch.lock().await;
                     // Another request fetched a token while this one waited: use it.
-                    let cached = self.tokens.get(&scope);
+                    let cached = ep.tokens.get(&scope);
                     if cached.as_ref().map(Secret::expose) != token.as_ref().map(Secret::expose)
                         && cached.is_some()
                     {
                         continue;
                     }
                     if token.is_some() {
-                        self.tokens.forget(&scope);
+                        ep.tokens.forget(&scope);
                     }
                     let fetched = self
-                        .fetch_token(&realm, service.as_deref(), &scope, credential.as_ref())
+                        .fetch_token(ep, &realm, service.as_deref(), &scope, credential.as_ref())
                         .await;
                     match fetched {
                         Ok(_) if token.is_none() => continue,
                         // A fresh token was refused too: pass the 401 on.
                         Ok(_) => return Ok(resp),
                         Err(e @ UpstreamError::TokenRefused { status: 401, .. }) if !refreshed => {
-                            match self.refreshed(credential.as_ref()).await {
+                            match self.refreshed(ep, credential.as_ref()).await {
                                 Some(c) => {
                                     credential = Some(c);
                                     refreshed = true;
@@ -208,7 +427,7 @@ impl Upstream {
                     }
                 }
                 Some(challenge::Challenge::Basic) if sent_credential && !refreshed => {
-                    match self.refreshed(credential.as_ref()).await {
+                    match self.refreshed(ep, credential.as_ref()).await {
                         Some(c) => {
                             credential = Some(c);
                             refreshed = true;
@@ -225,9 +444,9 @@ impl Upstream {
         )))
     }
 
-    async fn refreshed(&self, used: Option<&Credential>) -> Option<Credential> {
+    async fn refreshed(&self, ep: &Endpoint, used: Option<&Credential>) -> Option<Credential> {
         let used = used?;
-        let fresh = self.credential.refresh_after_rejection(used).await?;
+        let fresh = ep.credential.refresh_after_rejection(used).await?;
         tracing::info!(registry = %self.name, "upstream refused the credential; retrying with a refreshed one");
         Some(fresh)
     }
@@ -235,14 +454,19 @@ impl Upstream {
     /// Sends with the answer timeout, retrying transient failures (connection refused or
     /// reset before an answer, 500/502/503/504) a bounded number of times with backoff.
     /// Only body-less requests are sent here, so a retry is always safe.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, UpstreamError> {
+    async fn send(
+        &self,
+        ep: &Endpoint,
+        req: reqwest::RequestBuilder,
+        retries: u32,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let mut attempt = 0u32;
         loop {
             let this = req
                 .try_clone()
                 .ok_or_else(|| UpstreamError::Internal("request cannot be sent".into()))?;
             self.metrics.upstream_requests.inc();
-            let result = tokio::time::timeout(self.timeout, self.follow(this)).await;
+            let result = tokio::time::timeout(self.timeout, self.follow(ep, this)).await;
             let failed = match &result {
                 Ok(Ok(r)) => r.status().is_server_error() || r.status() == 429,
                 _ => true,
@@ -255,7 +479,7 @@ impl Upstream {
                 Ok(Ok(r)) => matches!(r.status().as_u16(), 500 | 502 | 503 | 504),
                 Ok(Err(_)) | Err(_) => false,
             };
-            if transient && attempt < MAX_RETRIES {
+            if transient && attempt < retries {
                 attempt += 1;
                 self.metrics.upstream_retries.inc();
                 let backoff = RETRY_BASE * 4u32.pow(attempt - 1);
@@ -302,13 +526,18 @@ impl Upstream {
     /// (deny patterns, address rules for IP literals; the resolver checks the others), may
     /// not go from https to http unless this registry is `scheme: http`, keeps the method,
     /// `Accept` and `Range`, and loses `Authorization` once it leaves the first origin.
-    async fn follow(&self, first: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
+    async fn follow(
+        &self,
+        ep: &Endpoint,
+        first: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SendError> {
         let mut req = first.build()?;
         let origin = req.url().clone();
         let mut hops = 0;
         loop {
             let template = req.try_clone();
-            let resp = self.client.execute(req).await?;
+            let resp = ep.client.execute(req).await?;
+            self.observe_rate_limit(&resp);
             let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
             let location = resp.headers().get(http::header::LOCATION).cloned();
             let (true, Some(location), Some(mut next)) = (redirect, location, template) else {
@@ -324,14 +553,14 @@ impl Upstream {
                 .and_then(|l| resp.url().join(l).ok())
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                 .ok_or(SendError::BadLocation)?;
-            if url.scheme() == "http" && self.scheme == Scheme::Https {
+            if url.scheme() == "http" && ep.scheme == Scheme::Https {
                 return Err(SendError::Downgrade(format!(
                     "http://{}",
                     url.host_str().unwrap_or("")
                 )));
             }
             self.policy
-                .check_hop(&url, &self.redirect_hosts, &self.base)
+                .check_hop(&url, &self.redirect_hosts, &ep.base)
                 .map_err(SendError::Policy)?;
             if !same_origin(&url, &origin) {
                 for h in [
@@ -346,6 +575,48 @@ impl Upstream {
             *next.url_mut() = url;
             req = next;
         }
+    }
+
+    /// Reads `ratelimit-limit` / `ratelimit-remaining` (Docker Hub) off an answer.
+    fn observe_rate_limit(&self, resp: &reqwest::Response) {
+        let read = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(breaker::parse_ratelimit)
+        };
+        let remaining = read("ratelimit-remaining");
+        let limit = read("ratelimit-limit");
+        if remaining.is_none() && limit.is_none() {
+            return;
+        }
+        if let Some((n, window)) = remaining {
+            self.rate.observe(n, window);
+        }
+        crate::metrics::global().ratelimit(
+            &self.metrics.label,
+            limit.map(|(n, _)| n),
+            remaining.map(|(n, _)| n),
+        );
+    }
+
+    /// The remaining rate-limit budget, when it is under `rateLimit.revalidateFloor`: then
+    /// tags are not revalidated (cached ones are served).
+    pub fn budget_under_floor(&self) -> Option<(u64, u64)> {
+        let floor = self.revalidate_floor?;
+        let remaining = self.rate.remaining()?;
+        (remaining < floor).then_some((remaining, floor))
+    }
+
+    /// Each endpoint's URL and breaker state, for a registry with `endpoints`.
+    pub fn endpoint_status(&self) -> Vec<(String, breaker::Status)> {
+        if !self.listed_endpoints {
+            return Vec::new();
+        }
+        self.endpoints
+            .iter()
+            .map(|e| (e.url.clone(), e.breaker.status()))
+            .collect()
     }
 
     /// The answer timeout for this upstream (headers, or the next chunk of a body).
@@ -442,44 +713,86 @@ impl Upstreams {
         let mut configured = HashMap::new();
         for r in &settings.registries {
             let name = canonical_name(&r.name);
-            let client =
-                if r.tls.ca.is_none() && r.tls.cert.is_none() && !r.tls.insecure_skip_verify {
-                    default_client.clone()
-                } else {
-                    build_client(&r.tls, timeout, &resolver).map_err(|problem| SetupError {
-                        registry: r.name.clone(),
-                        problem,
-                    })?
-                };
-            let credential = match &r.credential {
-                CredentialConfig::None => CredentialSource::Anonymous,
-                CredentialConfig::Basic { user, password } => {
-                    CredentialSource::Fixed(Credential::basic(user.clone(), password.clone()))
-                }
-                CredentialConfig::Static(s) => CredentialSource::Fixed(auth::static_credential(s)),
-                CredentialConfig::Provider { .. } => match managed.remove(&r.name) {
-                    Some(m) => CredentialSource::Managed(m),
-                    None => {
-                        return Err(SetupError {
-                            registry: r.name.clone(),
-                            problem: SetupProblem::NoProvider,
-                        });
-                    }
-                },
+            let setup = |problem| SetupError {
+                registry: r.name.clone(),
+                problem,
             };
-            let u = upstream(name, r.scheme, client, credential, timeout, policy.clone()).map_err(
-                |problem| SetupError {
-                    registry: r.name.clone(),
-                    problem,
+            let client_for = |tls: &TlsConfig| {
+                if tls.ca.is_none() && tls.cert.is_none() && !tls.insecure_skip_verify {
+                    Ok(default_client.clone())
+                } else {
+                    build_client(tls, timeout, &resolver)
+                }
+            };
+            // The entry's provider credential is shared by the endpoints that use the
+            // entry's auth.
+            let provider = match &r.credential {
+                CredentialConfig::Provider { .. } => match managed.remove(&r.name) {
+                    Some(m) => Some(m),
+                    None => return Err(setup(SetupProblem::NoProvider)),
                 },
-            )?;
+                _ => None,
+            };
+            let source_of = |c: &CredentialConfig| -> Result<CredentialSource, SetupProblem> {
+                Ok(match c {
+                    CredentialConfig::None => CredentialSource::Anonymous,
+                    CredentialConfig::Basic { user, password } => {
+                        CredentialSource::Fixed(Credential::basic(user.clone(), password.clone()))
+                    }
+                    CredentialConfig::Static(s) => {
+                        CredentialSource::Fixed(auth::static_credential(s))
+                    }
+                    CredentialConfig::Provider { .. } => match &provider {
+                        Some(m) => CredentialSource::Managed(m.clone()),
+                        None => return Err(SetupProblem::NoProvider),
+                    },
+                })
+            };
+            let mut endpoints = Vec::new();
+            if r.endpoints.is_empty() {
+                let base = format!("{}://{}", r.scheme, api_host(name));
+                endpoints.push(
+                    endpoint(
+                        name,
+                        &base,
+                        r.scheme,
+                        client_for(&r.tls).map_err(setup)?,
+                        source_of(&r.credential).map_err(setup)?,
+                        r.breaker,
+                        false,
+                    )
+                    .map_err(setup)?,
+                );
+            } else {
+                for e in &r.endpoints {
+                    endpoints.push(
+                        endpoint(
+                            name,
+                            &e.url,
+                            e.scheme,
+                            client_for(&e.tls).map_err(setup)?,
+                            source_of(&e.credential).map_err(setup)?,
+                            r.breaker,
+                            true,
+                        )
+                        .map_err(setup)?,
+                    );
+                }
+            }
             configured.insert(
                 name.to_owned(),
                 Arc::new(Upstream {
+                    name: name.to_owned(),
+                    endpoints,
+                    listed_endpoints: !r.endpoints.is_empty(),
+                    timeout,
+                    metrics: crate::metrics::global().registry(name),
+                    policy: policy.clone(),
                     redirect_hosts: r.redirect_hosts.clone(),
                     realms: r.realms.clone(),
                     configured: true,
-                    ..u
+                    rate: RateLimit::default(),
+                    revalidate_floor: r.revalidate_floor,
                 }),
             );
         }
@@ -492,6 +805,15 @@ impl Upstreams {
         })
     }
 
+    /// Each configured registry with `endpoints`: its endpoints' URLs and breaker states.
+    pub fn endpoint_status(&self) -> HashMap<String, Vec<(String, breaker::Status)>> {
+        self.configured
+            .iter()
+            .filter(|(_, u)| u.listed_endpoints)
+            .map(|(name, u)| (name.clone(), u.endpoint_status()))
+            .collect()
+    }
+
     /// The upstream for a registry name as it appeared in a request (validated host), if the
     /// upstream policy lets clients name it; nothing is contacted here.
     pub fn resolve(&self, registry: &str) -> Result<Arc<Upstream>, PolicyError> {
@@ -499,7 +821,8 @@ impl Upstreams {
         let scheme = self
             .configured
             .get(name)
-            .map_or(Scheme::Https, |u| u.scheme);
+            .and_then(|u| u.endpoints.first())
+            .map_or(Scheme::Https, |e| e.scheme);
         self.policy.check_named(name, scheme)?;
         if let Some(u) = self.configured.get(name) {
             return Ok(u.clone());
@@ -537,21 +860,56 @@ fn upstream(
     policy: Arc<Policy>,
 ) -> Result<Upstream, SetupProblem> {
     let base = format!("{scheme}://{}", api_host(name));
-    let base = reqwest::Url::parse(&base)?;
-    Ok(Upstream {
-        name: name.to_owned(),
-        base,
+    let ep = endpoint(
+        name,
+        &base,
+        scheme,
         client,
         credential,
-        tokens: TokenCache::default(),
-        token_fetch: tokio::sync::Mutex::new(()),
+        crate::config::BreakerSettings::default(),
+        false,
+    )?;
+    Ok(Upstream {
+        name: name.to_owned(),
+        endpoints: vec![ep],
+        listed_endpoints: false,
         timeout,
         metrics: crate::metrics::global().registry(name),
-        scheme,
         policy,
         redirect_hosts: Vec::new(),
         realms: Vec::new(),
         configured: false,
+        rate: RateLimit::default(),
+        revalidate_floor: None,
+    })
+}
+
+/// One endpoint at `base` (`scheme://host[:port]`); `listed` ones get a state gauge.
+fn endpoint(
+    registry: &str,
+    base: &str,
+    scheme: Scheme,
+    client: reqwest::Client,
+    credential: CredentialSource,
+    breaker: crate::config::BreakerSettings,
+    listed: bool,
+) -> Result<Endpoint, SetupProblem> {
+    let url = reqwest::Url::parse(base)?;
+    let state_gauge = if listed {
+        crate::metrics::global().endpoint_state(registry, base)
+    } else {
+        prometheus_client::metrics::gauge::Gauge::default()
+    };
+    Ok(Endpoint {
+        url: base.to_owned(),
+        base: url,
+        client,
+        credential,
+        tokens: TokenCache::default(),
+        token_fetch: tokio::sync::Mutex::new(()),
+        scheme,
+        breaker: Breaker::new(breaker),
+        state_gauge,
     })
 }
 

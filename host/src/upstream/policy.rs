@@ -124,6 +124,24 @@ impl Policy {
         }
         for r in &settings.registries {
             p.redirect_hosts.extend(r.redirect_hosts.iter().cloned());
+            // An endpoint listed under an entry has the consent its entry has.
+            for e in &r.endpoints {
+                let Ok(url) = reqwest::Url::parse(&e.url) else {
+                    continue;
+                };
+                match (url.host(), url.port_or_known_default()) {
+                    (Some(url::Host::Domain(d)), _) => {
+                        p.consent_names.insert(d.to_ascii_lowercase());
+                    }
+                    (Some(url::Host::Ipv4(ip)), Some(port)) => {
+                        p.consent_sockets.insert(SocketAddr::new(ip.into(), port));
+                    }
+                    (Some(url::Host::Ipv6(ip)), Some(port)) => {
+                        p.consent_sockets.insert(SocketAddr::new(ip.into(), port));
+                    }
+                    _ => {}
+                }
+            }
         }
         p
     }

@@ -468,13 +468,17 @@ impl Store for S3Store {
         })
     }
 
-    fn put_tag<'a>(
+    fn put_tag_from<'a>(
         &'a self,
         tag: TagKey<'a>,
         media_type: &'a str,
         digest: &'a Digest,
+        endpoint: Option<&'a str>,
     ) -> StoreFuture<'a, ()> {
-        counted("put_tag", self.record_tag(tag, media_type, digest))
+        counted(
+            "put_tag",
+            self.record_tag(tag, media_type, digest, endpoint),
+        )
     }
 
     fn set_tag_accessed<'a>(&'a self, tag: TagKey<'a>, at: u64) -> StoreFuture<'a, bool> {

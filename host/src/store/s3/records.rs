@@ -101,10 +101,11 @@ impl S3Store {
         tag: TagKey<'_>,
         media_type: &str,
         digest: &Digest,
+        endpoint: Option<&str>,
     ) -> Result<(), StoreError> {
         self.update_tag(tag, |current| {
             let mut record = current.unwrap_or_default();
-            record.resolved(media_type, digest, crate::timefmt::now());
+            record.resolved(media_type, digest, crate::timefmt::now(), endpoint);
             Some((record, true))
         })
         .await?;
