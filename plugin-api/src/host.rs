@@ -24,11 +24,12 @@ use abi_stable::std_types::{RResult, RStr};
 use tracing::level_filters::LevelFilter;
 
 use crate::abi::{
-    ABI_TAG_LEN, ABI_VERSION_SYMBOL, ABI_VERSION_SYMBOL_NUL, FfiLogLevel, FfiLogSink,
-    FfiProviderBox, PluginRootRef, abi_compatible, parse_abi_tag,
+    ABI_TAG_LEN, ABI_VERSION_SYMBOL, ABI_VERSION_SYMBOL_NUL, EXT_V11_SYMBOL, EXT_V11_SYMBOL_NUL,
+    FfiCreateContext, FfiLogLevel, FfiLogSink, FfiProviderBox, FfiProviderV11Box, PluginExtV11,
+    PluginExtV11Export, PluginRootRef, abi_compatible, parse_abi_tag,
 };
-use crate::export::{credential_from_ffi, from_ffi_error};
-use crate::{Credential, PluginError, ProviderOpts};
+use crate::export::{credential_from_ffi, credential_from_ffi_v11, from_ffi_error, request_to_ffi};
+use crate::{CreateContext, Credential, FetchReason, FetchRequest, PluginError, ProviderOpts};
 
 /// The plugin-api ABI version this host speaks (`MAJOR.MINOR`). It accepts plugins of the
 /// same major version and an equal or lower minor version.
@@ -292,6 +293,8 @@ pub struct Plugin {
 
 struct PluginInner {
     root: PluginRootRef,
+    /// The 1.1 entry points; None for a 1.0 plugin.
+    ext_v11: Option<&'static PluginExtV11>,
     info: PluginInfo,
 }
 
@@ -362,6 +365,40 @@ impl Plugin {
             });
         }
 
+        let ext_v11 = if abi_compatible(&found, "1.1") {
+            // SAFETY: a plugin tagged 1.1 or later exports this symbol as a
+            // `PluginExtV11Export` static (its name and type are fixed for the 1.x ABIs); the
+            // library is leaked, so the reference stays valid. Only `layout`, a plain
+            // reference to the layout the plugin was built with, is read before abi_stable's
+            // checker has compared it with ours.
+            let export: &'static PluginExtV11Export = unsafe {
+                match raw.get::<*const PluginExtV11Export>(EXT_V11_SYMBOL_NUL) {
+                    Ok(sym) => &**sym,
+                    Err(_) => {
+                        return Err(LoadError::Incompatible {
+                            path,
+                            found,
+                            expected: ABI_VERSION.to_owned(),
+                            reason: format!("no `{EXT_V11_SYMBOL}` symbol"),
+                        });
+                    }
+                }
+            };
+            abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+                <PluginExtV11 as abi_stable::StableAbi>::LAYOUT,
+                export.layout,
+            )
+            .map_err(|e| LoadError::Incompatible {
+                reason: one_line(&e.to_string(), &path),
+                path: path.clone(),
+                found: found.clone(),
+                expected: ABI_VERSION.to_owned(),
+            })?;
+            Some(&export.ext)
+        } else {
+            None
+        };
+
         // SAFETY: `raw` is leaked above, so the 'static references inside the header stay
         // valid; the symbol's type is checked by abi_stable's header validation.
         let header =
@@ -414,7 +451,11 @@ impl Plugin {
             });
         }
         Ok(Plugin {
-            inner: Arc::new(PluginInner { root, info }),
+            inner: Arc::new(PluginInner {
+                root,
+                ext_v11,
+                info,
+            }),
         })
     }
 
@@ -443,15 +484,39 @@ impl Plugin {
     /// Creates a provider instance from a `providerOpts` string. Blocking: a plugin may do
     /// I/O here (the ECR plugin loads the AWS configuration).
     pub fn create(&self, provider_opts: &str) -> Result<ProviderHandle, PluginError> {
-        match (self.inner.root.create())(RStr::from_str(provider_opts)) {
-            RResult::ROk(provider) => Ok(ProviderHandle {
-                inner: Arc::new(HandleInner {
-                    provider,
-                    plugin: self.clone(),
-                }),
+        self.create_with(provider_opts, &CreateContext::new("", ""))
+    }
+
+    /// Creates a provider instance for the registry entry in `context`. A 1.1 plugin gets
+    /// the context; a 1.0 plugin's `create` is called with the options alone.
+    pub fn create_with(
+        &self,
+        provider_opts: &str,
+        context: &CreateContext,
+    ) -> Result<ProviderHandle, PluginError> {
+        let opts = RStr::from_str(provider_opts);
+        let provider = match self.inner.ext_v11 {
+            Some(ext) => {
+                let context = FfiCreateContext {
+                    registry: context.registry.as_str().into(),
+                    url: context.url.as_str().into(),
+                };
+                match (ext.create_with)(opts, context) {
+                    RResult::ROk(p) => Instance::V11(p),
+                    RResult::RErr(e) => return Err(from_ffi_error(e)),
+                }
+            }
+            None => match (self.inner.root.create())(opts) {
+                RResult::ROk(p) => Instance::V10(p),
+                RResult::RErr(e) => return Err(from_ffi_error(e)),
+            },
+        };
+        Ok(ProviderHandle {
+            inner: Arc::new(HandleInner {
+                provider,
+                plugin: self.clone(),
             }),
-            RResult::RErr(e) => Err(from_ffi_error(e)),
-        }
+        })
     }
 }
 
@@ -464,8 +529,14 @@ pub struct ProviderHandle {
 
 struct HandleInner {
     // Field order: the provider is dropped before the plugin handle.
-    provider: FfiProviderBox,
+    provider: Instance,
     plugin: Plugin,
+}
+
+/// A provider instance as its plugin's ABI made it.
+enum Instance {
+    V10(FfiProviderBox),
+    V11(FfiProviderV11Box),
 }
 
 impl fmt::Debug for ProviderHandle {
@@ -480,10 +551,27 @@ impl ProviderHandle {
     /// Gets a credential. Blocking, possibly for long (network calls, or a broken plugin
     /// that hangs): call it on a blocking thread with a timeout. A panic in the plugin comes
     /// back as an error of kind [`crate::PluginErrorKind::Panicked`].
+    ///
+    /// The same as [`ProviderHandle::fetch_with`] with no repository, reason
+    /// [`FetchReason::FirstUse`] and a deadline an hour away.
     pub fn fetch(&self) -> Result<Credential, PluginError> {
-        match self.inner.provider.fetch() {
-            RResult::ROk(c) => Ok(credential_from_ffi(c)),
-            RResult::RErr(e) => Err(from_ffi_error(e)),
+        let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        self.fetch_with(&FetchRequest::new(FetchReason::FirstUse, deadline))
+    }
+
+    /// Gets a credential for `request`. A 1.1 plugin sees the request; for a 1.0 plugin
+    /// its `fetch` is called. Blocking, like [`ProviderHandle::fetch`]. A credential kind
+    /// this host does not know is an error.
+    pub fn fetch_with(&self, request: &FetchRequest) -> Result<Credential, PluginError> {
+        match &self.inner.provider {
+            Instance::V11(p) => match p.fetch_with(request_to_ffi(request)) {
+                RResult::ROk(c) => credential_from_ffi_v11(c),
+                RResult::RErr(e) => Err(from_ffi_error(e)),
+            },
+            Instance::V10(p) => match p.fetch() {
+                RResult::ROk(c) => Ok(credential_from_ffi(c)),
+                RResult::RErr(e) => Err(from_ffi_error(e)),
+            },
         }
     }
 
@@ -581,6 +669,8 @@ mod tests {
         assert!(abi_compatible("1.0", "1.0"));
         assert!(abi_compatible("1.2", "1.0"));
         assert!(!abi_compatible("1.0", "1.1"));
+        assert!(abi_compatible("1.1", "1.0"));
+        assert!(abi_compatible("1.1", "1.1"));
         assert!(!abi_compatible("1.0", "2.0"));
         assert!(!abi_compatible("1.0", "x"));
         let tag = crate::abi::abi_tag("2.0");

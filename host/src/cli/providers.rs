@@ -203,6 +203,8 @@ fn kind(c: &Credential) -> String {
     match &c.kind {
         CredentialKind::Basic { user, .. } => format!("basic (user {user})"),
         CredentialKind::Bearer { .. } => "bearer".to_owned(),
+        CredentialKind::IdentityToken { .. } => "identity token".to_owned(),
+        other => format!("{other:?}"),
     }
 }
 

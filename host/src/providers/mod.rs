@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ociregistry_plugin_api::Credential;
 use ociregistry_plugin_api::host::{self, Plugin, ProviderHandle};
+use ociregistry_plugin_api::{CreateContext, Credential, FetchReason, FetchRequest};
 
 use crate::config::{CredentialConfig, Settings};
 pub use error::{ProviderError, ProviderErrorKind};
@@ -108,9 +108,14 @@ struct PluginFetcher {
 
 impl CredentialFetcher for PluginFetcher {
     fn fetch(&self) -> Result<Credential, ProviderError> {
+        let deadline = std::time::SystemTime::now() + self.timeout;
+        self.fetch_with(&FetchRequest::new(FetchReason::FirstUse, deadline))
+    }
+
+    fn fetch_with(&self, request: &FetchRequest) -> Result<Credential, ProviderError> {
         match self.created.get() {
             Some(Ok(handle)) => handle
-                .fetch()
+                .fetch_with(request)
                 .map_err(|e| ProviderError::from_plugin(&self.provider, &e)),
             Some(Err(error)) => Err(error.clone()),
             None => Err(ProviderError::new(
@@ -135,13 +140,25 @@ pub struct PendingCreate {
     done: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// The URL a registry entry is reached at, as providers see it in their create context
+/// (`docker.io` is `https://registry-1.docker.io`).
+pub fn registry_url(registry: &crate::config::Registry) -> String {
+    let host = if registry.name == crate::oci::registry::DOCKER_HUB {
+        crate::oci::registry::DOCKER_HUB_API
+    } else {
+        registry.name.as_str()
+    };
+    format!("{}://{host}", registry.scheme)
+}
+
 /// Finds the provider of one registry entry and starts its `create(providerOpts)` on a
 /// thread of its own (a plugin may block there, or hang); [`PendingCreate::finish`] waits
-/// for it with a timeout.
+/// for it with a timeout. A plugin of plugin-api 1.1 gets the entry's name and `url`.
 pub fn begin_create(
     loaded: &Loaded,
     dir: &Path,
     registry: &str,
+    url: &str,
     provider: &str,
     opts: &str,
 ) -> Result<PendingCreate, ProviderSetupError> {
@@ -180,13 +197,14 @@ pub fn begin_create(
     let (tx, done) = tokio::sync::oneshot::channel();
     let (plugin, opts, slot) = (plugin.clone(), opts.to_owned(), Arc::clone(&created));
     let name = provider.to_owned();
+    let context = CreateContext::new(registry, url);
     // A plain thread, not the blocking pool: a create that never returns must not hold up
     // the runtime's shutdown.
     std::thread::Builder::new()
         .name(format!("create-{provider}"))
         .spawn(move || {
             let created = plugin
-                .create(&opts)
+                .create_with(&opts, &context)
                 .map_err(|e| ProviderError::from_plugin(name, &e));
             let _ = slot.set(created);
             let _ = tx.send(());
@@ -247,12 +265,13 @@ impl PendingCreate {
 pub async fn create_fetcher(
     loaded: &Loaded,
     dir: &Path,
-    registry: &str,
+    registry: &crate::config::Registry,
     provider: &str,
     opts: &str,
     timeout: std::time::Duration,
 ) -> Result<Arc<dyn CredentialFetcher>, ProviderSetupError> {
-    begin_create(loaded, dir, registry, provider, opts)?
+    let url = registry_url(registry);
+    begin_create(loaded, dir, &registry.name, &url, provider, opts)?
         .finish(tokio::time::Instant::now() + timeout, timeout)
         .await
 }
@@ -288,6 +307,7 @@ pub async fn start(
             &loaded,
             &settings.plugin_dir,
             &registry.name,
+            &registry_url(registry),
             provider,
             opts,
         )?;
