@@ -655,6 +655,33 @@ fn counter_provider_fetches_once_and_refreshes_once_on_401() {
     );
 }
 
+/// A plugin built against plugin-api ABI 1.0 (the frozen 0.1.0 copy) is served by this
+/// 1.1 host: loaded, created without the 1.1 context, fetched, and its credential accepted
+/// by an htpasswd upstream.
+#[test]
+fn a_plugin_built_for_abi_1_0_serves_pulls() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let plugins = plugin_dir(&[], &["fixture_v10"]);
+    // The v10 fixture answers Basic <user> / v10-<n>: the first credential is the right one.
+    let user = format!("old{:08x}", fastrand::u32(..));
+    let up = Upstream::htpasswd(&user, "v10-1");
+    let repo = images::unique_repo("v10");
+    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
+            &up.host(),
+            &format!("provider: v10, providerOpts: \"user={user}\", expiry: 6h"),
+        ))
+        .default_ns(&up.host())
+        .start();
+    wait_log_count(&proxy, "credential refreshed", 1, Duration::from_secs(10));
+    let reference = format!("{}/{}:{}", proxy.host(), img.repo, img.tag);
+    skopeo::pull_and_verify(&reference, &img, "");
+}
+
 /// A plugin built for another plugin-api ABI: refused at start with one line naming the
 /// file and both versions.
 #[test]
@@ -667,7 +694,7 @@ fn plugin_for_another_abi_is_refused_with_one_line() {
     let file = fixture_plugins::plugin_file(plugins.path(), "fixture_otherabi");
     let lines = log_lines_with(
         &run.stderr,
-        &["built for plugin-api ABI 2.0, this host speaks 1.0"],
+        &["built for plugin-api ABI 2.0, this host speaks 1.1"],
     );
     assert_eq!(
         lines.len(),
@@ -784,7 +811,10 @@ fn static_token_needs_no_plugin() {
 
 #[test]
 fn providers_lists_plugins_and_failures_as_table_and_json() {
-    let plugins = plugin_dir(&["ecr", "file"], &["fixture_counter", "fixture_otherabi"]);
+    let plugins = plugin_dir(
+        &["ecr", "file"],
+        &["fixture_counter", "fixture_otherabi", "fixture_v10"],
+    );
     let junk = plugins.path().join("not-a-plugin.so");
     let bytes: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
     std::fs::write(&junk, bytes).expect("write junk");
@@ -801,7 +831,7 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
     assert!(
         out.lines()
             .next()
-            .is_some_and(|l| l.contains(path_str(plugins.path())) && l.contains("ABI 1.0")),
+            .is_some_and(|l| l.contains(path_str(plugins.path())) && l.contains("ABI 1.1")),
         "first line names the directory and the host ABI:\n{out}"
     );
     let header = out
@@ -845,11 +875,13 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
             "{name}: version {}",
             r[1]
         );
-        assert_eq!(r[2], "1.0", "{name}: ABI");
+        assert_eq!(r[2], "1.1", "{name}: ABI");
         assert_eq!(r[3], opts, "{name}: options");
         assert_eq!(r[4], file, "{name}: file");
     }
     assert_eq!(row("counter")[1], "0.1.0", "counter fixture version");
+    // A plugin built against plugin-api ABI 1.0 is listed with its ABI.
+    assert_eq!(row("v10")[2], "1.0", "v10 fixture: ABI");
     assert!(
         !out.lines().any(|l| l.starts_with("otherabi")),
         "the otherabi plugin is not listed as usable:\n{out}"
@@ -861,7 +893,7 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
         "one failure line for otherabi:\n{out}"
     );
     assert!(
-        fail_otherabi[0].contains("built for plugin-api ABI 2.0, this host speaks 1.0"),
+        fail_otherabi[0].contains("built for plugin-api ABI 2.0, this host speaks 1.1"),
         "otherabi failure reason: {}",
         fail_otherabi[0]
     );
@@ -891,16 +923,17 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
     assert_eq!(run.code, Some(0), "providers --output json: {}", run.stderr);
     let doc: serde_json::Value = serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", run.stdout));
-    assert_eq!(doc["hostAbiVersion"], "1.0");
+    assert_eq!(doc["hostAbiVersion"], "1.1");
     let providers = doc["providers"].as_array().expect("providers array");
     let names: Vec<&str> = providers
         .iter()
         .map(|p| p["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(names, ["counter", "ecr", "file"], "providers found");
+    assert_eq!(names, ["counter", "ecr", "file", "v10"], "providers found");
     for p in providers {
         let name = p["name"].as_str().unwrap_or_default();
-        assert_eq!(p["abiVersion"], "1.0", "{name}");
+        let abi = if name == "v10" { "1.0" } else { "1.1" };
+        assert_eq!(p["abiVersion"], abi, "{name}");
         assert_eq!(
             p["version"].as_str(),
             Some(row(name)[1].as_str()),
@@ -947,7 +980,7 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
     assert!(
         failure(&otherabi)["error"]
             .as_str()
-            .is_some_and(|e| e.contains("built for plugin-api ABI 2.0, this host speaks 1.0")),
+            .is_some_and(|e| e.contains("built for plugin-api ABI 2.0, this host speaks 1.1")),
         "otherabi failure: {}",
         failure(&otherabi)
     );
