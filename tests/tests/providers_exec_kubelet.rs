@@ -155,6 +155,46 @@ fn exec_helper_failures_are_one_line_in_the_log() {
 }
 
 #[test]
+fn a_rejected_provider_credential_is_named_in_the_clients_error() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let up = Upstream::htpasswd("u", "the-right-password");
+    let repo = images::unique_repo("rejected");
+    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let scripts = tempfile::tempdir().expect("tempdir");
+    let helper = write_script(
+        scripts.path(),
+        "docker-credential-wrong",
+        r#"printf '{"Username":"u","Secret":"a-wrong-password"}'"#,
+    );
+    let plugins = plugin_dir("exec");
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
+            &up.host(),
+            &format!(
+                "provider: exec, providerOpts: \"helperPath={}\"",
+                helper.display()
+            ),
+        ))
+        .start();
+    proxy.wait_log(
+        "the first fetch",
+        "credential refreshed",
+        Duration::from_secs(20),
+    );
+    let r = proxy.get_manifest(Route::InPath(&up.host()), &img.repo, &img.tag);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the credential from provider \"exec\" was rejected"),
+        "status {}: {message}",
+        r.status
+    );
+}
+
+#[test]
 fn exec_identity_tokens_are_exchanged_at_the_token_endpoint() {
     if !require_upstream_tools() {
         return;

@@ -116,7 +116,8 @@ impl CredentialFetcher for PluginFetcher {
         match self.created.get() {
             Some(Ok(handle)) => handle
                 .fetch_with(request)
-                .map_err(|e| ProviderError::from_plugin(&self.provider, &e)),
+                .map_err(|e| ProviderError::from_plugin(&self.provider, &e))
+                .and_then(|c| usable(&self.provider, c)),
             Some(Err(error)) => Err(error.clone()),
             None => Err(ProviderError::new(
                 &self.provider,
@@ -129,6 +130,25 @@ impl CredentialFetcher for PluginFetcher {
             )),
         }
     }
+}
+
+/// A credential with an empty secret is refused (an error of kind `failed`), so that
+/// `--check`, `/readyz` and the metrics flag it instead of reporting it valid.
+fn usable(provider: &str, credential: Credential) -> Result<Credential, ProviderError> {
+    use ociregistry_plugin_api::CredentialKind;
+    let secret = match &credential.kind {
+        CredentialKind::Basic { secret, .. } => Some(secret),
+        CredentialKind::Bearer { token } | CredentialKind::IdentityToken { token } => Some(token),
+        _ => None,
+    };
+    if secret.is_some_and(|s| s.expose().is_empty()) {
+        return Err(ProviderError::new(
+            provider,
+            ProviderErrorKind::Failed,
+            format!("provider \"{provider}\" returned a credential with an empty secret"),
+        ));
+    }
+    Ok(credential)
 }
 
 /// A provider's `create` started on its own thread ([`begin_create`]).
@@ -323,7 +343,12 @@ pub async fn start(
         tracing::info!(registry = %registry.name, provider, every = %crate::duration::format(every), "starting provider credential");
         out.insert(
             registry.name.clone(),
-            ManagedCredential::spawn(registry.name.clone(), fetcher, schedule),
+            ManagedCredential::spawn_for(
+                registry.name.clone(),
+                provider.clone(),
+                fetcher,
+                schedule,
+            ),
         );
     }
     Ok(out)

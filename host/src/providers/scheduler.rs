@@ -271,6 +271,8 @@ impl Drop for Handle {
 
 struct Shared {
     registry: String,
+    /// The provider's name (for messages); empty when unknown (tests).
+    provider: String,
     fetcher: Arc<dyn CredentialFetcher>,
     schedule: Schedule,
     state: watch::Sender<State>,
@@ -391,14 +393,26 @@ impl ManagedCredential {
     /// # Panics
     ///
     /// Like `tokio::spawn`, when called outside a Tokio runtime (which needs the time driver).
+    #[cfg(test)]
     pub fn spawn(
         registry: String,
+        fetcher: Arc<dyn CredentialFetcher>,
+        schedule: Schedule,
+    ) -> Self {
+        Self::spawn_for(registry, String::new(), fetcher, schedule)
+    }
+
+    /// [`ManagedCredential::spawn`] naming the provider (for messages).
+    pub fn spawn_for(
+        registry: String,
+        provider: String,
         fetcher: Arc<dyn CredentialFetcher>,
         schedule: Schedule,
     ) -> Self {
         let (state, _) = watch::channel(State::default());
         let shared = Arc::new(Shared {
             registry,
+            provider,
             fetcher,
             schedule: schedule.normalized(),
             state,
@@ -643,6 +657,11 @@ impl ManagedCredential {
             },
         );
         Ok(credential)
+    }
+
+    /// The provider's name; empty when not given.
+    pub fn provider(&self) -> &str {
+        &self.inner.shared.provider
     }
 
     /// State, expiry, last error, next refresh and counters.

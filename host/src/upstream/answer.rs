@@ -72,8 +72,9 @@ pub fn upstream_status(
         401 => (
             Refusal::Unauthorized,
             format!(
-                "upstream {} requires credentials for {what}: configure registries[].auth",
-                upstream.name
+                "upstream {} requires credentials for {what}: {}",
+                upstream.name,
+                upstream.credential.rejection_hint()
             ),
         ),
         403 => (

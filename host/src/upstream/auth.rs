@@ -46,6 +46,21 @@ impl CredentialSource {
         }
     }
 
+    /// What to tell a client whose pull the upstream refused with 401.
+    pub fn rejection_hint(&self) -> String {
+        match self {
+            CredentialSource::Anonymous => "configure registries[].auth".to_owned(),
+            CredentialSource::Fixed(_) => {
+                "the credential configured in registries[].auth was rejected".to_owned()
+            }
+            CredentialSource::Managed(m) if !m.provider().is_empty() => format!(
+                "the credential from provider \"{}\" was rejected (see `ociregistry providers --check`)",
+                m.provider()
+            ),
+            CredentialSource::Managed(_) => "the provider's credential was rejected".to_owned(),
+        }
+    }
+
     /// After the upstream rejected `used` on a pull of `repository`: a fresher credential,
     /// if the source can get one.
     pub async fn refresh_after_rejection(
