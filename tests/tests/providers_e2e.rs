@@ -826,7 +826,8 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
         &["--plugin-dir".into(), dir.clone(), "providers".into()],
         Duration::from_secs(20),
     );
-    assert_eq!(run.code, Some(0), "providers: {}", run.stderr);
+    // Files failed to load (junk, otherabi): listed, and the exit code says so.
+    assert_eq!(run.code, Some(1), "providers: {}", run.stderr);
     let out = &run.stdout;
     assert!(
         out.lines()
@@ -920,7 +921,7 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
         ],
         Duration::from_secs(20),
     );
-    assert_eq!(run.code, Some(0), "providers --output json: {}", run.stderr);
+    assert_eq!(run.code, Some(1), "providers --output json: {}", run.stderr);
     let doc: serde_json::Value = serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", run.stdout));
     assert_eq!(doc["hostAbiVersion"], "1.1");
@@ -1166,5 +1167,178 @@ fn providers_check_reports_each_registry_without_secrets() {
             .is_some_and(|e| e.contains(path_str(&missing))),
         "error names the file: {}",
         reg("127.0.0.1:5005")
+    );
+}
+
+/// Issue 14's rough edges for authors and operators: `providers --try`, `--check` with a
+/// hung provider exits, an expired credential is flagged, two files providing one name,
+/// `--wide`.
+#[test]
+fn providers_try_check_hung_expired_duplicates_and_wide() {
+    let plugins = plugin_dir(&[], &["fixture_counter", "fixture_hang"]);
+    let counter = fixture_plugins::plugin_file(plugins.path(), "fixture_counter");
+    let hang = fixture_plugins::plugin_file(plugins.path(), "fixture_hang");
+
+    // --try: loads one file, creates, fetches once; the secret is never printed.
+    let prefix = format!("try-secret-{:08x}-", fastrand::u32(..));
+    let run = run_ociregistry(
+        &[
+            "providers".into(),
+            "--try".into(),
+            counter.clone().into_os_string(),
+            format!("prefix={prefix},ttl=600").into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(0), "--try: {}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("provider counter 0.1.0 (plugin-api ABI 1.1, host 1.1)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "credential: bearer, secret of {} bytes (not shown)",
+            prefix.len() + 1
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("expires: ") && run.stdout.contains("(in 9m"),
+        "{}",
+        run.stdout
+    );
+    assert_no_secret(&run.stdout, "--try output", &[&format!("{prefix}1")]);
+    // An expired credential and a bad option are failures, each one line.
+    let run = run_ociregistry(
+        &[
+            "providers".into(),
+            "--try".into(),
+            counter.clone().into_os_string(),
+            "ttl=-5".into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout
+            .contains("FAILED: the credential has already expired"),
+        "{}",
+        run.stdout
+    );
+    let run = run_ociregistry(
+        &[
+            "providers".into(),
+            "--try".into(),
+            counter.clone().into_os_string(),
+            "nope=1".into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout.contains(
+            "FAILED: options: providerOpts for provider \"counter\": unknown option \"nope\""
+        ),
+        "{}",
+        run.stdout
+    );
+    // A hung fetch: --try gives up at its timeout and exits.
+    let started = Instant::now();
+    let run = run_ociregistry(
+        &[
+            "providers".into(),
+            "--try".into(),
+            hang.clone().into_os_string(),
+            "seconds=600".into(),
+            "--timeout".into(),
+            "1s".into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout
+            .contains("FAILED: fetch: did not return within 1s"),
+        "{}",
+        run.stdout
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // --check with a hung provider and an expired credential: both reported, exit 1, and
+    // the process ends although the hung call never returns.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pluginDir: \"{}\"\nregistries:\n\
+             - name: 127.0.0.1:5001\n  scheme: http\n  auth: {{token: {{provider: hang, providerOpts: \"seconds=600\", timeout: 1s}}}}\n\
+             - name: 127.0.0.1:5002\n  scheme: http\n  auth: {{token: {{provider: counter, providerOpts: \"ttl=-60\"}}}}\n",
+            plugins.path().display()
+        ),
+    )
+    .expect("write config");
+    let started = Instant::now();
+    let run = run_ociregistry(
+        &[
+            "--config-file".into(),
+            config.into_os_string(),
+            "providers".into(),
+            "--check".into(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "--check ends after the timeout"
+    );
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    let line = |name: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{}", run.stdout))
+            .to_owned()
+    };
+    assert!(
+        line("127.0.0.1:5001").contains("FAILED") && line("127.0.0.1:5001").contains("within"),
+        "{}",
+        line("127.0.0.1:5001")
+    );
+    assert!(
+        line("127.0.0.1:5002").contains("FLAGGED: the provider's credential expired 1m ago"),
+        "{}",
+        line("127.0.0.1:5002")
+    );
+
+    // Two files providing `counter`: one is used, the other listed as not used; --wide
+    // shows the option descriptions.
+    std::fs::copy(&counter, plugins.path().join("libzz_counter_copy.so")).expect("copy");
+    let run = run_ociregistry(
+        &[
+            "--plugin-dir".into(),
+            plugins.path().as_os_str().to_owned(),
+            "providers".into(),
+            "--wide".into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(
+            "counter 0.1.0 in libzz_counter_copy.so: counter 0.1.0 in libfixture_counter.so is used"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.lines().any(|l| l.contains("counter")
+            && l.contains("log")
+            && l.contains("append one line per fetch to this file")),
+        "--wide shows option descriptions:\n{}",
+        run.stdout
     );
 }

@@ -292,7 +292,13 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             runtime.shutdown_timeout(Duration::from_secs(1));
             served.map(|()| ExitCode::SUCCESS)
         }
-        Command::Providers(args) => runtime.block_on(providers::run(&settings, &args)),
+        Command::Providers(args) => {
+            let result = runtime.block_on(providers::run(&settings, &args));
+            // A `--check` fetch that timed out still runs on a blocking thread: it must not
+            // hold the exit (dropping the runtime would wait for it).
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            result
+        }
         Command::Load(args) => runtime.block_on(load::load(settings, usize::from(args.parallel))),
         Command::List(args) => runtime.block_on(list::list(&settings, &args)),
         Command::Prune(args) => runtime.block_on(prune::prune(&settings, &args)),

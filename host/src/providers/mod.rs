@@ -76,22 +76,78 @@ pub struct Loaded {
     pub by_name: HashMap<String, Plugin>,
     /// Files that are not usable plugins.
     pub failures: Vec<(std::path::PathBuf, host::LoadError)>,
+    /// Plugins not used because another file provides the same name with a higher version
+    /// (or the same version and a file name sorting first): (not used, used).
+    pub shadowed: Vec<(Plugin, Plugin)>,
 }
 
-/// Loads every plugin in `dir`.
+/// A plugin's version as numbers for comparing (`0.10.1` > `0.9.3`); a part that is not a
+/// number (or a pre-release suffix) compares as 0.
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split(['-', '+'])
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect()
+}
+
+/// Loads every plugin in `dir`. When two files provide the same name, the one with the
+/// highest version is used (on a tie, the file name sorting first), with a warning naming
+/// both.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ProviderSetupError> {
     let scan = host::scan_dir(dir).map_err(|source| ProviderSetupError::Dir {
         dir: dir.display().to_string(),
         source,
     })?;
-    let mut by_name = HashMap::new();
+    let mut by_name: HashMap<String, Plugin> = HashMap::new();
+    let mut shadowed = Vec::new();
+    // `scan.plugins` is in file name order.
     for p in scan.plugins {
-        by_name.entry(p.info().name.clone()).or_insert(p);
+        let name = p.info().name.clone();
+        match by_name.remove(&name) {
+            None => {
+                by_name.insert(name, p);
+            }
+            Some(held) => {
+                let (used, unused) =
+                    if version_key(&p.info().version) > version_key(&held.info().version) {
+                        (p, held)
+                    } else {
+                        (held, p)
+                    };
+                tracing::warn!(
+                    provider = %name,
+                    used = %used.info().path.display(),
+                    used_version = %used.info().version,
+                    not_used = %unused.info().path.display(),
+                    not_used_version = %unused.info().version,
+                    "two plugin files provide the same provider; the highest version is used"
+                );
+                shadowed.push((unused, used.clone()));
+                by_name.insert(name, used);
+            }
+        }
     }
     Ok(Loaded {
         by_name,
         failures: scan.failures,
+        shadowed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_key;
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        assert!(version_key("0.10.0") > version_key("0.9.9"));
+        assert!(version_key("1.0.0") > version_key("0.99.0"));
+        assert_eq!(version_key("1.2.3-beta.1"), version_key("1.2.3"));
+        assert!(version_key("x") < version_key("0.0.1"));
+    }
 }
 
 /// What a provider's `create` gave, once it returned.
