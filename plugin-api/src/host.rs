@@ -321,6 +321,47 @@ fn one_line(text: &str, path: &Path) -> String {
     s
 }
 
+/// abi_stable's layout-check report (a multi-kilobyte dump of both type trees) as one line:
+/// the first error, the plugin-api type it was found in, and what to do.
+fn layout_mismatch(report: &str, path: &Path) -> String {
+    let crate_major = env!("CARGO_PKG_VERSION")
+        .rsplit_once('.')
+        .map(|(major, _)| major)
+        .unwrap_or("0.1");
+    let report = report.split_whitespace().collect::<Vec<_>>().join(" ");
+    let report = report.as_str();
+    let Some(at) = report.find("Error:") else {
+        return one_line(report, path);
+    };
+    let error: String = report[at + "Error:".len()..]
+        .split(" Expected")
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .take(12)
+        .collect::<Vec<_>>()
+        .join(" ");
+    // The compared type: the first one after the last "Layout of expected type:" before
+    // the error (abi_stable prints the expected layout, then the found one, then errors).
+    let before = &report[..at];
+    let from = before
+        .rfind("Layout of expected type:")
+        .map_or(0, |i| i + "Layout of expected type:".len());
+    let ty = before[from..]
+        .split("type:")
+        .nth(1)
+        .and_then(|rest| rest.split(" size:").next())
+        .filter(|name| !name.is_empty() && !name.contains(' '));
+    let what = match ty {
+        Some(ty) => format!("type {ty} differs from this host's ({error})"),
+        None => format!("its types differ from this host's ({error})"),
+    };
+    one_line(
+        &format!("{what}; rebuild it against plugin-api {crate_major}.x"),
+        path,
+    )
+}
+
 impl Plugin {
     /// Loads the plugin in `path`, checks its ABI version and layout, and hands it the log
     /// sink. Loading the same file twice gives two handles on the same library.
@@ -389,7 +430,7 @@ impl Plugin {
                 export.layout,
             )
             .map_err(|e| LoadError::Incompatible {
-                reason: one_line(&e.to_string(), &path),
+                reason: layout_mismatch(&e.to_string(), &path),
                 path: path.clone(),
                 found: found.clone(),
                 expected: ABI_VERSION.to_owned(),
@@ -403,7 +444,7 @@ impl Plugin {
         // valid; the symbol's type is checked by abi_stable's header validation.
         let header =
             unsafe { lib_header_from_raw_library(raw) }.map_err(|e| LoadError::Incompatible {
-                reason: one_line(&e.to_string(), &path),
+                reason: layout_mismatch(&e.to_string(), &path),
                 path: path.clone(),
                 found: found.clone(),
                 expected: ABI_VERSION.to_owned(),
@@ -416,7 +457,7 @@ impl Plugin {
                     path: path.clone(),
                 },
                 other => LoadError::Incompatible {
-                    reason: one_line(&other.to_string(), &path),
+                    reason: layout_mismatch(&other.to_string(), &path),
                     path: path.clone(),
                     found: found.clone(),
                     expected: ABI_VERSION.to_owned(),
@@ -695,6 +736,34 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "plugin /x/libz.so: not an ociregistry plugin (no `ociregistry_plugin_abi_version` symbol)"
+        );
+    }
+
+    #[test]
+    fn layout_mismatches_are_one_line() {
+        let report = "Compared <this>: --- Type Layout --- type:PrefixRef<'a, PluginRoot> size:8 align:8 package:'abi_stable' version:'0.11.3' data: Struct with Fields: field_name:0 type:PluginRoot size:24 align:8 package:'ociregistry-plugin-api' version:'0.1.0' field_name:create type:AFunctionPointer size:8 align:8 package:'abi_stable' version:'0.11.3'\n Layout of expected type: --- Type Layout --- type:FfiProvider_TO<'lt> size:24 align:8 package:'ociregistry-plugin-api' version:'0.1.0' field_name:obj type:RObject<'lt> size:24\nError:too many fields Expected: 4 Found: 3 0 error(s)inside: <other> ...";
+        let line = layout_mismatch(report, Path::new("/p/libx.so"));
+        assert_eq!(
+            line,
+            "type FfiProvider_TO<'lt> differs from this host's (too many fields); rebuild it against plugin-api 0.1.x"
+        );
+        // A real report from abi_stable's checker.
+        let real = abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+            <crate::abi::FfiCreateContext as abi_stable::StableAbi>::LAYOUT,
+            <crate::abi::FfiFetchRequest as abi_stable::StableAbi>::LAYOUT,
+        )
+        .unwrap_err()
+        .to_string();
+        let line = layout_mismatch(&real, Path::new("/p/libx.so"));
+        assert!(line.starts_with("type FfiCreateContext differs"), "{line}");
+        assert!(line.len() < 300 && !line.contains('\n'), "{line}");
+        assert!(
+            line.ends_with("rebuild it against plugin-api 0.1.x"),
+            "{line}\n{real}"
+        );
+        assert_eq!(
+            layout_mismatch("something\nelse", Path::new("/p/libx.so")),
+            "something else"
         );
     }
 

@@ -301,9 +301,8 @@ mod tests {
         fn fetch(
             &self,
         ) -> Result<ociregistry_plugin_api::Credential, crate::providers::ProviderError> {
-            Ok(ociregistry_plugin_api::Credential::bearer("expired-token").expiring_at(
-                std::time::SystemTime::now() - std::time::Duration::from_secs(60),
-            ))
+            Ok(ociregistry_plugin_api::Credential::bearer("expired-token")
+                .expiring_at(std::time::SystemTime::now() - std::time::Duration::from_secs(60)))
         }
     }
 
