@@ -1342,3 +1342,34 @@ fn providers_try_check_hung_expired_duplicates_and_wide() {
         run.stdout
     );
 }
+
+/// A slow `create` does not hold the listener beyond a short grace: the server serves while
+/// it runs, and the registry's first fetch waits for it (within the provider timeout).
+#[test]
+fn a_slow_create_does_not_delay_the_listener() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let plugins = plugin_dir(&[], &["fixture_hang"]);
+    let open = Upstream::anonymous();
+    let repo = images::unique_repo("slowcreate");
+    let img = images::seed(&open, &repo, "v1", ImageKind::small_oci());
+    let started = Instant::now();
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
+            "127.0.0.1:9",
+            "provider: hang, providerOpts: \"in=create,seconds=6\", timeout: 20s",
+        ))
+        .upstream(&open)
+        .start();
+    proxy.pull_and_verify(Route::InPath(&open.host()), &img);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served {:?} after the start, while create still runs (6s)",
+        started.elapsed()
+    );
+    // The first fetch waited for create and got the credential.
+    wait_log_count(&proxy, "credential refreshed", 1, Duration::from_secs(30));
+    assert!(started.elapsed() >= Duration::from_secs(6));
+}

@@ -150,12 +150,58 @@ mod tests {
     }
 }
 
-/// What a provider's `create` gave, once it returned.
-type Created = Arc<std::sync::OnceLock<Result<ProviderHandle, ProviderError>>>;
+/// What a provider's `create` gave, once it returned; fetches wait for it.
+type Created = Arc<CreatedSlot>;
 
-/// A provider instance as the scheduler's fetcher. Its `create` runs on its own thread; when
-/// it did not return within the provider timeout, every fetch fails with a clear reason
-/// until it does (then the provider is used as normal).
+/// Set once by the thread running `create`; waited for (with a deadline) by fetches.
+#[derive(Default, Debug)]
+struct CreatedSlot {
+    value: std::sync::OnceLock<Result<ProviderHandle, ProviderError>>,
+    lock: std::sync::Mutex<()>,
+    changed: std::sync::Condvar,
+}
+
+impl CreatedSlot {
+    fn get(&self) -> Option<&Result<ProviderHandle, ProviderError>> {
+        self.value.get()
+    }
+
+    fn set(&self, value: Result<ProviderHandle, ProviderError>) {
+        let _ = self.value.set(value);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
+
+    /// The result, waiting for it until `deadline`.
+    fn wait_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> Option<&Result<ProviderHandle, ProviderError>> {
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(v) = self.value.get() {
+                return Some(v);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            guard = match self.changed.wait_timeout(guard, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
+/// How long the server start waits for the providers' `create` calls: refusals (bad
+/// options) come at once and stop the start; a slower `create` goes on in the background,
+/// and the first fetch waits for it (within the provider timeout).
+pub const CREATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A provider instance as the scheduler's fetcher. Its `create` runs on its own thread; a
+/// fetch waits for it until the fetch's deadline, then fails with a clear reason (and the
+/// next fetch waits again).
 struct PluginFetcher {
     provider: String,
     timeout: std::time::Duration,
@@ -169,7 +215,8 @@ impl CredentialFetcher for PluginFetcher {
     }
 
     fn fetch_with(&self, request: &FetchRequest) -> Result<Credential, ProviderError> {
-        match self.created.get() {
+        let deadline = std::time::Instant::now() + request.time_left();
+        match self.created.wait_until(deadline) {
             Some(Ok(handle)) => handle
                 .fetch_with(request)
                 .map_err(|e| ProviderError::from_plugin(&self.provider, &e))
@@ -282,7 +329,7 @@ pub fn begin_create(
             let created = plugin
                 .create_with(&opts, &context)
                 .map_err(|e| ProviderError::from_plugin(name, &e));
-            let _ = slot.set(created);
+            slot.set(created);
             let _ = tx.send(());
         })
         .map_err(|e| ProviderSetupError::Create {
@@ -324,7 +371,7 @@ impl PendingCreate {
                     registry = %self.registry,
                     provider = %self.provider,
                     timeout = %crate::duration::format(timeout),
-                    "provider create did not return in time; this registry's credential fails until it does"
+                    "provider create did not return in time; going on without it: this registry's fetches wait for it (each up to the timeout) and fail until it returns"
                 );
             }
         }
@@ -390,7 +437,10 @@ pub async fn start(
         pending.push((registry, provider, every, timeout, create));
     }
     for (registry, provider, every, timeout, create) in pending {
-        let fetcher = create.finish(began + timeout, timeout).await?;
+        // Slow creates do not hold the start (the listener) longer than the grace.
+        let fetcher = create
+            .finish(began + timeout.min(CREATE_GRACE), timeout)
+            .await?;
         let schedule = Schedule {
             every,
             fetch_timeout: timeout,
