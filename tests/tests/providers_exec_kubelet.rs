@@ -342,3 +342,55 @@ JSON"#,
     );
     assert_no_secret(&proxy.log(), "the proxy's log", &password);
 }
+
+/// The kubelet response's `cacheDuration` is the credential's expiry: with `expiry: 1h`
+/// configured, a 40 s cacheDuration makes the host fetch again before those 40 s are over
+/// (and not before the 30 s minimum interval).
+#[test]
+fn kubelet_cache_duration_is_honoured() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let scripts = tempfile::tempdir().expect("tempdir");
+    let requests = scripts.path().join("requests");
+    let bin = write_script(
+        scripts.path(),
+        "e2e-credential-provider",
+        &format!(
+            r#"cat > /dev/null
+date +%s.%N >> '{requests}'
+echo '{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"40s","auth":{{"127.0.0.1:9":{{"username":"u","password":"cache-duration-pw"}}}}}}'"#,
+            requests = requests.display(),
+        ),
+    );
+    let plugins = plugin_dir("kubelet");
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
+            "127.0.0.1:9",
+            &format!(
+                "provider: kubelet, providerOpts: \"binPath={}\", expiry: 1h",
+                bin.display()
+            ),
+        ))
+        .start();
+    let times = || -> Vec<f64> {
+        lines(&requests)
+            .iter()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    wait_for(
+        "the refresh before the 40s cacheDuration ends",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || (times().len() >= 2).then_some(()),
+    );
+    let t = times();
+    let gap = t[1] - t[0];
+    assert!(
+        (29.0..40.0).contains(&gap),
+        "second fetch {gap:.1}s after the first (cacheDuration 40s, minimum interval 30s)"
+    );
+    drop(proxy);
+}
