@@ -184,7 +184,7 @@ pub const REASON_FIRST_USE: u8 = 2;
 /// `FfiFetchRequest::reason`: the upstream rejected the credential (`credential_age_ms` old).
 pub const REASON_REJECTED: u8 = 3;
 
-/// What the host passes to [`PluginRoot::create_with`] (ABI 1.1).
+/// What the host passes to [`PluginExtV11::create_with`] (ABI 1.1).
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug)]
 pub struct FfiCreateContext {
@@ -194,7 +194,7 @@ pub struct FfiCreateContext {
     pub url: RString,
 }
 
-/// What the host passes to [`FfiProvider::fetch_with`] (ABI 1.1).
+/// What the host passes to [`FfiProviderV11::fetch_with`] (ABI 1.1).
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug)]
 pub struct FfiFetchRequest {
@@ -208,7 +208,7 @@ pub struct FfiFetchRequest {
     pub deadline: FfiTime,
 }
 
-/// A credential as [`FfiProvider::fetch_with`] returns it (ABI 1.1).
+/// A credential as [`FfiProviderV11::fetch_with`] returns it (ABI 1.1).
 #[repr(C)]
 #[derive(StableAbi)]
 pub struct FfiCredentialV11 {
