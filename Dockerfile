@@ -4,7 +4,8 @@
 #
 # Layout (the same as a host install, see README "Deploy it"):
 #   /usr/local/bin/ociregistry         the server
-#   /usr/lib/ociregistry/plugins/      the bundled provider plugins (ecr, file)
+#   /usr/lib/ociregistry/plugins/      the bundled provider plugins (ecr, file, exec, kubelet;
+#                                      exec and kubelet run helpers you mount into the image)
 #   /etc/ociregistry/config.yaml       deploy/config.container.yaml (the chart mounts its ConfigMap here)
 #   /var/lib/ociregistry/              the cache (imagePath), owned by the non-root user
 # Ports: 8080 pulls, 8081 /healthz and /readyz, 9090 /metrics.
@@ -28,10 +29,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
         -p ociregistry -p ociregistry-provider-ecr -p ociregistry-provider-file \
+        -p ociregistry-provider-exec -p ociregistry-provider-kubelet \
  && mkdir -p /out/bin /out/plugins /out/cache \
  && cp target/release/ociregistry /out/bin/ \
  && cp target/release/libociregistry_provider_ecr.so \
-       target/release/libociregistry_provider_file.so /out/plugins/
+       target/release/libociregistry_provider_file.so \
+       target/release/libociregistry_provider_exec.so \
+       target/release/libociregistry_provider_kubelet.so /out/plugins/
 
 # ---- run: distroless (glibc, libgcc; no shell, no package manager), user nonroot ----
 FROM ${RUNTIME_IMAGE}

@@ -72,6 +72,15 @@ fn main() -> ExitCode {
                         "<redacted>"
                     }
                 ),
+                CredentialKind::IdentityToken { token } => println!(
+                    "IdentityToken token={}",
+                    if show_secret {
+                        token.expose()
+                    } else {
+                        "<redacted>"
+                    }
+                ),
+                other => println!("{other:?}"),
             }
             match c.expires_at {
                 Some(at) => match at.duration_since(SystemTime::now()) {

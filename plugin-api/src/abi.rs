@@ -15,9 +15,20 @@
 //!    plugin speaking `M.m` with `m <= n`.
 //! 2. abi_stable's own layout check of [`PluginRootRef`] (and everything reachable from it).
 //!
-//! Within one major version, new functions may be appended to [`PluginRoot`] after its
-//! `last_prefix_field` and new methods to [`FfiProvider`] (bumping the minor version);
-//! nothing may be removed or changed.
+//! Within one major version nothing may be removed or changed; a minor version adds new
+//! exported statics (see "1.1" below).
+//!
+//! # 1.1
+//!
+//! abi_stable's layout checker accepts a library whose prefix types have *more* fields than
+//! the host's, never fewer: a 1.1 host could not load a 1.0 plugin if [`PluginRoot`] or
+//! [`FfiProvider`] grew. So they stay exactly as in 1.0, and 1.1 adds a second exported
+//! static, [`EXT_V11_SYMBOL`] ([`PluginExtV11Export`]): `create_with` (the registry entry's
+//! name and URL) returning an [`FfiProviderV11`], whose `fetch_with` takes the repository,
+//! reason and deadline and returns [`FfiCredentialV11`] (its kind is a plain `u8`, so later
+//! kinds need no layout change). The host looks for it only in plugins tagged 1.1 or
+//! later, checks its layout with abi_stable's checker, and otherwise uses the 1.0 entries.
+//! A later minor version adds its own `ociregistry_plugin_ext_v1_N` static the same way.
 #![allow(missing_docs, missing_debug_implementations, non_local_definitions)]
 
 use abi_stable::{
@@ -29,7 +40,7 @@ use abi_stable::{
 };
 
 /// The plugin-api ABI version this build speaks, `MAJOR.MINOR`.
-pub const ABI_VERSION: &str = "1.0";
+pub const ABI_VERSION: &str = "1.1";
 
 /// Size of the [`ABI_VERSION_SYMBOL`] static.
 pub const ABI_TAG_LEN: usize = 32;
@@ -158,7 +169,75 @@ pub struct FfiCredential {
     pub expires_at: ROption<FfiTime>,
 }
 
-/// A provider instance living in the plugin.
+/// `FfiCredentialV11::kind`: `user` and `secret` are set.
+pub const KIND_BASIC: u8 = 1;
+/// `FfiCredentialV11::kind`: `secret` is a ready Bearer token.
+pub const KIND_BEARER: u8 = 2;
+/// `FfiCredentialV11::kind`: `secret` is an identity (refresh) token, exchanged by the host
+/// at the registry's token endpoint; `user` is informational (docker's `<token>`).
+pub const KIND_IDENTITY_TOKEN: u8 = 3;
+
+/// `FfiFetchRequest::reason`: the regular refresh schedule.
+pub const REASON_SCHEDULED: u8 = 1;
+/// `FfiFetchRequest::reason`: no credential was obtained yet for this key.
+pub const REASON_FIRST_USE: u8 = 2;
+/// `FfiFetchRequest::reason`: the upstream rejected the credential (`credential_age_ms` old).
+pub const REASON_REJECTED: u8 = 3;
+
+/// What the host passes to [`PluginExtV11::create_with`] (ABI 1.1).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct FfiCreateContext {
+    /// The registry entry's name (e.g. `123.dkr.ecr.eu-west-1.amazonaws.com`).
+    pub registry: RString,
+    /// Its upstream URL (e.g. `https://123.dkr.ecr.eu-west-1.amazonaws.com`).
+    pub url: RString,
+}
+
+/// What the host passes to [`FfiProviderV11::fetch_with`] (ABI 1.1).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct FfiFetchRequest {
+    /// The repository being pulled, when a pull triggered the fetch.
+    pub repository: ROption<RString>,
+    /// One of the `REASON_*` constants.
+    pub reason: u8,
+    /// With [`REASON_REJECTED`]: the rejected credential's age in milliseconds.
+    pub credential_age_ms: u64,
+    /// When the host stops waiting for the answer.
+    pub deadline: FfiTime,
+}
+
+/// A credential as [`FfiProviderV11::fetch_with`] returns it (ABI 1.1).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiCredentialV11 {
+    /// One of the `KIND_*` constants; the host refuses a kind it does not know.
+    pub kind: u8,
+    pub user: RString,
+    pub secret: RString,
+    pub expires_at: ROption<FfiTime>,
+    /// The credential is valid for the requested repository only (kubelet `cacheKeyType:
+    /// Image`): the host keeps one per repository.
+    pub per_repository: bool,
+}
+
+impl From<FfiCredential> for FfiCredentialV11 {
+    fn from(c: FfiCredential) -> Self {
+        FfiCredentialV11 {
+            kind: match c.kind {
+                FfiCredentialKind::Basic => KIND_BASIC,
+                FfiCredentialKind::Bearer => KIND_BEARER,
+            },
+            user: c.user,
+            secret: c.secret,
+            expires_at: c.expires_at,
+            per_repository: false,
+        }
+    }
+}
+
+/// A provider instance living in the plugin (ABI 1.0; never changes).
 #[sabi_trait]
 pub trait FfiProvider: Send + Sync {
     #[sabi(last_prefix_field)]
@@ -182,6 +261,40 @@ pub struct PluginRoot {
     #[sabi(last_prefix_field)]
     pub create: extern "C" fn(provider_opts: RStr<'_>) -> RResult<FfiProviderBox, FfiError>,
 }
+
+/// A provider instance created by [`PluginExtV11::create_with`] (ABI 1.1).
+#[sabi_trait]
+pub trait FfiProviderV11: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn fetch_with(&self, request: FfiFetchRequest) -> RResult<FfiCredentialV11, FfiError>;
+}
+
+/// An owned 1.1 provider instance.
+pub type FfiProviderV11Box = FfiProviderV11_TO<'static, RBox<()>>;
+
+/// The 1.1 entry points, exported as [`EXT_V11_SYMBOL`] by plugins of ABI 1.1 and later.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PluginExtV11 {
+    /// `create` with the registry entry's name and URL.
+    pub create_with: extern "C" fn(
+        provider_opts: RStr<'_>,
+        context: FfiCreateContext,
+    ) -> RResult<FfiProviderV11Box, FfiError>,
+}
+
+/// The exported static: the layout the plugin was built with (checked by the host with
+/// abi_stable's checker before anything in `ext` is touched), and the entry points.
+#[repr(C)]
+pub struct PluginExtV11Export {
+    pub layout: &'static abi_stable::type_layout::TypeLayout,
+    pub ext: PluginExtV11,
+}
+
+/// Name of the exported [`PluginExtV11Export`] static (with the trailing NUL).
+pub const EXT_V11_SYMBOL_NUL: &[u8] = b"ociregistry_plugin_ext_v1_1\0";
+/// [`EXT_V11_SYMBOL_NUL`] without the NUL.
+pub const EXT_V11_SYMBOL: &str = "ociregistry_plugin_ext_v1_1";
 
 impl RootModule for PluginRootRef {
     declare_root_module_statics! {PluginRootRef}

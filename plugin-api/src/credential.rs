@@ -52,6 +52,7 @@ impl From<&str> for Secret {
 
 /// How the host presents a credential to the upstream registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CredentialKind {
     /// HTTP Basic: `Authorization: Basic base64(user:secret)`, and the same pair at a
     /// Bearer token endpoint when the upstream answers with a Bearer challenge.
@@ -67,6 +68,14 @@ pub enum CredentialKind {
         /// The token.
         token: Secret,
     },
+    /// An identity (refresh) token, as docker's credential helpers return with the user
+    /// `<token>` (plugin-api 1.1). The host exchanges it at the registry's token endpoint
+    /// (OAuth2 `grant_type=refresh_token` POST to the Bearer challenge's realm with
+    /// `service` and `scope`), as docker does; it is never sent to the registry itself.
+    IdentityToken {
+        /// The refresh token.
+        token: Secret,
+    },
 }
 
 /// A credential and, when the provider knows it, the moment it stops being valid.
@@ -76,6 +85,10 @@ pub struct Credential {
     pub kind: CredentialKind,
     /// When the provider says it expires; `None` when unknown.
     pub expires_at: Option<SystemTime>,
+    /// Valid for the requested repository only (plugin-api 1.1; kubelet providers'
+    /// `cacheKeyType: Image`): the host keeps one credential per repository for this
+    /// registry entry and asks again, with the repository, for each new one.
+    pub per_repository: bool,
 }
 
 impl Credential {
@@ -87,6 +100,18 @@ impl Credential {
                 secret: secret.into(),
             },
             expires_at: None,
+            per_repository: false,
+        }
+    }
+
+    /// An identity-token credential (see [`CredentialKind::IdentityToken`]).
+    pub fn identity_token(token: impl Into<Secret>) -> Self {
+        Credential {
+            kind: CredentialKind::IdentityToken {
+                token: token.into(),
+            },
+            expires_at: None,
+            per_repository: false,
         }
     }
 
@@ -97,7 +122,14 @@ impl Credential {
                 token: token.into(),
             },
             expires_at: None,
+            per_repository: false,
         }
+    }
+
+    /// The same credential, marked valid for the requested repository only.
+    pub fn for_repository_only(mut self) -> Self {
+        self.per_repository = true;
+        self
     }
 
     /// The same credential with a known expiry.

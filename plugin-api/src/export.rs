@@ -20,16 +20,28 @@ use tracing_core::subscriber::Interest;
 use tracing_core::{Event, Level, LevelFilter, Metadata, Subscriber};
 
 use crate::abi::{
-    FfiCredential, FfiCredentialKind, FfiError, FfiErrorKind, FfiLogLevel, FfiLogSink,
-    FfiOptionInfo, FfiPluginInfo, FfiProvider, FfiProvider_TO, FfiProviderBox, FfiTime, PluginRoot,
-    PluginRootRef,
+    FfiCreateContext, FfiCredential, FfiCredentialKind, FfiCredentialV11, FfiError, FfiErrorKind,
+    FfiFetchRequest, FfiLogLevel, FfiLogSink, FfiOptionInfo, FfiPluginInfo, FfiProvider,
+    FfiProvider_TO, FfiProviderBox, FfiProviderV11, FfiProviderV11_TO, FfiProviderV11Box, FfiTime,
+    KIND_BASIC, KIND_BEARER, KIND_IDENTITY_TOKEN, PluginExtV11, PluginExtV11Export, PluginRoot,
+    PluginRootRef, REASON_FIRST_USE, REASON_REJECTED, REASON_SCHEDULED,
 };
 use crate::{
-    Credential, CredentialKind, PluginError, PluginErrorKind, Provider, ProviderFactory,
-    ProviderOpts,
+    CreateContext, Credential, CredentialKind, FetchReason, FetchRequest, PluginError,
+    PluginErrorKind, Provider, ProviderFactory, ProviderOpts,
 };
 
 pub use abi_stable;
+
+/// The value of the 1.1 extension static, for `F`.
+pub const fn ext_v11<F: ProviderFactory>() -> PluginExtV11Export {
+    PluginExtV11Export {
+        layout: <PluginExtV11 as abi_stable::StableAbi>::LAYOUT,
+        ext: PluginExtV11 {
+            create_with: create_with::<F>,
+        },
+    }
+}
 
 /// The value of the root module static, for `F`.
 pub const fn lib_header<F: ProviderFactory>() -> LibHeader {
@@ -132,12 +144,20 @@ pub(crate) fn time_from_ffi(t: FfiTime) -> SystemTime {
     }
 }
 
-pub(crate) fn credential_to_ffi(c: Credential) -> FfiCredential {
+/// The 1.0 form, for the 1.0 `fetch` entry. An identity token cannot be expressed there;
+/// no 1.0 host calls a 1.1 plugin (the ABI tag refuses it), so that only happens when a
+/// 1.1 host calls `fetch` directly, and it gets an error.
+pub(crate) fn credential_to_ffi(c: Credential) -> Result<FfiCredential, PluginError> {
     let (kind, user, secret) = match c.kind {
         CredentialKind::Basic { user, secret } => (FfiCredentialKind::Basic, user, secret),
         CredentialKind::Bearer { token } => (FfiCredentialKind::Bearer, String::new(), token),
+        CredentialKind::IdentityToken { .. } => {
+            return Err(PluginError::new(
+                "an identity token needs a plugin-api 1.1 host call (fetch_with)",
+            ));
+        }
     };
-    FfiCredential {
+    Ok(FfiCredential {
         kind,
         user: user.into(),
         secret: secret.expose().into(),
@@ -145,7 +165,83 @@ pub(crate) fn credential_to_ffi(c: Credential) -> FfiCredential {
             Some(t) => ROption::RSome(time_to_ffi(t)),
             None => ROption::RNone,
         },
+    })
+}
+
+pub(crate) fn credential_to_ffi_v11(c: Credential) -> FfiCredentialV11 {
+    let (kind, user, secret) = match c.kind {
+        CredentialKind::Basic { user, secret } => (KIND_BASIC, user, secret),
+        CredentialKind::Bearer { token } => (KIND_BEARER, String::new(), token),
+        CredentialKind::IdentityToken { token } => {
+            (KIND_IDENTITY_TOKEN, "<token>".to_owned(), token)
+        }
+    };
+    FfiCredentialV11 {
+        kind,
+        user: user.into(),
+        secret: secret.expose().into(),
+        expires_at: match c.expires_at {
+            Some(t) => ROption::RSome(time_to_ffi(t)),
+            None => ROption::RNone,
+        },
+        per_repository: c.per_repository,
     }
+}
+
+pub(crate) fn credential_from_ffi_v11(c: FfiCredentialV11) -> Result<Credential, PluginError> {
+    let secret = c.secret.into_string();
+    let mut cred = match c.kind {
+        KIND_BASIC => Credential::basic(c.user.into_string(), secret),
+        KIND_BEARER => Credential::bearer(secret),
+        KIND_IDENTITY_TOKEN => Credential::identity_token(secret),
+        other => {
+            return Err(PluginError::new(format!(
+                "the plugin returned credential kind {other}, unknown to this host (plugin-api {}); upgrade ociregistry",
+                crate::ABI_VERSION
+            )));
+        }
+    };
+    if let ROption::RSome(t) = c.expires_at {
+        cred = cred.expiring_at(time_from_ffi(t));
+    }
+    cred.per_repository = c.per_repository;
+    Ok(cred)
+}
+
+pub(crate) fn request_to_ffi(r: &FetchRequest) -> FfiFetchRequest {
+    let (reason, age) = match r.reason {
+        FetchReason::Scheduled => (REASON_SCHEDULED, 0),
+        FetchReason::FirstUse => (REASON_FIRST_USE, 0),
+        FetchReason::Rejected { credential_age } => (
+            REASON_REJECTED,
+            u64::try_from(credential_age.as_millis()).unwrap_or(u64::MAX),
+        ),
+    };
+    FfiFetchRequest {
+        repository: match &r.repository {
+            Some(repo) => ROption::RSome(repo.as_str().into()),
+            None => ROption::RNone,
+        },
+        reason,
+        credential_age_ms: age,
+        deadline: time_to_ffi(r.deadline),
+    }
+}
+
+fn request_from_ffi(r: FfiFetchRequest) -> FetchRequest {
+    let reason = match r.reason {
+        REASON_FIRST_USE => FetchReason::FirstUse,
+        REASON_REJECTED => FetchReason::Rejected {
+            credential_age: Duration::from_millis(r.credential_age_ms),
+        },
+        // Unknown (later) reasons read as the regular schedule.
+        _ => FetchReason::Scheduled,
+    };
+    let mut request = FetchRequest::new(reason, time_from_ffi(r.deadline));
+    if let ROption::RSome(repo) = r.repository {
+        request = request.for_repository(repo.into_string());
+    }
+    request
 }
 
 pub(crate) fn credential_from_ffi(c: FfiCredential) -> Credential {
@@ -188,8 +284,21 @@ impl FfiProvider for Wrapped {
             Some(p) => p.fetch(),
             None => Err(PluginError::new("provider already dropped")),
         });
+        match result.and_then(credential_to_ffi) {
+            Ok(c) => ROk(c),
+            Err(e) => RErr(to_ffi_error(e)),
+        }
+    }
+}
+
+impl FfiProviderV11 for Wrapped {
+    fn fetch_with(&self, request: FfiFetchRequest) -> RResult<FfiCredentialV11, FfiError> {
+        let result = guard(self.name, "fetch", || match &self.inner {
+            Some(p) => p.fetch_with(&request_from_ffi(request)),
+            None => Err(PluginError::new("provider already dropped")),
+        });
         match result {
-            Ok(c) => ROk(credential_to_ffi(c)),
+            Ok(c) => ROk(credential_to_ffi_v11(c)),
             Err(e) => RErr(to_ffi_error(e)),
         }
     }
@@ -207,6 +316,33 @@ extern "C" fn create<F: ProviderFactory>(raw: RStr<'_>) -> RResult<FfiProviderBo
         let opts = ProviderOpts::parse(F::NAME, raw.as_str(), F::OPTIONS)?;
         F::create(&opts)
     });
+    wrap_created::<F>(result)
+}
+
+extern "C" fn create_with<F: ProviderFactory>(
+    raw: RStr<'_>,
+    context: FfiCreateContext,
+) -> RResult<FfiProviderV11Box, FfiError> {
+    let result = guard(F::NAME, "create", || {
+        let opts = ProviderOpts::parse(F::NAME, raw.as_str(), F::OPTIONS)?;
+        let context = CreateContext::new(context.registry.into_string(), context.url.into_string());
+        F::create_with(&opts, &context)
+    });
+    match result {
+        Ok(p) => ROk(FfiProviderV11_TO::from_value(
+            Wrapped {
+                name: F::NAME,
+                inner: Some(p),
+            },
+            TD_Opaque,
+        )),
+        Err(e) => RErr(to_ffi_error(e)),
+    }
+}
+
+fn wrap_created<F: ProviderFactory>(
+    result: Result<Box<dyn Provider>, PluginError>,
+) -> RResult<FfiProviderBox, FfiError> {
     match result {
         Ok(p) => ROk(FfiProvider_TO::from_value(
             Wrapped {
@@ -365,6 +501,11 @@ macro_rules! __export_provider_with_abi_version {
         pub static __OCIREGISTRY_PLUGIN_ABI_VERSION: [u8; $crate::abi::ABI_TAG_LEN] =
             $crate::abi::abi_tag($version);
 
+        /// The plugin-api 1.1 entry points of this plugin.
+        #[unsafe(export_name = "ociregistry_plugin_ext_v1_1")]
+        pub static __OCIREGISTRY_PLUGIN_EXT_V1_1: $crate::abi::PluginExtV11Export =
+            $crate::__private::ext_v11::<$factory>();
+
         /// The abi_stable root module of this plugin.
         #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
         pub static __OCIREGISTRY_PLUGIN_ROOT_MODULE:
@@ -400,9 +541,47 @@ mod tests {
     fn credential_round_trips_and_keeps_expiry() {
         let at = UNIX_EPOCH + Duration::from_secs(42);
         let c = Credential::basic("AWS", "pw").expiring_at(at);
-        assert_eq!(credential_from_ffi(credential_to_ffi(c.clone())), c);
+        assert_eq!(
+            credential_from_ffi(credential_to_ffi(c.clone()).unwrap()),
+            c
+        );
         let b = Credential::bearer("tok");
-        assert_eq!(credential_from_ffi(credential_to_ffi(b.clone())), b);
+        assert_eq!(
+            credential_from_ffi(credential_to_ffi(b.clone()).unwrap()),
+            b
+        );
+        for c in [
+            Credential::basic("AWS", "pw").expiring_at(at),
+            Credential::bearer("tok").for_repository_only(),
+            Credential::identity_token("refresh"),
+        ] {
+            assert_eq!(
+                credential_from_ffi_v11(credential_to_ffi_v11(c.clone())).unwrap(),
+                c
+            );
+        }
+        assert!(credential_to_ffi(Credential::identity_token("r")).is_err());
+        let mut unknown = credential_to_ffi_v11(Credential::bearer("t"));
+        unknown.kind = 9;
+        let e = credential_from_ffi_v11(unknown).unwrap_err().to_string();
+        assert!(e.contains("credential kind 9, unknown to this host"), "{e}");
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let deadline = UNIX_EPOCH + Duration::from_secs(99);
+        for r in [
+            FetchRequest::new(FetchReason::Scheduled, deadline),
+            FetchRequest::new(FetchReason::FirstUse, deadline).for_repository("team/app"),
+            FetchRequest::new(
+                FetchReason::Rejected {
+                    credential_age: Duration::from_millis(1500),
+                },
+                deadline,
+            ),
+        ] {
+            assert_eq!(request_from_ffi(request_to_ffi(&r)), r);
+        }
     }
 
     #[test]

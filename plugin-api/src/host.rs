@@ -24,11 +24,12 @@ use abi_stable::std_types::{RResult, RStr};
 use tracing::level_filters::LevelFilter;
 
 use crate::abi::{
-    ABI_TAG_LEN, ABI_VERSION_SYMBOL, ABI_VERSION_SYMBOL_NUL, FfiLogLevel, FfiLogSink,
-    FfiProviderBox, PluginRootRef, abi_compatible, parse_abi_tag,
+    ABI_TAG_LEN, ABI_VERSION_SYMBOL, ABI_VERSION_SYMBOL_NUL, EXT_V11_SYMBOL, EXT_V11_SYMBOL_NUL,
+    FfiCreateContext, FfiLogLevel, FfiLogSink, FfiProviderBox, FfiProviderV11Box, PluginExtV11,
+    PluginExtV11Export, PluginRootRef, abi_compatible, parse_abi_tag,
 };
-use crate::export::{credential_from_ffi, from_ffi_error};
-use crate::{Credential, PluginError, ProviderOpts};
+use crate::export::{credential_from_ffi, credential_from_ffi_v11, from_ffi_error, request_to_ffi};
+use crate::{CreateContext, Credential, FetchReason, FetchRequest, PluginError, ProviderOpts};
 
 /// The plugin-api ABI version this host speaks (`MAJOR.MINOR`). It accepts plugins of the
 /// same major version and an equal or lower minor version.
@@ -292,6 +293,8 @@ pub struct Plugin {
 
 struct PluginInner {
     root: PluginRootRef,
+    /// The 1.1 entry points; None for a 1.0 plugin.
+    ext_v11: Option<&'static PluginExtV11>,
     info: PluginInfo,
 }
 
@@ -316,6 +319,47 @@ fn one_line(text: &str, path: &Path) -> String {
         s = s.chars().take(MAX).collect::<String>() + "...";
     }
     s
+}
+
+/// abi_stable's layout-check report (a multi-kilobyte dump of both type trees) as one line:
+/// the first error, the plugin-api type it was found in, and what to do.
+fn layout_mismatch(report: &str, path: &Path) -> String {
+    let crate_major = env!("CARGO_PKG_VERSION")
+        .rsplit_once('.')
+        .map(|(major, _)| major)
+        .unwrap_or("0.1");
+    let report = report.split_whitespace().collect::<Vec<_>>().join(" ");
+    let report = report.as_str();
+    let Some(at) = report.find("Error:") else {
+        return one_line(report, path);
+    };
+    let error: String = report[at + "Error:".len()..]
+        .split(" Expected")
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .take(12)
+        .collect::<Vec<_>>()
+        .join(" ");
+    // The compared type: the first one after the last "Layout of expected type:" before
+    // the error (abi_stable prints the expected layout, then the found one, then errors).
+    let before = &report[..at];
+    let from = before
+        .rfind("Layout of expected type:")
+        .map_or(0, |i| i + "Layout of expected type:".len());
+    let ty = before[from..]
+        .split("type:")
+        .nth(1)
+        .and_then(|rest| rest.split(" size:").next())
+        .filter(|name| !name.is_empty() && !name.contains(' '));
+    let what = match ty {
+        Some(ty) => format!("type {ty} differs from this host's ({error})"),
+        None => format!("its types differ from this host's ({error})"),
+    };
+    one_line(
+        &format!("{what}; rebuild it against plugin-api {crate_major}.x"),
+        path,
+    )
 }
 
 impl Plugin {
@@ -362,11 +406,45 @@ impl Plugin {
             });
         }
 
+        let ext_v11 = if abi_compatible(&found, "1.1") {
+            // SAFETY: a plugin tagged 1.1 or later exports this symbol as a
+            // `PluginExtV11Export` static (its name and type are fixed for the 1.x ABIs); the
+            // library is leaked, so the reference stays valid. Only `layout`, a plain
+            // reference to the layout the plugin was built with, is read before abi_stable's
+            // checker has compared it with ours.
+            let export: &'static PluginExtV11Export = unsafe {
+                match raw.get::<*const PluginExtV11Export>(EXT_V11_SYMBOL_NUL) {
+                    Ok(sym) => &**sym,
+                    Err(_) => {
+                        return Err(LoadError::Incompatible {
+                            path,
+                            found,
+                            expected: ABI_VERSION.to_owned(),
+                            reason: format!("no `{EXT_V11_SYMBOL}` symbol"),
+                        });
+                    }
+                }
+            };
+            abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+                <PluginExtV11 as abi_stable::StableAbi>::LAYOUT,
+                export.layout,
+            )
+            .map_err(|e| LoadError::Incompatible {
+                reason: layout_mismatch(&e.to_string(), &path),
+                path: path.clone(),
+                found: found.clone(),
+                expected: ABI_VERSION.to_owned(),
+            })?;
+            Some(&export.ext)
+        } else {
+            None
+        };
+
         // SAFETY: `raw` is leaked above, so the 'static references inside the header stay
         // valid; the symbol's type is checked by abi_stable's header validation.
         let header =
             unsafe { lib_header_from_raw_library(raw) }.map_err(|e| LoadError::Incompatible {
-                reason: one_line(&e.to_string(), &path),
+                reason: layout_mismatch(&e.to_string(), &path),
                 path: path.clone(),
                 found: found.clone(),
                 expected: ABI_VERSION.to_owned(),
@@ -379,7 +457,7 @@ impl Plugin {
                     path: path.clone(),
                 },
                 other => LoadError::Incompatible {
-                    reason: one_line(&other.to_string(), &path),
+                    reason: layout_mismatch(&other.to_string(), &path),
                     path: path.clone(),
                     found: found.clone(),
                     expected: ABI_VERSION.to_owned(),
@@ -414,7 +492,11 @@ impl Plugin {
             });
         }
         Ok(Plugin {
-            inner: Arc::new(PluginInner { root, info }),
+            inner: Arc::new(PluginInner {
+                root,
+                ext_v11,
+                info,
+            }),
         })
     }
 
@@ -443,15 +525,39 @@ impl Plugin {
     /// Creates a provider instance from a `providerOpts` string. Blocking: a plugin may do
     /// I/O here (the ECR plugin loads the AWS configuration).
     pub fn create(&self, provider_opts: &str) -> Result<ProviderHandle, PluginError> {
-        match (self.inner.root.create())(RStr::from_str(provider_opts)) {
-            RResult::ROk(provider) => Ok(ProviderHandle {
-                inner: Arc::new(HandleInner {
-                    provider,
-                    plugin: self.clone(),
-                }),
+        self.create_with(provider_opts, &CreateContext::new("", ""))
+    }
+
+    /// Creates a provider instance for the registry entry in `context`. A 1.1 plugin gets
+    /// the context; a 1.0 plugin's `create` is called with the options alone.
+    pub fn create_with(
+        &self,
+        provider_opts: &str,
+        context: &CreateContext,
+    ) -> Result<ProviderHandle, PluginError> {
+        let opts = RStr::from_str(provider_opts);
+        let provider = match self.inner.ext_v11 {
+            Some(ext) => {
+                let context = FfiCreateContext {
+                    registry: context.registry.as_str().into(),
+                    url: context.url.as_str().into(),
+                };
+                match (ext.create_with)(opts, context) {
+                    RResult::ROk(p) => Instance::V11(p),
+                    RResult::RErr(e) => return Err(from_ffi_error(e)),
+                }
+            }
+            None => match (self.inner.root.create())(opts) {
+                RResult::ROk(p) => Instance::V10(p),
+                RResult::RErr(e) => return Err(from_ffi_error(e)),
+            },
+        };
+        Ok(ProviderHandle {
+            inner: Arc::new(HandleInner {
+                provider,
+                plugin: self.clone(),
             }),
-            RResult::RErr(e) => Err(from_ffi_error(e)),
-        }
+        })
     }
 }
 
@@ -464,8 +570,14 @@ pub struct ProviderHandle {
 
 struct HandleInner {
     // Field order: the provider is dropped before the plugin handle.
-    provider: FfiProviderBox,
+    provider: Instance,
     plugin: Plugin,
+}
+
+/// A provider instance as its plugin's ABI made it.
+enum Instance {
+    V10(FfiProviderBox),
+    V11(FfiProviderV11Box),
 }
 
 impl fmt::Debug for ProviderHandle {
@@ -480,10 +592,27 @@ impl ProviderHandle {
     /// Gets a credential. Blocking, possibly for long (network calls, or a broken plugin
     /// that hangs): call it on a blocking thread with a timeout. A panic in the plugin comes
     /// back as an error of kind [`crate::PluginErrorKind::Panicked`].
+    ///
+    /// The same as [`ProviderHandle::fetch_with`] with no repository, reason
+    /// [`FetchReason::FirstUse`] and a deadline an hour away.
     pub fn fetch(&self) -> Result<Credential, PluginError> {
-        match self.inner.provider.fetch() {
-            RResult::ROk(c) => Ok(credential_from_ffi(c)),
-            RResult::RErr(e) => Err(from_ffi_error(e)),
+        let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        self.fetch_with(&FetchRequest::new(FetchReason::FirstUse, deadline))
+    }
+
+    /// Gets a credential for `request`. A 1.1 plugin sees the request; for a 1.0 plugin
+    /// its `fetch` is called. Blocking, like [`ProviderHandle::fetch`]. A credential kind
+    /// this host does not know is an error.
+    pub fn fetch_with(&self, request: &FetchRequest) -> Result<Credential, PluginError> {
+        match &self.inner.provider {
+            Instance::V11(p) => match p.fetch_with(request_to_ffi(request)) {
+                RResult::ROk(c) => credential_from_ffi_v11(c),
+                RResult::RErr(e) => Err(from_ffi_error(e)),
+            },
+            Instance::V10(p) => match p.fetch() {
+                RResult::ROk(c) => Ok(credential_from_ffi(c)),
+                RResult::RErr(e) => Err(from_ffi_error(e)),
+            },
         }
     }
 
@@ -581,6 +710,8 @@ mod tests {
         assert!(abi_compatible("1.0", "1.0"));
         assert!(abi_compatible("1.2", "1.0"));
         assert!(!abi_compatible("1.0", "1.1"));
+        assert!(abi_compatible("1.1", "1.0"));
+        assert!(abi_compatible("1.1", "1.1"));
         assert!(!abi_compatible("1.0", "2.0"));
         assert!(!abi_compatible("1.0", "x"));
         let tag = crate::abi::abi_tag("2.0");
@@ -605,6 +736,34 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "plugin /x/libz.so: not an ociregistry plugin (no `ociregistry_plugin_abi_version` symbol)"
+        );
+    }
+
+    #[test]
+    fn layout_mismatches_are_one_line() {
+        let report = "Compared <this>: --- Type Layout --- type:PrefixRef<'a, PluginRoot> size:8 align:8 package:'abi_stable' version:'0.11.3' data: Struct with Fields: field_name:0 type:PluginRoot size:24 align:8 package:'ociregistry-plugin-api' version:'0.1.0' field_name:create type:AFunctionPointer size:8 align:8 package:'abi_stable' version:'0.11.3'\n Layout of expected type: --- Type Layout --- type:FfiProvider_TO<'lt> size:24 align:8 package:'ociregistry-plugin-api' version:'0.1.0' field_name:obj type:RObject<'lt> size:24\nError:too many fields Expected: 4 Found: 3 0 error(s)inside: <other> ...";
+        let line = layout_mismatch(report, Path::new("/p/libx.so"));
+        assert_eq!(
+            line,
+            "type FfiProvider_TO<'lt> differs from this host's (too many fields); rebuild it against plugin-api 0.1.x"
+        );
+        // A real report from abi_stable's checker.
+        let real = abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+            <crate::abi::FfiCreateContext as abi_stable::StableAbi>::LAYOUT,
+            <crate::abi::FfiFetchRequest as abi_stable::StableAbi>::LAYOUT,
+        )
+        .unwrap_err()
+        .to_string();
+        let line = layout_mismatch(&real, Path::new("/p/libx.so"));
+        assert!(line.starts_with("type FfiCreateContext differs"), "{line}");
+        assert!(line.len() < 300 && !line.contains('\n'), "{line}");
+        assert!(
+            line.ends_with("rebuild it against plugin-api 0.1.x"),
+            "{line}\n{real}"
+        );
+        assert_eq!(
+            layout_mismatch("something\nelse", Path::new("/p/libx.so")),
+            "something else"
         );
     }
 

@@ -14,10 +14,12 @@ mod export;
 #[allow(unsafe_code)]
 pub mod host;
 mod opts;
+mod request;
 
 pub use credential::{Credential, CredentialKind, Secret};
 pub use error::{PluginError, PluginErrorKind};
 pub use opts::{OptionSpec, ProviderOpts};
+pub use request::{CreateContext, FetchReason, FetchRequest};
 
 /// Re-exported so that plugins log without depending on `tracing` themselves. Events
 /// logged inside a plugin (by the plugin or by its dependencies, e.g. the AWS SDK) reach the
@@ -37,6 +39,14 @@ pub trait Provider: Send + Sync + 'static {
     /// Gets a credential. Blocking. A panic is caught and reported to the host as an
     /// error, but return an error instead where you can. Never put a secret in an error.
     fn fetch(&self) -> Result<Credential, PluginError>;
+
+    /// Gets a credential for `request` (plugin-api 1.1: the repository being pulled, the
+    /// reason, the deadline). The default calls [`Provider::fetch`]; override it when the
+    /// credential depends on the repository or the reason. Hosts of ABI 1.1 call this one.
+    fn fetch_with(&self, request: &FetchRequest) -> Result<Credential, PluginError> {
+        let _ = request;
+        self.fetch()
+    }
 }
 
 /// The factory a plugin exports with [`export_provider!`]: metadata, and `create`.
@@ -56,6 +66,17 @@ pub trait ProviderFactory: 'static {
     /// this provider; may block (e.g. to read configuration).
     fn create(opts: &ProviderOpts) -> Result<Box<dyn Provider>, PluginError>;
 
+    /// Creates a provider for the registry entry in `context` (plugin-api 1.1: its name
+    /// and URL). The default calls [`ProviderFactory::create`]. Hosts of ABI 1.1 call this
+    /// one.
+    fn create_with(
+        opts: &ProviderOpts,
+        context: &CreateContext,
+    ) -> Result<Box<dyn Provider>, PluginError> {
+        let _ = context;
+        Self::create(opts)
+    }
+
     /// Whether a log event at `level` from `target` inside the plugin (the plugin's own or a
     /// dependency's) may be sent to the host, on top of the host's own level. Override it to
     /// keep out dependencies' verbose events that may print secrets (the AWS SDK's `TRACE`
@@ -68,5 +89,5 @@ pub trait ProviderFactory: 'static {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::export::{abi_stable, lib_header};
+    pub use crate::export::{abi_stable, ext_v11, lib_header};
 }

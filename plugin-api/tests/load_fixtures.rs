@@ -10,7 +10,9 @@ use std::sync::Mutex;
 
 use fixture_plugins::{build_fixture_plugins, install_plugins, plugin_file};
 use ociregistry_plugin_api::host::{self, FindError, LoadError, LogLevel, LogRecord, Plugin};
-use ociregistry_plugin_api::{Credential, CredentialKind, PluginErrorKind};
+use ociregistry_plugin_api::{
+    CreateContext, Credential, CredentialKind, FetchReason, FetchRequest, PluginErrorKind,
+};
 
 fn fixtures() -> PathBuf {
     build_fixture_plugins().expect("fixture plugins build")
@@ -49,6 +51,69 @@ fn metadata_and_fetch() {
     let a2 = a.clone();
     let t = std::thread::spawn(move || a2.fetch().unwrap());
     assert_eq!(t.join().unwrap().kind, Credential::bearer("count-3").kind);
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_0_loads_and_fetches() {
+    assert_eq!(host::ABI_VERSION, "1.1");
+    let p = load("fixture_v10");
+    assert_eq!(p.info().abi_version, "1.0");
+    assert_eq!(p.name(), "v10");
+    // The 1.1 calls fall back to the 1.0 entries.
+    let h = p
+        .create_with(
+            "user=me",
+            &CreateContext::new("r.example", "https://r.example"),
+        )
+        .unwrap();
+    let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    let request = FetchRequest::new(FetchReason::FirstUse, deadline).for_repository("a/b");
+    assert_eq!(
+        h.fetch_with(&request).unwrap(),
+        Credential::basic("me", "v10-1")
+    );
+    assert_eq!(h.fetch().unwrap(), Credential::basic("me", "v10-2"));
+    let e = p.create("nope=1").unwrap_err();
+    assert_eq!(e.kind(), PluginErrorKind::InvalidOptions);
+}
+
+#[test]
+fn a_1_1_plugin_gets_the_create_and_fetch_context() {
+    let p = load("fixture_context");
+    assert_eq!(p.info().abi_version, "1.1");
+    let h = p
+        .create_with(
+            "kind=identity",
+            &CreateContext::new("r.example", "https://r.example:5000"),
+        )
+        .unwrap();
+    let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
+    let rejected = FetchRequest::new(
+        FetchReason::Rejected {
+            credential_age: std::time::Duration::from_millis(2500),
+        },
+        deadline,
+    )
+    .for_repository("team/app");
+    let c = h.fetch_with(&rejected).unwrap();
+    assert_eq!(
+        c,
+        Credential::identity_token(
+            "reg=r.example;url=https://r.example:5000;repo=team/app;reason=rejected:2500;left=30"
+        )
+    );
+    let h = p.create("kind=basic,perrepo=true").unwrap();
+    let c = h
+        .fetch_with(&FetchRequest::new(FetchReason::Scheduled, deadline))
+        .unwrap();
+    assert!(c.per_repository);
+    assert_eq!(
+        c.kind,
+        CredentialKind::Basic {
+            user: "ctx".into(),
+            secret: "reg=;url=;repo=-;reason=scheduled;left=30".into()
+        }
+    );
 }
 
 #[test]
@@ -158,7 +223,7 @@ fn scan_and_find() {
         "{msg}"
     );
     assert!(
-        msg.contains("built for plugin-api ABI 2.0, this host speaks 1.0"),
+        msg.contains("built for plugin-api ABI 2.0, this host speaks 1.1"),
         "{msg}"
     );
 

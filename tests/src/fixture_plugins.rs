@@ -1,5 +1,6 @@
 //! Building the test-fixture plugins (`tests/fixtures/`): `panic`, `hang`, `flaky`,
-//! `counter` and `otherabi`. See each crate's doc comment for its options.
+//! `counter`, `otherabi`, `v10` (built against a frozen copy of plugin-api ABI 1.0) and
+//! `context` (echoes the 1.1 create and fetch context). See each crate's doc comment for its options.
 //!
 //! They form their own cargo workspace and are built into `<repo>/target/fixtures`, never
 //! next to the real binary. The build runs once per test process; concurrent test
@@ -16,6 +17,8 @@ pub const FIXTURES: &[&str] = &[
     "fixture_flaky",
     "fixture_counter",
     "fixture_otherabi",
+    "fixture_v10",
+    "fixture_context",
 ];
 
 /// The repository root (the parent of the crate that includes this file).

@@ -23,6 +23,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct TokenServerOptions {
     /// When set, a token is issued only for these Basic credentials (else 401).
     pub require_basic: Option<(String, String)>,
+    /// When set, a token is issued only for an OAuth2 `POST` with `grant_type=refresh_token`
+    /// and this `refresh_token` (docker's identity-token flow), or, when `require_basic` is
+    /// set too, for those Basic credentials.
+    pub require_refresh_token: Option<String>,
     /// Token lifetime in seconds (`expires_in`).
     pub expires_in: u64,
     /// `service` (JWT `aud`) — must match distribution's `auth.token.service`.
@@ -35,6 +39,7 @@ impl Default for TokenServerOptions {
     fn default() -> Self {
         TokenServerOptions {
             require_basic: None,
+            require_refresh_token: None,
             expires_in: 300,
             service: "ociregistry-e2e-registry".into(),
             issuer: "ociregistry-e2e-issuer".into(),
@@ -52,6 +57,8 @@ pub struct TokenRequest {
     pub user: Option<String>,
     /// Whether a token was issued.
     pub granted: bool,
+    /// The OAuth2 `grant_type` of a POST.
+    pub grant_type: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -363,9 +370,27 @@ async fn handle(sh: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         .filter(|(k, _)| k == "scope")
         .map(|(_, v)| v.clone())
         .collect();
-    let authorized = match &sh.opts.require_basic {
+    let form_value = |k: &str| pairs.iter().find(|(fk, _)| fk == k).map(|(_, v)| v.clone());
+    let grant_type = if method == "POST" {
+        form_value("grant_type")
+    } else {
+        None
+    };
+    let refresh_ok = match &sh.opts.require_refresh_token {
+        None => true,
+        Some(expected) => {
+            grant_type.as_deref() == Some("refresh_token")
+                && form_value("refresh_token").as_ref() == Some(expected)
+        }
+    };
+    let basic_ok = match &sh.opts.require_basic {
         None => true,
         Some(expected) => creds.as_ref() == Some(expected),
+    };
+    // With both set, either authorizes (the rig seeds images with the Basic pair).
+    let authorized = match (&sh.opts.require_refresh_token, &sh.opts.require_basic) {
+        (Some(_), Some(_)) => refresh_ok || basic_ok,
+        _ => refresh_ok && basic_ok,
     };
     let mut rec = TokenRequest {
         method,
@@ -373,6 +398,7 @@ async fn handle(sh: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         scopes: scopes.clone(),
         user: creds.map(|(u, _)| u),
         granted: false,
+        grant_type,
     };
     if !authorized {
         sh.state.lock().expect("lock").requests.push(rec);

@@ -26,6 +26,9 @@ pub enum UpstreamAuth {
     /// endpoint demand these credentials (else it issues tokens to anyone).
     Token {
         require_basic: Option<(String, String)>,
+        /// The token endpoint demands this identity (refresh) token in an OAuth2
+        /// `grant_type=refresh_token` POST.
+        require_refresh_token: Option<String>,
     },
 }
 
@@ -88,6 +91,20 @@ impl Upstream {
     pub fn token(creds: Option<(&str, &str)>) -> Upstream {
         Upstream::start(UpstreamAuth::Token {
             require_basic: creds.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            require_refresh_token: None,
+        })
+    }
+
+    /// Bearer-token upstream whose token endpoint issues tokens only for `refresh_token`
+    /// in an OAuth2 refresh-token POST (docker's identity-token flow), and for a random
+    /// Basic pair the rig seeds images with (`credentials()`).
+    pub fn token_with_refresh_token(refresh_token: &str) -> Upstream {
+        Upstream::start(UpstreamAuth::Token {
+            require_basic: Some((
+                "rig-seeder".to_owned(),
+                format!("seed-{:016x}", fastrand::u64(..)),
+            )),
+            require_refresh_token: Some(refresh_token.to_owned()),
         })
     }
 
@@ -141,8 +158,12 @@ impl Upstream {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
         let token_server = match &auth {
-            UpstreamAuth::Token { require_basic } => Some(TokenServer::start(TokenServerOptions {
+            UpstreamAuth::Token {
+                require_basic,
+                require_refresh_token,
+            } => Some(TokenServer::start(TokenServerOptions {
                 require_basic: require_basic.clone(),
+                require_refresh_token: require_refresh_token.clone(),
                 ..TokenServerOptions::default()
             })),
             _ => None,
@@ -310,7 +331,7 @@ impl Upstream {
         match &self.auth {
             UpstreamAuth::Anonymous => None,
             UpstreamAuth::Htpasswd { user, password } => Some((user.clone(), password.clone())),
-            UpstreamAuth::Token { require_basic } => require_basic.clone(),
+            UpstreamAuth::Token { require_basic, .. } => require_basic.clone(),
         }
     }
 

@@ -655,6 +655,33 @@ fn counter_provider_fetches_once_and_refreshes_once_on_401() {
     );
 }
 
+/// A plugin built against plugin-api ABI 1.0 (the frozen 0.1.0 copy) is served by this
+/// 1.1 host: loaded, created without the 1.1 context, fetched, and its credential accepted
+/// by an htpasswd upstream.
+#[test]
+fn a_plugin_built_for_abi_1_0_serves_pulls() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let plugins = plugin_dir(&[], &["fixture_v10"]);
+    // The v10 fixture answers Basic <user> / v10-<n>: the first credential is the right one.
+    let user = format!("old{:08x}", fastrand::u32(..));
+    let up = Upstream::htpasswd(&user, "v10-1");
+    let repo = images::unique_repo("v10");
+    let img = images::seed(&up, &repo, "v1", ImageKind::small_oci());
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
+            &up.host(),
+            &format!("provider: v10, providerOpts: \"user={user}\", expiry: 6h"),
+        ))
+        .default_ns(&up.host())
+        .start();
+    wait_log_count(&proxy, "credential refreshed", 1, Duration::from_secs(10));
+    let reference = format!("{}/{}:{}", proxy.host(), img.repo, img.tag);
+    skopeo::pull_and_verify(&reference, &img, "");
+}
+
 /// A plugin built for another plugin-api ABI: refused at start with one line naming the
 /// file and both versions.
 #[test]
@@ -667,7 +694,7 @@ fn plugin_for_another_abi_is_refused_with_one_line() {
     let file = fixture_plugins::plugin_file(plugins.path(), "fixture_otherabi");
     let lines = log_lines_with(
         &run.stderr,
-        &["built for plugin-api ABI 2.0, this host speaks 1.0"],
+        &["built for plugin-api ABI 2.0, this host speaks 1.1"],
     );
     assert_eq!(
         lines.len(),
@@ -784,7 +811,10 @@ fn static_token_needs_no_plugin() {
 
 #[test]
 fn providers_lists_plugins_and_failures_as_table_and_json() {
-    let plugins = plugin_dir(&["ecr", "file"], &["fixture_counter", "fixture_otherabi"]);
+    let plugins = plugin_dir(
+        &["ecr", "file"],
+        &["fixture_counter", "fixture_otherabi", "fixture_v10"],
+    );
     let junk = plugins.path().join("not-a-plugin.so");
     let bytes: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
     std::fs::write(&junk, bytes).expect("write junk");
@@ -796,12 +826,13 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
         &["--plugin-dir".into(), dir.clone(), "providers".into()],
         Duration::from_secs(20),
     );
-    assert_eq!(run.code, Some(0), "providers: {}", run.stderr);
+    // Files failed to load (junk, otherabi): listed, and the exit code says so.
+    assert_eq!(run.code, Some(1), "providers: {}", run.stderr);
     let out = &run.stdout;
     assert!(
         out.lines()
             .next()
-            .is_some_and(|l| l.contains(path_str(plugins.path())) && l.contains("ABI 1.0")),
+            .is_some_and(|l| l.contains(path_str(plugins.path())) && l.contains("ABI 1.1")),
         "first line names the directory and the host ABI:\n{out}"
     );
     let header = out
@@ -845,11 +876,13 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
             "{name}: version {}",
             r[1]
         );
-        assert_eq!(r[2], "1.0", "{name}: ABI");
+        assert_eq!(r[2], "1.1", "{name}: ABI");
         assert_eq!(r[3], opts, "{name}: options");
         assert_eq!(r[4], file, "{name}: file");
     }
     assert_eq!(row("counter")[1], "0.1.0", "counter fixture version");
+    // A plugin built against plugin-api ABI 1.0 is listed with its ABI.
+    assert_eq!(row("v10")[2], "1.0", "v10 fixture: ABI");
     assert!(
         !out.lines().any(|l| l.starts_with("otherabi")),
         "the otherabi plugin is not listed as usable:\n{out}"
@@ -861,7 +894,7 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
         "one failure line for otherabi:\n{out}"
     );
     assert!(
-        fail_otherabi[0].contains("built for plugin-api ABI 2.0, this host speaks 1.0"),
+        fail_otherabi[0].contains("built for plugin-api ABI 2.0, this host speaks 1.1"),
         "otherabi failure reason: {}",
         fail_otherabi[0]
     );
@@ -888,19 +921,20 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
         ],
         Duration::from_secs(20),
     );
-    assert_eq!(run.code, Some(0), "providers --output json: {}", run.stderr);
+    assert_eq!(run.code, Some(1), "providers --output json: {}", run.stderr);
     let doc: serde_json::Value = serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", run.stdout));
-    assert_eq!(doc["hostAbiVersion"], "1.0");
+    assert_eq!(doc["hostAbiVersion"], "1.1");
     let providers = doc["providers"].as_array().expect("providers array");
     let names: Vec<&str> = providers
         .iter()
         .map(|p| p["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(names, ["counter", "ecr", "file"], "providers found");
+    assert_eq!(names, ["counter", "ecr", "file", "v10"], "providers found");
     for p in providers {
         let name = p["name"].as_str().unwrap_or_default();
-        assert_eq!(p["abiVersion"], "1.0", "{name}");
+        let abi = if name == "v10" { "1.0" } else { "1.1" };
+        assert_eq!(p["abiVersion"], abi, "{name}");
         assert_eq!(
             p["version"].as_str(),
             Some(row(name)[1].as_str()),
@@ -947,7 +981,7 @@ fn providers_lists_plugins_and_failures_as_table_and_json() {
     assert!(
         failure(&otherabi)["error"]
             .as_str()
-            .is_some_and(|e| e.contains("built for plugin-api ABI 2.0, this host speaks 1.0")),
+            .is_some_and(|e| e.contains("built for plugin-api ABI 2.0, this host speaks 1.1")),
         "otherabi failure: {}",
         failure(&otherabi)
     );
@@ -1134,4 +1168,208 @@ fn providers_check_reports_each_registry_without_secrets() {
         "error names the file: {}",
         reg("127.0.0.1:5005")
     );
+}
+
+/// Issue 14's rough edges for authors and operators: `providers --try`, `--check` with a
+/// hung provider exits, an expired credential is flagged, two files providing one name,
+/// `--wide`.
+#[test]
+fn providers_try_check_hung_expired_duplicates_and_wide() {
+    let plugins = plugin_dir(&[], &["fixture_counter", "fixture_hang"]);
+    let counter = fixture_plugins::plugin_file(plugins.path(), "fixture_counter");
+    let hang = fixture_plugins::plugin_file(plugins.path(), "fixture_hang");
+
+    // --try: loads one file, creates, fetches once; the secret is never printed.
+    let prefix = format!("try-secret-{:08x}-", fastrand::u32(..));
+    let run = run_ociregistry(
+        &[
+            "providers".into(),
+            "--try".into(),
+            counter.clone().into_os_string(),
+            format!("prefix={prefix},ttl=600").into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(0), "--try: {}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("provider counter 0.1.0 (plugin-api ABI 1.1, host 1.1)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "credential: bearer, secret of {} bytes (not shown)",
+            prefix.len() + 1
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("expires: ") && run.stdout.contains("(in 9m"),
+        "{}",
+        run.stdout
+    );
+    assert_no_secret(&run.stdout, "--try output", &[&format!("{prefix}1")]);
+    // An expired credential and a bad option are failures, each one line.
+    let run = run_ociregistry(
+        &[
+            "providers".into(),
+            "--try".into(),
+            counter.clone().into_os_string(),
+            "ttl=-5".into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout
+            .contains("FAILED: the credential has already expired"),
+        "{}",
+        run.stdout
+    );
+    let run = run_ociregistry(
+        &[
+            "providers".into(),
+            "--try".into(),
+            counter.clone().into_os_string(),
+            "nope=1".into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout.contains(
+            "FAILED: options: providerOpts for provider \"counter\": unknown option \"nope\""
+        ),
+        "{}",
+        run.stdout
+    );
+    // A hung fetch: --try gives up at its timeout and exits.
+    let started = Instant::now();
+    let run = run_ociregistry(
+        &[
+            "providers".into(),
+            "--try".into(),
+            hang.clone().into_os_string(),
+            "seconds=600".into(),
+            "--timeout".into(),
+            "1s".into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout
+            .contains("FAILED: fetch: did not return within 1s"),
+        "{}",
+        run.stdout
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // --check with a hung provider and an expired credential: both reported, exit 1, and
+    // the process ends although the hung call never returns.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pluginDir: \"{}\"\nregistries:\n\
+             - name: 127.0.0.1:5001\n  scheme: http\n  auth: {{token: {{provider: hang, providerOpts: \"seconds=600\", timeout: 1s}}}}\n\
+             - name: 127.0.0.1:5002\n  scheme: http\n  auth: {{token: {{provider: counter, providerOpts: \"ttl=-60\"}}}}\n",
+            plugins.path().display()
+        ),
+    )
+    .expect("write config");
+    let started = Instant::now();
+    let run = run_ociregistry(
+        &[
+            "--config-file".into(),
+            config.into_os_string(),
+            "providers".into(),
+            "--check".into(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "--check ends after the timeout"
+    );
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    let line = |name: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{}", run.stdout))
+            .to_owned()
+    };
+    assert!(
+        line("127.0.0.1:5001").contains("FAILED") && line("127.0.0.1:5001").contains("within"),
+        "{}",
+        line("127.0.0.1:5001")
+    );
+    assert!(
+        line("127.0.0.1:5002").contains("FLAGGED: the provider's credential expired 1m ago"),
+        "{}",
+        line("127.0.0.1:5002")
+    );
+
+    // Two files providing `counter`: one is used, the other listed as not used; --wide
+    // shows the option descriptions.
+    std::fs::copy(&counter, plugins.path().join("libzz_counter_copy.so")).expect("copy");
+    let run = run_ociregistry(
+        &[
+            "--plugin-dir".into(),
+            plugins.path().as_os_str().to_owned(),
+            "providers".into(),
+            "--wide".into(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(
+            "counter 0.1.0 in libzz_counter_copy.so: counter 0.1.0 in libfixture_counter.so is used"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.lines().any(|l| l.contains("counter")
+            && l.contains("log")
+            && l.contains("append one line per fetch to this file")),
+        "--wide shows option descriptions:\n{}",
+        run.stdout
+    );
+}
+
+/// A slow `create` does not hold the listener beyond a short grace: the server serves while
+/// it runs, and the registry's first fetch waits for it (within the provider timeout).
+#[test]
+fn a_slow_create_does_not_delay_the_listener() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let plugins = plugin_dir(&[], &["fixture_hang"]);
+    let open = Upstream::anonymous();
+    let repo = images::unique_repo("slowcreate");
+    let img = images::seed(&open, &repo, "v1", ImageKind::small_oci());
+    let started = Instant::now();
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
+            "127.0.0.1:9",
+            "provider: hang, providerOpts: \"in=create,seconds=6\", timeout: 20s",
+        ))
+        .upstream(&open)
+        .start();
+    proxy.pull_and_verify(Route::InPath(&open.host()), &img);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served {:?} after the start, while create still runs (6s)",
+        started.elapsed()
+    );
+    // The first fetch waited for create and got the credential.
+    wait_log_count(&proxy, "credential refreshed", 1, Duration::from_secs(30));
+    assert!(started.elapsed() >= Duration::from_secs(6));
 }

@@ -316,7 +316,13 @@ fn execute(cli: Cli) -> Result<ExitCode, FatalError> {
             runtime.shutdown_timeout(Duration::from_secs(1));
             served.map(|()| ExitCode::SUCCESS)
         }
-        Command::Providers(args) => runtime.block_on(providers::run(&settings, &args)),
+        Command::Providers(args) => {
+            let result = runtime.block_on(providers::run(&settings, &args));
+            // A `--check` fetch that timed out still runs on a blocking thread: it must not
+            // hold the exit (dropping the runtime would wait for it).
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            result
+        }
         Command::Load(args) if !args.archive.is_empty() => runtime.block_on(
             archive::load_archives(settings, &args.archive, args.as_name.as_deref()),
         ),

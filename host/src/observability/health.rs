@@ -172,6 +172,13 @@ pub fn readiness(
                     v["expiresAt"] = json!(crate::timefmt::format_system_time(at));
                     v["expiresInSeconds"] = json!(seconds_until(at));
                 }
+                if st.expiry_ignored {
+                    // Flagged rather than reported as a plain valid credential.
+                    v["expiryIgnored"] = json!(true);
+                    v["warning"] = json!(
+                        "the provider's expiry was already past (or too close) when fetched: it is ignored and the credential is refreshed every `expiry`"
+                    );
+                }
             } else if r.kind == "provider" {
                 v["state"] = json!("pending");
             }
@@ -347,6 +354,39 @@ mod tests {
         assert_eq!(entry["state"], "failing");
         assert_eq!(entry["lastError"], "region is not set");
         assert_eq!(entry["lastErrorKind"], "invalid_options");
+        managed.shutdown();
+    }
+
+    struct Expired;
+
+    impl crate::providers::CredentialFetcher for Expired {
+        fn fetch(
+            &self,
+        ) -> Result<ociregistry_plugin_api::Credential, crate::providers::ProviderError> {
+            Ok(ociregistry_plugin_api::Credential::bearer("expired-token")
+                .expiring_at(std::time::SystemTime::now() - std::time::Duration::from_secs(60)))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_already_expired_credential_is_flagged() {
+        let managed = ManagedCredential::spawn(
+            "prov.example".into(),
+            std::sync::Arc::new(Expired),
+            crate::providers::Schedule::default(),
+        );
+        assert!(managed.current().await.is_ok());
+        let regs = [RegistryCredential {
+            name: "prov.example".into(),
+            kind: "provider",
+            provider: Some("fixture".into()),
+            managed: Some(managed.clone()),
+        }];
+        let (_, body) = readiness(true, &Ok(()), &FS, &regs, &HashMap::new());
+        let entry = &body["registries"][0];
+        assert_eq!(entry["expiryIgnored"], true);
+        assert!(entry["warning"].as_str().unwrap().contains("already past"));
+        assert!(entry.get("expiresAt").is_none());
         managed.shutdown();
     }
 

@@ -3,6 +3,8 @@
 
 /// The name docker.io images are cached and configured under.
 pub const DOCKER_HUB: &str = "docker.io";
+/// The host Docker Hub's registry API is reached at.
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// The canonical name of a registry: the https default port is dropped (`quay.io:443` is
 /// `quay.io`: ad-hoc upstreams are https) and docker.io's aliases collapse to `docker.io`.

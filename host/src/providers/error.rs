@@ -77,7 +77,8 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
-    /// An error of `kind` from `provider`.
+    /// An error of `kind` from `provider`. The message is made one line
+    /// ([`one_line_message`]): it goes to logs, `--check` and `/readyz` as is.
     pub fn new(
         provider: impl Into<String>,
         kind: ProviderErrorKind,
@@ -86,7 +87,7 @@ impl ProviderError {
         ProviderError {
             provider: provider.into(),
             kind,
-            message: message.into(),
+            message: one_line_message(&message.into()),
         }
     }
 
@@ -107,9 +108,54 @@ impl ProviderError {
     }
 }
 
+/// The longest provider message kept, in characters; longer ones end with `...`.
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
+/// A plugin's message as one line: whitespace runs (newlines included) become one space,
+/// other control characters are escaped (`\u{1b}`), and it is cut at
+/// [`MAX_MESSAGE_CHARS`]. Plugins are third-party code: their text must not be able to
+/// forge log lines or terminal escapes.
+pub fn one_line_message(text: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    for word in text.split_whitespace() {
+        if count > 0 {
+            out.push(' ');
+            count += 1;
+        }
+        for c in word.chars() {
+            if count >= MAX_MESSAGE_CHARS {
+                out.push_str("...");
+                return out;
+            }
+            if c.is_control() {
+                out.extend(c.escape_unicode());
+            } else {
+                out.push(c);
+            }
+            count += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_one_capped_line_without_control_characters() {
+        let e = ProviderError::new(
+            "p",
+            ProviderErrorKind::Failed,
+            "first\nfake log line\r\n\u{1b}[31mred",
+        );
+        assert_eq!(e.to_string(), "first fake log line \\u{1b}[31mred");
+        let long = "x".repeat(2000);
+        let e = ProviderError::from_plugin("p", &PluginError::new(long));
+        assert_eq!(e.to_string().chars().count(), MAX_MESSAGE_CHARS + 3);
+        assert!(e.to_string().ends_with("..."));
+    }
 
     #[test]
     fn the_plugins_kind_and_message_are_kept() {

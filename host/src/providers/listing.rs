@@ -77,7 +77,7 @@ pub async fn check(settings: &Settings, loaded: &Loaded) -> Vec<Check> {
                 match providers::create_fetcher(
                     loaded,
                     &settings.plugin_dir,
-                    &r.name,
+                    r,
                     provider,
                     opts,
                     *timeout,

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ociregistry_plugin_api::Credential;
 use ociregistry_plugin_api::host::{self, Plugin, ProviderHandle};
+use ociregistry_plugin_api::{CreateContext, Credential, FetchReason, FetchRequest};
 
 use crate::config::{CredentialConfig, Settings};
 pub use error::{ProviderError, ProviderErrorKind};
@@ -76,30 +76,132 @@ pub struct Loaded {
     pub by_name: HashMap<String, Plugin>,
     /// Files that are not usable plugins.
     pub failures: Vec<(std::path::PathBuf, host::LoadError)>,
+    /// Plugins not used because another file provides the same name with a higher version
+    /// (or the same version and a file name sorting first): (not used, used).
+    pub shadowed: Vec<(Plugin, Plugin)>,
 }
 
-/// Loads every plugin in `dir`.
+/// A plugin's version as numbers for comparing (`0.10.1` > `0.9.3`); a part that is not a
+/// number (or a pre-release suffix) compares as 0.
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split(['-', '+'])
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect()
+}
+
+/// Loads every plugin in `dir`. When two files provide the same name, the one with the
+/// highest version is used (on a tie, the file name sorting first), with a warning naming
+/// both.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ProviderSetupError> {
     let scan = host::scan_dir(dir).map_err(|source| ProviderSetupError::Dir {
         dir: dir.display().to_string(),
         source,
     })?;
-    let mut by_name = HashMap::new();
+    let mut by_name: HashMap<String, Plugin> = HashMap::new();
+    let mut shadowed = Vec::new();
+    // `scan.plugins` is in file name order.
     for p in scan.plugins {
-        by_name.entry(p.info().name.clone()).or_insert(p);
+        let name = p.info().name.clone();
+        match by_name.remove(&name) {
+            None => {
+                by_name.insert(name, p);
+            }
+            Some(held) => {
+                let (used, unused) =
+                    if version_key(&p.info().version) > version_key(&held.info().version) {
+                        (p, held)
+                    } else {
+                        (held, p)
+                    };
+                tracing::warn!(
+                    provider = %name,
+                    used = %used.info().path.display(),
+                    used_version = %used.info().version,
+                    not_used = %unused.info().path.display(),
+                    not_used_version = %unused.info().version,
+                    "two plugin files provide the same provider; the highest version is used"
+                );
+                shadowed.push((unused, used.clone()));
+                by_name.insert(name, used);
+            }
+        }
     }
     Ok(Loaded {
         by_name,
         failures: scan.failures,
+        shadowed,
     })
 }
 
-/// What a provider's `create` gave, once it returned.
-type Created = Arc<std::sync::OnceLock<Result<ProviderHandle, ProviderError>>>;
+#[cfg(test)]
+mod tests {
+    use super::version_key;
 
-/// A provider instance as the scheduler's fetcher. Its `create` runs on its own thread; when
-/// it did not return within the provider timeout, every fetch fails with a clear reason
-/// until it does (then the provider is used as normal).
+    #[test]
+    fn versions_compare_as_numbers() {
+        assert!(version_key("0.10.0") > version_key("0.9.9"));
+        assert!(version_key("1.0.0") > version_key("0.99.0"));
+        assert_eq!(version_key("1.2.3-beta.1"), version_key("1.2.3"));
+        assert!(version_key("x") < version_key("0.0.1"));
+    }
+}
+
+/// What a provider's `create` gave, once it returned; fetches wait for it.
+type Created = Arc<CreatedSlot>;
+
+/// Set once by the thread running `create`; waited for (with a deadline) by fetches.
+#[derive(Default, Debug)]
+struct CreatedSlot {
+    value: std::sync::OnceLock<Result<ProviderHandle, ProviderError>>,
+    lock: std::sync::Mutex<()>,
+    changed: std::sync::Condvar,
+}
+
+impl CreatedSlot {
+    fn get(&self) -> Option<&Result<ProviderHandle, ProviderError>> {
+        self.value.get()
+    }
+
+    fn set(&self, value: Result<ProviderHandle, ProviderError>) {
+        let _ = self.value.set(value);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
+
+    /// The result, waiting for it until `deadline`.
+    fn wait_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> Option<&Result<ProviderHandle, ProviderError>> {
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(v) = self.value.get() {
+                return Some(v);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            guard = match self.changed.wait_timeout(guard, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
+/// How long the server start waits for the providers' `create` calls: refusals (bad
+/// options) come at once and stop the start; a slower `create` goes on in the background,
+/// and the first fetch waits for it (within the provider timeout).
+pub const CREATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A provider instance as the scheduler's fetcher. Its `create` runs on its own thread; a
+/// fetch waits for it until the fetch's deadline, then fails with a clear reason (and the
+/// next fetch waits again).
 struct PluginFetcher {
     provider: String,
     timeout: std::time::Duration,
@@ -108,10 +210,17 @@ struct PluginFetcher {
 
 impl CredentialFetcher for PluginFetcher {
     fn fetch(&self) -> Result<Credential, ProviderError> {
-        match self.created.get() {
+        let deadline = std::time::SystemTime::now() + self.timeout;
+        self.fetch_with(&FetchRequest::new(FetchReason::FirstUse, deadline))
+    }
+
+    fn fetch_with(&self, request: &FetchRequest) -> Result<Credential, ProviderError> {
+        let deadline = std::time::Instant::now() + request.time_left();
+        match self.created.wait_until(deadline) {
             Some(Ok(handle)) => handle
-                .fetch()
-                .map_err(|e| ProviderError::from_plugin(&self.provider, &e)),
+                .fetch_with(request)
+                .map_err(|e| ProviderError::from_plugin(&self.provider, &e))
+                .and_then(|c| usable(&self.provider, c)),
             Some(Err(error)) => Err(error.clone()),
             None => Err(ProviderError::new(
                 &self.provider,
@@ -126,6 +235,25 @@ impl CredentialFetcher for PluginFetcher {
     }
 }
 
+/// A credential with an empty secret is refused (an error of kind `failed`), so that
+/// `--check`, `/readyz` and the metrics flag it instead of reporting it valid.
+fn usable(provider: &str, credential: Credential) -> Result<Credential, ProviderError> {
+    use ociregistry_plugin_api::CredentialKind;
+    let secret = match &credential.kind {
+        CredentialKind::Basic { secret, .. } => Some(secret),
+        CredentialKind::Bearer { token } | CredentialKind::IdentityToken { token } => Some(token),
+        _ => None,
+    };
+    if secret.is_some_and(|s| s.expose().is_empty()) {
+        return Err(ProviderError::new(
+            provider,
+            ProviderErrorKind::Failed,
+            format!("provider \"{provider}\" returned a credential with an empty secret"),
+        ));
+    }
+    Ok(credential)
+}
+
 /// A provider's `create` started on its own thread ([`begin_create`]).
 #[derive(Debug)]
 pub struct PendingCreate {
@@ -135,13 +263,25 @@ pub struct PendingCreate {
     done: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// The URL a registry entry is reached at, as providers see it in their create context
+/// (`docker.io` is `https://registry-1.docker.io`).
+pub fn registry_url(registry: &crate::config::Registry) -> String {
+    let host = if registry.name == crate::oci::registry::DOCKER_HUB {
+        crate::oci::registry::DOCKER_HUB_API
+    } else {
+        registry.name.as_str()
+    };
+    format!("{}://{host}", registry.scheme)
+}
+
 /// Finds the provider of one registry entry and starts its `create(providerOpts)` on a
 /// thread of its own (a plugin may block there, or hang); [`PendingCreate::finish`] waits
-/// for it with a timeout.
+/// for it with a timeout. A plugin of plugin-api 1.1 gets the entry's name and `url`.
 pub fn begin_create(
     loaded: &Loaded,
     dir: &Path,
     registry: &str,
+    url: &str,
     provider: &str,
     opts: &str,
 ) -> Result<PendingCreate, ProviderSetupError> {
@@ -180,15 +320,16 @@ pub fn begin_create(
     let (tx, done) = tokio::sync::oneshot::channel();
     let (plugin, opts, slot) = (plugin.clone(), opts.to_owned(), Arc::clone(&created));
     let name = provider.to_owned();
+    let context = CreateContext::new(registry, url);
     // A plain thread, not the blocking pool: a create that never returns must not hold up
     // the runtime's shutdown.
     std::thread::Builder::new()
         .name(format!("create-{provider}"))
         .spawn(move || {
             let created = plugin
-                .create(&opts)
+                .create_with(&opts, &context)
                 .map_err(|e| ProviderError::from_plugin(name, &e));
-            let _ = slot.set(created);
+            slot.set(created);
             let _ = tx.send(());
         })
         .map_err(|e| ProviderSetupError::Create {
@@ -230,7 +371,7 @@ impl PendingCreate {
                     registry = %self.registry,
                     provider = %self.provider,
                     timeout = %crate::duration::format(timeout),
-                    "provider create did not return in time; this registry's credential fails until it does"
+                    "provider create did not return in time; going on without it: this registry's fetches wait for it (each up to the timeout) and fail until it returns"
                 );
             }
         }
@@ -247,12 +388,13 @@ impl PendingCreate {
 pub async fn create_fetcher(
     loaded: &Loaded,
     dir: &Path,
-    registry: &str,
+    registry: &crate::config::Registry,
     provider: &str,
     opts: &str,
     timeout: std::time::Duration,
 ) -> Result<Arc<dyn CredentialFetcher>, ProviderSetupError> {
-    begin_create(loaded, dir, registry, provider, opts)?
+    let url = registry_url(registry);
+    begin_create(loaded, dir, &registry.name, &url, provider, opts)?
         .finish(tokio::time::Instant::now() + timeout, timeout)
         .await
 }
@@ -288,13 +430,17 @@ pub async fn start(
             &loaded,
             &settings.plugin_dir,
             &registry.name,
+            &registry_url(registry),
             provider,
             opts,
         )?;
         pending.push((registry, provider, every, timeout, create));
     }
     for (registry, provider, every, timeout, create) in pending {
-        let fetcher = create.finish(began + timeout, timeout).await?;
+        // Slow creates do not hold the start (the listener) longer than the grace.
+        let fetcher = create
+            .finish(began + timeout.min(CREATE_GRACE), timeout)
+            .await?;
         let schedule = Schedule {
             every,
             fetch_timeout: timeout,
@@ -303,7 +449,12 @@ pub async fn start(
         tracing::info!(registry = %registry.name, provider, every = %crate::duration::format(every), "starting provider credential");
         out.insert(
             registry.name.clone(),
-            ManagedCredential::spawn(registry.name.clone(), fetcher, schedule),
+            ManagedCredential::spawn_for(
+                registry.name.clone(),
+                provider.clone(),
+                fetcher,
+                schedule,
+            ),
         );
     }
     Ok(out)

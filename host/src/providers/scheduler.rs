@@ -1,4 +1,5 @@
-//! Credential refresh scheduling: keeps ONE upstream credential per registry entry fresh.
+//! Credential refresh scheduling: keeps ONE upstream credential per registry entry fresh
+//! (and, for providers whose credentials are per repository, one per repository pulled).
 //!
 //! This module owns, for each registry entry whose auth comes from a provider:
 //! - calling the provider ([`CredentialFetcher`]) on a blocking thread with a timeout (a hung
@@ -10,6 +11,11 @@
 //! - failures: the last good credential is kept while it is still valid, retries use capped
 //!   exponential backoff with jitter, reset on success;
 //! - the single-flight refresh after an upstream `401` ([`ManagedCredential::refresh_after_unauthorized`]);
+//! - per-repository credentials (plugin-api 1.1, [`Credential::per_repository`], kubelet
+//!   `cacheKeyType: Image`): when the registry-wide credential says so, each repository gets
+//!   its own, fetched on its first pull with the repository in the request, kept until its
+//!   expiry (or [`Schedule::every`] when it has none), fetched again after a 401 or once
+//!   expired; these are not refreshed in the background (see [`PerRepository`]);
 //! - status and counters ([`ManagedCredential::status`]), failures counted by
 //!   [`ProviderErrorKind`], and the log lines, which carry the field `registry` (and `kind` on
 //!   a failure) and never a secret.
@@ -26,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use ociregistry_plugin_api::Credential;
+use ociregistry_plugin_api::{Credential, FetchReason, FetchRequest};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -37,6 +43,13 @@ use super::error::{ProviderError, ProviderErrorKind};
 pub trait CredentialFetcher: Send + Sync + 'static {
     /// Fetches a fresh credential. The error message is safe to log (never a secret).
     fn fetch(&self) -> Result<Credential, ProviderError>;
+
+    /// Fetches a fresh credential for `request` (repository, reason, deadline). The default
+    /// ignores the request.
+    fn fetch_with(&self, request: &FetchRequest) -> Result<Credential, ProviderError> {
+        let _ = request;
+        self.fetch()
+    }
 }
 
 /// When to fetch. Values are normalised by [`ManagedCredential::spawn`] so that no setting
@@ -258,17 +271,42 @@ impl Drop for Handle {
 
 struct Shared {
     registry: String,
+    /// The provider's name (for messages); empty when unknown (tests).
+    provider: String,
     fetcher: Arc<dyn CredentialFetcher>,
     schedule: Schedule,
     state: watch::Sender<State>,
     /// Wakes the refresh task when a 401 refresh is requested.
     wake: Notify,
     hung: Arc<AtomicUsize>,
+    per_repository: PerRepository,
 }
+
+/// Per-repository credentials of one registry entry, by repository. One fetch at a time per
+/// registry entry (the lock is held across it, which makes concurrent first pulls of one
+/// repository share a fetch); at most [`MAX_PER_REPOSITORY`] entries (expired ones are
+/// dropped first, then all).
+#[derive(Default)]
+pub struct PerRepository {
+    entries: tokio::sync::Mutex<std::collections::HashMap<String, RepoCredential>>,
+}
+
+struct RepoCredential {
+    credential: Credential,
+    obtained: Instant,
+    valid_until: Instant,
+}
+
+/// Upper bound on per-repository credentials kept for one registry entry.
+pub const MAX_PER_REPOSITORY: usize = 1024;
 
 #[derive(Default)]
 struct State {
     credential: Option<Credential>,
+    /// When `credential` was obtained.
+    obtained: Option<Instant>,
+    /// The repository of the pull whose 401 requested the pending refresh.
+    requested_for: Option<String>,
     /// Effective expiry of `credential`; None = unknown (or ignored).
     valid_until: Option<Instant>,
     expiry_ignored: bool,
@@ -355,19 +393,32 @@ impl ManagedCredential {
     /// # Panics
     ///
     /// Like `tokio::spawn`, when called outside a Tokio runtime (which needs the time driver).
+    #[cfg(test)]
     pub fn spawn(
         registry: String,
+        fetcher: Arc<dyn CredentialFetcher>,
+        schedule: Schedule,
+    ) -> Self {
+        Self::spawn_for(registry, String::new(), fetcher, schedule)
+    }
+
+    /// [`ManagedCredential::spawn`] naming the provider (for messages).
+    pub fn spawn_for(
+        registry: String,
+        provider: String,
         fetcher: Arc<dyn CredentialFetcher>,
         schedule: Schedule,
     ) -> Self {
         let (state, _) = watch::channel(State::default());
         let shared = Arc::new(Shared {
             registry,
+            provider,
             fetcher,
             schedule: schedule.normalized(),
             state,
             wake: Notify::new(),
             hung: Arc::new(AtomicUsize::new(0)),
+            per_repository: PerRepository::default(),
         });
         let task = tokio::spawn(run(Arc::clone(&shared))).abort_handle();
         ManagedCredential {
@@ -379,7 +430,28 @@ impl ManagedCredential {
     /// the first fetch is still running (at most `fetch_timeout`); if none exists (first
     /// fetch failed, or the last one expired and refreshing failed) returns an error at once,
     /// with the last failure reason.
+    #[cfg(test)]
     pub async fn current(&self) -> Result<Credential, CredentialUnavailable> {
+        self.current_for(None).await
+    }
+
+    /// [`ManagedCredential::current`] for a pull of `repository`: when the provider's
+    /// credentials are per repository, the one of that repository (fetched now, with the
+    /// repository in the request, if none is held or it expired).
+    pub async fn current_for(
+        &self,
+        repository: Option<&str>,
+    ) -> Result<Credential, CredentialUnavailable> {
+        let registry_wide = self.registry_wide().await?;
+        match repository {
+            Some(repo) if registry_wide.per_repository => {
+                self.repository_credential(repo, None).await
+            }
+            _ => Ok(registry_wide),
+        }
+    }
+
+    async fn registry_wide(&self) -> Result<Credential, CredentialUnavailable> {
         let shared = &self.inner.shared;
         let mut rx = shared.state.subscribe();
         loop {
@@ -412,10 +484,25 @@ impl ManagedCredential {
     /// the backoff step after the previous 401-triggered refresh (the same doubling, capped,
     /// jittered delays; the streak resets after a quiet `backoff_max`), no provider call is
     /// made and [`CredentialUnavailable::BackingOff`] is returned at once.
+    #[cfg(test)]
     pub async fn refresh_after_unauthorized(
         &self,
         rejected: &Credential,
     ) -> Result<Credential, CredentialUnavailable> {
+        self.refresh_after_unauthorized_for(rejected, None).await
+    }
+
+    /// [`ManagedCredential::refresh_after_unauthorized`] for a pull of `repository`, which
+    /// the provider sees in its request. A per-repository credential is fetched again for
+    /// that repository only (one fetch however many requests it rejected).
+    pub async fn refresh_after_unauthorized_for(
+        &self,
+        rejected: &Credential,
+        repository: Option<&str>,
+    ) -> Result<Credential, CredentialUnavailable> {
+        if let (true, Some(repo)) = (rejected.per_repository, repository) {
+            return self.repository_credential(repo, Some(rejected)).await;
+        }
         let shared = &self.inner.shared;
         let registry = &shared.registry;
         let schedule = &shared.schedule;
@@ -457,6 +544,7 @@ impl ManagedCredential {
                     ),
                 );
                 st.refresh_requested = true;
+                st.requested_for = repository.map(str::to_owned);
                 target = st.started + 1;
                 wake = true;
             }
@@ -501,6 +589,79 @@ impl ManagedCredential {
                 return Ok(c.clone());
             }
         }
+    }
+
+    /// The credential of `repository` (per-repository providers): the one held when valid
+    /// and not `rejected`, otherwise fetched now (first use, expired, or rejected).
+    async fn repository_credential(
+        &self,
+        repository: &str,
+        rejected: Option<&Credential>,
+    ) -> Result<Credential, CredentialUnavailable> {
+        let shared = &self.inner.shared;
+        let registry = &shared.registry;
+        let mut entries = shared.per_repository.entries.lock().await;
+        let now = Instant::now();
+        let held = entries.get(repository);
+        if let Some(h) = held.filter(|h| h.valid_until > now) {
+            if rejected.is_none_or(|r| *r != h.credential) {
+                return Ok(h.credential.clone());
+            }
+        }
+        let reason = match (held, rejected) {
+            (Some(h), Some(_)) => FetchReason::Rejected {
+                credential_age: now.saturating_duration_since(h.obtained),
+            },
+            (Some(_), None) => FetchReason::Scheduled,
+            (None, _) => FetchReason::FirstUse,
+        };
+        let s = &shared.schedule;
+        let request = FetchRequest::new(reason, SystemTime::now() + s.fetch_timeout)
+            .for_repository(repository);
+        let result = fetch_with_timeout(
+            Arc::clone(&shared.fetcher),
+            request,
+            s.fetch_timeout,
+            &shared.hung,
+            registry,
+        )
+        .await;
+        let credential = result.map_err(|e| {
+            tracing::warn!(registry = %registry, repository, kind = %e.kind(), error = %e, "per-repository credential fetch failed");
+            CredentialUnavailable::Unavailable {
+                registry: registry.clone(),
+                reason: format!("repository {repository}: {e}"),
+            }
+        })?;
+        let now = Instant::now();
+        let valid_until =
+            match classify_expiry(credential.expires_at, SystemTime::now(), s.min_interval) {
+                Expiry::In(remaining) => {
+                    now + remaining - (remaining / EXPIRY_MARGIN_DIVISOR).min(MAX_EXPIRY_MARGIN)
+                }
+                Expiry::Unknown | Expiry::Stale => now + s.every,
+            };
+        if entries.len() >= MAX_PER_REPOSITORY {
+            entries.retain(|_, e| e.valid_until > now);
+            if entries.len() >= MAX_PER_REPOSITORY {
+                entries.clear();
+            }
+        }
+        tracing::info!(registry = %registry, repository, valid_for = ?valid_until.saturating_duration_since(now), "per-repository credential fetched");
+        entries.insert(
+            repository.to_owned(),
+            RepoCredential {
+                credential: credential.clone(),
+                obtained: now,
+                valid_until,
+            },
+        );
+        Ok(credential)
+    }
+
+    /// The provider's name; empty when not given.
+    pub fn provider(&self) -> &str {
+        &self.inner.shared.provider
     }
 
     /// State, expiry, last error, next refresh and counters.
@@ -563,7 +724,15 @@ pub async fn fetch_once(
     fetcher: Arc<dyn CredentialFetcher>,
     timeout: Duration,
 ) -> Result<Credential, FetchError> {
-    fetch_with_timeout(fetcher, timeout, &Arc::new(AtomicUsize::new(0)), "(check)").await
+    let request = FetchRequest::new(FetchReason::FirstUse, SystemTime::now() + timeout);
+    fetch_with_timeout(
+        fetcher,
+        request,
+        timeout,
+        &Arc::new(AtomicUsize::new(0)),
+        "(check)",
+    )
+    .await
 }
 
 const CALL_RUNNING: u8 = 0;
@@ -593,6 +762,7 @@ impl Drop for CallEnd {
 
 async fn fetch_with_timeout(
     fetcher: Arc<dyn CredentialFetcher>,
+    request: FetchRequest,
     timeout: Duration,
     hung: &Arc<AtomicUsize>,
     registry: &str,
@@ -609,7 +779,7 @@ async fn fetch_with_timeout(
     };
     let call = tokio::task::spawn_blocking(move || {
         let _end = end;
-        fetcher.fetch()
+        fetcher.fetch_with(&request)
     });
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(Ok(credential))) => Ok(credential),
@@ -715,16 +885,29 @@ async fn run(shared: Arc<Shared>) {
     loop {
         let started = Instant::now();
         let begun = update(&shared, |st| {
+            let reason = match (st.refresh_requested, st.obtained) {
+                (_, None) => FetchReason::FirstUse,
+                (true, Some(at)) => FetchReason::Rejected {
+                    credential_age: started.saturating_duration_since(at),
+                },
+                (false, Some(_)) => FetchReason::Scheduled,
+            };
+            let mut request = FetchRequest::new(reason, SystemTime::now() + s.fetch_timeout);
+            if let Some(repo) = st.requested_for.take().filter(|_| st.refresh_requested) {
+                request = request.for_repository(repo);
+            }
             st.started += 1;
             st.in_flight = true;
             st.refresh_requested = false;
             st.next_refresh = None;
+            request
         });
-        if begun.is_none() {
+        let Some(request) = begun else {
             return;
-        }
+        };
         let result = fetch_with_timeout(
             Arc::clone(&shared.fetcher),
+            request,
             s.fetch_timeout,
             &shared.hung,
             registry,
@@ -740,6 +923,7 @@ async fn run(shared: Arc<Shared>) {
                     let first_stale = expiry == Expiry::Stale && !st.warned_stale_expiry;
                     st.warned_stale_expiry |= expiry == Expiry::Stale;
                     st.credential = Some(credential);
+                    st.obtained = Some(now);
                     st.valid_until = match expiry {
                         Expiry::In(remaining) => Some(now + remaining),
                         Expiry::Unknown | Expiry::Stale => None,
@@ -857,7 +1041,10 @@ mod tests {
     fn token(c: &Credential) -> String {
         match &c.kind {
             CredentialKind::Basic { secret, .. } => secret.expose().to_owned(),
-            CredentialKind::Bearer { token } => token.expose().to_owned(),
+            CredentialKind::Bearer { token } | CredentialKind::IdentityToken { token } => {
+                token.expose().to_owned()
+            }
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -1444,6 +1631,124 @@ mod tests {
             "no new thread while too many are hung"
         );
         assert!(st.failures > MAX_HUNG_FETCHES as u64);
+    }
+
+    /// Records each request; answers `n-<call>`, per repository when `per_repo`.
+    struct Recorder {
+        requests: Mutex<Vec<FetchRequest>>,
+        per_repo: bool,
+    }
+
+    impl CredentialFetcher for Recorder {
+        fn fetch(&self) -> Result<Credential, ProviderError> {
+            unreachable!("the scheduler calls fetch_with")
+        }
+        fn fetch_with(&self, request: &FetchRequest) -> Result<Credential, ProviderError> {
+            let mut requests = lock(&self.requests);
+            requests.push(request.clone());
+            let c = Credential::bearer(format!(
+                "{}-{}",
+                requests.len(),
+                request.repository.as_deref().unwrap_or("-")
+            ));
+            Ok(if self.per_repo {
+                c.for_repository_only()
+            } else {
+                c
+            })
+        }
+    }
+
+    fn recorder(per_repo: bool) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            requests: Mutex::new(Vec::new()),
+            per_repo,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_carry_the_reason_the_repository_and_the_deadline() {
+        let rec = recorder(false);
+        let schedule = Schedule {
+            every: H,
+            fetch_timeout: 7 * S,
+            ..Schedule::default()
+        };
+        let mc = ManagedCredential::spawn(REGISTRY.into(), Arc::clone(&rec) as _, schedule);
+        let first = mc.current_for(Some("team/app")).await.unwrap();
+        assert_eq!(
+            token(&first),
+            "1--",
+            "registry-wide: no repository at start-up"
+        );
+        tokio::time::sleep(H + S).await;
+        tokio::time::sleep(10 * M).await;
+        let rejected = mc.current().await.unwrap();
+        let fresh = mc
+            .refresh_after_unauthorized_for(&rejected, Some("team/app"))
+            .await
+            .unwrap();
+        assert_eq!(token(&fresh), "3-team/app");
+        let requests = lock(&rec.requests).clone();
+        assert_eq!(requests[0].reason, FetchReason::FirstUse);
+        assert_eq!(requests[0].repository, None);
+        assert_eq!(requests[1].reason, FetchReason::Scheduled);
+        assert_eq!(requests[1].repository, None);
+        // Rejected 10 minutes after the scheduled refresh.
+        let FetchReason::Rejected { credential_age } = requests[2].reason else {
+            panic!("{:?}", requests[2].reason)
+        };
+        assert_about(credential_age, 10 * M + S);
+        assert_eq!(requests[2].repository.as_deref(), Some("team/app"));
+        // The deadline is the provider timeout away (wall clock; the paused clock is tokio's).
+        let left = requests[2].time_left();
+        assert!(left <= 7 * S && left > 5 * S, "{left:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_repository_credentials_are_kept_per_repository() {
+        let rec = recorder(true);
+        let mc = ManagedCredential::spawn(REGISTRY.into(), Arc::clone(&rec) as _, sched(H));
+        // The registry-wide fetch says "per repository": each repository gets its own.
+        let a = mc.current_for(Some("a")).await.unwrap();
+        assert_eq!(token(&a), "2-a");
+        let b = mc.current_for(Some("b")).await.unwrap();
+        assert_eq!(token(&b), "3-b");
+        assert_eq!(token(&mc.current_for(Some("a")).await.unwrap()), "2-a");
+        // Concurrent first pulls of one repository share one fetch.
+        let pulls: Vec<_> = (0..10)
+            .map(|_| {
+                let mc = mc.clone();
+                tokio::spawn(async move { mc.current_for(Some("c")).await })
+            })
+            .collect();
+        for p in pulls {
+            assert_eq!(token(&p.await.unwrap().unwrap()), "4-c");
+        }
+        // A rejection refetches that repository only, with the reason.
+        let fresh = mc
+            .refresh_after_unauthorized_for(&a, Some("a"))
+            .await
+            .unwrap();
+        assert_eq!(token(&fresh), "5-a");
+        assert_eq!(
+            token(
+                &mc.refresh_after_unauthorized_for(&a, Some("a"))
+                    .await
+                    .unwrap()
+            ),
+            "5-a"
+        );
+        // No expiry given: kept for `every`, then fetched again on the next pull.
+        tokio::time::sleep(H + S).await;
+        let calls_before = lock(&rec.requests).len();
+        let again = mc.current_for(Some("b")).await.unwrap();
+        let requests = lock(&rec.requests).clone();
+        assert_eq!(token(&again), format!("{}-b", calls_before + 1));
+        assert_eq!(requests.last().unwrap().reason, FetchReason::Scheduled);
+        assert!(matches!(requests[4].reason, FetchReason::Rejected { .. }));
+        assert_eq!(requests[1].reason, FetchReason::FirstUse);
+        assert_eq!(requests[1].repository.as_deref(), Some("a"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,6 +58,7 @@ pub fn upstream_status(
     what: &str,
 ) -> UpstreamError {
     let status = resp.status();
+    let answered = resp.url().clone();
     let retry_after = resp
         .headers()
         .get(header::RETRY_AFTER)
@@ -72,8 +73,9 @@ pub fn upstream_status(
         401 => (
             Refusal::Unauthorized,
             format!(
-                "upstream {} requires credentials for {what}: configure registries[].auth",
-                upstream.name
+                "upstream {} requires credentials for {what}: {}",
+                upstream.name,
+                upstream.rejection_hint(&answered)
             ),
         ),
         403 => (

@@ -26,39 +26,80 @@ pub enum CredentialSource {
 }
 
 impl CredentialSource {
-    /// The credential to present now, if any.
-    pub async fn current(&self, registry: &str) -> Result<Option<Credential>, UpstreamError> {
+    /// The credential to present now for a pull of `repository`, if any.
+    pub async fn current(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<Credential>, UpstreamError> {
         match self {
             CredentialSource::Anonymous => Ok(None),
             CredentialSource::Fixed(c) => Ok(Some(c.clone())),
-            CredentialSource::Managed(m) => {
-                m.current()
-                    .await
-                    .map(Some)
-                    .map_err(|e| UpstreamError::NoCredential {
-                        registry: registry.to_owned(),
-                        reason: e.to_string(),
-                    })
-            }
+            CredentialSource::Managed(m) => m
+                .current_for(Some(repository))
+                .await
+                .map(Some)
+                .map_err(|e| UpstreamError::NoCredential {
+                    registry: registry.to_owned(),
+                    reason: e.to_string(),
+                }),
         }
     }
 
-    /// After the upstream rejected `used`: a fresher credential, if the source can get one.
-    pub async fn refresh_after_rejection(&self, used: &Credential) -> Option<Credential> {
+    /// What to tell a client whose pull the upstream refused with 401.
+    pub fn rejection_hint(&self) -> String {
         match self {
-            CredentialSource::Managed(m) => m.refresh_after_unauthorized(used).await.ok(),
+            CredentialSource::Anonymous => "configure registries[].auth".to_owned(),
+            CredentialSource::Fixed(_) => {
+                "the credential configured in registries[].auth was rejected".to_owned()
+            }
+            CredentialSource::Managed(m) if !m.provider().is_empty() => format!(
+                "the credential from provider \"{}\" was rejected (see `ociregistry providers --check`)",
+                m.provider()
+            ),
+            CredentialSource::Managed(_) => "the provider's credential was rejected".to_owned(),
+        }
+    }
+
+    /// After the upstream rejected `used` on a pull of `repository`: a fresher credential,
+    /// if the source can get one.
+    pub async fn refresh_after_rejection(
+        &self,
+        used: &Credential,
+        repository: &str,
+    ) -> Option<Credential> {
+        match self {
+            CredentialSource::Managed(m) => m
+                .refresh_after_unauthorized_for(used, Some(repository))
+                .await
+                .ok(),
             _ => None,
         }
     }
 }
 
-/// Builds the `Authorization` value that presents `credential` directly to a registry.
-pub fn header_for(credential: &Credential) -> String {
+/// Builds the `Authorization` value that presents `credential` directly to a registry (or
+/// to its token endpoint's GET). None for an identity token: that one only goes to the
+/// token endpoint, in an OAuth2 refresh-token POST ([`super::Upstream::fetch_token`]).
+pub fn header_for(credential: &Credential) -> Option<String> {
     match &credential.kind {
-        CredentialKind::Basic { user, secret } => basic(user, secret),
-        CredentialKind::Bearer { token } => format!("Bearer {}", token.expose()),
+        CredentialKind::Basic { user, secret } => Some(basic(user, secret)),
+        CredentialKind::Bearer { token } => Some(format!("Bearer {}", token.expose())),
+        _ => None,
     }
 }
+
+/// The identity (refresh) token of `credential`, when it is one.
+fn identity_token(credential: &Credential) -> Option<&Secret> {
+    match &credential.kind {
+        CredentialKind::IdentityToken { token } => Some(token),
+        _ => None,
+    }
+}
+
+/// The OAuth2 `client_id` sent with refresh-token exchanges (docker sends `docker`; the
+/// distribution token server only requires one to be present).
+const OAUTH_CLIENT_ID: &str = "ociregistry";
 
 fn basic(user: &str, secret: &Secret) -> String {
     let raw = format!("{user}:{}", secret.expose());
@@ -171,6 +212,8 @@ impl TokenCache {
 impl super::Upstream {
     /// Runs the token flow: asks `realm` (for `service`) for a token for `scope`, presenting
     /// `credential` when one is configured, and puts it in this upstream's token cache.
+    /// An identity token is exchanged as docker does: an OAuth2 `POST` to the realm with
+    /// `grant_type=refresh_token`, the token, `service`, `scope` and a `client_id`.
     pub(super) async fn fetch_token(
         &self,
         ep: &super::Endpoint,
@@ -183,7 +226,8 @@ impl super::Upstream {
         let mut url = reqwest::Url::parse(realm).map_err(|_| {
             UpstreamError::Failed(format!("upstream {registry} sent an invalid token realm"))
         })?;
-        {
+        let refresh_token = credential.and_then(identity_token);
+        if refresh_token.is_none() {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
                 q.append_pair("service", s);
@@ -196,10 +240,32 @@ impl super::Upstream {
                 registry: registry.clone(),
                 source,
             })?;
-        let mut req = client.get(url.clone());
+        let may_receive = realm_may_receive_credential(&ep.base, &url, &self.realms);
+        let mut req = match refresh_token {
+            Some(token) if may_receive => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", token.expose())
+                    .append_pair("client_id", OAUTH_CLIENT_ID)
+                    .append_pair("scope", scope);
+                if let Some(s) = service {
+                    form.append_pair("service", s);
+                }
+                client
+                    .post(url.clone())
+                    .header(
+                        http::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(form.finish())
+            }
+            _ => client.get(url.clone()),
+        };
         if let Some(c) = credential {
-            if realm_may_receive_credential(&ep.base, &url, &self.realms) {
-                req = req.header(http::header::AUTHORIZATION, header_for(c));
+            if may_receive {
+                if let Some(h) = header_for(c) {
+                    req = req.header(http::header::AUTHORIZATION, h);
+                }
             } else {
                 tracing::warn!(
                     registry = %registry,
@@ -339,7 +405,8 @@ mod tests {
     #[test]
     fn basic_header() {
         let h = header_for(&Credential::basic("AWS", "pw"));
-        assert_eq!(h, "Basic QVdTOnB3");
+        assert_eq!(h.as_deref(), Some("Basic QVdTOnB3"));
+        assert_eq!(header_for(&Credential::identity_token("r")), None);
     }
 
     #[test]

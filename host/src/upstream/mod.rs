@@ -37,9 +37,9 @@ pub use error::{BodyError, Refusal, SetupProblem, Subject, UpstreamError};
 use ociregistry_plugin_api::{Credential, Secret};
 use policy::{Policy, PolicyError, PolicyResolver};
 
-pub use crate::oci::registry::{DOCKER_HUB, canonical_name};
 /// Where docker.io's registry API actually is.
-const DOCKER_HUB_API: &str = "registry-1.docker.io";
+use crate::oci::registry::DOCKER_HUB_API;
+pub use crate::oci::registry::{DOCKER_HUB, canonical_name};
 /// Transient upstream failures are retried this many times.
 const MAX_RETRIES: u32 = 2;
 /// First retry delay; each further one is four times longer (plus jitter).
@@ -155,6 +155,17 @@ enum Outcome {
 }
 
 impl Upstream {
+    /// What to tell a client whose request got a 401 from the answer at `answered`: about
+    /// the credential of the endpoint that answered.
+    pub(crate) fn rejection_hint(&self, answered: &reqwest::Url) -> String {
+        self.endpoints
+            .iter()
+            .find(|e| same_origin(answered, &e.base))
+            .or(self.endpoints.first())
+            .map(|e| e.credential.rejection_hint())
+            .unwrap_or_default()
+    }
+
     /// docker.io puts one-component names under `library/`.
     pub fn repo_path(&self, repo: &RepoName) -> RepoName {
         if self.name == DOCKER_HUB {
@@ -358,20 +369,22 @@ impl Upstream {
             path
         );
         let scope = format!("repository:{repo}:pull");
-        let mut credential = ep.credential.current(&self.name).await?;
+        let repo_name = repo.to_string();
+        let mut credential = ep.credential.current(&self.name, &repo_name).await?;
         let mut refreshed = false;
         // At most: plain try, token fetch + retry, credential refresh + retry.
         for _ in 0..4 {
             let token = ep.tokens.get(&scope);
-            let sent_credential = token.is_none() && credential.is_some();
+            let direct = credential.as_ref().and_then(auth::header_for);
+            let sent_credential = token.is_none() && direct.is_some();
             let mut req = ep.client.request(method.clone(), &url);
             if let Some(t) = &token {
                 req = req.header(
                     http::header::AUTHORIZATION,
                     format!("Bearer {}", t.expose()),
                 );
-            } else if let Some(c) = &credential {
-                req = req.header(http::header::AUTHORIZATION, auth::header_for(c));
+            } else if let Some(h) = direct {
+                req = req.header(http::header::AUTHORIZATION, h);
             }
             if let Some(a) = accept {
                 req = req.header(http::header::ACCEPT, a);
@@ -415,7 +428,7 @@ impl Upstream {
                         // A fresh token was refused too: pass the 401 on.
                         Ok(_) => return Ok(resp),
                         Err(e @ UpstreamError::TokenRefused { status: 401, .. }) if !refreshed => {
-                            match self.refreshed(ep, credential.as_ref()).await {
+                            match self.refreshed(ep, credential.as_ref(), &repo_name).await {
                                 Some(c) => {
                                     credential = Some(c);
                                     refreshed = true;
@@ -427,7 +440,7 @@ impl Upstream {
                     }
                 }
                 Some(challenge::Challenge::Basic) if sent_credential && !refreshed => {
-                    match self.refreshed(ep, credential.as_ref()).await {
+                    match self.refreshed(ep, credential.as_ref(), &repo_name).await {
                         Some(c) => {
                             credential = Some(c);
                             refreshed = true;
@@ -444,9 +457,17 @@ impl Upstream {
         )))
     }
 
-    async fn refreshed(&self, ep: &Endpoint, used: Option<&Credential>) -> Option<Credential> {
+    async fn refreshed(
+        &self,
+        ep: &Endpoint,
+        used: Option<&Credential>,
+        repository: &str,
+    ) -> Option<Credential> {
         let used = used?;
-        let fresh = ep.credential.refresh_after_rejection(used).await?;
+        let fresh = ep
+            .credential
+            .refresh_after_rejection(used, repository)
+            .await?;
         tracing::info!(registry = %self.name, "upstream refused the credential; retrying with a refreshed one");
         Some(fresh)
     }
