@@ -13,7 +13,7 @@
 //! The plugins are taken from this test's own target directory (`cargo build -p
 //! ociregistry-provider-gcp -p ociregistry-provider-acr`), else from next to the binary.
 
-#[path = "../../plugins/common/fake_server.rs"]
+#[path = "../../plugin-common/fake_server.rs"]
 mod fake_server;
 
 use base64::Engine as _;

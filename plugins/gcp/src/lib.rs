@@ -50,9 +50,9 @@
 #![forbid(unsafe_code)]
 
 #[cfg(test)]
-#[path = "../../common/fake_server.rs"]
+#[path = "../../../plugin-common/fake_server.rs"]
 mod fake_server;
-#[path = "../../common/http.rs"]
+#[path = "../../../plugin-common/http.rs"]
 mod http;
 
 use std::path::{Path, PathBuf};
