@@ -367,3 +367,149 @@ fn acr_plugin_with_imds_and_the_token_exchange() {
         &[&refresh, &aad, &b64(&format!("{NULL_GUID}:{refresh}"))],
     );
 }
+
+fn openssl(args: &[&str], cwd: &std::path::Path) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `service_account` key file: the plugin signs a JWT (RS256) with the key and exchanges
+/// it at the file's `token_uri`; the signature checks out with the public key (openssl).
+#[test]
+fn gcp_plugin_with_a_service_account_key_file() {
+    if !require_upstream_tools() {
+        return;
+    }
+    let token = format!("ya29.e2e-sa-{:016x}", fastrand::u64(..));
+    let mut up = Upstream::htpasswd("oauth2accesstoken", &token);
+    let repo = images::unique_repo("gcpsa");
+    let img = images::seed(&up, &repo, "v1", ImageKind::DockerV2s2 { layers: 2 });
+
+    let keys = tempfile::tempdir().expect("tempdir");
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "key.pem",
+        ],
+        keys.path(),
+    );
+    openssl(
+        &["pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"],
+        keys.path(),
+    );
+    let pem = std::fs::read_to_string(keys.path().join("key.pem")).expect("key");
+    let email = "puller@e2e-project.iam.gserviceaccount.com";
+
+    let answer = token.clone();
+    let oauth = FakeServer::start(move |r: &Request| {
+        if r.method == "POST"
+            && r.path() == "/token"
+            && r.form("grant_type").as_deref()
+                == Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+            && r.form("assertion")
+                .is_some_and(|a| a.split('.').count() == 3)
+        {
+            (
+                200,
+                serde_json::json!({"access_token": answer, "expires_in": 3599, "token_type": "Bearer"})
+                    .to_string(),
+            )
+        } else {
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"bad request"}"#.to_owned(),
+            )
+        }
+    });
+    let token_uri = oauth.url("/token");
+    let key_file = keys.path().join("sa.json");
+    std::fs::write(
+        &key_file,
+        serde_json::json!({
+            "type": "service_account",
+            "project_id": "e2e-project",
+            "private_key_id": "e2e0123456789",
+            "private_key": pem,
+            "client_email": email,
+            "client_id": "100000000000000000001",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": token_uri,
+        })
+        .to_string(),
+    )
+    .expect("write key file");
+    let plugins = plugin_dir("gcp");
+    let gcloud = tempfile::tempdir().expect("tempdir");
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
+            &up.host(),
+            "provider: gcp, expiry: 1h",
+        ))
+        .env("GOOGLE_APPLICATION_CREDENTIALS", path_str(&key_file))
+        .env("CLOUDSDK_CONFIG", path_str(gcloud.path()))
+        // Not asked: a credentials file comes first. Nothing listens there anyway.
+        .env("GCE_METADATA_HOST", "127.0.0.1:9")
+        .log_level("debug")
+        .start();
+    let before = up.access_log().len();
+    proxy.pull_and_verify(Route::InPath(&up.host()), &img);
+    assert_upstream_accepted(&mut up, before, "oauth2accesstoken");
+
+    // The JWT the plugin sent: claims as Google requires, signed with the key.
+    let reqs = oauth.requests();
+    assert_eq!(reqs.len(), 1, "one token request for one fetch");
+    let jwt = reqs[0].form("assertion").expect("assertion");
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: serde_json::Value =
+        serde_json::from_slice(&b64url.decode(parts[0]).expect("b64")).expect("json");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&b64url.decode(parts[1]).expect("b64")).expect("json");
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], "e2e0123456789");
+    assert_eq!(claims["iss"], email);
+    assert_eq!(claims["aud"], token_uri);
+    assert_eq!(
+        claims["scope"],
+        "https://www.googleapis.com/auth/cloud-platform"
+    );
+    std::fs::write(
+        keys.path().join("input"),
+        format!("{}.{}", parts[0], parts[1]),
+    )
+    .expect("w");
+    std::fs::write(
+        keys.path().join("sig"),
+        b64url.decode(parts[2]).expect("b64 signature"),
+    )
+    .expect("w");
+    openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "pub.pem",
+            "-signature",
+            "sig",
+            "input",
+        ],
+        keys.path(),
+    );
+
+    let key_body: String = pem.lines().nth(5).unwrap_or_default().to_owned();
+    assert_no_secret(&proxy.log(), "the proxy's log", &[&token, &key_body, &jwt]);
+}

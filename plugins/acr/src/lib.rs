@@ -22,6 +22,9 @@
 //!      `AZURE_POD_IDENTITY_AUTHORITY_HOST` replace the IMDS base URL, `imdsEndpoint=` the
 //!      whole token URL. Azure Arc (`IDENTITY_ENDPOINT` without `IDENTITY_HEADER`) is not
 //!      supported.
+//!
+//!    Client certificates (`AZURE_CLIENT_CERTIFICATE_PATH`), user name / password and the
+//!    Azure CLI's login are not supported.
 //! 2. the exchange: `POST https://<registry>/oauth2/exchange` with
 //!    `grant_type=access_token&service=<registry>&tenant=<tenant>&access_token=<token>`,
 //!    answered with `{"refresh_token": ...}`. The tenant is `tenant=` / `AZURE_TENANT_ID`,

@@ -208,6 +208,12 @@ impl GcpProvider {
             },
             "auto" => match file.or_else(|| env.well_known_file()) {
                 Some(path) => Source::File { path, token_url },
+                None if token_url.is_some() => {
+                    return Err(PluginError::invalid_options(
+                        "option \"tokenUrl\" applies to credentials files, and none was found \
+                         (credentialsFile=, GOOGLE_APPLICATION_CREDENTIALS, gcloud's)",
+                    ));
+                }
                 None => metadata(true)?,
             },
             other => {

@@ -531,6 +531,12 @@ fn bad_options() {
         assert_eq!(e.kind(), PluginErrorKind::InvalidOptions, "{opts}");
         assert_eq!(e.to_string(), want, "{opts}");
     }
+    let e = provider("tokenUrl=https://oauth2.example.com/token", &empty_env()).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("option \"tokenUrl\" applies to credentials files, and none was found"),
+        "{e}"
+    );
     let e = provider("source=file", &empty_env()).unwrap_err();
     assert!(
         e.to_string()
