@@ -35,6 +35,32 @@ pub(crate) fn send_json(
     req: reqwest::blocking::RequestBuilder,
     what: &str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, PluginError> {
+    let (status, body) = send(req, what)?;
+    match serde_json::from_slice::<serde_json::Value>(&body).ok() {
+        Some(serde_json::Value::Object(map)) => Ok(map),
+        Some(_) => Err(PluginError::new(format!(
+            "{what}: HTTP {status}: the answer is JSON but not an object"
+        ))),
+        None => Err(PluginError::new(format!(
+            "{what}: HTTP {status}: the answer is not JSON ({} bytes)",
+            body.len()
+        ))),
+    }
+}
+
+/// Sends `req` and returns the body of a 2xx answer (errors as [`send_json`]'s).
+#[allow(dead_code)] // used by gcp only
+pub(crate) fn send_text(
+    req: reqwest::blocking::RequestBuilder,
+    what: &str,
+) -> Result<String, PluginError> {
+    let (status, body) = send(req, what)?;
+    String::from_utf8(body)
+        .map_err(|_| PluginError::new(format!("{what}: HTTP {status}: the answer is not UTF-8")))
+}
+
+/// Sends `req`; the status and body of a 2xx answer, else a one-line error.
+fn send(req: reqwest::blocking::RequestBuilder, what: &str) -> Result<(u16, Vec<u8>), PluginError> {
     guard_request(&req, what)?;
     let resp = req
         .send()
@@ -55,8 +81,8 @@ pub(crate) fn send_json(
             status.as_u16()
         )));
     }
-    let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
     if !status.is_success() {
+        let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
         let detail = parsed.as_ref().and_then(remote_error);
         let detail = match detail {
             Some(d) => format!(": {d}"),
@@ -68,18 +94,7 @@ pub(crate) fn send_json(
             status.as_u16()
         ))));
     }
-    match parsed {
-        Some(serde_json::Value::Object(map)) => Ok(map),
-        Some(_) => Err(PluginError::new(format!(
-            "{what}: HTTP {}: the answer is JSON but not an object",
-            status.as_u16()
-        ))),
-        None => Err(PluginError::new(format!(
-            "{what}: HTTP {}: the answer is not JSON ({} bytes)",
-            status.as_u16(),
-            body.len()
-        ))),
-    }
+    Ok((status.as_u16(), body))
 }
 
 /// In unit tests, refuses every request that is not to a loopback address: the tests must

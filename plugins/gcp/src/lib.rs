@@ -10,11 +10,19 @@
 //!    - `service_account` (a key file): a JWT signed with the key (RS256) exchanged at the
 //!      file's `token_uri` (JWT bearer grant);
 //!    - `authorized_user` (`gcloud auth application-default login`): the refresh token
-//!      exchanged at the token endpoint.
+//!      exchanged at the token endpoint;
+//!    - `external_account` (workload identity federation, e.g. from AKS, EKS or CI with an
+//!      OIDC token): the subject token from `credential_source` `file` or `url` (format
+//!      `text` or `json`) exchanged at STS (`token_url`, default
+//!      `https://sts.googleapis.com/v1/token`), then, when the file has a
+//!      `service_account_impersonation_url`, for that service account's token
+//!      (`generateAccessToken`, expiry from its `expireTime`).
 //!
-//!    `external_account` (workload identity federation) and `impersonated_service_account`
-//!    files are refused with a one-line error: not supported yet.
-//!    The file is read again at every fetch, so a rotated key is picked up.
+//!    Not supported, refused with a one-line error: `impersonated_service_account` files,
+//!    `external_account` sources of the AWS (`environment_id`) and `executable` kinds,
+//!    and workforce pools' `workforce_pool_user_project`.
+//!    The file (and an `external_account`'s subject token) is read again at every fetch,
+//!    so a rotated key or token is picked up.
 //! 2. otherwise the metadata server (GCE, GKE Workload Identity, Cloud Run):
 //!    `GET http://$GCE_METADATA_HOST/computeMetadata/v1/instance/service-accounts/default/token`
 //!    with `Metadata-Flavor: Google`; the host defaults to `metadata.google.internal`.
@@ -29,7 +37,7 @@
 //! |---|---|
 //! | `source` | `auto` (default: a credentials file if one is found, else the metadata server), `metadata` or `file` |
 //! | `credentialsFile` | the ADC JSON file; default `GOOGLE_APPLICATION_CREDENTIALS`, then gcloud's well-known file |
-//! | `tokenUrl` | the OAuth token endpoint for credentials files; default the file's `token_uri`, else `https://oauth2.googleapis.com/token` |
+//! | `tokenUrl` | the OAuth token endpoint for credentials files; default the file's `token_uri` (`token_url` for `external_account`), else Google's |
 //! | `metadataHost` | `host[:port]` of the metadata server; default `GCE_METADATA_HOST`, else `metadata.google.internal` |
 //! | `serviceAccount` | the metadata server's service account (email); default `default` |
 //!
@@ -69,6 +77,7 @@ pub const USER: &str = "oauth2accesstoken";
 const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
+const DEFAULT_STS_URL: &str = "https://sts.googleapis.com/v1/token";
 /// Lifetime asked for in a service-account JWT (the most Google accepts).
 const JWT_LIFETIME_SECS: u64 = 3600;
 
@@ -88,7 +97,7 @@ impl ProviderFactory for Factory {
         },
         OptionSpec {
             key: "credentialsFile",
-            description: "ADC JSON file (service_account or authorized_user); default GOOGLE_APPLICATION_CREDENTIALS, then gcloud's",
+            description: "ADC JSON file (service_account, authorized_user or external_account); default GOOGLE_APPLICATION_CREDENTIALS, then gcloud's",
             required: false,
         },
         OptionSpec {
@@ -232,6 +241,9 @@ impl GcpProvider {
                     .token_url(path, None)
                     .map_err(|e| PluginError::invalid_options(e.message()))?;
             }
+            creds
+                .impersonation_url(path)
+                .map_err(|e| PluginError::invalid_options(e.message()))?;
         }
         let client = http::client(matches!(source, Source::Metadata { .. }))?;
         tracing::debug!(source = ?source, "gcp provider configured");
@@ -270,13 +282,17 @@ impl Provider for GcpProvider {
             Source::File { path, token_url } => {
                 let creds = FileCredentials::load(path)?;
                 let url = creds.token_url(path, token_url.as_ref())?;
-                let (what, body) = creds.grant(path, &url, sent)?;
+                let (what, body) = creds.grant(path, &url, sent, &self.client)?;
                 let req = self
                     .client
                     .post(url.as_str())
                     .header("Content-Type", "application/x-www-form-urlencoded")
                     .body(body);
-                parse_token(http::send_json(req, &what)?, &what)?
+                let token = parse_token(http::send_json(req, &what)?, &what)?;
+                match creds.impersonation_url(path)? {
+                    Some(url) => impersonate(&self.client, &url, &token.access_token)?,
+                    None => token,
+                }
             }
         };
         tracing::debug!(expires_in = token.expires_in, "got a GCP access token");
@@ -333,6 +349,29 @@ enum FileCredentials {
         refresh_token: String,
         token_uri: Option<String>,
     },
+    /// Workload identity federation: a subject token from a file or URL, exchanged at STS,
+    /// then optionally for a service account's token.
+    ExternalAccount {
+        audience: String,
+        subject_token_type: String,
+        token_url: Option<String>,
+        impersonation_url: Option<String>,
+        subject: SubjectSource,
+    },
+}
+
+/// Where an `external_account` file's subject token comes from (`credential_source`).
+enum SubjectSource {
+    File {
+        path: PathBuf,
+        /// `format.type: json`: the field holding the token.
+        json_field: Option<String>,
+    },
+    Url {
+        url: String,
+        headers: Vec<(String, String)>,
+        json_field: Option<String>,
+    },
 }
 
 impl FileCredentials {
@@ -374,12 +413,19 @@ impl FileCredentials {
                 refresh_token: field("refresh_token")?,
                 token_uri: optional("token_uri"),
             }),
+            Some("external_account") => Ok(FileCredentials::ExternalAccount {
+                audience: field("audience")?,
+                subject_token_type: field("subject_token_type")?,
+                token_url: optional("token_url"),
+                impersonation_url: optional("service_account_impersonation_url"),
+                subject: subject_source(&obj, &what)?,
+            }),
             Some(other) => Err(PluginError::new(format!(
-                "{what}: credentials type \"{}\" is not supported (supported: service_account, authorized_user)",
+                "{what}: credentials type \"{}\" is not supported (supported: service_account, authorized_user, external_account)",
                 http::sanitize(other)
             ))),
             None => Err(PluginError::new(format!(
-                "{what}: no \"type\" (expected service_account or authorized_user)"
+                "{what}: no \"type\" (expected service_account, authorized_user or external_account)"
             ))),
         }
     }
@@ -393,17 +439,41 @@ impl FileCredentials {
         if let Some(u) = overridden {
             return Ok(u.clone());
         }
-        let from_file = match self {
+        let (from_file, field, default) = match self {
             FileCredentials::ServiceAccount { token_uri, .. }
-            | FileCredentials::AuthorizedUser { token_uri, .. } => token_uri.as_deref(),
+            | FileCredentials::AuthorizedUser { token_uri, .. } => {
+                (token_uri.as_deref(), "token_uri", DEFAULT_TOKEN_URL)
+            }
+            FileCredentials::ExternalAccount { token_url, .. } => {
+                (token_url.as_deref(), "token_url", DEFAULT_STS_URL)
+            }
         };
         match from_file {
             Some(u) => http::secure_url(
                 u,
-                &format!("GCP credentials file {}: token_uri", path.display()),
+                &format!("GCP credentials file {}: {field}", path.display()),
             )
             .map_err(|e| PluginError::new(e.message())),
-            None => http::secure_url(DEFAULT_TOKEN_URL, "token URL"),
+            None => http::secure_url(default, "token URL"),
+        }
+    }
+
+    /// An `external_account` file's `service_account_impersonation_url`, checked.
+    fn impersonation_url(&self, path: &Path) -> Result<Option<url::Url>, PluginError> {
+        match self {
+            FileCredentials::ExternalAccount {
+                impersonation_url: Some(u),
+                ..
+            } => http::secure_url(
+                u,
+                &format!(
+                    "GCP credentials file {}: service_account_impersonation_url",
+                    path.display()
+                ),
+            )
+            .map(Some)
+            .map_err(|e| PluginError::new(e.message())),
+            _ => Ok(None),
         }
     }
 
@@ -413,8 +483,34 @@ impl FileCredentials {
         path: &Path,
         token_url: &url::Url,
         now: SystemTime,
+        client: &reqwest::blocking::Client,
     ) -> Result<(String, String), PluginError> {
         match self {
+            FileCredentials::ExternalAccount {
+                audience,
+                subject_token_type,
+                subject,
+                ..
+            } => {
+                let subject_token = subject.token(client)?;
+                Ok((
+                    "STS token exchange".to_owned(),
+                    http::form(&[
+                        (
+                            "grant_type",
+                            "urn:ietf:params:oauth:grant-type:token-exchange",
+                        ),
+                        ("audience", audience),
+                        ("scope", CLOUD_PLATFORM_SCOPE),
+                        (
+                            "requested_token_type",
+                            "urn:ietf:params:oauth:token-type:access_token",
+                        ),
+                        ("subject_token", &subject_token),
+                        ("subject_token_type", subject_token_type),
+                    ]),
+                ))
+            }
             FileCredentials::ServiceAccount {
                 client_email,
                 private_key,
@@ -464,6 +560,210 @@ impl FileCredentials {
             )),
         }
     }
+}
+
+/// The `credential_source` of an `external_account` file: a file or a URL (text or JSON).
+fn subject_source(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    what: &str,
+) -> Result<SubjectSource, PluginError> {
+    let src = obj
+        .get("credential_source")
+        .and_then(|s| s.as_object())
+        .ok_or_else(|| PluginError::new(format!("{what}: no \"credential_source\" object")))?;
+    for (key, kind) in [("environment_id", "AWS"), ("executable", "executable")] {
+        if src.contains_key(key) {
+            return Err(PluginError::new(format!(
+                "{what}: credential_source of the {kind} kind is not supported (supported: file, url)"
+            )));
+        }
+    }
+    let format = src.get("format").and_then(|f| f.as_object());
+    let json_field = match format.and_then(|f| f.get("type")).and_then(|t| t.as_str()) {
+        None | Some("text") => None,
+        Some("json") => Some(
+            format
+                .and_then(|f| f.get("subject_token_field_name"))
+                .and_then(|n| n.as_str())
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    PluginError::new(format!(
+                        "{what}: credential_source format json without subject_token_field_name"
+                    ))
+                })?
+                .to_owned(),
+        ),
+        Some(other) => {
+            return Err(PluginError::new(format!(
+                "{what}: credential_source format type \"{}\" is not supported (text, json)",
+                http::sanitize(other)
+            )));
+        }
+    };
+    if let Some(file) = src.get("file").and_then(|f| f.as_str()) {
+        return Ok(SubjectSource::File {
+            path: PathBuf::from(file),
+            json_field,
+        });
+    }
+    if let Some(url) = src.get("url").and_then(|u| u.as_str()) {
+        url::Url::parse(url).map_err(|e| {
+            PluginError::new(format!(
+                "{what}: credential_source url \"{}\": {e}",
+                http::sanitize(url)
+            ))
+        })?;
+        let headers = src
+            .get("headers")
+            .and_then(|h| h.as_object())
+            .map(|h| {
+                h.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Ok(SubjectSource::Url {
+            url: url.to_owned(),
+            headers,
+            json_field,
+        });
+    }
+    Err(PluginError::new(format!(
+        "{what}: credential_source has neither \"file\" nor \"url\""
+    )))
+}
+
+impl SubjectSource {
+    /// Reads the subject token (afresh: they are short-lived and rotated).
+    fn token(&self, client: &reqwest::blocking::Client) -> Result<String, PluginError> {
+        let (text, what, json_field) = match self {
+            SubjectSource::File { path, json_field } => {
+                let what = format!("subject token file {}", path.display());
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| PluginError::new(format!("cannot read the {what}: {e}")))?;
+                (text, what, json_field)
+            }
+            SubjectSource::Url {
+                url,
+                headers,
+                json_field,
+            } => {
+                let what = "subject token request".to_owned();
+                let mut req = client.get(url);
+                for (k, v) in headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                (http::send_text(req, &what)?, what, json_field)
+            }
+        };
+        let token = match json_field {
+            None => text.trim().to_owned(),
+            Some(field) => match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Object(obj)) => {
+                    http::str_field(&obj, field, &what)?.to_owned()
+                }
+                _ => return Err(PluginError::new(format!("{what}: not a JSON object"))),
+            },
+        };
+        if token.is_empty() {
+            return Err(PluginError::new(format!("{what}: empty subject token")));
+        }
+        Ok(token)
+    }
+}
+
+/// Exchanges a federated access token for a service account's (IAM Credentials
+/// `generateAccessToken`).
+fn impersonate(
+    client: &reqwest::blocking::Client,
+    url: &url::Url,
+    bearer: &str,
+) -> Result<Token, PluginError> {
+    let what = "service account impersonation (generateAccessToken)";
+    let body = serde_json::json!({"scope": [CLOUD_PLATFORM_SCOPE], "lifetime": "3600s"});
+    let req = client
+        .post(url.as_str())
+        .header("Authorization", format!("Bearer {bearer}"))
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    let obj = http::send_json(req, what)?;
+    let access_token = http::str_field(&obj, "accessToken", what)?.to_owned();
+    let expire = http::str_field(&obj, "expireTime", what)?;
+    let at = parse_rfc3339(expire).ok_or_else(|| {
+        PluginError::new(format!(
+            "{what}: field \"expireTime\" is not an RFC 3339 time"
+        ))
+    })?;
+    let left = at
+        .duration_since(SystemTime::now())
+        .ok()
+        .filter(|d| d.as_secs() > 0)
+        .ok_or_else(|| PluginError::new(format!("{what}: the token is already expired")))?;
+    Ok(Token {
+        access_token,
+        expires_in: Some(left.as_secs()),
+    })
+}
+
+/// `2026-12-01T08:00:00Z`, `2026-12-01T08:00:00.123456Z`, `...+01:00`.
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let part = s.get(from..to)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (h, mi, se) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = s.get(19..)?;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let r = rest.get(1..)?;
+            if r.len() != 5 || r.as_bytes()[2] != b':' {
+                return None;
+            }
+            sign * (r.get(0..2)?.parse::<i64>().ok()? * 3600
+                + r.get(3..5)?.parse::<i64>().ok()? * 60)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let t = days * 86_400 + h * 3600 + mi * 60 + se - offset;
+    u64::try_from(t)
+        .ok()
+        .map(|t| UNIX_EPOCH + Duration::from_secs(t))
 }
 
 /// An RS256 JWT of `claims`, signed with the PEM private key (PKCS#8, or PKCS#1).

@@ -459,12 +459,12 @@ fn bad_credentials_files_are_refused_at_create() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (
-            serde_json::json!({"type": "external_account", "audience": "//iam/x", "subject_token_type": "jwt"}),
-            "credentials type \"external_account\" is not supported (supported: service_account, authorized_user)",
+            serde_json::json!({"type": "impersonated_service_account", "source_credentials": {}}),
+            "credentials type \"impersonated_service_account\" is not supported (supported: service_account, authorized_user, external_account)",
         ),
         (
             serde_json::json!({"client_secret": CLIENT_SECRET}),
-            "no \"type\" (expected service_account or authorized_user)",
+            "no \"type\" (expected service_account, authorized_user or external_account)",
         ),
         (
             serde_json::json!({"type": "authorized_user", "client_id": "x", "client_secret": CLIENT_SECRET}),
@@ -549,4 +549,250 @@ fn bad_options() {
             .contains("accepted: source, credentialsFile, tokenUrl, metadataHost, serviceAccount"),
         "{e}"
     );
+}
+
+#[test]
+fn rfc3339_times() {
+    let secs = |s: &str| parse_rfc3339(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
+    assert_eq!(secs("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(secs("2000-03-01T00:00:00Z"), Some(951_868_800));
+    assert_eq!(secs("2024-02-29T23:59:59.999999Z"), Some(1_709_251_199));
+    assert_eq!(secs("2026-12-01T08:00:00.5+01:00"), Some(1_796_108_400));
+    assert_eq!(secs("2099-01-01T00:00:00Z"), Some(4_070_908_800));
+    for bad in [
+        "",
+        "2026-12-01",
+        "2026-12-01T08:00:00",
+        "2026-13-01T00:00:00Z",
+        "2026-12-01T08:00:00.Z",
+        "x026-12-01T08:00:00Z",
+        "1969-12-31T23:59:59Z",
+    ] {
+        assert_eq!(secs(bad), None, "{bad}");
+    }
+}
+
+const SUBJECT: &str = "eyJhbGciOiJSUzI1NiJ9.subject-token-secret.sig";
+const STS_TOKEN: &str = "ya29.sts-federated-token-secret";
+
+/// A fake STS, IAM Credentials and subject-token URL on one port.
+fn federation_fake(expire_time: &'static str) -> FakeServer {
+    FakeServer::start(move |r: &Request| {
+        match (r.method.as_str(), r.path()) {
+        ("GET", "/subject") if r.header("metadata") == Some("True") => {
+            (200, serde_json::json!({"access_token": SUBJECT}).to_string())
+        }
+        ("POST", "/v1/token")
+            if r.form("subject_token").as_deref() == Some(SUBJECT)
+                && r.form("grant_type").as_deref()
+                    == Some("urn:ietf:params:oauth:grant-type:token-exchange") =>
+        {
+            (
+                200,
+                serde_json::json!({"access_token": STS_TOKEN, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 3600})
+                    .to_string(),
+            )
+        }
+        ("POST", "/v1/token") => (
+            400,
+            r#"{"error":"invalid_grant","error_description":"The audience in ID Token does not match the expected audience."}"#
+                .to_owned(),
+        ),
+        ("POST", p) if p.ends_with(":generateAccessToken") => {
+            if r.header("authorization") == Some(&format!("Bearer {STS_TOKEN}")) {
+                (
+                    200,
+                    serde_json::json!({"accessToken": TOKEN, "expireTime": expire_time}).to_string(),
+                )
+            } else {
+                (
+                    403,
+                    r#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied","status":"PERMISSION_DENIED"}}"#
+                        .to_owned(),
+                )
+            }
+        }
+        _ => (404, r#"{"error":"not_found"}"#.to_owned()),
+    }
+    })
+}
+
+fn external_account(
+    fake: &FakeServer,
+    source: serde_json::Value,
+    impersonate: bool,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "type": "external_account",
+        "audience": "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/aks",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": fake.url("/v1/token"),
+        "credential_source": source,
+    });
+    if impersonate {
+        v["service_account_impersonation_url"] = fake
+            .url("/v1/projects/-/serviceAccounts/puller@proj.iam.gserviceaccount.com:generateAccessToken")
+            .into();
+    }
+    v
+}
+
+#[test]
+fn external_account_from_a_file() {
+    let fake = federation_fake("2099-01-01T00:00:00Z");
+    let dir = tempfile::tempdir().unwrap();
+    let subject = dir.path().join("token");
+    std::fs::write(&subject, format!("{SUBJECT}\n")).unwrap();
+    let f = write_json(
+        dir.path(),
+        "wif.json",
+        &external_account(&fake, serde_json::json!({"file": subject}), false),
+    );
+    let c = provider(&format!("credentialsFile={}", f.display()), &empty_env())
+        .unwrap()
+        .fetch()
+        .unwrap();
+    // Without impersonation the federated token itself is used.
+    assert_eq!(basic(&c), (USER, STS_TOKEN));
+    let r = &fake.requests()[0];
+    assert_eq!(r.form("scope").as_deref(), Some(CLOUD_PLATFORM_SCOPE));
+    assert_eq!(
+        r.form("subject_token_type").as_deref(),
+        Some("urn:ietf:params:oauth:token-type:jwt")
+    );
+    assert!(r.form("audience").unwrap().ends_with("/providers/aks"));
+
+    std::fs::remove_file(&subject).unwrap();
+    let e = provider(&format!("credentialsFile={}", f.display()), &empty_env())
+        .unwrap()
+        .fetch()
+        .unwrap_err();
+    assert_clean_error(
+        &e,
+        &format!("cannot read the subject token file {}: ", subject.display()),
+        &[],
+    );
+}
+
+#[test]
+fn external_account_from_a_url_with_impersonation() {
+    let fake = federation_fake("2099-01-01T00:00:00Z");
+    let dir = tempfile::tempdir().unwrap();
+    let source = serde_json::json!({
+        "url": fake.url("/subject"),
+        "headers": {"Metadata": "True"},
+        "format": {"type": "json", "subject_token_field_name": "access_token"},
+    });
+    let f = write_json(
+        dir.path(),
+        "wif.json",
+        &external_account(&fake, source, true),
+    );
+    let c = provider(&format!("credentialsFile={}", f.display()), &empty_env())
+        .unwrap()
+        .fetch()
+        .unwrap();
+    assert_eq!(basic(&c), (USER, TOKEN));
+    let at = c.expires_at.unwrap();
+    let want = UNIX_EPOCH + Duration::from_secs(4_070_908_800);
+    assert!(at <= want && at + Duration::from_secs(5) > want, "{at:?}");
+    let reqs = fake.requests();
+    assert_eq!(
+        reqs.iter().map(|r| r.path().to_owned()).collect::<Vec<_>>(),
+        [
+            "/subject",
+            "/v1/token",
+            "/v1/projects/-/serviceAccounts/puller@proj.iam.gserviceaccount.com:generateAccessToken"
+        ]
+    );
+    let body: serde_json::Value = serde_json::from_str(&reqs[2].body).unwrap();
+    assert_eq!(body["scope"][0], CLOUD_PLATFORM_SCOPE);
+}
+
+#[test]
+fn external_account_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let subject = dir.path().join("token");
+    std::fs::write(&subject, SUBJECT).unwrap();
+    for (expire, want) in [
+        (
+            "2001-01-01T00:00:00Z",
+            "service account impersonation (generateAccessToken): the token is already expired",
+        ),
+        (
+            "tomorrow",
+            "service account impersonation (generateAccessToken): field \"expireTime\" is not an RFC 3339 time",
+        ),
+    ] {
+        let fake = federation_fake(expire);
+        let f = write_json(
+            dir.path(),
+            "wif.json",
+            &external_account(&fake, serde_json::json!({"file": subject}), true),
+        );
+        let e = provider(&format!("credentialsFile={}", f.display()), &empty_env())
+            .unwrap()
+            .fetch()
+            .unwrap_err();
+        assert_eq!(e.to_string(), want);
+        assert_clean_error(&e, "service account", &[SUBJECT, STS_TOKEN, TOKEN]);
+    }
+    // STS refuses the subject token; IAM refuses the federated identity.
+    let fake = federation_fake("2099-01-01T00:00:00Z");
+    std::fs::write(&subject, "another-subject-token-secret").unwrap();
+    let f = write_json(
+        dir.path(),
+        "wif.json",
+        &external_account(&fake, serde_json::json!({"file": subject}), true),
+    );
+    let e = provider(&format!("credentialsFile={}", f.display()), &empty_env())
+        .unwrap()
+        .fetch()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "STS token exchange: HTTP 400: invalid_grant: The audience in ID Token does not match the expected audience."
+    );
+    assert_clean_error(&e, "STS", &["another-subject-token-secret"]);
+    let e = impersonate(
+        &http::client(true).unwrap(),
+        &url::Url::parse(&fake.url("/v1/projects/-/serviceAccounts/x:generateAccessToken"))
+            .unwrap(),
+        "wrong-bearer-token-secret",
+    )
+    .err()
+    .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "service account impersonation (generateAccessToken): HTTP 403: PERMISSION_DENIED: Permission 'iam.serviceAccounts.getAccessToken' denied"
+    );
+
+    // Unsupported sources are refused at create.
+    for (source, want) in [
+        (
+            serde_json::json!({"environment_id": "aws1", "regional_cred_verification_url": "https://sts.{region}.amazonaws.com"}),
+            "credential_source of the AWS kind is not supported (supported: file, url)",
+        ),
+        (
+            serde_json::json!({"executable": {"command": "/bin/token"}}),
+            "credential_source of the executable kind is not supported (supported: file, url)",
+        ),
+        (
+            serde_json::json!({"file": "/x", "format": {"type": "json"}}),
+            "credential_source format json without subject_token_field_name",
+        ),
+        (
+            serde_json::json!({}),
+            "credential_source has neither \"file\" nor \"url\"",
+        ),
+    ] {
+        let f = write_json(
+            dir.path(),
+            "bad.json",
+            &external_account(&fake, source, false),
+        );
+        let e = provider(&format!("credentialsFile={}", f.display()), &empty_env()).unwrap_err();
+        assert_eq!(e.kind(), PluginErrorKind::InvalidOptions);
+        assert!(e.to_string().ends_with(want), "{e}");
+    }
 }
