@@ -1,11 +1,14 @@
 //! Issue 14: the `gcp` and `acr` auth provider plugins through the real binary.
 //!
 //! Each test runs fakes of the cloud's credential endpoints on 127.0.0.1, speaking the real
-//! wire formats (GCE metadata server; Azure IMDS and ACR's `/oauth2/exchange`), and a real
-//! htpasswd `docker-registry` upstream that accepts only the credential the plugin must
-//! produce. skopeo pulls through the proxy; the upstream's log shows the user the proxy
-//! authenticated as; the token never appears in the proxy's log; the credential is
-//! refreshed before the expiry the cloud gave (40 to 60 s lifetimes, on the real clock).
+//! wire formats (GCE metadata server, OAuth token endpoint; Azure IMDS, Entra token
+//! endpoint and ACR's `/oauth2/exchange`), and a real htpasswd `docker-registry` upstream
+//! that accepts only the credential the plugin must produce (its one user, with the token
+//! the fakes hand out as the password). The proxy pulls (plain HTTP and skopeo); the
+//! upstream refuses none of its requests; no token appears in the proxy's log. The
+//! metadata-server and IMDS tests also see the credential refreshed before the expiry the
+//! cloud gave (40 to 60 s lifetimes, on the real clock); the key-file test verifies the
+//! JWT's RS256 signature with openssl.
 //!
 //! No test contacts a cloud: every endpoint is overridden through the environment or
 //! `providerOpts`, and the variables that could point elsewhere are set empty.
@@ -512,4 +515,119 @@ fn gcp_plugin_with_a_service_account_key_file() {
 
     let key_body: String = pem.lines().nth(5).unwrap_or_default().to_owned();
     assert_no_secret(&proxy.log(), "the proxy's log", &[&token, &key_body, &jwt]);
+}
+
+/// AKS workload identity: the federated token file as the client assertion at the Entra
+/// token endpoint (AZURE_AUTHORITY_HOST), then the exchange with the configured tenant.
+#[test]
+fn acr_plugin_with_workload_identity() {
+    if !require_upstream_tools() {
+        return;
+    }
+    const NULL_GUID: &str = "00000000-0000-0000-0000-000000000000";
+    const TENANT: &str = "e2e00000-0000-4000-8000-00000000aaaa";
+    const CLIENT: &str = "e2e00000-0000-4000-8000-00000000cccc";
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let refresh = acr_refresh_token(exp);
+    let mut up = Upstream::htpasswd(NULL_GUID, &refresh);
+    let registry = up.host();
+    let repo = images::unique_repo("acrwi");
+    let img = images::seed(&up, &repo, "v1", ImageKind::DockerV2s2 { layers: 2 });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let federated = format!("federated-sa-token-e2e-{:016x}", fastrand::u64(..));
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, format!("{federated}\n")).expect("write token file");
+    let aad = format!("aad-access-token-e2e-{:016x}", fastrand::u64(..));
+    let (aad_answer, refresh_answer, service, assertion) = (
+        aad.clone(),
+        refresh.clone(),
+        registry.clone(),
+        federated.clone(),
+    );
+    let azure = FakeServer::start(move |r: &Request| {
+        let entra_path = format!("/{TENANT}/oauth2/v2.0/token");
+        match (r.method.as_str(), r.path()) {
+            ("POST", p) if p == entra_path => {
+                let ok = r.form("grant_type").as_deref() == Some("client_credentials")
+                    && r.form("client_id").as_deref() == Some(CLIENT)
+                    && r.form("client_assertion").as_deref() == Some(assertion.as_str())
+                    && r.form("client_assertion_type").as_deref()
+                        == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                    && r.form("scope").as_deref() == Some("https://management.azure.com/.default");
+                if ok {
+                    (
+                        200,
+                        serde_json::json!({"token_type": "Bearer", "expires_in": 3599, "access_token": aad_answer})
+                            .to_string(),
+                    )
+                } else {
+                    (
+                        401,
+                        r#"{"error":"invalid_client","error_description":"AADSTS700213: No matching federated identity record found"}"#
+                            .to_owned(),
+                    )
+                }
+            }
+            ("POST", "/oauth2/exchange")
+                if r.form("access_token").as_deref() == Some(aad_answer.as_str())
+                    && r.form("service").as_deref() == Some(service.as_str())
+                    && r.form("tenant").as_deref() == Some(TENANT) =>
+            {
+                (
+                    200,
+                    serde_json::json!({"refresh_token": refresh_answer}).to_string(),
+                )
+            }
+            _ => (
+                401,
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"unexpected request"}]}"#.to_owned(),
+            ),
+        }
+    });
+    let plugins = plugin_dir("acr");
+    let proxy = Proxy::builder()
+        .plugin_dir(plugins.path())
+        .registry(RegistryEntry::with_token_auth(
+            &registry,
+            &format!(
+                "provider: acr, providerOpts: \"registry={registry},exchangeUrl={}\", expiry: 1h",
+                azure.url("/oauth2/exchange")
+            ),
+        ))
+        .env("AZURE_FEDERATED_TOKEN_FILE", path_str(&token_file))
+        .env("AZURE_CLIENT_ID", CLIENT)
+        .env("AZURE_TENANT_ID", TENANT)
+        .env("AZURE_AUTHORITY_HOST", &format!("http://{}", azure.addr))
+        .env("AZURE_CLIENT_SECRET", "")
+        .env("IDENTITY_ENDPOINT", "")
+        // Not asked: workload identity comes first. Nothing listens there anyway.
+        .env("IMDS_ENDPOINT", "http://127.0.0.1:9")
+        .log_level("debug")
+        .start();
+    let before = up.access_log().len();
+    proxy.pull_and_verify(Route::InPath(&registry), &img);
+    assert_upstream_accepted(&mut up, before, NULL_GUID);
+    let paths: Vec<String> = azure
+        .requests()
+        .iter()
+        .map(|r| r.path().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            format!("/{TENANT}/oauth2/v2.0/token"),
+            "/oauth2/exchange".to_owned()
+        ],
+        "one Entra token request, one exchange"
+    );
+    assert_no_secret(
+        &proxy.log(),
+        "the proxy's log",
+        &[&federated, &aad, &refresh],
+    );
 }
