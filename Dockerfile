@@ -30,12 +30,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
         -p ociregistry -p ociregistry-provider-ecr -p ociregistry-provider-file \
         -p ociregistry-provider-exec -p ociregistry-provider-kubelet \
+        -p ociregistry-provider-gcp -p ociregistry-provider-acr \
  && mkdir -p /out/bin /out/plugins /out/cache \
  && cp target/release/ociregistry /out/bin/ \
  && cp target/release/libociregistry_provider_ecr.so \
        target/release/libociregistry_provider_file.so \
        target/release/libociregistry_provider_exec.so \
-       target/release/libociregistry_provider_kubelet.so /out/plugins/
+       target/release/libociregistry_provider_kubelet.so \
+       target/release/libociregistry_provider_gcp.so \
+       target/release/libociregistry_provider_acr.so /out/plugins/
 
 # ---- run: distroless (glibc, libgcc; no shell, no package manager), user nonroot ----
 FROM ${RUNTIME_IMAGE}
