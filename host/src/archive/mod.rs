@@ -3,7 +3,7 @@
 //! `ociregistry export` writes cached images out as one OCI image layout tar. It owns the
 //! archive formats and the order in which imported content becomes visible; it does not
 //! own the cache layout ([`crate::store`]), which images exist ([`crate::inventory`]) or
-//! anything printed ([`crate::cli`]).
+//! anything printed (the command line does that).
 //!
 //! - [`read`] streams an archive's entries into the store's staging, verifying every
 //!   `blobs/sha256/<hex>` entry against its name while it is copied; nothing is visible yet.
